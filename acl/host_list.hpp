@@ -1,0 +1,50 @@
+// Host lists in the style of Exim's hostlist options (--tls-advertise-hosts and friends).
+//
+// A list is comma-separated; each item is `*`, an IPv4 or IPv6 address, or a CIDR block,
+// optionally preceded by `!` to negate it. Whitespace around items is ignored. The first
+// item that matches an address decides (a negated item that matches means "no"); when no
+// item matches, the answer is "no", so an empty list matches nothing.
+//
+// Trusts nothing: the text comes from the operator and is validated here; the address
+// comes from the kernel. IPv4-mapped IPv6 addresses (::ffff:a.b.c.d, as seen on a
+// dual-stack listener) are matched as the IPv4 address they carry.
+#pragma once
+
+#include <boost/asio/ip/address.hpp>
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace stp::acl {
+
+class HostListError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+class HostList {
+ public:
+  HostList() = default;  // empty: matches nothing
+
+  // Throws HostListError naming the offending item.
+  static HostList parse(std::string_view text);
+
+  bool matches(const boost::asio::ip::address& address) const;
+  bool empty() const { return items_.empty(); }
+  const std::string& text() const { return text_; }
+
+ private:
+  struct Item {
+    bool negated = false;
+    bool any = false;  // `*`
+    bool v6 = false;
+    unsigned char bytes[16] = {};  // network order; IPv4 uses the first four
+    unsigned prefix_length = 0;    // bits that must match
+  };
+  std::vector<Item> items_;
+  std::string text_;
+};
+
+}  // namespace stp::acl

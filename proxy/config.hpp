@@ -1,0 +1,80 @@
+// The proxy's configuration: every flag, its default, and how it is read.
+//
+// Sources, in order of precedence: the command line, then SMTP_TLS_PROXY_<NAME> environment
+// variables (the flag's name upper-cased with `-` as `_`; a repeatable flag takes a
+// comma-separated value there), then `--config FILE` (`name = value` lines, `#` comments; a
+// repeatable key may repeat). All values are validated here: a bad one throws ConfigError
+// with a message that names the flag, and start-up stops. Files named by flags
+// (certificates, keys) are checked later by the TLS context, which names the flag too.
+#pragma once
+
+#include "acl/host_list.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace stp {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class BackendMetadata { xclient, none };
+enum class BareLfPolicy { normalize, reject };
+
+struct Listener {
+  boost::asio::ip::tcp::endpoint endpoint;
+  bool implicit_tls = false;  // from --tls-on-connect-ports / --tls-on-connect
+};
+
+struct Config {
+  std::vector<Listener> listeners;
+  std::vector<std::uint16_t> tls_on_connect_ports;
+  bool tls_on_connect = false;
+
+  std::string backend_host = "127.0.0.1";
+  std::uint16_t backend_port = 10025;
+  BackendMetadata backend_metadata = BackendMetadata::xclient;
+
+  std::string hostname;  // defaults to the machine's name
+
+  std::vector<std::string> tls_certificates;  // paired in order with tls_privatekeys
+  std::vector<std::string> tls_privatekeys;   // may be shorter: key then sits in the cert file
+  acl::HostList tls_advertise_hosts;          // default `*`
+  std::string tls_require_ciphers;            // empty: OpenSSL's defaults; `_` already `-`
+  std::string tls_ciphersuites;               // empty: OpenSSL's defaults
+  std::string tls_min_protocol = "TLSv1.2";   // TLSv1.2 or TLSv1.3
+  std::string tls_dhparam;                    // empty, a PEM file, or ffdhe2048..ffdhe8192
+
+  bool client_name_lookup = true;
+  std::chrono::seconds smtp_receive_timeout{300};
+  std::chrono::seconds tls_handshake_timeout{30};
+  std::size_t max_line_length = 4096;
+  BareLfPolicy bare_lf = BareLfPolicy::normalize;
+  unsigned threads = 0;  // 0 before parsing; parse_config sets the number of cores
+
+  std::string log_level = "info";
+};
+
+// Looks up an environment variable; returns nullopt when unset.
+using EnvLookup = std::function<std::optional<std::string>(const std::string& name)>;
+EnvLookup process_environment();
+
+// Parses and validates. Returns nullopt after printing --help or --version to `out`.
+// Throws ConfigError("--flag-name: what is wrong") on any bad value.
+std::optional<Config> parse_config(int argc, const char* const argv[], const EnvLookup& env,
+                                   std::ostream& out);
+
+// "300", "300s", "5m", "1h" -> seconds. Throws std::invalid_argument.
+std::chrono::seconds parse_duration(std::string_view text);
+
+}  // namespace stp
