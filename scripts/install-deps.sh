@@ -23,7 +23,7 @@ build_packages=(
   libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev
 )
-run_packages=(openssl postfix swaks ca-certificates)
+run_packages=(openssl postfix swaks libnet-ssleay-perl libio-socket-ssl-perl ca-certificates)
 test_packages=(
   python3 python3-pytest clang-format iproute2 procps
 )

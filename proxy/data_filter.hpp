@@ -1,0 +1,60 @@
+// The DATA content filter: finds the end of a message and makes the MTA see exactly the
+// message the client sent, with exactly one end.
+//
+// Only the canonical <CRLF>.<CRLF> (or ".<CRLF>" as the very first line) ends a message, so
+// <LF>.<LF> and friends cannot smuggle a second message past us to an MTA that is lenient
+// about line endings (CVE-2023-51764 class). A bare LF or bare CR is either reported (policy
+// reject) or turned into CRLF (policy normalize); in the latter case a line that now starts
+// with "." after a non-canonical line break is dot-stuffed, so the MTA strips exactly what the
+// client meant and never sees an end of data the client did not send.
+//
+// Trusts nothing: the input is raw client bytes in pieces of any size. Streams: keeps no
+// more than two bytes of state; output is at most 2 * input + 2 bytes per call.
+#pragma once
+
+#include "proxy/config.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace stp {
+
+class DataFilter {
+ public:
+  explicit DataFilter(BareLfPolicy policy) : policy_(policy) {}
+
+  struct Result {
+    std::size_t consumed = 0;  // input bytes used; bytes after the end of data are left
+    bool end_of_data = false;  // the final ".<CRLF>" was consumed and appended
+    bool bare_line_ending = false;  // a bare CR or LF was seen (in this call)
+  };
+
+  // Appends to `out` the canonical form of `input`. With policy reject, stops at the first
+  // bare line ending (what was appended before it is still valid content).
+  Result feed(std::string_view input, std::string& out);
+
+  // With reject, a caller that goes on reading to find the end switches to normalize.
+  void set_policy(BareLfPolicy policy) { policy_ = policy; }
+
+  // Start on a new message.
+  void reset() { state_ = State::line_start; canonical_start_ = true; }
+
+  // How many bytes `out` may grow by in one feed() of `input_size` bytes.
+  static std::size_t max_output(std::size_t input_size) { return 2 * input_size + 2; }
+
+ private:
+  enum class State : std::uint8_t {
+    line_start,  // at the start of a line
+    dot,         // "." held at a canonical line start
+    dot_cr,      // ".\r" held at a canonical line start
+    middle,      // inside a line
+    cr,          // "\r" held: CRLF or bare CR?
+  };
+  BareLfPolicy policy_;
+  State state_ = State::line_start;
+  bool canonical_start_ = true;  // the current line began after a CRLF (or at the start)
+};
+
+}  // namespace stp

@@ -1,0 +1,752 @@
+// One client connection; see session.hpp for the design.
+#include "proxy/session.hpp"
+
+#include "proxy/log.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <random>
+
+namespace stp {
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+using smtp::Verb;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto kBackendConnectTimeout = std::chrono::seconds(30);
+constexpr auto kNameLookupTimeout = std::chrono::seconds(5);
+constexpr auto kFinalWriteTimeout = std::chrono::seconds(10);
+constexpr std::size_t kMaxReplyLength = 16 * 1024;
+constexpr std::size_t kDataChunk = 16 * 1024;
+constexpr std::size_t kMaxCommandsPerGroup = 100;
+
+constexpr std::string_view kReplyStartTls = "220 2.0.0 Ready to start TLS\r\n";
+constexpr std::string_view kReplyTlsActive = "554 5.5.1 Error: TLS already active\r\n";
+constexpr std::string_view kReplyNotImplemented = "502 5.5.1 Error: command not implemented\r\n";
+constexpr std::string_view kReplyStartTlsNotOffered =
+    "503 5.5.1 Error: STARTTLS not offered to this client\r\n";
+constexpr std::string_view kReplyStartTlsSyntax = "501 5.5.4 Syntax: STARTTLS\r\n";
+constexpr std::string_view kReplyTlsUnavailable =
+    "454 4.7.0 TLS not available due to local problem\r\n";
+constexpr std::string_view kReplySecurityFailure = "554 5.7.0 Security failure\r\n";
+constexpr std::string_view kReplyNotPermitted = "550 5.7.0 Error: command not permitted\r\n";
+constexpr std::string_view kReplyAuthNeedsTls =
+    "538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+constexpr std::string_view kReplyLineTooLong = "500 5.5.2 Error: line too long\r\n";
+constexpr std::string_view kReplyBadCharacter = "500 5.5.2 Error: bad character in command\r\n";
+constexpr std::string_view kReplyBdatSyntax = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
+constexpr std::string_view kReplyBareLineEnding =
+    "550 5.5.2 Error: bare <CR> or <LF> in message content\r\n";
+
+std::string endpoint_label(const asio::ip::address& address, std::uint16_t port) {
+  auto a = address;
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    a = asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  }
+  return "[" + a.to_string() + "]:" + std::to_string(port);
+}
+
+std::string session_id(std::uint64_t n) {
+  // Twelve hex digits: unique within a process, short enough to grep for.
+  return fmt::format("{:012X}", n & 0xFFFFFFFFFFFFull);
+}
+
+}  // namespace
+
+SessionServices::SessionServices(const Config& config_in,
+                                 std::shared_ptr<const tls::ServerContext> tls_in)
+    : config(config_in), tls(std::move(tls_in)) {
+  error_code ec;
+  const auto address = asio::ip::make_address(config.backend_host, ec);
+  if (!ec) backend_endpoint.emplace(address, config.backend_port);
+  // Session ids start at a random point so that ids of consecutive runs do not collide.
+  next_session_id = (static_cast<std::uint64_t>(std::random_device{}()) << 20);
+  const auto& host = config.hostname;
+  reply_service_unavailable =
+      "421 4.3.2 " + host + " Service not available: mail server unreachable\r\n";
+  reply_identity_refused =
+      "421 4.7.0 " + host + " Service not available: mail server refused client identity\r\n";
+  reply_mta_lost = "421 4.4.2 " + host + " Error: lost connection to mail server\r\n";
+  reply_timeout = "421 4.4.2 " + host + " Error: timeout exceeded\r\n";
+}
+
+struct Session::NameLookup {
+  explicit NameLookup(const asio::any_io_executor& executor) : ready(executor) {}
+  std::optional<ClientName> result;
+  asio::steady_timer ready;  // cancelled when the result arrives
+};
+
+Session::Session(tcp::socket client, const Listener& listener, SessionServices& services)
+    : services_(services),
+      config_(services.config),
+      listener_(listener),
+      id_(session_id(services.next_session_id.fetch_add(1, std::memory_order_relaxed))),
+      started_(Clock::now()),
+      client_(std::move(client)),
+      backend_(client_.get_executor()),
+      client_in_(std::max<std::size_t>(kDataChunk, config_.max_line_length + 2)),
+      backend_in_(kMaxReplyLength),
+      framer_(config_.max_line_length),
+      data_filter_(config_.bare_lf),
+      watchdog_(client_.get_executor()) {}
+
+// ---------------------------------------------------------------------------------------------
+// The session from start to end.
+
+asio::awaitable<void> Session::run() {
+  error_code remote_ec, local_ec;
+  const auto remote = client_.remote_endpoint(remote_ec);
+  const auto local = client_.local_endpoint(local_ec);
+  if (remote_ec || local_ec) co_return;  // gone before we looked
+  identity_.address = remote.address();
+  identity_.port = remote.port();
+  identity_.local_address = local.address();
+  identity_.local_port = local.port();
+  client_label_ = endpoint_label(remote.address(), remote.port());
+  error_code ignored;
+  client_.set_option(tcp::no_delay(true), ignored);
+  advertise_tls_ = config_.tls_advertise_hosts.matches(identity_.address);
+  start_client_name_lookup();
+  spdlog::debug("{} connect from {} to {}", id_, client_label_,
+                endpoint_label(local.address(), local.port()));
+
+  if (listener_.implicit_tls) {
+    tls_.emplace(client_, services_.current_tls());
+    if (co_await handshake() && co_await open_backend(*tls_)) co_await serve(*tls_);
+  } else {
+    tls::PlainStream plain(client_);
+    if (co_await open_backend(plain) && co_await serve(plain) == Outcome::start_tls &&
+        co_await handshake()) {
+      // The MTA saw the plaintext part of the session: make it forget any transaction.
+      reset_mta_after_tls_ = true;
+      co_await serve(*tls_);
+    }
+  }
+  finish();
+}
+
+void Session::finish() {
+  watchdog_.cancel();
+  if (name_lookup_) name_lookup_->ready.cancel();
+  if (tls_ && tls_active_) tls_->shutdown();
+  error_code ignored;
+  client_.shutdown(tcp::socket::shutdown_both, ignored);
+  client_.close(ignored);
+  backend_.close(ignored);  // mid-transaction, this is what abandons it at the MTA
+
+  const auto elapsed = std::chrono::duration<double>(Clock::now() - started_).count();
+  spdlog::info(
+      "{} session client={} listener={} tls={} helo=\"{}\" commands={} rejected={} "
+      "messages={}/{}/{} bytes_in={} bytes_out={} duration={:.3f}s end=\"{}\"",
+      id_, client_label_, listener_.implicit_tls ? "implicit" : "starttls",
+      tls_summary_.empty() ? "none" : tls_summary_, log::escape(helo_name_, 64), commands_,
+      local_rejects_, messages_accepted_, messages_rejected_, messages_tempfailed_,
+      bytes_from_client_, bytes_to_client_, elapsed, end_reason_);
+}
+
+asio::awaitable<bool> Session::handshake() {
+  arm(config_.tls_handshake_timeout);
+  error_code ec;
+  co_await tls_->handshake(ec);
+  if (ec) {
+    end_reason_ = timed_out_ ? "tls handshake timeout" : "tls handshake failed";
+    spdlog::info("{} TLS handshake with {} failed: {}", id_, client_label_,
+                 timed_out_ ? std::string("timeout") : log::escape(ec.message(), 200));
+    co_return false;
+  }
+  tls_active_ = true;
+  SSL* ssl = tls_->native_handle();
+  tls_summary_ = fmt::format("{}:{}:{}", SSL_get_version(ssl), SSL_get_cipher_name(ssl),
+                             SSL_get_cipher_bits(ssl, nullptr));
+  // RFC 3207: everything learned from the client before TLS is forgotten.
+  helo_name_.clear();
+  framer_.reset();
+  co_return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The MTA side: connecting, identifying the client, replies.
+
+asio::awaitable<bool> Session::connect_backend() {
+  arm(kBackendConnectTimeout);
+  error_code ec;
+  if (services_.backend_endpoint) {
+    co_await backend_.async_connect(*services_.backend_endpoint,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    tcp::resolver resolver(backend_.get_executor());
+    const auto endpoints = co_await resolver.async_resolve(
+        config_.backend_host, std::to_string(config_.backend_port),
+        asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      co_await asio::async_connect(backend_, endpoints,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+  if (ec) {
+    spdlog::warn("{} cannot connect to mail server {}:{}: {}", id_, config_.backend_host,
+                 config_.backend_port, timed_out_ ? "timeout" : ec.message());
+    timed_out_ = false;
+    co_return false;
+  }
+  error_code ignored;
+  backend_.set_option(tcp::no_delay(true), ignored);
+  co_return true;
+}
+
+template <class Stream>
+asio::awaitable<bool> Session::open_backend(Stream& client) {
+  auto refuse = [&](std::string_view reason, const std::string& reply) -> asio::awaitable<bool> {
+    end_reason_ = reason;
+    co_await write_client(client, reply);
+    co_return false;
+  };
+  if (!co_await connect_backend()) {
+    co_return co_await refuse("mail server unreachable", services_.reply_service_unavailable);
+  }
+  auto greeting = co_await read_mta_reply();
+  if (greeting.status != smtp::ReplyScan::Status::complete) {
+    co_return co_await refuse("mail server unreachable", services_.reply_service_unavailable);
+  }
+  if (greeting.code / 100 != 2) {  // the MTA turns clients away: let this one hear why
+    spdlog::warn("{} mail server greeted with \"{}\"", id_,
+                 log::escape(backend_in_.view().substr(0, greeting.length), 200));
+    end_reason_ = "mail server refused connection";
+    co_await write_client(client, backend_in_.view().substr(0, greeting.length));
+    co_return false;
+  }
+  if (config_.backend_metadata == BackendMetadata::none) {
+    const bool ok = co_await write_client(client, backend_in_.view().substr(0, greeting.length));
+    backend_in_.consume(greeting.length);
+    co_return ok;
+  }
+  backend_in_.consume(greeting.length);
+
+  // Identify the client with XCLIENT, or refuse it: an MTA that took its mail as coming
+  // from the proxy's own address may relay for anyone.
+  to_mta_ = "EHLO " + config_.hostname + "\r\n";
+  if (!co_await write_mta(to_mta_)) {
+    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+  }
+  to_mta_.clear();
+  const auto ehlo = co_await read_mta_reply();
+  if (ehlo.status != smtp::ReplyScan::Status::complete) {
+    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+  }
+  const auto capabilities =
+      smtp::parse_ehlo_capabilities(backend_in_.view().substr(0, ehlo.length));
+  backend_in_.consume(ehlo.length);
+  if (ehlo.code != 250 || !capabilities.xclient || !capabilities.advertises("ADDR")) {
+    spdlog::error(
+        "{} mail server does not offer XCLIENT with ADDR to this proxy; refusing {} (authorise "
+        "the proxy, e.g. Postfix smtpd_authorized_xclient_hosts, or set --backend-metadata "
+        "none)",
+        id_, client_label_);
+    co_return co_await refuse("mail server refused client identity",
+                              services_.reply_identity_refused);
+  }
+  if (capabilities.advertises("NAME") || capabilities.advertises("REVERSE_NAME")) {
+    co_await wait_for_client_name();
+  }
+  if (!co_await write_mta(build_xclient_command(capabilities, identity_))) {
+    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+  }
+  const auto accepted = co_await read_mta_reply();
+  if (accepted.status != smtp::ReplyScan::Status::complete) {
+    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+  }
+  const auto reply = backend_in_.view().substr(0, accepted.length);
+  if (accepted.code / 100 != 2) {
+    spdlog::error("{} mail server refused XCLIENT for {}: \"{}\"", id_, client_label_,
+                  log::escape(reply, 200));
+    co_return co_await refuse("mail server refused client identity",
+                              services_.reply_identity_refused);
+  }
+  // After XCLIENT the MTA greets anew (220); that greeting is the client's.
+  bool ok;
+  if (accepted.code == 220) {
+    ok = co_await write_client(client, reply);
+  } else {
+    ok = co_await write_client(client, "220 " + config_.hostname + " ESMTP\r\n");
+  }
+  backend_in_.consume(accepted.length);
+  co_return ok;
+}
+
+asio::awaitable<smtp::ReplyScan> Session::read_mta_reply() {
+  while (true) {
+    const auto scan = smtp::scan_reply(backend_in_.view(), kMaxReplyLength);
+    if (scan.status == smtp::ReplyScan::Status::complete) co_return scan;
+    if (mta_lost_) co_return smtp::ReplyScan{smtp::ReplyScan::Status::malformed};
+    if (scan.status == smtp::ReplyScan::Status::malformed) {
+      spdlog::error("{} malformed reply from mail server: \"{}\"", id_,
+                    log::escape(backend_in_.view(), 200));
+      mta_lost_ = true;
+      co_return scan;
+    }
+    arm(config_.smtp_receive_timeout);
+    error_code ec;
+    const auto n = co_await backend_.async_read_some(
+        backend_in_.prepare(), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      spdlog::warn("{} mail server connection lost while waiting for a reply: {}", id_,
+                   timed_out_ ? "timeout" : ec.message());
+      timed_out_ = false;
+      mta_lost_ = true;
+      co_return smtp::ReplyScan{smtp::ReplyScan::Status::malformed};
+    }
+    backend_in_.commit(n);
+  }
+}
+
+asio::awaitable<bool> Session::write_mta(std::string_view bytes) {
+  if (mta_lost_) co_return false;
+  arm(config_.smtp_receive_timeout);
+  error_code ec;
+  co_await asio::async_write(backend_, asio::buffer(bytes),
+                             asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    spdlog::warn("{} mail server connection lost while sending: {}", id_,
+                 timed_out_ ? "timeout" : ec.message());
+    timed_out_ = false;
+    mta_lost_ = true;
+    co_return false;
+  }
+  co_return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client side.
+
+template <class Stream>
+asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
+  error_code ec;
+  arm(config_.smtp_receive_timeout);
+  if (idle && client_in_.empty()) {
+    // Between commands a session holds no buffer of its own: wait, then read.
+    client_in_.release_if_empty();
+    co_await client.wait_readable(ec);
+  }
+  std::size_t n = 0;
+  if (!ec) n = co_await client.read_some(client_in_.prepare(), ec);
+  if (!ec) {
+    client_in_.commit(n);
+    bytes_from_client_ += n;
+    co_return true;
+  }
+  if (timed_out_) {
+    timed_out_ = false;
+    end_reason_ = "timeout";
+    spdlog::info("{} client {} timed out", id_, client_label_);
+    arm(kFinalWriteTimeout);
+    co_await write_client(client, services_.reply_timeout);
+  } else if (ec == asio::error::eof) {
+    end_reason_ = "client closed";
+  } else {
+    end_reason_ = "client connection error";
+    spdlog::debug("{} read from client failed: {}", id_, ec.message());
+  }
+  co_return false;
+}
+
+template <class Stream>
+asio::awaitable<bool> Session::write_client(Stream& client, std::string_view bytes) {
+  if (timed_out_) co_return false;
+  arm(std::max<Clock::duration>(config_.smtp_receive_timeout, kFinalWriteTimeout));
+  error_code ec;
+  co_await client.write(asio::buffer(bytes), ec);
+  if (ec) {
+    end_reason_ = timed_out_ ? "timeout writing to client" : "client connection error";
+    timed_out_ = false;
+    co_return false;
+  }
+  bytes_to_client_ += bytes.size();
+  co_return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands.
+
+template <class Stream>
+asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
+  using Status = smtp::CommandFramer::Status;
+  while (true) {
+    auto frame = framer_.next(client_in_.view());
+    while (frame.status == Status::need_more) {
+      client_in_.consume(frame.consumed);
+      if (!co_await read_client(client, true)) co_return Outcome::close;
+      frame = framer_.next(client_in_.view());
+    }
+
+    if (reset_mta_after_tls_) {
+      reset_mta_after_tls_ = false;
+      to_mta_ += "RSET\r\n";
+      pending_.push_back({PendingReply::Kind::mta_silent, Verb::rset});
+    }
+    // Take every command that is already here, up to the group's bound.
+    GroupEnd end = GroupEnd::none;
+    std::size_t taken = 0;
+    while (true) {
+      if (frame.status == Status::line_too_long) {
+        reply_locally(kReplyLineTooLong);
+        spdlog::info("{} line too long from {}", id_, client_label_);
+      } else {
+        end = on_command(frame.line);
+      }
+      client_in_.consume(frame.consumed);
+      if (end != GroupEnd::none || ++taken >= kMaxCommandsPerGroup) break;
+      frame = framer_.next(client_in_.view());
+      if (frame.status == Status::need_more) {
+        client_in_.consume(frame.consumed);
+        break;
+      }
+    }
+
+    if (end == GroupEnd::bdat && !co_await relay_bdat_chunk(client)) co_return Outcome::close;
+    if (!co_await flush_group(client)) co_return Outcome::close;
+
+    switch (end) {
+      case GroupEnd::data:
+        if (data_accepted_ && !co_await relay_data(client)) co_return Outcome::close;
+        break;
+      case GroupEnd::start_tls:
+        // Whatever the client sent after STARTTLS was sent in the clear: never execute it.
+        if (!client_in_.empty()) {
+          spdlog::warn("{} {} pipelined {} bytes after STARTTLS; discarded", id_, client_label_,
+                       client_in_.size());
+        }
+        client_in_.clear();
+        framer_.reset();
+        co_return Outcome::start_tls;
+      case GroupEnd::quit:
+      case GroupEnd::close:
+        co_return Outcome::close;
+      default:
+        break;
+    }
+  }
+}
+
+Session::GroupEnd Session::on_command(std::string_view line) {
+  ++commands_;
+  if (auth_continuation_) {  // a SASL response, not a command: the MTA asked for it
+    auth_continuation_ = false;
+    forward(line, Verb::auth);
+    return GroupEnd::wait_reply;
+  }
+  if (smtp::has_forbidden_command_bytes(line)) {
+    reply_locally(kReplyBadCharacter);
+    return GroupEnd::none;
+  }
+  const Verb verb = smtp::classify_verb(line);
+  if (security_failure_ && verb != Verb::quit) {
+    reply_locally(kReplySecurityFailure);
+    return GroupEnd::none;
+  }
+  switch (verb) {
+    case Verb::starttls:
+      if (tls_active_) {
+        reply_locally(kReplyTlsActive);
+        return GroupEnd::none;
+      }
+      if (!advertise_tls_) {
+        reply_locally(kReplyStartTlsNotOffered);
+        return GroupEnd::none;
+      }
+      if (!smtp::command_arguments(line).empty()) {
+        reply_locally(kReplyStartTlsSyntax);
+        return GroupEnd::none;
+      }
+      tls_.emplace(client_, services_.current_tls());
+      if (!tls_->native_handle()) {
+        spdlog::error("{} cannot start TLS: {}", id_, tls::take_openssl_errors());
+        tls_.reset();
+        security_failure_ = true;
+        reply_locally(kReplyTlsUnavailable);
+        return GroupEnd::none;
+      }
+      reply_locally(kReplyStartTls);
+      return GroupEnd::start_tls;
+    case Verb::xclient:
+    case Verb::xforward:
+      spdlog::warn("{} {} sent {}; refused", id_, client_label_,
+                   verb == Verb::xclient ? "XCLIENT" : "XFORWARD");
+      reply_locally(kReplyNotPermitted);
+      return GroupEnd::none;
+    case Verb::auth:
+      if (!tls_active_) {
+        reply_locally(kReplyAuthNeedsTls);
+        return GroupEnd::none;
+      }
+      forward(line, verb);
+      return GroupEnd::wait_reply;
+    case Verb::data:
+      forward(line, verb);
+      return GroupEnd::data;
+    case Verb::bdat: {
+      const auto arguments = smtp::parse_bdat_arguments(smtp::command_arguments(line));
+      if (!arguments) {
+        // Without a size the chunk cannot be told from the commands after it: end here.
+        reply_locally(kReplyBdatSyntax);
+        end_reason_ = "bad BDAT";
+        return GroupEnd::close;
+      }
+      bdat_ = *arguments;
+      forward(line, verb, arguments->last);
+      return GroupEnd::bdat;
+    }
+    case Verb::quit:
+      forward(line, verb);
+      return GroupEnd::quit;
+    case Verb::helo:
+    case Verb::ehlo:
+      helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      forward(line, verb);
+      return GroupEnd::none;
+    default:
+      forward(line, verb);
+      return GroupEnd::none;
+  }
+}
+
+void Session::forward(std::string_view line, Verb verb, bool message_end) {
+  to_mta_ += line;
+  to_mta_ += "\r\n";
+  pending_.push_back({PendingReply::Kind::mta, verb, message_end});
+}
+
+void Session::reply_locally(std::string_view reply) {
+  if (reply[0] >= '4') ++local_rejects_;
+  pending_.push_back({PendingReply::Kind::local, Verb::other, false, reply});
+}
+
+template <class Stream>
+asio::awaitable<bool> Session::flush_group(Stream& client) {
+  if (!to_mta_.empty()) {
+    co_await write_mta(to_mta_);
+    to_mta_.clear();
+  }
+  to_client_.clear();
+  for (const auto& pending : pending_) {
+    if (pending.kind == PendingReply::Kind::local) {
+      to_client_ += pending.local;
+      continue;
+    }
+    const auto scan = co_await read_mta_reply();
+    if (scan.status != smtp::ReplyScan::Status::complete) {
+      // Never leave a command unanswered, and never let it look accepted.
+      to_client_ += services_.reply_mta_lost;
+      end_reason_ = "mail server lost";
+      closing_ = true;
+      break;
+    }
+    on_mta_reply(pending, scan.code, backend_in_.view().substr(0, scan.length));
+    backend_in_.consume(scan.length);
+    if (scan.code == 421) {  // the MTA is closing: nothing more will come
+      end_reason_ = "mail server closed (421)";
+      closing_ = true;
+      break;
+    }
+  }
+  pending_.clear();
+  if (!to_client_.empty() && !co_await write_client(client, to_client_)) co_return false;
+  co_return !closing_;
+}
+
+void Session::on_mta_reply(const PendingReply& pending, int code, std::string_view reply) {
+  if (pending.kind == PendingReply::Kind::mta_silent) {
+    if (code / 100 != 2) {
+      spdlog::warn("{} mail server answered the post-TLS RSET with \"{}\"", id_,
+                   log::escape(reply, 200));
+    }
+    return;
+  }
+  switch (pending.verb) {
+    case Verb::ehlo:
+      if (code == 250) {
+        to_client_ += smtp::rewrite_ehlo_reply(
+            reply, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
+        return;
+      }
+      break;
+    case Verb::data:
+      data_accepted_ = code == 354;
+      break;
+    case Verb::auth:
+      auth_continuation_ = code == 334;
+      break;
+    case Verb::quit:
+      end_reason_ = "quit";
+      closing_ = true;
+      break;
+    case Verb::bdat:
+      if (pending.message_end) count_message(code);
+      break;
+    default:
+      break;
+  }
+  to_client_ += reply;
+}
+
+void Session::count_message(int code) {
+  if (code / 100 == 2) {
+    ++messages_accepted_;
+  } else if (code / 100 == 4) {
+    ++messages_tempfailed_;
+  } else {
+    ++messages_rejected_;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message content.
+
+template <class Stream>
+asio::awaitable<bool> Session::relay_data(Stream& client) {
+  data_accepted_ = false;
+  data_filter_.reset();
+  data_filter_.set_policy(config_.bare_lf);
+  bool rejected = false;
+  std::string& out = to_mta_;
+  while (true) {
+    if (client_in_.empty() && !co_await read_client(client, false)) {
+      co_return false;  // the MTA never sees an end: finish() abandons its transaction
+    }
+    out.clear();
+    const auto result = data_filter_.feed(client_in_.view(), out);
+    client_in_.consume(result.consumed);
+    if (result.bare_line_ending) {
+      if (config_.bare_lf == BareLfPolicy::reject && !rejected) {
+        // Abandon the MTA's transaction by closing its connection; keep reading only to find
+        // the end of the client's message, so the reply is heard.
+        rejected = true;
+        spdlog::info("{} bare <CR> or <LF> in message from {}; rejected", id_, client_label_);
+        error_code ignored;
+        backend_.close(ignored);
+        mta_lost_ = true;
+        data_filter_.set_policy(BareLfPolicy::normalize);
+        continue;
+      }
+      stuffed_bare_line_ending_ = true;
+    }
+    if (!out.empty() && !mta_lost_) co_await write_mta(out);
+    if (result.end_of_data) break;
+  }
+  out.clear();
+  if (rejected) {
+    ++messages_rejected_;
+    end_reason_ = "bare line ending";
+    co_await write_client(client, kReplyBareLineEnding);
+    co_return false;
+  }
+  if (stuffed_bare_line_ending_) {
+    spdlog::info("{} bare <CR> or <LF> in message from {}; normalised", id_, client_label_);
+    stuffed_bare_line_ending_ = false;
+  }
+  const auto scan = mta_lost_ ? smtp::ReplyScan{smtp::ReplyScan::Status::malformed}
+                              : co_await read_mta_reply();
+  if (scan.status != smtp::ReplyScan::Status::complete) {
+    ++messages_tempfailed_;
+    end_reason_ = "mail server lost";
+    co_await write_client(client, services_.reply_mta_lost);
+    co_return false;
+  }
+  count_message(scan.code);
+  const bool ok =
+      co_await write_client(client, backend_in_.view().substr(0, scan.length)) && scan.code != 421;
+  backend_in_.consume(scan.length);
+  co_return ok;
+}
+
+template <class Stream>
+asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
+  std::uint64_t remaining = bdat_.size;
+  auto take_buffered = [&] {
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, client_in_.size()));
+    remaining -= n;
+    return n;
+  };
+  // The BDAT line (and any commands before it) go out with the start of the chunk.
+  const auto first = take_buffered();
+  to_mta_.append(client_in_.view().substr(0, first));
+  client_in_.consume(first);
+  co_await write_mta(to_mta_);
+  to_mta_.clear();
+  while (remaining > 0) {
+    if (!co_await read_client(client, false)) co_return false;
+    const auto n = take_buffered();
+    if (!mta_lost_) co_await write_mta(client_in_.view().substr(0, n));
+    client_in_.consume(n);
+  }
+  co_return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client's name, looked up while the MTA connection is made.
+
+void Session::start_client_name_lookup() {
+  if (!config_.client_name_lookup || config_.backend_metadata == BackendMetadata::none) return;
+  name_lookup_ = std::make_shared<NameLookup>(client_.get_executor());
+  services_.resolver.lookup(identity_.address, client_.get_executor(),
+                            [lookup = name_lookup_](ClientName name) {
+                              lookup->result = std::move(name);
+                              lookup->ready.cancel();
+                            });
+}
+
+asio::awaitable<void> Session::wait_for_client_name() {
+  if (!name_lookup_) co_return;  // lookups off: the name stays [UNAVAILABLE]
+  if (!name_lookup_->result) {
+    name_lookup_->ready.expires_after(kNameLookupTimeout);
+    error_code ignored;
+    co_await name_lookup_->ready.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
+  if (name_lookup_->result) {
+    identity_.name = *name_lookup_->result;
+  } else {
+    identity_.name.status = identity_.name.reverse_status =
+        ClientName::Status::temporarily_unavailable;
+    spdlog::info("{} name lookup for {} timed out", id_, client_label_);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines: one timer per session, re-armed lazily. Arming only moves the deadline; the
+// timer, when it fires early, sleeps again until the deadline.
+
+void Session::arm(Clock::duration timeout) {
+  deadline_ = Clock::now() + timeout;
+  if (watchdog_pending_ && watchdog_.expiry() <= deadline_) return;
+  watchdog_.expires_at(deadline_);  // cancels a later wait, if any
+  start_watchdog();
+}
+
+void Session::start_watchdog() {
+  watchdog_pending_ = true;
+  watchdog_.async_wait([self = shared_from_this()](const error_code& ec) {
+    if (ec == asio::error::operation_aborted) return;  // superseded or finished
+    self->watchdog_pending_ = false;
+    self->on_deadline();
+  });
+}
+
+void Session::on_deadline() {
+  if (Clock::now() < deadline_) {
+    watchdog_.expires_at(deadline_);
+    start_watchdog();
+    return;
+  }
+  timed_out_ = true;
+  error_code ignored;
+  client_.cancel(ignored);
+  backend_.cancel(ignored);
+}
+
+}  // namespace stp

@@ -1,0 +1,164 @@
+// One client connection, from accept to close: the client stream (plain, then TLS after
+// STARTTLS; or TLS from the first byte), the connection to the MTA, their buffers, the SMTP
+// state the proxy needs, and the timer that bounds every wait.
+//
+// The protocol loop is written once, templated on the client stream type. Commands the client
+// pipelined are taken as a group: the proxy answers what it must answer itself (STARTTLS,
+// refused commands) and forwards the rest in one write; it then collects the MTA's replies and
+// sends all replies back in the client's order, in one write. DATA content and BDAT chunks are
+// streamed through in bounded pieces.
+//
+// Trusts: the configuration and the MTA's replies (size-bounded and syntax-checked). Does not
+// trust anything the client sends: every line is bounded, nothing after STARTTLS in the same
+// read is ever executed, a client's XCLIENT/XFORWARD never reaches the MTA, and only the MTA's
+// own final reply to a message ever reaches the client.
+#pragma once
+
+#include "proxy/config.hpp"
+#include "proxy/data_filter.hpp"
+#include "proxy/input_buffer.hpp"
+#include "proxy/name_lookup.hpp"
+#include "proxy/smtp_parse.hpp"
+#include "proxy/xclient.hpp"
+#include "tls/tls_context.hpp"
+#include "tls/tls_stream.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace stp {
+
+// What all sessions share; lives as long as the server.
+struct SessionServices {
+  SessionServices(const Config& config, std::shared_ptr<const tls::ServerContext> tls);
+
+  std::shared_ptr<const tls::ServerContext> current_tls() const { return tls.load(); }
+
+  const Config& config;
+  std::atomic<std::shared_ptr<const tls::ServerContext>> tls;
+  NameResolver resolver;
+  std::optional<boost::asio::ip::tcp::endpoint> backend_endpoint;  // when --backend is an address
+  std::atomic<std::uint64_t> next_session_id;
+
+  // Replies that name this host, formatted once.
+  std::string reply_service_unavailable;  // 421 4.3.2: the MTA cannot be reached
+  std::string reply_identity_refused;     // 421 4.7.0: the MTA would not take XCLIENT
+  std::string reply_mta_lost;             // 421 4.4.2: the MTA went away
+  std::string reply_timeout;              // 421 4.4.2: the client went silent
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(boost::asio::ip::tcp::socket client, const Listener& listener,
+          SessionServices& services);
+
+  boost::asio::awaitable<void> run();
+
+ private:
+  enum class Outcome { start_tls, close };
+  // Why a group of pipelined commands stops where it does.
+  enum class GroupEnd { none, wait_reply, data, bdat, start_tls, quit, close };
+
+  struct PendingReply {
+    enum class Kind : std::uint8_t { local, mta, mta_silent } kind;
+    smtp::Verb verb = smtp::Verb::other;
+    bool message_end = false;  // BDAT LAST: the MTA's verdict on a message
+    std::string_view local = {};  // Kind::local: a reply with static storage
+  };
+
+  template <class Stream>
+  boost::asio::awaitable<bool> open_backend(Stream& client);
+  template <class Stream>
+  boost::asio::awaitable<Outcome> serve(Stream& client);
+  template <class Stream>
+  boost::asio::awaitable<bool> flush_group(Stream& client);
+  template <class Stream>
+  boost::asio::awaitable<bool> relay_data(Stream& client);
+  template <class Stream>
+  boost::asio::awaitable<bool> relay_bdat_chunk(Stream& client);
+  template <class Stream>
+  boost::asio::awaitable<bool> read_client(Stream& client, bool idle);
+  template <class Stream>
+  boost::asio::awaitable<bool> write_client(Stream& client, std::string_view bytes);
+
+  boost::asio::awaitable<bool> handshake();
+  boost::asio::awaitable<bool> connect_backend();
+  boost::asio::awaitable<smtp::ReplyScan> read_mta_reply();
+  boost::asio::awaitable<bool> write_mta(std::string_view bytes);
+  boost::asio::awaitable<void> wait_for_client_name();
+
+  GroupEnd on_command(std::string_view line);
+  void forward(std::string_view line, smtp::Verb verb, bool message_end = false);
+  void reply_locally(std::string_view reply);
+  void on_mta_reply(const PendingReply& pending, int code, std::string_view reply);
+  void count_message(int code);
+
+  void start_client_name_lookup();
+  void arm(std::chrono::steady_clock::duration timeout);
+  void start_watchdog();
+  void on_deadline();
+  void finish();
+
+  SessionServices& services_;
+  const Config& config_;
+  const Listener& listener_;
+  std::string id_;
+  std::chrono::steady_clock::time_point started_;
+
+  boost::asio::ip::tcp::socket client_;
+  boost::asio::ip::tcp::socket backend_;
+  std::optional<tls::TlsStream> tls_;
+  ClientIdentity identity_;
+  std::string client_label_;  // "[addr]:port" for logs
+
+  InputBuffer client_in_;
+  InputBuffer backend_in_;
+  std::string to_mta_;
+  std::string to_client_;
+  std::vector<PendingReply> pending_;
+  smtp::CommandFramer framer_;
+  DataFilter data_filter_;
+
+  // Deadline for whatever the session waits on; the watchdog cancels both sockets at it.
+  boost::asio::steady_timer watchdog_;
+  std::chrono::steady_clock::time_point deadline_;
+  bool watchdog_pending_ = false;
+  bool timed_out_ = false;
+
+  struct NameLookup;
+  std::shared_ptr<NameLookup> name_lookup_;
+
+  // SMTP state.
+  bool advertise_tls_ = false;
+  bool tls_active_ = false;
+  bool security_failure_ = false;  // STARTTLS could not be offered after all: only QUIT
+  bool auth_continuation_ = false;  // the MTA sent 334: the next line is an AUTH response
+  bool data_accepted_ = false;      // the MTA answered DATA with 354
+  bool reset_mta_after_tls_ = false;
+  bool mta_lost_ = false;
+  bool closing_ = false;
+  smtp::BdatArguments bdat_;
+  std::string helo_name_;
+
+  // For the session's log line.
+  std::string_view end_reason_ = "client closed";
+  std::string tls_summary_;
+  unsigned commands_ = 0;
+  unsigned local_rejects_ = 0;
+  unsigned messages_accepted_ = 0;
+  unsigned messages_rejected_ = 0;
+  unsigned messages_tempfailed_ = 0;
+  std::uint64_t bytes_from_client_ = 0;
+  std::uint64_t bytes_to_client_ = 0;
+  bool stuffed_bare_line_ending_ = false;
+};
+
+}  // namespace stp

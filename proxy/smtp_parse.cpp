@@ -1,0 +1,218 @@
+// SMTP framing and EHLO rewriting; see smtp_parse.hpp.
+#include "proxy/smtp_parse.hpp"
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstring>
+
+namespace stp::smtp {
+namespace {
+
+char to_upper_ascii(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(),
+                    [](char x, char y) { return to_upper_ascii(x) == to_upper_ascii(y); });
+}
+
+std::string_view first_word(std::string_view line) {
+  const auto end = line.find_first_of(" \t");
+  return line.substr(0, end);
+}
+
+struct VerbName {
+  std::string_view name;
+  Verb verb;
+};
+constexpr std::array<VerbName, 17> kVerbs{{
+    {"HELO", Verb::helo},
+    {"EHLO", Verb::ehlo},
+    {"MAIL", Verb::mail},
+    {"RCPT", Verb::rcpt},
+    {"DATA", Verb::data},
+    {"BDAT", Verb::bdat},
+    {"RSET", Verb::rset},
+    {"NOOP", Verb::noop},
+    {"QUIT", Verb::quit},
+    {"VRFY", Verb::vrfy},
+    {"EXPN", Verb::expn},
+    {"ETRN", Verb::etrn},
+    {"HELP", Verb::help},
+    {"AUTH", Verb::auth},
+    {"STARTTLS", Verb::starttls},
+    {"XCLIENT", Verb::xclient},
+    {"XFORWARD", Verb::xforward},
+}};
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+// The lines of a complete reply, terminators stripped.
+template <class Visit>
+void for_each_reply_line(std::string_view reply, Visit&& visit) {
+  while (!reply.empty()) {
+    const auto lf = reply.find('\n');
+    std::string_view line = reply.substr(0, lf);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    visit(line);
+    if (lf == std::string_view::npos) break;
+    reply.remove_prefix(lf + 1);
+  }
+}
+
+}  // namespace
+
+Verb classify_verb(std::string_view line) {
+  const auto word = first_word(line);
+  for (const auto& v : kVerbs) {
+    if (iequals(word, v.name)) return v.verb;
+  }
+  return Verb::other;
+}
+
+std::string_view command_arguments(std::string_view line) {
+  const auto end = line.find_first_of(" \t");
+  if (end == std::string_view::npos) return {};
+  const auto start = line.find_first_not_of(" \t", end);
+  return start == std::string_view::npos ? std::string_view{} : line.substr(start);
+}
+
+bool has_forbidden_command_bytes(std::string_view line) {
+  return line.find('\0') != std::string_view::npos || line.find('\r') != std::string_view::npos;
+}
+
+CommandFramer::Result CommandFramer::next(std::string_view input) {
+  const auto lf = input.find('\n');
+  if (skipping_) {
+    if (lf == std::string_view::npos) return {Status::need_more, input.size(), {}};
+    skipping_ = false;
+    return {Status::line_too_long, lf + 1, {}};
+  }
+  if (lf == std::string_view::npos) {
+    // The terminator has not arrived; the line is already too long if it cannot fit.
+    if (input.size() > max_line_length_ + 1) {
+      skipping_ = true;
+      return {Status::need_more, input.size(), {}};
+    }
+    return {Status::need_more, 0, {}};
+  }
+  std::string_view line = input.substr(0, lf);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  if (line.size() > max_line_length_) return {Status::line_too_long, lf + 1, {}};
+  return {Status::line, lf + 1, line};
+}
+
+std::optional<BdatArguments> parse_bdat_arguments(std::string_view arguments) {
+  const auto size_end = arguments.find_first_of(" \t");
+  const auto size_text = arguments.substr(0, size_end);
+  if (size_text.empty() || size_text.size() > 19) return std::nullopt;
+  BdatArguments parsed;
+  const auto [ptr, ec] =
+      std::from_chars(size_text.data(), size_text.data() + size_text.size(), parsed.size);
+  if (ec != std::errc{} || ptr != size_text.data() + size_text.size()) return std::nullopt;
+  if (size_end != std::string_view::npos) {
+    auto rest = arguments.substr(size_end);
+    const auto start = rest.find_first_not_of(" \t");
+    rest = start == std::string_view::npos ? std::string_view{} : rest.substr(start);
+    while (!rest.empty() && (rest.back() == ' ' || rest.back() == '\t')) rest.remove_suffix(1);
+    if (rest.empty()) return parsed;
+    if (!iequals(rest, "LAST")) return std::nullopt;
+    parsed.last = true;
+  }
+  return parsed;
+}
+
+ReplyScan scan_reply(std::string_view input, std::size_t max_reply_length) {
+  std::size_t offset = 0;
+  int code = 0;
+  while (true) {
+    const auto lf = input.find('\n', offset);
+    if (lf == std::string_view::npos) {
+      if (input.size() > max_reply_length) return {ReplyScan::Status::malformed, 0, 0};
+      return {ReplyScan::Status::need_more, 0, 0};
+    }
+    if (lf + 1 > max_reply_length) return {ReplyScan::Status::malformed, 0, 0};
+    std::string_view line = input.substr(offset, lf - offset);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2]) ||
+        line[0] < '2' || line[0] > '5') {
+      return {ReplyScan::Status::malformed, 0, 0};
+    }
+    const int line_code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    if (code != 0 && line_code != code) return {ReplyScan::Status::malformed, 0, 0};
+    code = line_code;
+    const bool more = line.size() > 3 && line[3] == '-';
+    if (line.size() > 3 && !more && line[3] != ' ') return {ReplyScan::Status::malformed, 0, 0};
+    offset = lf + 1;
+    if (!more) return {ReplyScan::Status::complete, offset, code};
+  }
+}
+
+bool MtaCapabilities::advertises(std::string_view attribute) const {
+  return std::any_of(xclient_attributes.begin(), xclient_attributes.end(),
+                     [&](const std::string& a) { return iequals(a, attribute); });
+}
+
+MtaCapabilities parse_ehlo_capabilities(std::string_view reply) {
+  MtaCapabilities caps;
+  bool first = true;
+  for_each_reply_line(reply, [&](std::string_view line) {
+    if (first || line.size() < 4) {  // the first line is the greeting, not a keyword
+      first = false;
+      return;
+    }
+    const auto text = line.substr(4);
+    if (!iequals(first_word(text), "XCLIENT")) return;
+    caps.xclient = true;
+    auto rest = command_arguments(text);
+    while (!rest.empty()) {
+      const auto end = rest.find_first_of(" \t");
+      std::string attribute(rest.substr(0, end));
+      for (auto& c : attribute) c = to_upper_ascii(c);
+      caps.xclient_attributes.push_back(std::move(attribute));
+      if (end == std::string_view::npos) break;
+      const auto next = rest.find_first_not_of(" \t", end);
+      rest = next == std::string_view::npos ? std::string_view{} : rest.substr(next);
+    }
+  });
+  return caps;
+}
+
+std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrite) {
+  if (reply.size() < 3 || reply.substr(0, 3) != "250") return std::string(reply);
+  std::vector<std::string_view> lines;
+  bool first = true;
+  for_each_reply_line(reply, [&](std::string_view line) {
+    const auto text = line.size() > 4 ? line.substr(4) : std::string_view{};
+    if (!first) {
+      const auto keyword = first_word(text);
+      if (keyword.empty()) return;  // an empty extension line says nothing
+      if (iequals(keyword, "STARTTLS") || iequals(keyword, "XCLIENT") ||
+          iequals(keyword, "XFORWARD")) {
+        return;
+      }
+      // "AUTH=LOGIN" is the pre-RFC form some clients still look for.
+      if (rewrite.hide_auth &&
+          (iequals(keyword, "AUTH") || iequals(keyword.substr(0, 5), "AUTH="))) {
+        return;
+      }
+    }
+    first = false;
+    lines.push_back(text);
+  });
+  if (rewrite.offer_starttls) lines.push_back("STARTTLS");
+
+  std::string out;
+  std::size_t total = 0;
+  for (const auto& l : lines) total += l.size() + 6;
+  out.reserve(total);
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    out += i + 1 < lines.size() ? "250-" : "250 ";
+    out += lines[i];
+    out += "\r\n";
+  }
+  return out;
+}
+
+}  // namespace stp::smtp

@@ -1,0 +1,99 @@
+// SMTP wire framing as pure functions: client command lines, MTA replies, and the EHLO reply
+// rewrite. No sockets, no allocation on the framing paths; unit-tested and fuzzed.
+//
+// Trusts nothing: client bytes are arbitrary (any length, NULs, bare CR/LF); MTA replies are
+// bounded in size and checked for a well-formed code before anything reads them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace stp::smtp {
+
+enum class Verb : std::uint8_t {
+  other,
+  helo,
+  ehlo,
+  mail,
+  rcpt,
+  data,
+  bdat,
+  rset,
+  noop,
+  quit,
+  vrfy,
+  expn,
+  etrn,
+  help,
+  auth,
+  starttls,
+  xclient,
+  xforward,
+};
+
+// The verb of a command line (its first word, case-insensitively).
+Verb classify_verb(std::string_view line);
+// What follows the verb and the spaces after it.
+std::string_view command_arguments(std::string_view line);
+// NUL or a CR inside a command line: forwarding it could desynchronise the MTA.
+bool has_forbidden_command_bytes(std::string_view line);
+
+// Splits the client's byte stream into command lines ending in LF (a CR before it is
+// dropped). A line longer than the limit is skipped up to its end and reported once.
+class CommandFramer {
+ public:
+  explicit CommandFramer(std::size_t max_line_length) : max_line_length_(max_line_length) {}
+
+  enum class Status { need_more, line, line_too_long };
+  struct Result {
+    Status status;
+    std::size_t consumed;   // bytes of input used up, also with need_more while skipping
+    std::string_view line;  // with Status::line: the line without its terminator
+  };
+  Result next(std::string_view input);
+
+  // Forget a partially skipped line (the buffer it came from was thrown away).
+  void reset() { skipping_ = false; }
+
+ private:
+  std::size_t max_line_length_;
+  bool skipping_ = false;
+};
+
+struct BdatArguments {
+  std::uint64_t size = 0;
+  bool last = false;
+};
+// "<size> [LAST]"; nullopt on anything else.
+std::optional<BdatArguments> parse_bdat_arguments(std::string_view arguments);
+
+// One complete MTA reply (one or more lines of the same code, the last without `-`).
+struct ReplyScan {
+  enum class Status { need_more, complete, malformed } status;
+  std::size_t length = 0;  // bytes of the whole reply, line terminators included
+  int code = 0;
+};
+ReplyScan scan_reply(std::string_view input, std::size_t max_reply_length);
+
+// What the MTA's EHLO reply says it supports, as far as the proxy cares.
+struct MtaCapabilities {
+  bool xclient = false;
+  std::vector<std::string> xclient_attributes;  // upper-cased, as advertised
+  bool advertises(std::string_view attribute) const;
+};
+MtaCapabilities parse_ehlo_capabilities(std::string_view reply);
+
+struct EhloRewrite {
+  bool offer_starttls = false;  // client matches --tls-advertise-hosts and is not encrypted
+  bool hide_auth = false;       // not encrypted yet
+};
+// Rewrites a complete 250 EHLO reply: drops STARTTLS, XCLIENT, XFORWARD (and AUTH when asked),
+// adds STARTTLS when asked, and re-terminates every line with CRLF. Any other reply is
+// returned unchanged.
+std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrite);
+
+}  // namespace stp::smtp

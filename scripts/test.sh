@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what the tests need, builds, and runs every test: unit tests through CTest, then
+# the integration tests, which drive the built proxy against real Postfix, smtp-sink, openssl
+# and swaks on loopback. .ci/run calls exactly this. Needs root (apt, and Postfix's master).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh test
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build
+ctest --test-dir build --output-on-failure -j 2
+/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration

@@ -1,0 +1,194 @@
+// Command framing, reply scanning and the EHLO rewrite.
+#include "proxy/smtp_parse.hpp"
+
+#include <gtest/gtest.h>
+
+namespace stp::smtp {
+namespace {
+
+TEST(ClassifyVerb, IsCaseInsensitiveAndUsesFirstWordOnly) {
+  EXPECT_EQ(classify_verb("ehlo client.example"), Verb::ehlo);
+  EXPECT_EQ(classify_verb("StartTLS"), Verb::starttls);
+  EXPECT_EQ(classify_verb("MAIL FROM:<a@b>"), Verb::mail);
+  EXPECT_EQ(classify_verb("xclient ADDR=1.2.3.4"), Verb::xclient);
+  EXPECT_EQ(classify_verb("XFORWARD NAME=x"), Verb::xforward);
+  EXPECT_EQ(classify_verb("STARTTLSX"), Verb::other);
+  EXPECT_EQ(classify_verb(""), Verb::other);
+  EXPECT_EQ(classify_verb("BDAT\t100 LAST"), Verb::bdat);
+}
+
+TEST(CommandArguments, SkipsVerbAndBlanks) {
+  EXPECT_EQ(command_arguments("EHLO   host.example"), "host.example");
+  EXPECT_EQ(command_arguments("QUIT"), "");
+  EXPECT_EQ(command_arguments("QUIT   "), "");
+}
+
+TEST(ForbiddenBytes, NulAndBareCrAreForbidden) {
+  EXPECT_TRUE(has_forbidden_command_bytes(std::string_view("MAIL\0FROM", 9)));
+  EXPECT_TRUE(has_forbidden_command_bytes("RSET\rMAIL FROM:<x>"));
+  EXPECT_FALSE(has_forbidden_command_bytes("MAIL FROM:<j\xc3\xb6rg@example.org>"));
+}
+
+TEST(CommandFramer, SplitsPipelinedLinesAndAcceptsBareLf) {
+  CommandFramer framer(64);
+  std::string_view input = "EHLO a\r\nMAIL FROM:<x>\nRC";
+  auto r = framer.next(input);
+  ASSERT_EQ(r.status, CommandFramer::Status::line);
+  EXPECT_EQ(r.line, "EHLO a");
+  EXPECT_EQ(r.consumed, 8u);
+  input.remove_prefix(r.consumed);
+  r = framer.next(input);
+  ASSERT_EQ(r.status, CommandFramer::Status::line);
+  EXPECT_EQ(r.line, "MAIL FROM:<x>");
+  input.remove_prefix(r.consumed);
+  r = framer.next(input);
+  EXPECT_EQ(r.status, CommandFramer::Status::need_more);
+  EXPECT_EQ(r.consumed, 0u);
+}
+
+TEST(CommandFramer, LineOfExactlyTheLimitIsAccepted) {
+  CommandFramer framer(10);
+  const std::string line(10, 'a');
+  auto r = framer.next(line + "\r\n");
+  EXPECT_EQ(r.status, CommandFramer::Status::line);
+  r = framer.next(line + "a\r\n");
+  EXPECT_EQ(r.status, CommandFramer::Status::line_too_long);
+  EXPECT_EQ(r.consumed, 13u);
+}
+
+TEST(CommandFramer, OverlongLineArrivingInPiecesIsSkippedAndReportedOnce) {
+  CommandFramer framer(10);
+  auto r = framer.next(std::string(50, 'x'));
+  EXPECT_EQ(r.status, CommandFramer::Status::need_more);
+  EXPECT_EQ(r.consumed, 50u);  // dropped, not buffered
+  r = framer.next(std::string(50, 'y'));
+  EXPECT_EQ(r.status, CommandFramer::Status::need_more);
+  EXPECT_EQ(r.consumed, 50u);
+  r = framer.next("zz\r\nNOOP\r\n");
+  EXPECT_EQ(r.status, CommandFramer::Status::line_too_long);
+  EXPECT_EQ(r.consumed, 4u);
+  r = framer.next("NOOP\r\n");
+  ASSERT_EQ(r.status, CommandFramer::Status::line);
+  EXPECT_EQ(r.line, "NOOP");
+}
+
+TEST(CommandFramer, ResetForgetsSkipping) {
+  CommandFramer framer(4);
+  framer.next("xxxxxxxxxx");
+  framer.reset();
+  const auto r = framer.next("NOOP\r\n");
+  EXPECT_EQ(r.status, CommandFramer::Status::line);
+}
+
+TEST(BdatArguments, ParsesSizeAndLast) {
+  auto a = parse_bdat_arguments("1024");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->size, 1024u);
+  EXPECT_FALSE(a->last);
+  a = parse_bdat_arguments("0 last");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->size, 0u);
+  EXPECT_TRUE(a->last);
+  EXPECT_FALSE(parse_bdat_arguments(""));
+  EXPECT_FALSE(parse_bdat_arguments("-1"));
+  EXPECT_FALSE(parse_bdat_arguments("12x"));
+  EXPECT_FALSE(parse_bdat_arguments("12 FIRST"));
+  EXPECT_FALSE(parse_bdat_arguments("99999999999999999999"));
+}
+
+TEST(ScanReply, SingleAndMultiLine) {
+  auto s = scan_reply("250 ok\r\n354 go", 512);
+  ASSERT_EQ(s.status, ReplyScan::Status::complete);
+  EXPECT_EQ(s.code, 250);
+  EXPECT_EQ(s.length, 8u);
+  s = scan_reply("250-a\r\n250-b\r\n250 c\r\n", 512);
+  ASSERT_EQ(s.status, ReplyScan::Status::complete);
+  EXPECT_EQ(s.length, 21u);
+  s = scan_reply("250-a\r\n250-b\r\n", 512);
+  EXPECT_EQ(s.status, ReplyScan::Status::need_more);
+  s = scan_reply("220\r\n", 512);
+  EXPECT_EQ(s.status, ReplyScan::Status::complete);
+}
+
+TEST(ScanReply, RejectsGarbageMixedCodesAndOversize) {
+  EXPECT_EQ(scan_reply("hello\r\n", 512).status, ReplyScan::Status::malformed);
+  EXPECT_EQ(scan_reply("250-a\r\n251 b\r\n", 512).status, ReplyScan::Status::malformed);
+  EXPECT_EQ(scan_reply("250xok\r\n", 512).status, ReplyScan::Status::malformed);
+  EXPECT_EQ(scan_reply("650 ok\r\n", 512).status, ReplyScan::Status::malformed);
+  EXPECT_EQ(scan_reply(std::string(600, '2'), 512).status, ReplyScan::Status::malformed);
+  EXPECT_EQ(scan_reply("250-" + std::string(600, 'a') + "\r\n", 512).status,
+            ReplyScan::Status::malformed);
+}
+
+constexpr std::string_view kPostfixEhlo =
+    "250-mx.example.org\r\n"
+    "250-PIPELINING\r\n"
+    "250-SIZE 10240000\r\n"
+    "250-STARTTLS\r\n"
+    "250-AUTH PLAIN LOGIN\r\n"
+    "250-AUTH=PLAIN LOGIN\r\n"
+    "250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN\r\n"
+    "250-XFORWARD NAME ADDR PROTO HELO\r\n"
+    "250-ENHANCEDSTATUSCODES\r\n"
+    "250-8BITMIME\r\n"
+    "250-DSN\r\n"
+    "250-SMTPUTF8\r\n"
+    "250 CHUNKING\r\n";
+
+TEST(EhloCapabilities, FindsXclientAttributes) {
+  const auto caps = parse_ehlo_capabilities(kPostfixEhlo);
+  EXPECT_TRUE(caps.xclient);
+  EXPECT_TRUE(caps.advertises("ADDR"));
+  EXPECT_TRUE(caps.advertises("reverse_name"));
+  EXPECT_FALSE(caps.advertises("DESTADDR"));
+  EXPECT_FALSE(parse_ehlo_capabilities("250-x\r\n250 XCLIENTS NAME\r\n").xclient);
+  // The greeting line is not a keyword even if it looks like one.
+  EXPECT_FALSE(parse_ehlo_capabilities("250 XCLIENT ADDR\r\n").xclient);
+}
+
+TEST(EhloRewrite, PlaintextClientThatMayUseTls) {
+  const auto out = rewrite_ehlo_reply(kPostfixEhlo, {.offer_starttls = true, .hide_auth = true});
+  EXPECT_EQ(out,
+            "250-mx.example.org\r\n"
+            "250-PIPELINING\r\n"
+            "250-SIZE 10240000\r\n"
+            "250-ENHANCEDSTATUSCODES\r\n"
+            "250-8BITMIME\r\n"
+            "250-DSN\r\n"
+            "250-SMTPUTF8\r\n"
+            "250-CHUNKING\r\n"
+            "250 STARTTLS\r\n");
+}
+
+TEST(EhloRewrite, EncryptedClientSeesAuthButNoStarttls) {
+  const auto out = rewrite_ehlo_reply(kPostfixEhlo, {.offer_starttls = false, .hide_auth = false});
+  EXPECT_NE(out.find("250-AUTH PLAIN LOGIN\r\n"), std::string::npos);
+  EXPECT_EQ(out.find("STARTTLS"), std::string::npos);
+  EXPECT_EQ(out.find("XCLIENT"), std::string::npos);
+  EXPECT_EQ(out.find("XFORWARD"), std::string::npos);
+  EXPECT_TRUE(out.ends_with("250 CHUNKING\r\n"));
+}
+
+TEST(EhloRewrite, SingleLineReplyGainsStarttls) {
+  EXPECT_EQ(rewrite_ehlo_reply("250 mx\r\n", {.offer_starttls = true}),
+            "250-mx\r\n250 STARTTLS\r\n");
+  EXPECT_EQ(rewrite_ehlo_reply("250 mx\n", {}), "250 mx\r\n");
+}
+
+TEST(EhloRewrite, OnlyStarttlsLeftBecomesLastLine) {
+  EXPECT_EQ(rewrite_ehlo_reply("250-mx\r\n250 STARTTLS\r\n", {}), "250 mx\r\n");
+}
+
+TEST(EhloRewrite, EmptyExtensionLinesAreDropped) {
+  // smtp-sink ends its EHLO reply with a bare "250 ".
+  EXPECT_EQ(rewrite_ehlo_reply("250-sink\r\n250-DSN\r\n250 \r\n", {.offer_starttls = true}),
+            "250-sink\r\n250-DSN\r\n250 STARTTLS\r\n");
+}
+
+TEST(EhloRewrite, ErrorRepliesPassUnchanged) {
+  EXPECT_EQ(rewrite_ehlo_reply("554 5.7.1 go away\r\n", {.offer_starttls = true}),
+            "554 5.7.1 go away\r\n");
+}
+
+}  // namespace
+}  // namespace stp::smtp

@@ -1,0 +1,176 @@
+// Server TLS context set-up; see tls_context.hpp.
+#include "tls/tls_context.hpp"
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include <cstdio>
+#include <string_view>
+
+namespace stp::tls {
+namespace {
+
+// TLS 1.2 suites when the operator sets none: AEAD with forward secrecy only.
+constexpr const char* kDefaultCipherList =
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256";
+
+struct Deleter {
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+  void operator()(X509* p) const { X509_free(p); }
+  void operator()(BIO* p) const { BIO_free(p); }
+  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
+  void operator()(X509_EXTENSION* p) const { X509_EXTENSION_free(p); }
+};
+template <class T>
+using Owned = std::unique_ptr<T, Deleter>;
+
+[[noreturn]] void fail(std::string_view flag, std::string_view what) {
+  std::string message(flag);
+  message += ": ";
+  message += what;
+  const auto details = take_openssl_errors();
+  if (!details.empty()) message += " (" + details + ")";
+  throw ConfigError(message);
+}
+
+void load_certificate_pair(SSL_CTX* ctx, const std::string& certificate_file,
+                           const std::string& key_file) {
+  if (SSL_CTX_use_certificate_chain_file(ctx, certificate_file.c_str()) != 1) {
+    fail("--tls-certificate", "cannot load certificate chain from " + certificate_file);
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    fail(key_file == certificate_file ? "--tls-certificate" : "--tls-privatekey",
+         "cannot load private key from " + key_file);
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    fail("--tls-privatekey", "key in " + key_file + " does not match certificate " +
+                                 certificate_file);
+  }
+}
+
+// A throw-away ECDSA P-256 certificate for `hostname`, valid for a year.
+void use_self_signed(SSL_CTX* ctx, const std::string& hostname) {
+  Owned<EVP_PKEY> key(EVP_EC_gen("P-256"));
+  Owned<X509> cert(X509_new());
+  if (!key || !cert) fail("--tls-certificate", "cannot generate a self-signed certificate");
+  X509_set_version(cert.get(), 2);
+  unsigned char serial[16];
+  RAND_bytes(serial, sizeof serial);
+  serial[0] &= 0x7f;
+  BIGNUM* serial_bn = BN_bin2bn(serial, sizeof serial, nullptr);
+  BN_to_ASN1_INTEGER(serial_bn, X509_get_serialNumber(cert.get()));
+  BN_free(serial_bn);
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), 365L * 24 * 3600);
+  X509_set_pubkey(cert.get(), key.get());
+  X509_NAME* name = X509_get_subject_name(cert.get());
+  const std::string cn = hostname.substr(0, 64);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(cert.get(), name);
+  const std::string san = "DNS:" + hostname;
+  Owned<X509_EXTENSION> ext(
+      X509V3_EXT_conf_nid(nullptr, nullptr, NID_subject_alt_name, san.c_str()));
+  if (ext) X509_add_ext(cert.get(), ext.get(), -1);
+  if (X509_sign(cert.get(), key.get(), EVP_sha256()) == 0 ||
+      SSL_CTX_use_certificate(ctx, cert.get()) != 1 ||
+      SSL_CTX_use_PrivateKey(ctx, key.get()) != 1) {
+    fail("--tls-certificate", "cannot generate a self-signed certificate");
+  }
+}
+
+void use_dhparam(SSL_CTX* ctx, const std::string& dhparam) {
+  if (dhparam.empty()) return;
+  Owned<EVP_PKEY> params;
+  if (dhparam.rfind("ffdhe", 0) == 0) {
+    Owned<EVP_PKEY_CTX> pctx(EVP_PKEY_CTX_new_from_name(nullptr, "DH", nullptr));
+    OSSL_PARAM settings[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME,
+                                         const_cast<char*>(dhparam.c_str()), 0),
+        OSSL_PARAM_construct_end()};
+    EVP_PKEY* raw = nullptr;
+    if (!pctx || EVP_PKEY_paramgen_init(pctx.get()) != 1 ||
+        EVP_PKEY_CTX_set_params(pctx.get(), settings) != 1 ||
+        EVP_PKEY_paramgen(pctx.get(), &raw) != 1) {
+      fail("--tls-dhparam", "unknown group " + dhparam);
+    }
+    params.reset(raw);
+  } else {
+    Owned<BIO> bio(BIO_new_file(dhparam.c_str(), "r"));
+    if (!bio) fail("--tls-dhparam", "cannot read " + dhparam);
+    params.reset(PEM_read_bio_Parameters(bio.get(), nullptr));
+    if (!params) fail("--tls-dhparam", "no DH parameters in " + dhparam);
+  }
+  if (SSL_CTX_set0_tmp_dh_pkey(ctx, params.get()) != 1) {
+    fail("--tls-dhparam", "OpenSSL refused the parameters in " + dhparam);
+  }
+  params.release();  // owned by the context now
+}
+
+}  // namespace
+
+std::string take_openssl_errors() {
+  std::string out;
+  char buffer[256];
+  while (const unsigned long e = ERR_get_error()) {
+    ERR_error_string_n(e, buffer, sizeof buffer);
+    if (!out.empty()) out += "; ";
+    out += buffer;
+  }
+  return out;
+}
+
+ServerContext::~ServerContext() { SSL_CTX_free(ctx_); }
+
+std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
+  std::shared_ptr<ServerContext> self(new ServerContext);
+  ERR_clear_error();
+  self->ctx_ = SSL_CTX_new(TLS_server_method());
+  SSL_CTX* ctx = self->ctx_;
+  if (!ctx) fail("--tls-certificate", "cannot create a TLS context");
+
+  const int min_version = config.tls_min_protocol == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
+  SSL_CTX_set_min_proto_version(ctx, min_version);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+  // Sessions write from buffers that move and may be sent in pieces; idle ones free their
+  // record buffers.
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>("smtp-tls-proxy"),
+                                 14);
+
+  const std::string& ciphers =
+      config.tls_require_ciphers.empty() ? std::string(kDefaultCipherList)
+                                         : config.tls_require_ciphers;
+  if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
+    fail("--tls-require-ciphers", "no usable cipher in \"" + ciphers + "\"");
+  }
+  if (!config.tls_ciphersuites.empty() &&
+      SSL_CTX_set_ciphersuites(ctx, config.tls_ciphersuites.c_str()) != 1) {
+    fail("--tls-ciphersuites", "no usable TLS 1.3 suite in \"" + config.tls_ciphersuites + "\"");
+  }
+  use_dhparam(ctx, config.tls_dhparam);
+
+  if (config.tls_certificates.empty()) {
+    use_self_signed(ctx, config.hostname);
+    self->self_signed_ = true;
+  } else {
+    for (std::size_t i = 0; i < config.tls_certificates.size(); ++i) {
+      const auto& certificate = config.tls_certificates[i];
+      const auto& key =
+          i < config.tls_privatekeys.size() ? config.tls_privatekeys[i] : certificate;
+      load_certificate_pair(ctx, certificate, key);
+    }
+  }
+  return self;
+}
+
+}  // namespace stp::tls

@@ -1,0 +1,40 @@
+// The server-side TLS context: certificates, protocol floor, ciphers and key exchange, built
+// once and shared by every session (sessions hold a reference, so a future reload can swap
+// in a new one while sessions in flight keep theirs).
+//
+// Trusts the operator's files only after OpenSSL has parsed them and the key matched its
+// certificate; every failure names the flag it came from.
+#pragma once
+
+#include "proxy/config.hpp"
+
+#include <openssl/ssl.h>
+
+#include <memory>
+#include <string>
+
+namespace stp::tls {
+
+class ServerContext {
+ public:
+  // Throws ConfigError("--tls-...: why").
+  static std::shared_ptr<const ServerContext> create(const Config& config);
+
+  ~ServerContext();
+  ServerContext(const ServerContext&) = delete;
+  ServerContext& operator=(const ServerContext&) = delete;
+
+  SSL_CTX* native_handle() const { return ctx_; }
+  // True when no certificate was configured and a throw-away one was generated.
+  bool self_signed() const { return self_signed_; }
+
+ private:
+  ServerContext() = default;
+  SSL_CTX* ctx_ = nullptr;
+  bool self_signed_ = false;
+};
+
+// The OpenSSL error queue as one line (and cleared), for logs and error messages.
+std::string take_openssl_errors();
+
+}  // namespace stp::tls
