@@ -475,9 +475,9 @@ std::vector<Flag> flag_table() {
 // Checks between flags, once every flag is applied.
 void check_together(Config& config, bool ports_given) {
   if (config.tls_privatekeys.size() > config.tls_certificates.size()) {
-    throw ConfigError("--tls-privatekey: more keys than certificates (" +
-                      std::to_string(config.tls_privatekeys.size()) + " keys, " +
-                      std::to_string(config.tls_certificates.size()) + " certificates)");
+    throw ConfigError("--tls-privatekey: more keys than --tls-certificate files (" +
+                      std::to_string(config.tls_privatekeys.size()) + " > " +
+                      std::to_string(config.tls_certificates.size()) + ")");
   }
   const auto implicit = [&](std::uint16_t port) {
     return std::count(config.tls_on_connect_ports.begin(), config.tls_on_connect_ports.end(),
@@ -625,6 +625,10 @@ Settings read_command_line(const std::vector<Flag>& table, int argc, const char*
     }
     const Flag& flag = *find_flag(table, option.string_key);
     std::string value = flag.kind == Kind::toggle ? "true" : option.value.front();
+    // Program_options takes `--b` as the value in `--a --b`; no value of ours looks like a flag.
+    if (value.starts_with("--") && find_flag(table, value.substr(2, value.find('=') - 2))) {
+      throw flag_error(flag.name, "needs a value");
+    }
     add(settings, flag, std::move(value), "");
   }
   return settings;

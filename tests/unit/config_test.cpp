@@ -97,7 +97,9 @@ std::string machine_name() {
   return name;
 }
 
-boost::asio::ip::address ip(const char* text) { return boost::asio::ip::make_address(text); }
+boost::asio::ip::address ip(const char* text) {
+  return boost::asio::ip::make_address(text);
+}
 
 // ---- defaults --------------------------------------------------------------------------------
 
@@ -181,14 +183,13 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
   for (std::string line; std::getline(lines, line);) {
     if (line.starts_with("  --")) listed.push_back(line.substr(4, line.find(' ', 4) - 4));
   }
-  EXPECT_THAT(listed,
-              ElementsAre("help", "version", "config", "listen", "tls-on-connect-ports",
-                          "tls-on-connect", "backend", "backend-metadata", "hostname",
-                          "tls-certificate", "tls-privatekey", "tls-advertise-hosts",
-                          "tls-require-ciphers", "tls-ciphersuites", "tls-min-protocol",
-                          "tls-dhparam", "client-name-lookup", "smtp-receive-timeout",
-                          "tls-handshake-timeout", "max-line-length", "bare-lf", "threads",
-                          "log-level"));
+  EXPECT_THAT(
+      listed,
+      ElementsAre("help", "version", "config", "listen", "tls-on-connect-ports", "tls-on-connect",
+                  "backend", "backend-metadata", "hostname", "tls-certificate", "tls-privatekey",
+                  "tls-advertise-hosts", "tls-require-ciphers", "tls-ciphersuites",
+                  "tls-min-protocol", "tls-dhparam", "client-name-lookup", "smtp-receive-timeout",
+                  "tls-handshake-timeout", "max-line-length", "bare-lf", "threads", "log-level"));
 
   const std::map<std::string, std::string> defaults = {
       {"config", "none"},
@@ -210,9 +211,8 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"tls-handshake-timeout", "30s"},
       {"max-line-length", "4096"},
       {"bare-lf", "normalize"},
-      {"threads",
-       "the number of cores, " +
-           std::to_string(std::clamp(std::thread::hardware_concurrency(), 1u, 256u))},
+      {"threads", "the number of cores, " +
+                      std::to_string(std::clamp(std::thread::hardware_concurrency(), 1u, 256u))},
       {"log-level", "info"},
   };
   for (const auto& [flag, value] : defaults) {
@@ -242,7 +242,8 @@ TEST(Config, Version) {
 TEST(Config, ListenReplacesTheDefaults) {
   const Config config =
       parse({"--listen", "127.0.0.1:2525", "--listen=[::]:25", "--listen", "[2001:db8::7]:465"});
-  EXPECT_THAT(listeners_of(config), ElementsAre("127.0.0.1:2525", "[::]:25", "[2001:db8::7]:465 tls"));
+  EXPECT_THAT(listeners_of(config),
+              ElementsAre("127.0.0.1:2525", "[::]:25", "[2001:db8::7]:465 tls"));
   EXPECT_TRUE(config.listeners[1].endpoint.address().is_v6());
   EXPECT_EQ(config.listeners[1].endpoint.address(), ip("::"));
   EXPECT_EQ(config.listeners[1].endpoint.port(), 25);
@@ -278,12 +279,14 @@ TEST(Config, ListenErrors) {
 TEST(Config, TlsOnConnectPortsMarkListeners) {
   const Config config = parse({"--listen", "127.0.0.1:25", "--listen", "[::1]:2465", "--listen",
                                "127.0.0.1:2465", "--tls-on-connect-ports", " 2465 "});
-  EXPECT_THAT(listeners_of(config), ElementsAre("127.0.0.1:25", "[::1]:2465 tls", "127.0.0.1:2465 tls"));
+  EXPECT_THAT(listeners_of(config),
+              ElementsAre("127.0.0.1:25", "[::1]:2465 tls", "127.0.0.1:2465 tls"));
   EXPECT_THAT(config.tls_on_connect_ports, ElementsAre(2465));
 
   const Config two = parse({"--listen", "127.0.0.1:465", "--listen", "127.0.0.1:993", "--listen",
                             "127.0.0.1:25", "--tls-on-connect-ports", "993,465"});
-  EXPECT_THAT(listeners_of(two), ElementsAre("127.0.0.1:465 tls", "127.0.0.1:993 tls", "127.0.0.1:25"));
+  EXPECT_THAT(listeners_of(two),
+              ElementsAre("127.0.0.1:465 tls", "127.0.0.1:993 tls", "127.0.0.1:25"));
   EXPECT_THAT(two.tls_on_connect_ports, ElementsAre(993, 465));
 }
 
@@ -315,7 +318,8 @@ TEST(Config, TlsOnConnectPortsErrors) {
 }
 
 TEST(Config, TlsOnConnectMakesEveryPortImplicit) {
-  const Config config = parse({"--tls-on-connect", "--listen", "[::]:25", "--listen", "0.0.0.0:587"});
+  const Config config =
+      parse({"--tls-on-connect", "--listen", "[::]:25", "--listen", "0.0.0.0:587"});
   EXPECT_TRUE(config.tls_on_connect);
   EXPECT_THAT(listeners_of(config), ElementsAre("[::]:25 tls", "0.0.0.0:587 tls"));
 }
@@ -376,7 +380,8 @@ TEST(Config, Hostname) {
   EXPECT_EQ(error_of({"--hostname", "mx 1"}), "--hostname: " + hint + " (mx 1)");
   EXPECT_EQ(error_of({"--hostname", "mx_1.example"}), "--hostname: " + hint + " (mx_1.example)");
   EXPECT_EQ(error_of({"--hostname", "mx.example."}), "--hostname: " + hint + " (mx.example.)");
-  EXPECT_EQ(error_of({"--hostname", "mx\r\n250 x"}), "--hostname: " + hint + " (mx\\x0d\\x0a250 x)");
+  EXPECT_EQ(error_of({"--hostname", "mx\r\n250 x"}),
+            "--hostname: " + hint + " (mx\\x0d\\x0a250 x)");
   EXPECT_EQ(error_of({"--hostname", std::string(64, 'a') + ".example"}),
             "--hostname: " + hint + " (" + std::string(64, 'a') + ".example)");
 }
@@ -391,11 +396,11 @@ TEST(Config, CertificatesAndKeysPairInOrder) {
 }
 
 TEST(Config, MoreKeysThanCertificatesIsAnError) {
-  EXPECT_EQ(error_of({"--tls-certificate", "a.pem", "--tls-privatekey", "a.key",
-                      "--tls-privatekey", "b.key"}),
-            "--tls-privatekey: more keys than certificates (2 keys, 1 certificates)");
+  EXPECT_EQ(error_of({"--tls-certificate", "a.pem", "--tls-privatekey", "a.key", "--tls-privatekey",
+                      "b.key"}),
+            "--tls-privatekey: more keys than --tls-certificate files (2 > 1)");
   EXPECT_EQ(error_of({"--tls-privatekey", "a.key"}),
-            "--tls-privatekey: more keys than certificates (1 keys, 0 certificates)");
+            "--tls-privatekey: more keys than --tls-certificate files (1 > 0)");
   EXPECT_EQ(error_of({"--tls-certificate", ""}), "--tls-certificate: empty file name ()");
 }
 
@@ -412,9 +417,9 @@ TEST(Config, TlsAdvertiseHosts) {
 }
 
 TEST(Config, TlsRequireCiphersTurnsUnderscoresIntoHyphens) {
-  EXPECT_EQ(parse({"--tls-require-ciphers", "ECDHE_RSA_AES256_GCM_SHA384:!aNULL"})
-                .tls_require_ciphers,
-            "ECDHE-RSA-AES256-GCM-SHA384:!aNULL");
+  EXPECT_EQ(
+      parse({"--tls-require-ciphers", "ECDHE_RSA_AES256_GCM_SHA384:!aNULL"}).tls_require_ciphers,
+      "ECDHE-RSA-AES256-GCM-SHA384:!aNULL");
   EXPECT_EQ(parse({"--tls-ciphersuites", "TLS_AES_256_GCM_SHA384"}).tls_ciphersuites,
             "TLS_AES_256_GCM_SHA384");  // TLS 1.3 names keep theirs
 }
@@ -560,6 +565,8 @@ TEST(Config, CommandLineErrors) {
   EXPECT_EQ(error_of({"--hostname", "a", "--hostname", "b"}),
             "--hostname: given more than once (b)");
   EXPECT_EQ(error_of({"--threads", "--hostname", "x"}), "--threads: needs a value");
+  EXPECT_EQ(error_of({"--listen", "--tls-on-connect"}), "--listen: needs a value");
+  EXPECT_EQ(error_of({"--listen", "--tls-on-connect=1"}), "--listen: needs a value");
 }
 
 // ---- the environment -------------------------------------------------------------------------
@@ -586,9 +593,10 @@ TEST(Config, EnvironmentNamesAreUpperCaseWithUnderscores) {
 }
 
 TEST(Config, EnvironmentSplitsRepeatableFlagsOnCommas) {
-  const Config config = parse({}, {{"SMTP_TLS_PROXY_LISTEN", "127.0.0.1:25, [::1]:25 ,127.0.0.1:465"},
-                                   {"SMTP_TLS_PROXY_TLS_CERTIFICATE", "rsa.pem,ecdsa.pem"},
-                                   {"SMTP_TLS_PROXY_TLS_PRIVATEKEY", "rsa.key"}});
+  const Config config =
+      parse({}, {{"SMTP_TLS_PROXY_LISTEN", "127.0.0.1:25, [::1]:25 ,127.0.0.1:465"},
+                 {"SMTP_TLS_PROXY_TLS_CERTIFICATE", "rsa.pem,ecdsa.pem"},
+                 {"SMTP_TLS_PROXY_TLS_PRIVATEKEY", "rsa.key"}});
   EXPECT_THAT(listeners_of(config), ElementsAre("127.0.0.1:25", "[::1]:25", "127.0.0.1:465 tls"));
   EXPECT_THAT(config.tls_certificates, ElementsAre("rsa.pem", "ecdsa.pem"));
   EXPECT_THAT(config.tls_privatekeys, ElementsAre("rsa.key"));
@@ -676,9 +684,9 @@ TEST(Config, FileErrors) {
             "--config: unknown key (config) [in " + nested.path() + "]");
 
   const TempFile garbage("listen 127.0.0.1:25\n");
-  EXPECT_EQ(error_of({"--config", garbage.path()}),
-            "--config: not a `name = value` line (listen 127.0.0.1:25) [in " + garbage.path() +
-                "]");
+  EXPECT_EQ(
+      error_of({"--config", garbage.path()}),
+      "--config: not a `name = value` line (listen 127.0.0.1:25) [in " + garbage.path() + "]");
 
   const TempFile twice("hostname = a\nhostname = b\n");
   EXPECT_EQ(error_of({"--config", twice.path()}),
@@ -707,10 +715,10 @@ TEST(Config, CommandLineBeatsEnvironmentBeatsFile) {
                    {"SMTP_TLS_PROXY_THREADS", "6"},
                    {"SMTP_TLS_PROXY_MAX_LINE_LENGTH", "2000"}};
   const Config config = parse({"--threads", "7"}, env);
-  EXPECT_EQ(config.threads, 7u);                  // all three: the command line
-  EXPECT_EQ(config.max_line_length, 2000u);       // environment and file: the environment
+  EXPECT_EQ(config.threads, 7u);                   // all three: the command line
+  EXPECT_EQ(config.max_line_length, 2000u);        // environment and file: the environment
   EXPECT_EQ(config.backend_host, "file.example");  // the file alone
-  EXPECT_EQ(config.log_level, "info");            // none: the default
+  EXPECT_EQ(config.log_level, "info");             // none: the default
 }
 
 TEST(Config, RepeatableFlagsTakeAllTheirValuesFromOneSource) {
@@ -728,11 +736,12 @@ TEST(Config, RepeatableFlagsTakeAllTheirValuesFromOneSource) {
 TEST(Config, EnvironmentSwitchYieldsToTheFileNever) {
   // The environment says no, the file says yes: the environment wins.
   const TempFile file("tls-on-connect = yes\n");
-  EXPECT_FALSE(parse({"--config", file.path()}, {{"SMTP_TLS_PROXY_TLS_ON_CONNECT", "off"}})
-                   .tls_on_connect);
+  EXPECT_FALSE(
+      parse({"--config", file.path()}, {{"SMTP_TLS_PROXY_TLS_ON_CONNECT", "off"}}).tls_on_connect);
   EXPECT_TRUE(parse({"--config", file.path()}).tls_on_connect);
   // A bare switch on the command line beats the environment.
-  EXPECT_TRUE(parse({"--tls-on-connect"}, {{"SMTP_TLS_PROXY_TLS_ON_CONNECT", "off"}}).tls_on_connect);
+  EXPECT_TRUE(
+      parse({"--tls-on-connect"}, {{"SMTP_TLS_PROXY_TLS_ON_CONNECT", "off"}}).tls_on_connect);
 }
 
 TEST(Config, AValueFromAHigherSourceHidesABadOneBelow) {

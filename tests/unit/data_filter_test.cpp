@@ -20,8 +20,8 @@ Filtered run(std::string_view input, BareLfPolicy policy, std::size_t piece = 0)
   DataFilter filter(policy);
   Filtered f;
   while (f.consumed < input.size() && !f.ended) {
-    const auto n = piece == 0 ? input.size() - f.consumed
-                              : std::min(piece, input.size() - f.consumed);
+    const auto n =
+        piece == 0 ? input.size() - f.consumed : std::min(piece, input.size() - f.consumed);
     const auto r = filter.feed(input.substr(f.consumed, n), f.out);
     f.consumed += r.consumed;
     f.ended = r.end_of_data;
@@ -48,8 +48,7 @@ TEST(DataFilter, EmptyMessage) {
 }
 
 TEST(DataFilter, LfDotLfDoesNotEndTheMessage) {
-  const std::string smuggle =
-      "a\r\n\n.\nMAIL FROM:<evil>\r\n\r\n.\r\n";
+  const std::string smuggle = "a\r\n\n.\nMAIL FROM:<evil>\r\n\r\n.\r\n";
   const auto f = run(smuggle, BareLfPolicy::normalize);
   EXPECT_TRUE(f.ended);
   EXPECT_TRUE(f.bare);
@@ -63,14 +62,14 @@ TEST(DataFilter, EveryNonCanonicalDotLineIsStuffed) {
     std::string in, out;
   };
   const Case cases[] = {
-      {"x\r\n.\n", "x\r\n..\r\n"},          // CRLF . LF
-      {"x\n.\r\n", "x\r\n..\r\n"},          // LF . CRLF
-      {"x\r.\ry", "x\r\n..\r\ny"},          // CR . CR
-      {"x\r\n.\ry", "x\r\n..\r\ny"},        // CRLF . CR
-      {"x\n.foo", "x\r\n..foo"},            // dotted line after a bare LF
-      {"x\r\n.foo", "x\r\n.foo"},           // client-stuffed line passes
-      {"a\rb", "a\r\nb"},                   // bare CR
-      {"a\r\r\nb", "a\r\n\r\nb"},           // CR before CRLF
+      {"x\r\n.\n", "x\r\n..\r\n"},    // CRLF . LF
+      {"x\n.\r\n", "x\r\n..\r\n"},    // LF . CRLF
+      {"x\r.\ry", "x\r\n..\r\ny"},    // CR . CR
+      {"x\r\n.\ry", "x\r\n..\r\ny"},  // CRLF . CR
+      {"x\n.foo", "x\r\n..foo"},      // dotted line after a bare LF
+      {"x\r\n.foo", "x\r\n.foo"},     // client-stuffed line passes
+      {"a\rb", "a\r\nb"},             // bare CR
+      {"a\r\r\nb", "a\r\n\r\nb"},     // CR before CRLF
   };
   for (const auto& c : cases) {
     const auto f = run(c.in, BareLfPolicy::normalize);

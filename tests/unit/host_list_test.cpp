@@ -9,7 +9,9 @@
 namespace stp::acl {
 namespace {
 
-boost::asio::ip::address ip(const char* text) { return boost::asio::ip::make_address(text); }
+boost::asio::ip::address ip(const char* text) {
+  return boost::asio::ip::make_address(text);
+}
 
 bool matches(std::string_view list, const char* address) {
   return HostList::parse(list).matches(ip(address));
@@ -161,7 +163,8 @@ TEST(HostList, ErrorsNameTheItem) {
             "item \"10.0.0.0/33\": prefix length must be a number from 0 to 32");
   EXPECT_EQ(error_of("2001:db8::/129"),
             "item \"2001:db8::/129\": prefix length must be a number from 0 to 128");
-  EXPECT_EQ(error_of("10.0.0.0/"), "item \"10.0.0.0/\": prefix length must be a number from 0 to 32");
+  EXPECT_EQ(error_of("10.0.0.0/"),
+            "item \"10.0.0.0/\": prefix length must be a number from 0 to 32");
   EXPECT_EQ(error_of("10.0.0.0/-1"),
             "item \"10.0.0.0/-1\": prefix length must be a number from 0 to 32");
   EXPECT_EQ(error_of("10.0.0.0/8x"),
