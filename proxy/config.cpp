@@ -393,7 +393,7 @@ std::vector<Flag> flag_table() {
        .argument = "STRING",
        .defaults = {""},
        .help = "OpenSSL cipher string for TLS 1.2 and below (`_` read as `-`)",
-       .default_help = "OpenSSL's defaults",
+       .default_help = "forward-secret AEAD suites (ECDHE/DHE with AES-GCM or ChaCha20)",
        .apply =
            [](Config& c, const Values& v) {
              c.tls_require_ciphers = v.front();

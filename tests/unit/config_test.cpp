@@ -202,7 +202,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"tls-certificate", "a generated self-signed certificate"},
       {"tls-privatekey", "in the certificate file"},
       {"tls-advertise-hosts", "*"},
-      {"tls-require-ciphers", "OpenSSL's defaults"},
+      {"tls-require-ciphers", "forward-secret AEAD suites (ECDHE/DHE with AES-GCM or ChaCha20)"},
       {"tls-ciphersuites", "OpenSSL's defaults"},
       {"tls-min-protocol", "TLSv1.2"},
       {"tls-dhparam", "none, ECDHE only"},
