@@ -469,6 +469,45 @@ std::vector<Flag> flag_table() {
            [](Config& c, const Values& v) {
              c.log_level = one_of(v.front(), {"trace", "debug", "info", "warn", "error"});
            }},
+      {.name = "log-format",
+       .argument = "text|json",
+       .defaults = {"text"},
+       .help = "log lines as plain text or as one JSON object each",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.log_format =
+                 one_of(v.front(), {"text", "json"}) == "json" ? LogFormat::json : LogFormat::text;
+           }},
+      {.name = "metrics-listen",
+       .argument = "ADDR:PORT",
+       .defaults = {"0.0.0.0:9225"},
+       .help = "serve /metrics, /healthz and /readyz here; \"\" turns it off",
+       .apply =
+           [](Config& c, const Values& v) {
+             if (v.front().empty()) {
+               c.metrics_listen.reset();
+             } else {
+               c.metrics_listen = parse_listen_endpoint(v.front());
+             }
+           }},
+      {.name = "shutdown-grace",
+       .argument = "DURATION",
+       .defaults = {"30s"},
+       .help = "on SIGTERM, how long sessions in flight may take to finish",
+       .apply = [](Config& c, const Values& v) { c.shutdown_grace = duration_value(v.front()); }},
+      {.name = "backend-probe-interval",
+       .argument = "DURATION",
+       .defaults = {"10s"},
+       .help = "how often the MTA is probed (connect, greeting, QUIT) for /readyz",
+       .apply = [](Config& c,
+                   const Values& v) { c.backend_probe_interval = duration_value(v.front()); }},
+      {.name = "reload-check-interval",
+       .argument = "DURATION",
+       .defaults = {"10s"},
+       .help = "how often certificate and key files are checked for changes (SIGHUP reloads at "
+               "once)",
+       .apply = [](Config& c,
+                   const Values& v) { c.reload_check_interval = duration_value(v.front()); }},
   };
 }
 

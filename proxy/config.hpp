@@ -30,6 +30,7 @@ class ConfigError : public std::runtime_error {
 
 enum class BackendMetadata { xclient, none };
 enum class BareLfPolicy { normalize, reject };
+enum class LogFormat { text, json };
 
 struct Listener {
   boost::asio::ip::tcp::endpoint endpoint;
@@ -63,6 +64,13 @@ struct Config {
   unsigned threads = 0;  // 0 before parsing; parse_config sets the number of cores
 
   std::string log_level = "info";
+  LogFormat log_format = LogFormat::text;
+
+  // Operations.
+  std::optional<boost::asio::ip::tcp::endpoint> metrics_listen;  // empty: no HTTP endpoint
+  std::chrono::seconds shutdown_grace{30};
+  std::chrono::seconds backend_probe_interval{10};
+  std::chrono::seconds reload_check_interval{10};
 };
 
 // Looks up an environment variable; returns nullopt when unset.

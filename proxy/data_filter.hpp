@@ -26,8 +26,8 @@ class DataFilter {
   explicit DataFilter(BareLfPolicy policy) : policy_(policy) {}
 
   struct Result {
-    std::size_t consumed = 0;  // input bytes used; bytes after the end of data are left
-    bool end_of_data = false;  // the final ".<CRLF>" was consumed and appended
+    std::size_t consumed = 0;       // input bytes used; bytes after the end of data are left
+    bool end_of_data = false;       // the final ".<CRLF>" was consumed and appended
     bool bare_line_ending = false;  // a bare CR or LF was seen (in this call)
   };
 
@@ -39,7 +39,10 @@ class DataFilter {
   void set_policy(BareLfPolicy policy) { policy_ = policy; }
 
   // Start on a new message.
-  void reset() { state_ = State::line_start; canonical_start_ = true; }
+  void reset() {
+    state_ = State::line_start;
+    canonical_start_ = true;
+  }
 
   // How many bytes `out` may grow by in one feed() of `input_size` bytes.
   static std::size_t max_output(std::size_t input_size) { return 2 * input_size + 2; }

@@ -92,8 +92,8 @@ ClientName NameResolver::lookup_blocking(const asio::ip::address& client_address
   }
 
   char host[NI_MAXHOST];
-  const int reverse = getnameinfo(reinterpret_cast<sockaddr*>(&storage), length, host,
-                                  sizeof host, nullptr, 0, NI_NAMEREQD);
+  const int reverse = getnameinfo(reinterpret_cast<sockaddr*>(&storage), length, host, sizeof host,
+                                  nullptr, 0, NI_NAMEREQD);
   if (reverse != 0) {
     result.status = result.reverse_status = status_of(reverse);
     return result;

@@ -1,14 +1,17 @@
-// Listeners, worker threads and signals; see server.hpp.
+// Listeners, worker threads, signals, reload and drain; see server.hpp.
 #include "proxy/server.hpp"
 
 #include "proxy/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <sys/stat.h>
 
 #include <thread>
 
@@ -19,6 +22,9 @@ using boost::system::error_code;
 
 namespace {
 
+constexpr auto kTerminateWait = std::chrono::seconds(5);
+constexpr auto kDrainPoll = std::chrono::milliseconds(50);
+
 std::string listen_label(const tcp::endpoint& endpoint) {
   if (endpoint.address().is_v6()) {
     return "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
@@ -26,21 +32,41 @@ std::string listen_label(const tcp::endpoint& endpoint) {
   return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
 }
 
+// Identity of the files behind the TLS context: a change to any (a rename over it, a new
+// symlink target, an in-place rewrite) changes this string.
+std::string file_signature(const Config& config) {
+  std::string signature;
+  auto add = [&](const std::string& path) {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) {
+      signature += path + ":missing;";
+      return;
+    }
+    signature += fmt::format("{}:{}:{}:{}.{}:{};", path, st.st_dev, st.st_ino, st.st_mtim.tv_sec,
+                             st.st_mtim.tv_nsec, st.st_size);
+  };
+  for (const auto& f : config.tls_certificates) add(f);
+  for (const auto& f : config.tls_privatekeys) add(f);
+  return signature;
+}
+
 }  // namespace
 
 Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> tls)
     : config_(config),
-      services_(config, std::move(tls)),
+      metrics_(config.listeners),
+      services_(config, std::move(tls), metrics_),
       workers_([&] {
-        std::vector<std::unique_ptr<asio::io_context>> workers;
+        std::vector<std::unique_ptr<Worker>> workers;
         for (unsigned i = 0; i < std::max(1u, config.threads); ++i) {
-          workers.push_back(std::make_unique<asio::io_context>(1));
+          workers.push_back(std::make_unique<Worker>());
         }
         return workers;
       }()),
-      signals_(*workers_[0], SIGTERM, SIGINT) {
+      probe_(workers_[0]->io, config),
+      signals_(workers_[0]->io, SIGTERM, SIGINT, SIGHUP) {
   for (const auto& listener : config_.listeners) {
-    tcp::acceptor acceptor(*workers_[0]);
+    tcp::acceptor acceptor(workers_[0]->io);
     error_code ec;
     acceptor.open(listener.endpoint.protocol(), ec);
     if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
@@ -54,68 +80,170 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
     }
     acceptors_.push_back(std::move(acceptor));
   }
+  if (config_.metrics_listen) {
+    http_.emplace(workers_[0]->io, *config_.metrics_listen, metrics_, [this] { return ready(); });
+  }
+  metrics_.set_certificate_expiry([&] {
+    std::vector<std::pair<std::string, double>> out;
+    for (const auto& c : services_.current_tls()->certificates()) {
+      out.emplace_back(c.label, c.not_after);
+    }
+    return out;
+  }());
+  reload_signature_ = file_signature(config_);
 }
 
 Server::~Server() = default;
 
-asio::io_context& Server::next_worker() {
+bool Server::ready() const {
+  return !draining_.load() && probe_.mta_up();
+}
+
+Server::Worker& Server::next_worker() {
   auto& worker = *workers_[next_worker_];
   next_worker_ = (next_worker_ + 1) % workers_.size();
   return worker;
 }
 
-asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, const Listener& listener) {
-  asio::steady_timer backoff(acceptor.get_executor());
-  while (acceptor.is_open()) {
-    auto& worker = next_worker();
-    error_code ec;
-    tcp::socket socket =
-        co_await acceptor.async_accept(worker, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec == asio::error::operation_aborted) co_return;
-    if (ec) {
-      // Out of file descriptors or memory: back off rather than spin on accept.
-      spdlog::error("accept on {} failed: {}; retrying in 100 ms",
-                    listen_label(listener.endpoint), ec.message());
-      backoff.expires_after(std::chrono::milliseconds(100));
-      co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      continue;
-    }
-    auto session = std::make_shared<Session>(std::move(socket), listener, services_);
-    asio::co_spawn(worker, session->run(), [session](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        spdlog::error("session ended by an internal error: {}", ex.what());
+template <class Action>
+void Server::for_each_session(Action action) {
+  for (auto& worker : workers_) {
+    asio::post(worker->io, [w = worker.get(), action] {
+      // A session may end (and leave the list) inside action; hold it and step first.
+      for (auto it = w->sessions.begin(); it != w->sessions.end();) {
+        Session* session = *it++;
+        action(*session);
       }
     });
   }
 }
 
+asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t listener_index) {
+  const auto& listener = config_.listeners[listener_index];
+  asio::steady_timer backoff(acceptor.get_executor());
+  while (acceptor.is_open()) {
+    auto& worker = next_worker();
+    error_code ec;
+    tcp::socket socket =
+        co_await acceptor.async_accept(worker.io, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      // Out of file descriptors or memory: back off rather than spin on accept.
+      spdlog::error("accept on {} failed: {}; retrying in 100 ms", listen_label(listener.endpoint),
+                    ec.message());
+      backoff.expires_after(std::chrono::milliseconds(100));
+      co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    // The session is created on its own thread, which owns its registration.
+    asio::post(worker.io, [this, &worker, listener_index, socket = std::move(socket)]() mutable {
+      auto session =
+          std::make_shared<Session>(std::move(socket), listener_index, services_, worker.sessions);
+      asio::co_spawn(worker.io, session->run(), [session](std::exception_ptr e) {
+        if (!e) return;
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          spdlog::error("session ended by an internal error: {}", ex.what());
+        }
+      });
+    });
+  }
+}
+
+void Server::reload(std::string_view why) {
+  reload_signature_ = file_signature(config_);
+  try {
+    auto fresh = tls::ServerContext::create(config_);
+    services_.tls.store(fresh);
+    std::vector<std::pair<std::string, double>> expiry;
+    for (const auto& c : fresh->certificates()) expiry.emplace_back(c.label, c.not_after);
+    metrics_.set_certificate_expiry(expiry);
+    metrics_.reload(metrics::Reload::success).Increment();
+    spdlog::info("TLS certificates reloaded ({})", why);
+  } catch (const std::exception& e) {
+    metrics_.reload(metrics::Reload::failure).Increment();
+    spdlog::error("TLS reload ({}) failed, keeping the certificates in use: {}", why, e.what());
+  }
+}
+
+asio::awaitable<void> Server::watch_certificate_files() {
+  if (config_.tls_certificates.empty()) co_return;  // a generated certificate never changes
+  asio::steady_timer timer(workers_[0]->io);
+  while (!draining_) {
+    timer.expires_after(config_.reload_check_interval);
+    error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (draining_) co_return;
+    if (file_signature(config_) != reload_signature_) reload("certificate files changed");
+  }
+}
+
+asio::awaitable<void> Server::drain() {
+  spdlog::info("draining: no new connections; {} sessions in flight get up to {}s",
+               services_.sessions_alive.load(), config_.shutdown_grace.count());
+  for (auto& acceptor : acceptors_) {
+    error_code ignored;
+    acceptor.close(ignored);
+  }
+  probe_.stop();
+  for_each_session([](Session& s) { s.drain(); });
+
+  asio::steady_timer timer(workers_[0]->io);
+  auto wait_until = [&](std::chrono::steady_clock::time_point deadline) -> asio::awaitable<bool> {
+    while (services_.sessions_alive.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+      timer.expires_after(kDrainPoll);
+      error_code ignored;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+    co_return services_.sessions_alive.load() == 0;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  if (!co_await wait_until(start + config_.shutdown_grace)) {
+    spdlog::warn("drain: {} sessions still open after {}s; closing them with 421",
+                 services_.sessions_alive.load(), config_.shutdown_grace.count());
+    for_each_session([](Session& s) { s.terminate(); });
+    co_await wait_until(std::chrono::steady_clock::now() + kTerminateWait);
+  }
+  if (http_) http_->stop();
+  for (auto& worker : workers_) worker->io.stop();
+}
+
+void Server::on_signal(const error_code& ec, int signal) {
+  if (ec) return;
+  if (signal == SIGHUP) {
+    reload("SIGHUP");
+  } else if (!draining_.exchange(true)) {
+    spdlog::info("received signal {}; shutting down", signal);
+    asio::co_spawn(workers_[0]->io, drain(), asio::detached);
+  } else {
+    spdlog::warn("received signal {} again; closing every session now", signal);
+    for_each_session([](Session& s) { s.terminate(); });
+  }
+  signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
+}
+
 int Server::run() {
   for (std::size_t i = 0; i < acceptors_.size(); ++i) {
-    asio::co_spawn(*workers_[0], accept_loop(acceptors_[i], config_.listeners[i]),
-                   asio::detached);
+    asio::co_spawn(workers_[0]->io, accept_loop(acceptors_[i], i), asio::detached);
     spdlog::info("listening on {} ({})", listen_label(config_.listeners[i].endpoint),
                  config_.listeners[i].implicit_tls ? "implicit TLS" : "STARTTLS");
   }
-  signals_.async_wait([this](const error_code& ec, int signal) {
-    if (ec) return;
-    spdlog::info("received signal {}; shutting down", signal);
-    for (auto& acceptor : acceptors_) {
-      error_code ignored;
-      acceptor.close(ignored);
-    }
-    for (auto& worker : workers_) worker->stop();
-  });
+  if (http_) {
+    http_->start();
+    spdlog::info("metrics and health on http://{}/metrics", listen_label(*config_.metrics_listen));
+  }
+  probe_.start();
+  asio::co_spawn(workers_[0]->io, watch_certificate_files(), asio::detached);
+  signals_.async_wait([this](const error_code& ec, int signal) { on_signal(ec, signal); });
 
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
-  for (auto& worker : workers_) guards.push_back(asio::make_work_guard(*worker));
+  for (auto& worker : workers_) guards.push_back(asio::make_work_guard(worker->io));
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < workers_.size(); ++i) {
-    threads.emplace_back([this, i] { workers_[i]->run(); });
+    threads.emplace_back([this, i] { workers_[i]->io.run(); });
   }
-  workers_[0]->run();
+  workers_[0]->io.run();
   for (auto& thread : threads) thread.join();
   spdlog::info("stopped");
   return 0;

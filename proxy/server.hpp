@@ -1,10 +1,16 @@
 // The server: binds the listeners, runs one event loop per thread, hands each accepted
-// connection to a Session on one of those loops, and stops on SIGTERM/SIGINT.
+// connection to a Session on one of those loops, and handles the process's life: the metrics
+// and health endpoint, the MTA probe behind /readyz, certificate reloads (SIGHUP, and by
+// itself when the files change), and the graceful drain on SIGTERM/SIGINT.
 //
 // Each session lives on one thread's io_context, so nothing inside a session needs a lock;
-// accepted sockets are spread round-robin over the threads.
+// accepted sockets are spread round-robin over the threads. Everything the server itself does
+// runs on the first thread.
 #pragma once
 
+#include "metrics/http_endpoint.hpp"
+#include "metrics/metrics.hpp"
+#include "proxy/backend_probe.hpp"
 #include "proxy/config.hpp"
 #include "proxy/session.hpp"
 
@@ -13,30 +19,49 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace stp {
 
 class Server {
  public:
-  // Binds every listener; throws ConfigError naming --listen when one cannot be bound.
+  // Binds every listener; throws ConfigError naming the flag when one cannot be bound.
   Server(const Config& config, std::shared_ptr<const tls::ServerContext> tls);
   ~Server();
 
-  // Serves until SIGTERM or SIGINT; returns the process exit code.
+  // Serves until SIGTERM or SIGINT and the drain that follows; returns the exit code.
   int run();
 
  private:
+  struct Worker {
+    SessionList sessions;  // before io: sessions destroyed with io's handlers leave this list
+    boost::asio::io_context io{1};
+  };
+
   boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor,
-                                           const Listener& listener);
-  boost::asio::io_context& next_worker();
+                                           std::size_t listener_index);
+  boost::asio::awaitable<void> drain();
+  boost::asio::awaitable<void> watch_certificate_files();
+  void reload(std::string_view why);
+  void on_signal(const boost::system::error_code& ec, int signal);
+  template <class Action>
+  void for_each_session(Action action);
+  Worker& next_worker();
+  bool ready() const;
 
   const Config& config_;
+  metrics::Metrics metrics_;
   SessionServices services_;
-  std::vector<std::unique_ptr<boost::asio::io_context>> workers_;
-  std::vector<boost::asio::ip::tcp::acceptor> acceptors_;  // on workers_[0]
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<boost::asio::ip::tcp::acceptor> acceptors_;  // on the first worker
+  std::optional<metrics::HttpEndpoint> http_;
+  BackendProbe probe_;
   boost::asio::signal_set signals_;
   std::size_t next_worker_ = 0;
+  std::atomic<bool> draining_{false};
+  std::string reload_signature_;  // what the certificate files looked like at the last attempt
 };
 
 }  // namespace stp

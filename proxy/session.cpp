@@ -61,8 +61,9 @@ std::string session_id(std::uint64_t n) {
 }  // namespace
 
 SessionServices::SessionServices(const Config& config_in,
-                                 std::shared_ptr<const tls::ServerContext> tls_in)
-    : config(config_in), tls(std::move(tls_in)) {
+                                 std::shared_ptr<const tls::ServerContext> tls_in,
+                                 metrics::Metrics& metrics_in)
+    : config(config_in), metrics(metrics_in), tls(std::move(tls_in)) {
   error_code ec;
   const auto address = asio::ip::make_address(config.backend_host, ec);
   if (!ec) backend_endpoint.emplace(address, config.backend_port);
@@ -75,6 +76,7 @@ SessionServices::SessionServices(const Config& config_in,
       "421 4.7.0 " + host + " Service not available: mail server refused client identity\r\n";
   reply_mta_lost = "421 4.4.2 " + host + " Error: lost connection to mail server\r\n";
   reply_timeout = "421 4.4.2 " + host + " Error: timeout exceeded\r\n";
+  reply_shutdown = "421 4.3.2 " + host + " Service shutting down, try again later\r\n";
 }
 
 struct Session::NameLookup {
@@ -83,10 +85,14 @@ struct Session::NameLookup {
   asio::steady_timer ready;  // cancelled when the result arrives
 };
 
-Session::Session(tcp::socket client, const Listener& listener, SessionServices& services)
+Session::Session(tcp::socket client, std::size_t listener_index, SessionServices& services,
+                 SessionList& sessions)
     : services_(services),
       config_(services.config),
-      listener_(listener),
+      listener_(services.config.listeners[listener_index]),
+      listener_metrics_(services.metrics.listener(listener_index)),
+      sessions_(sessions),
+      registration_(sessions.insert(sessions.end(), this)),
       id_(session_id(services.next_session_id.fetch_add(1, std::memory_order_relaxed))),
       started_(Clock::now()),
       client_(std::move(client)),
@@ -95,7 +101,42 @@ Session::Session(tcp::socket client, const Listener& listener, SessionServices& 
       backend_in_(kMaxReplyLength),
       framer_(config_.max_line_length),
       data_filter_(config_.bare_lf),
-      watchdog_(client_.get_executor()) {}
+      watchdog_(client_.get_executor()) {
+  services_.sessions_alive.fetch_add(1);
+  listener_metrics_.connections->Increment();
+  listener_metrics_.sessions_active->Increment();
+}
+
+Session::~Session() {
+  sessions_.erase(registration_);
+  listener_metrics_.sessions_active->Decrement();
+  services_.sessions_alive.fetch_sub(1);
+}
+
+void Session::drain() {
+  draining_ = true;
+  if (waiting_for_command_ && !in_transaction_) wake();
+}
+
+void Session::terminate() {
+  terminating_ = true;
+  wake();
+  error_code ignored;
+  backend_.cancel(ignored);
+}
+
+void Session::wake() {
+  error_code ignored;
+  client_.cancel(ignored);
+}
+
+bool Session::should_stop_before_command() const {
+  return terminating_ || (draining_ && !in_transaction_);
+}
+
+void Session::violation(metrics::Violation kind) {
+  services_.metrics.violation(kind).Increment();
+}
 
 // ---------------------------------------------------------------------------------------------
 // The session from start to end.
@@ -142,6 +183,7 @@ void Session::finish() {
   backend_.close(ignored);  // mid-transaction, this is what abandons it at the MTA
 
   const auto elapsed = std::chrono::duration<double>(Clock::now() - started_).count();
+  services_.metrics.session_duration().Observe(elapsed);
   spdlog::info(
       "{} session client={} listener={} tls={} helo=\"{}\" commands={} rejected={} "
       "messages={}/{}/{} bytes_in={} bytes_out={} duration={:.3f}s end=\"{}\"",
@@ -153,9 +195,13 @@ void Session::finish() {
 
 asio::awaitable<bool> Session::handshake() {
   arm(config_.tls_handshake_timeout);
+  const auto start = Clock::now();
   error_code ec;
   co_await tls_->handshake(ec);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (ec) {
+    services_.metrics.handshake(metrics::Handshake::failed, "none", seconds);
+    if (timed_out_) violation(metrics::Violation::timeout);
     end_reason_ = timed_out_ ? "tls handshake timeout" : "tls handshake failed";
     spdlog::info("{} TLS handshake with {} failed: {}", id_, client_label_,
                  timed_out_ ? std::string("timeout") : log::escape(ec.message(), 200));
@@ -165,6 +211,9 @@ asio::awaitable<bool> Session::handshake() {
   SSL* ssl = tls_->native_handle();
   tls_summary_ = fmt::format("{}:{}:{}", SSL_get_version(ssl), SSL_get_cipher_name(ssl),
                              SSL_get_cipher_bits(ssl, nullptr));
+  services_.metrics.handshake(metrics::Handshake::ok, SSL_get_version(ssl), seconds);
+  services_.metrics.tls_session(SSL_get_version(ssl), SSL_get_cipher_name(ssl),
+                                SSL_session_reused(ssl) == 1);
   // RFC 3207: everything learned from the client before TLS is forgotten.
   helo_name_.clear();
   framer_.reset();
@@ -176,21 +225,25 @@ asio::awaitable<bool> Session::handshake() {
 
 asio::awaitable<bool> Session::connect_backend() {
   arm(kBackendConnectTimeout);
+  const auto start = Clock::now();
   error_code ec;
   if (services_.backend_endpoint) {
     co_await backend_.async_connect(*services_.backend_endpoint,
                                     asio::redirect_error(asio::use_awaitable, ec));
   } else {
     tcp::resolver resolver(backend_.get_executor());
-    const auto endpoints = co_await resolver.async_resolve(
-        config_.backend_host, std::to_string(config_.backend_port),
-        asio::redirect_error(asio::use_awaitable, ec));
+    const auto endpoints =
+        co_await resolver.async_resolve(config_.backend_host, std::to_string(config_.backend_port),
+                                        asio::redirect_error(asio::use_awaitable, ec));
     if (!ec) {
       co_await asio::async_connect(backend_, endpoints,
                                    asio::redirect_error(asio::use_awaitable, ec));
     }
   }
+  services_.metrics.backend_connect_duration().Observe(
+      std::chrono::duration<double>(Clock::now() - start).count());
   if (ec) {
+    services_.metrics.backend_connect_failures().Increment();
     spdlog::warn("{} cannot connect to mail server {}:{}: {}", id_, config_.backend_host,
                  config_.backend_port, timed_out_ ? "timeout" : ec.message());
     timed_out_ = false;
@@ -203,17 +256,22 @@ asio::awaitable<bool> Session::connect_backend() {
 
 template <class Stream>
 asio::awaitable<bool> Session::open_backend(Stream& client) {
-  auto refuse = [&](std::string_view reason, const std::string& reply) -> asio::awaitable<bool> {
+  auto refuse = [&](std::string_view reason, metrics::Rejection why) -> asio::awaitable<bool> {
     end_reason_ = reason;
-    co_await write_client(client, reply);
+    services_.metrics.rejected(why).Increment();
+    const bool identity = why == metrics::Rejection::identity_refused;
+    if (identity) services_.metrics.backend_xclient_failures().Increment();
+    co_await write_client(
+        client, identity ? services_.reply_identity_refused : services_.reply_service_unavailable);
     co_return false;
   };
+  constexpr auto unavailable = metrics::Rejection::mta_unavailable;
   if (!co_await connect_backend()) {
-    co_return co_await refuse("mail server unreachable", services_.reply_service_unavailable);
+    co_return co_await refuse("mail server unreachable", unavailable);
   }
   auto greeting = co_await read_mta_reply();
   if (greeting.status != smtp::ReplyScan::Status::complete) {
-    co_return co_await refuse("mail server unreachable", services_.reply_service_unavailable);
+    co_return co_await refuse("mail server unreachable", unavailable);
   }
   if (greeting.code / 100 != 2) {  // the MTA turns clients away: let this one hear why
     spdlog::warn("{} mail server greeted with \"{}\"", id_,
@@ -233,12 +291,12 @@ asio::awaitable<bool> Session::open_backend(Stream& client) {
   // from the proxy's own address may relay for anyone.
   to_mta_ = "EHLO " + config_.hostname + "\r\n";
   if (!co_await write_mta(to_mta_)) {
-    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+    co_return co_await refuse("mail server lost", unavailable);
   }
   to_mta_.clear();
   const auto ehlo = co_await read_mta_reply();
   if (ehlo.status != smtp::ReplyScan::Status::complete) {
-    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+    co_return co_await refuse("mail server lost", unavailable);
   }
   const auto capabilities =
       smtp::parse_ehlo_capabilities(backend_in_.view().substr(0, ehlo.length));
@@ -250,24 +308,24 @@ asio::awaitable<bool> Session::open_backend(Stream& client) {
         "none)",
         id_, client_label_);
     co_return co_await refuse("mail server refused client identity",
-                              services_.reply_identity_refused);
+                              metrics::Rejection::identity_refused);
   }
   if (capabilities.advertises("NAME") || capabilities.advertises("REVERSE_NAME")) {
     co_await wait_for_client_name();
   }
   if (!co_await write_mta(build_xclient_command(capabilities, identity_))) {
-    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+    co_return co_await refuse("mail server lost", unavailable);
   }
   const auto accepted = co_await read_mta_reply();
   if (accepted.status != smtp::ReplyScan::Status::complete) {
-    co_return co_await refuse("mail server lost", services_.reply_service_unavailable);
+    co_return co_await refuse("mail server lost", unavailable);
   }
   const auto reply = backend_in_.view().substr(0, accepted.length);
   if (accepted.code / 100 != 2) {
     spdlog::error("{} mail server refused XCLIENT for {}: \"{}\"", id_, client_label_,
                   log::escape(reply, 200));
     co_return co_await refuse("mail server refused client identity",
-                              services_.reply_identity_refused);
+                              metrics::Rejection::identity_refused);
   }
   // After XCLIENT the MTA greets anew (220); that greeting is the client's.
   bool ok;
@@ -293,8 +351,8 @@ asio::awaitable<smtp::ReplyScan> Session::read_mta_reply() {
     }
     arm(config_.smtp_receive_timeout);
     error_code ec;
-    const auto n = co_await backend_.async_read_some(
-        backend_in_.prepare(), asio::redirect_error(asio::use_awaitable, ec));
+    const auto n = co_await backend_.async_read_some(backend_in_.prepare(),
+                                                     asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       spdlog::warn("{} mail server connection lost while waiting for a reply: {}", id_,
                    timed_out_ ? "timeout" : ec.message());
@@ -329,6 +387,7 @@ template <class Stream>
 asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
   error_code ec;
   arm(config_.smtp_receive_timeout);
+  waiting_for_command_ = idle;
   if (idle && client_in_.empty()) {
     // Between commands a session holds no buffer of its own: wait, then read.
     client_in_.release_if_empty();
@@ -336,13 +395,21 @@ asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
   }
   std::size_t n = 0;
   if (!ec) n = co_await client.read_some(client_in_.prepare(), ec);
+  waiting_for_command_ = false;
   if (!ec) {
     client_in_.commit(n);
     bytes_from_client_ += n;
+    services_.metrics.bytes_from_client().Increment(static_cast<double>(n));
     co_return true;
   }
-  if (timed_out_) {
+  if (terminating_ || (draining_ && ec == asio::error::operation_aborted)) {
+    end_reason_ = "shutdown";
     timed_out_ = false;
+    arm(kFinalWriteTimeout);
+    co_await write_client(client, services_.reply_shutdown);
+  } else if (timed_out_) {
+    timed_out_ = false;
+    violation(metrics::Violation::timeout);
     end_reason_ = "timeout";
     spdlog::info("{} client {} timed out", id_, client_label_);
     arm(kFinalWriteTimeout);
@@ -368,6 +435,7 @@ asio::awaitable<bool> Session::write_client(Stream& client, std::string_view byt
     co_return false;
   }
   bytes_to_client_ += bytes.size();
+  services_.metrics.bytes_to_client().Increment(static_cast<double>(bytes.size()));
   co_return true;
 }
 
@@ -378,6 +446,11 @@ template <class Stream>
 asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
   using Status = smtp::CommandFramer::Status;
   while (true) {
+    if (should_stop_before_command()) {
+      end_reason_ = "shutdown";
+      co_await write_client(client, services_.reply_shutdown);
+      co_return Outcome::close;
+    }
     auto frame = framer_.next(client_in_.view());
     while (frame.status == Status::need_more) {
       client_in_.consume(frame.consumed);
@@ -395,6 +468,7 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
     std::size_t taken = 0;
     while (true) {
       if (frame.status == Status::line_too_long) {
+        violation(metrics::Violation::line_too_long);
         reply_locally(kReplyLineTooLong);
         spdlog::info("{} line too long from {}", id_, client_label_);
       } else {
@@ -419,11 +493,14 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
       case GroupEnd::start_tls:
         // Whatever the client sent after STARTTLS was sent in the clear: never execute it.
         if (!client_in_.empty()) {
+          violation(metrics::Violation::pipelined_after_starttls);
           spdlog::warn("{} {} pipelined {} bytes after STARTTLS; discarded", id_, client_label_,
                        client_in_.size());
         }
         client_in_.clear();
         framer_.reset();
+        in_transaction_ = false;
+        services_.metrics.starttls(metrics::StartTls::used).Increment();
         co_return Outcome::start_tls;
       case GroupEnd::quit:
       case GroupEnd::close:
@@ -442,6 +519,7 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     return GroupEnd::wait_reply;
   }
   if (smtp::has_forbidden_command_bytes(line)) {
+    violation(metrics::Violation::bad_command_character);
     reply_locally(kReplyBadCharacter);
     return GroupEnd::none;
   }
@@ -452,6 +530,9 @@ Session::GroupEnd Session::on_command(std::string_view line) {
   }
   switch (verb) {
     case Verb::starttls:
+      if (tls_active_ || !advertise_tls_ || !smtp::command_arguments(line).empty()) {
+        services_.metrics.starttls(metrics::StartTls::refused).Increment();
+      }
       if (tls_active_) {
         reply_locally(kReplyTlsActive);
         return GroupEnd::none;
@@ -469,6 +550,7 @@ Session::GroupEnd Session::on_command(std::string_view line) {
         spdlog::error("{} cannot start TLS: {}", id_, tls::take_openssl_errors());
         tls_.reset();
         security_failure_ = true;
+        services_.metrics.starttls(metrics::StartTls::refused).Increment();
         reply_locally(kReplyTlsUnavailable);
         return GroupEnd::none;
       }
@@ -476,12 +558,14 @@ Session::GroupEnd Session::on_command(std::string_view line) {
       return GroupEnd::start_tls;
     case Verb::xclient:
     case Verb::xforward:
+      violation(metrics::Violation::client_xclient);
       spdlog::warn("{} {} sent {}; refused", id_, client_label_,
                    verb == Verb::xclient ? "XCLIENT" : "XFORWARD");
       reply_locally(kReplyNotPermitted);
       return GroupEnd::none;
     case Verb::auth:
       if (!tls_active_) {
+        violation(metrics::Violation::auth_before_tls);
         reply_locally(kReplyAuthNeedsTls);
         return GroupEnd::none;
       }
@@ -494,6 +578,7 @@ Session::GroupEnd Session::on_command(std::string_view line) {
       const auto arguments = smtp::parse_bdat_arguments(smtp::command_arguments(line));
       if (!arguments) {
         // Without a size the chunk cannot be told from the commands after it: end here.
+        violation(metrics::Violation::bad_bdat);
         reply_locally(kReplyBdatSyntax);
         end_reason_ = "bad BDAT";
         return GroupEnd::close;
@@ -542,8 +627,8 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
     const auto scan = co_await read_mta_reply();
     if (scan.status != smtp::ReplyScan::Status::complete) {
       // Never leave a command unanswered, and never let it look accepted.
-      to_client_ += services_.reply_mta_lost;
-      end_reason_ = "mail server lost";
+      to_client_ += terminating_ ? services_.reply_shutdown : services_.reply_mta_lost;
+      end_reason_ = terminating_ ? "shutdown" : "mail server lost";
       closing_ = true;
       break;
     }
@@ -569,7 +654,21 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
     return;
   }
   switch (pending.verb) {
+    case Verb::mail:
+      if (code / 100 == 2) in_transaction_ = true;
+      break;
+    case Verb::rset:
+    case Verb::helo:
+      in_transaction_ = false;
+      break;
     case Verb::ehlo:
+      in_transaction_ = false;
+      if (code == 250 && !tls_active_ && !starttls_counted_) {
+        starttls_counted_ = true;
+        services_.metrics
+            .starttls(advertise_tls_ ? metrics::StartTls::offered : metrics::StartTls::not_offered)
+            .Increment();
+      }
       if (code == 250) {
         to_client_ += smtp::rewrite_ehlo_reply(
             reply, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
@@ -578,6 +677,7 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       break;
     case Verb::data:
       data_accepted_ = code == 354;
+      if (!data_accepted_ && code / 100 == 5) in_transaction_ = false;
       break;
     case Verb::auth:
       auth_continuation_ = code == 334;
@@ -587,7 +687,10 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       closing_ = true;
       break;
     case Verb::bdat:
-      if (pending.message_end) count_message(code);
+      if (pending.message_end) {
+        count_message(code);
+        in_transaction_ = false;
+      }
       break;
     default:
       break;
@@ -598,10 +701,13 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
 void Session::count_message(int code) {
   if (code / 100 == 2) {
     ++messages_accepted_;
+    services_.metrics.message(metrics::Message::accepted).Increment();
   } else if (code / 100 == 4) {
     ++messages_tempfailed_;
+    services_.metrics.message(metrics::Message::tempfailed).Increment();
   } else {
     ++messages_rejected_;
+    services_.metrics.message(metrics::Message::rejected).Increment();
   }
 }
 
@@ -627,6 +733,7 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
         // Abandon the MTA's transaction by closing its connection; keep reading only to find
         // the end of the client's message, so the reply is heard.
         rejected = true;
+        violation(metrics::Violation::bare_lf);
         spdlog::info("{} bare <CR> or <LF> in message from {}; rejected", id_, client_label_);
         error_code ignored;
         backend_.close(ignored);
@@ -640,22 +747,27 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
     if (result.end_of_data) break;
   }
   out.clear();
+  in_transaction_ = false;
   if (rejected) {
     ++messages_rejected_;
+    services_.metrics.message(metrics::Message::rejected).Increment();
     end_reason_ = "bare line ending";
     co_await write_client(client, kReplyBareLineEnding);
     co_return false;
   }
   if (stuffed_bare_line_ending_) {
+    violation(metrics::Violation::bare_lf);
     spdlog::info("{} bare <CR> or <LF> in message from {}; normalised", id_, client_label_);
     stuffed_bare_line_ending_ = false;
   }
-  const auto scan = mta_lost_ ? smtp::ReplyScan{smtp::ReplyScan::Status::malformed}
-                              : co_await read_mta_reply();
+  const auto scan =
+      mta_lost_ ? smtp::ReplyScan{smtp::ReplyScan::Status::malformed} : co_await read_mta_reply();
   if (scan.status != smtp::ReplyScan::Status::complete) {
     ++messages_tempfailed_;
-    end_reason_ = "mail server lost";
-    co_await write_client(client, services_.reply_mta_lost);
+    services_.metrics.message(metrics::Message::tempfailed).Increment();
+    end_reason_ = terminating_ ? "shutdown" : "mail server lost";
+    co_await write_client(client,
+                          terminating_ ? services_.reply_shutdown : services_.reply_mta_lost);
     co_return false;
   }
   count_message(scan.code);

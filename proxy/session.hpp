@@ -14,6 +14,7 @@
 // own final reply to a message ever reaches the client.
 #pragma once
 
+#include "metrics/metrics.hpp"
 #include "proxy/config.hpp"
 #include "proxy/data_filter.hpp"
 #include "proxy/input_buffer.hpp"
@@ -29,6 +30,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,31 +38,51 @@
 
 namespace stp {
 
+class Session;
+
+// The sessions of one worker thread; touched only on that thread.
+using SessionList = std::list<Session*>;
+
 // What all sessions share; lives as long as the server.
 struct SessionServices {
-  SessionServices(const Config& config, std::shared_ptr<const tls::ServerContext> tls);
+  SessionServices(const Config& config, std::shared_ptr<const tls::ServerContext> tls,
+                  metrics::Metrics& metrics);
 
   std::shared_ptr<const tls::ServerContext> current_tls() const { return tls.load(); }
 
   const Config& config;
+  metrics::Metrics& metrics;
   std::atomic<std::shared_ptr<const tls::ServerContext>> tls;
   NameResolver resolver;
   std::optional<boost::asio::ip::tcp::endpoint> backend_endpoint;  // when --backend is an address
   std::atomic<std::uint64_t> next_session_id;
+  std::atomic<std::size_t> sessions_alive{0};
 
   // Replies that name this host, formatted once.
   std::string reply_service_unavailable;  // 421 4.3.2: the MTA cannot be reached
   std::string reply_identity_refused;     // 421 4.7.0: the MTA would not take XCLIENT
   std::string reply_mta_lost;             // 421 4.4.2: the MTA went away
   std::string reply_timeout;              // 421 4.4.2: the client went silent
+  std::string reply_shutdown;             // 421 4.3.2: the proxy is stopping
 };
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(boost::asio::ip::tcp::socket client, const Listener& listener,
-          SessionServices& services);
+  // Registers itself in `sessions` until it ends.
+  Session(boost::asio::ip::tcp::socket client, std::size_t listener_index,
+          SessionServices& services, SessionList& sessions);
+
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
 
   boost::asio::awaitable<void> run();
+
+  // Shutdown, called on the session's own thread. drain(): a session with no mail
+  // transaction open is told 421 and closed at once, the others when their transaction ends.
+  // terminate(): every session is told 421 and closed now; an unfinished message is abandoned.
+  void drain();
+  void terminate();
 
  private:
   enum class Outcome { start_tls, close };
@@ -70,7 +92,7 @@ class Session : public std::enable_shared_from_this<Session> {
   struct PendingReply {
     enum class Kind : std::uint8_t { local, mta, mta_silent } kind;
     smtp::Verb verb = smtp::Verb::other;
-    bool message_end = false;  // BDAT LAST: the MTA's verdict on a message
+    bool message_end = false;     // BDAT LAST: the MTA's verdict on a message
     std::string_view local = {};  // Kind::local: a reply with static storage
   };
 
@@ -100,6 +122,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void reply_locally(std::string_view reply);
   void on_mta_reply(const PendingReply& pending, int code, std::string_view reply);
   void count_message(int code);
+  void violation(metrics::Violation kind);
+  bool should_stop_before_command() const;
+  void wake();
 
   void start_client_name_lookup();
   void arm(std::chrono::steady_clock::duration timeout);
@@ -110,6 +135,9 @@ class Session : public std::enable_shared_from_this<Session> {
   SessionServices& services_;
   const Config& config_;
   const Listener& listener_;
+  const metrics::Metrics::ListenerMetrics& listener_metrics_;
+  SessionList& sessions_;
+  SessionList::iterator registration_;
   std::string id_;
   std::chrono::steady_clock::time_point started_;
 
@@ -139,12 +167,17 @@ class Session : public std::enable_shared_from_this<Session> {
   // SMTP state.
   bool advertise_tls_ = false;
   bool tls_active_ = false;
-  bool security_failure_ = false;  // STARTTLS could not be offered after all: only QUIT
+  bool security_failure_ = false;   // STARTTLS could not be offered after all: only QUIT
   bool auth_continuation_ = false;  // the MTA sent 334: the next line is an AUTH response
   bool data_accepted_ = false;      // the MTA answered DATA with 354
   bool reset_mta_after_tls_ = false;
   bool mta_lost_ = false;
   bool closing_ = false;
+  bool in_transaction_ = false;  // the MTA accepted MAIL and has not finished the message
+  bool waiting_for_command_ = false;
+  bool draining_ = false;
+  bool terminating_ = false;
+  bool starttls_counted_ = false;
   smtp::BdatArguments bdat_;
   std::string helo_name_;
 

@@ -9,12 +9,14 @@
 namespace stp::smtp {
 namespace {
 
-char to_upper_ascii(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
+char to_upper_ascii(char c) {
+  return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
+}
 
 bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(),
-                    [](char x, char y) { return to_upper_ascii(x) == to_upper_ascii(y); });
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return to_upper_ascii(x) == to_upper_ascii(y);
+         });
 }
 
 std::string_view first_word(std::string_view line) {
@@ -46,7 +48,9 @@ constexpr std::array<VerbName, 17> kVerbs{{
     {"XFORWARD", Verb::xforward},
 }};
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 // The lines of a complete reply, terminators stripped.
 template <class Visit>

@@ -9,6 +9,7 @@
 #include <openssl/x509v3.h>
 
 #include <cstdio>
+#include <ctime>
 #include <string_view>
 
 namespace stp::tls {
@@ -50,8 +51,8 @@ void load_certificate_pair(SSL_CTX* ctx, const std::string& certificate_file,
          "cannot load private key from " + key_file);
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
-    fail("--tls-privatekey", "key in " + key_file + " does not match certificate " +
-                                 certificate_file);
+    fail("--tls-privatekey",
+         "key in " + key_file + " does not match certificate " + certificate_file);
   }
 }
 
@@ -91,10 +92,9 @@ void use_dhparam(SSL_CTX* ctx, const std::string& dhparam) {
   Owned<EVP_PKEY> params;
   if (dhparam.rfind("ffdhe", 0) == 0) {
     Owned<EVP_PKEY_CTX> pctx(EVP_PKEY_CTX_new_from_name(nullptr, "DH", nullptr));
-    OSSL_PARAM settings[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME,
-                                         const_cast<char*>(dhparam.c_str()), 0),
-        OSSL_PARAM_construct_end()};
+    OSSL_PARAM settings[] = {OSSL_PARAM_construct_utf8_string(
+                                 OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>(dhparam.c_str()), 0),
+                             OSSL_PARAM_construct_end()};
     EVP_PKEY* raw = nullptr;
     if (!pctx || EVP_PKEY_paramgen_init(pctx.get()) != 1 ||
         EVP_PKEY_CTX_set_params(pctx.get(), settings) != 1 ||
@@ -114,6 +114,38 @@ void use_dhparam(SSL_CTX* ctx, const std::string& dhparam) {
   params.release();  // owned by the context now
 }
 
+std::string key_type(const X509* certificate) {
+  switch (EVP_PKEY_get_base_id(X509_get0_pubkey(certificate))) {
+    case EVP_PKEY_RSA:
+      return "RSA";
+    case EVP_PKEY_EC:
+      return "ECDSA";
+    case EVP_PKEY_ED25519:
+      return "Ed25519";
+    case EVP_PKEY_ED448:
+      return "Ed448";
+    default:
+      return "other";
+  }
+}
+
+std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
+  std::vector<ServerContext::Certificate> out;
+  for (long more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); more == 1;
+       more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT)) {
+    const X509* certificate = SSL_CTX_get0_certificate(ctx);
+    if (!certificate) continue;
+    char cn[256] = "";
+    X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn, sizeof cn);
+    std::tm tm{};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(certificate), &tm) != 1) continue;
+    out.push_back(
+        {std::string(cn) + " " + key_type(certificate), static_cast<double>(timegm(&tm))});
+  }
+  ERR_clear_error();
+  return out;
+}
+
 }  // namespace
 
 std::string take_openssl_errors() {
@@ -127,7 +159,9 @@ std::string take_openssl_errors() {
   return out;
 }
 
-ServerContext::~ServerContext() { SSL_CTX_free(ctx_); }
+ServerContext::~ServerContext() {
+  SSL_CTX_free(ctx_);
+}
 
 std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
   std::shared_ptr<ServerContext> self(new ServerContext);
@@ -144,12 +178,10 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   // record buffers.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
-  SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>("smtp-tls-proxy"),
-                                 14);
+  SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>("smtp-tls-proxy"), 14);
 
-  const std::string& ciphers =
-      config.tls_require_ciphers.empty() ? std::string(kDefaultCipherList)
-                                         : config.tls_require_ciphers;
+  const std::string& ciphers = config.tls_require_ciphers.empty() ? std::string(kDefaultCipherList)
+                                                                  : config.tls_require_ciphers;
   if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
     fail("--tls-require-ciphers", "no usable cipher in \"" + ciphers + "\"");
   }
@@ -165,11 +197,11 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   } else {
     for (std::size_t i = 0; i < config.tls_certificates.size(); ++i) {
       const auto& certificate = config.tls_certificates[i];
-      const auto& key =
-          i < config.tls_privatekeys.size() ? config.tls_privatekeys[i] : certificate;
+      const auto& key = i < config.tls_privatekeys.size() ? config.tls_privatekeys[i] : certificate;
       load_certificate_pair(ctx, certificate, key);
     }
   }
+  self->certificates_ = describe_certificates(ctx);
   return self;
 }
 

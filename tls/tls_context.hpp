@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace stp::tls {
 
@@ -28,10 +29,18 @@ class ServerContext {
   // True when no certificate was configured and a throw-away one was generated.
   bool self_signed() const { return self_signed_; }
 
+  struct Certificate {
+    std::string label;  // subject CN and key type, e.g. "mx.example.org ECDSA"
+    double not_after;   // Unix time
+  };
+  // The server certificates in use, one per key type.
+  const std::vector<Certificate>& certificates() const { return certificates_; }
+
  private:
   ServerContext() = default;
   SSL_CTX* ctx_ = nullptr;
   bool self_signed_ = false;
+  std::vector<Certificate> certificates_;
 };
 
 // The OpenSSL error queue as one line (and cleared), for logs and error messages.

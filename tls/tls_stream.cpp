@@ -3,11 +3,11 @@
 
 #include "tls/tls_context.hpp"
 
+#include <openssl/err.h>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <openssl/err.h>
 
 #include <cerrno>
 
@@ -37,7 +37,9 @@ TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const Server
   if (ssl_) SSL_set_accept_state(ssl_);
 }
 
-TlsStream::~TlsStream() { SSL_free(ssl_); }
+TlsStream::~TlsStream() {
+  SSL_free(ssl_);
+}
 
 asio::awaitable<bool> TlsStream::wait_for(int ssl_result, error_code& ec) {
   const int saved_errno = errno;
@@ -143,10 +145,8 @@ void TlsStream::shutdown() noexcept {
   ERR_clear_error();
 }
 
-asio::awaitable<std::size_t> PlainStream::read_some(asio::mutable_buffer buffer,
-                                                    error_code& ec) {
-  co_return co_await socket_.async_read_some(buffer,
-                                             asio::redirect_error(asio::use_awaitable, ec));
+asio::awaitable<std::size_t> PlainStream::read_some(asio::mutable_buffer buffer, error_code& ec) {
+  co_return co_await socket_.async_read_some(buffer, asio::redirect_error(asio::use_awaitable, ec));
 }
 
 asio::awaitable<void> PlainStream::write(asio::const_buffer buffer, error_code& ec) {

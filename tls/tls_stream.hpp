@@ -8,10 +8,10 @@
 // reason.
 #pragma once
 
+#include <openssl/ssl.h>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <openssl/ssl.h>
 
 #include <cstddef>
 #include <memory>

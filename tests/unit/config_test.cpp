@@ -183,13 +183,14 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
   for (std::string line; std::getline(lines, line);) {
     if (line.starts_with("  --")) listed.push_back(line.substr(4, line.find(' ', 4) - 4));
   }
-  EXPECT_THAT(
-      listed,
-      ElementsAre("help", "version", "config", "listen", "tls-on-connect-ports", "tls-on-connect",
-                  "backend", "backend-metadata", "hostname", "tls-certificate", "tls-privatekey",
-                  "tls-advertise-hosts", "tls-require-ciphers", "tls-ciphersuites",
-                  "tls-min-protocol", "tls-dhparam", "client-name-lookup", "smtp-receive-timeout",
-                  "tls-handshake-timeout", "max-line-length", "bare-lf", "threads", "log-level"));
+  EXPECT_THAT(listed, ElementsAre("help", "version", "config", "listen", "tls-on-connect-ports",
+                                  "tls-on-connect", "backend", "backend-metadata", "hostname",
+                                  "tls-certificate", "tls-privatekey", "tls-advertise-hosts",
+                                  "tls-require-ciphers", "tls-ciphersuites", "tls-min-protocol",
+                                  "tls-dhparam", "client-name-lookup", "smtp-receive-timeout",
+                                  "tls-handshake-timeout", "max-line-length", "bare-lf", "threads",
+                                  "log-level", "log-format", "metrics-listen", "shutdown-grace",
+                                  "backend-probe-interval", "reload-check-interval"));
 
   const std::map<std::string, std::string> defaults = {
       {"config", "none"},
@@ -214,6 +215,11 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"threads", "the number of cores, " +
                       std::to_string(std::clamp(std::thread::hardware_concurrency(), 1u, 256u))},
       {"log-level", "info"},
+      {"log-format", "text"},
+      {"metrics-listen", "0.0.0.0:9225"},
+      {"shutdown-grace", "30s"},
+      {"backend-probe-interval", "10s"},
+      {"reload-check-interval", "10s"},
   };
   for (const auto& [flag, value] : defaults) {
     EXPECT_THAT(help_entry(help, flag), HasSubstr("(default: " + value + ")")) << flag;
@@ -749,6 +755,39 @@ TEST(Config, AValueFromAHigherSourceHidesABadOneBelow) {
   // does not stop start-up.
   const TempFile file("threads = 0\n");
   EXPECT_EQ(parse({"--config", file.path(), "--threads", "2"}).threads, 2u);
+}
+
+}  // namespace
+}  // namespace stp
+
+namespace stp {
+namespace {
+
+TEST(OperationsFlags, MetricsListenDefaultsAndCanBeTurnedOff) {
+  const char* none[] = {"smtp-tls-proxy"};
+  auto no_env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  std::ostringstream out;
+  auto config = parse_config(1, none, no_env, out);
+  ASSERT_TRUE(config && config->metrics_listen);
+  EXPECT_EQ(config->metrics_listen->port(), 9225);
+  const char* off[] = {"smtp-tls-proxy", "--metrics-listen", ""};
+  config = parse_config(3, off, no_env, out);
+  ASSERT_TRUE(config);
+  EXPECT_FALSE(config->metrics_listen);
+  const char* v6[] = {"smtp-tls-proxy",
+                      "--metrics-listen",
+                      "[::1]:9300",
+                      "--shutdown-grace",
+                      "2m",
+                      "--log-format",
+                      "json"};
+  config = parse_config(7, v6, no_env, out);
+  ASSERT_TRUE(config && config->metrics_listen);
+  EXPECT_EQ(config->metrics_listen->address().to_string(), "::1");
+  EXPECT_EQ(config->shutdown_grace, std::chrono::seconds(120));
+  EXPECT_EQ(config->log_format, LogFormat::json);
+  const char* bad[] = {"smtp-tls-proxy", "--log-format", "xml"};
+  EXPECT_THROW(parse_config(3, bad, no_env, out), ConfigError);
 }
 
 }  // namespace

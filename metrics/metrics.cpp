@@ -1,0 +1,257 @@
+// Metric declarations; see metrics.hpp.
+#include "metrics/metrics.hpp"
+
+#include <openssl/crypto.h>
+#include <prometheus/text_serializer.h>
+
+#include <sstream>
+
+namespace stp::metrics {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+// Latency buckets from 1 ms to 5 min: handshakes, MTA connects and sessions all fit.
+const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+
+std::string listener_label(const Listener& listener) {
+  const auto& address = listener.endpoint.address();
+  const auto port = std::to_string(listener.endpoint.port());
+  return address.is_v6() ? "[" + address.to_string() + "]:" + port
+                         : address.to_string() + ":" + port;
+}
+
+template <class Enum, class Metric>
+void add_all(prometheus::Family<Metric>& family, std::string_view label,
+             std::initializer_list<std::pair<Enum, std::string_view>> values,
+             ByEnum<Metric, Enum>& out) {
+  for (const auto& [value, text] : values) {
+    out[static_cast<std::size_t>(value)] = &family.Add({{std::string(label), std::string(text)}});
+  }
+}
+
+}  // namespace
+
+std::string_view name(Violation v) {
+  switch (v) {
+    case Violation::pipelined_after_starttls:
+      return "pipelined_after_starttls";
+    case Violation::client_xclient:
+      return "client_xclient";
+    case Violation::line_too_long:
+      return "line_too_long";
+    case Violation::bad_command_character:
+      return "bad_command_character";
+    case Violation::bare_lf:
+      return "bare_lf";
+    case Violation::timeout:
+      return "timeout";
+    case Violation::auth_before_tls:
+      return "auth_before_tls";
+    case Violation::bad_bdat:
+      return "bad_bdat";
+    case Violation::count_:
+      break;
+  }
+  return "unknown";
+}
+
+std::string_view name(Rejection r) {
+  switch (r) {
+    case Rejection::mta_unavailable:
+      return "mta_unavailable";
+    case Rejection::identity_refused:
+      return "identity_refused";
+    case Rejection::max_connections:
+      return "max_connections";
+    case Rejection::max_connections_per_host:
+      return "max_connections_per_host";
+    case Rejection::proxy_header:
+      return "proxy_header";
+    case Rejection::count_:
+      break;
+  }
+  return "unknown";
+}
+
+Metrics::Metrics(const std::vector<Listener>& listeners)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& r = *registry_;
+
+  auto& connections = BuildCounter()
+                          .Name("smtp_tls_proxy_connections_total")
+                          .Help("Client connections accepted, by listener and mode")
+                          .Register(r);
+  auto& active = BuildGauge()
+                     .Name("smtp_tls_proxy_sessions_active")
+                     .Help("Client sessions in progress, by listener")
+                     .Register(r);
+  for (const auto& listener : listeners) {
+    const auto label = listener_label(listener);
+    listeners_.push_back(
+        {&connections.Add({{"listener", label},
+                           {"mode", listener.implicit_tls ? "implicit" : "starttls-capable"}}),
+         &active.Add({{"listener", label}})});
+  }
+
+  auto& rejected = BuildCounter()
+                       .Name("smtp_tls_proxy_connections_rejected_total")
+                       .Help("Client connections turned away, by reason")
+                       .Register(r);
+  add_all<Rejection>(
+      rejected, "reason",
+      {{Rejection::mta_unavailable, name(Rejection::mta_unavailable)},
+       {Rejection::identity_refused, name(Rejection::identity_refused)},
+       {Rejection::max_connections, name(Rejection::max_connections)},
+       {Rejection::max_connections_per_host, name(Rejection::max_connections_per_host)},
+       {Rejection::proxy_header, name(Rejection::proxy_header)}},
+      rejected_);
+
+  auto& starttls = BuildCounter()
+                       .Name("smtp_tls_proxy_starttls_total")
+                       .Help("STARTTLS offered (or not) in EHLO replies, used, and refused")
+                       .Register(r);
+  add_all<StartTls>(starttls, "result",
+                    {{StartTls::offered, "offered"},
+                     {StartTls::not_offered, "not_offered"},
+                     {StartTls::used, "used"},
+                     {StartTls::refused, "refused"}},
+                    starttls_);
+
+  handshakes_ = &BuildCounter()
+                     .Name("smtp_tls_proxy_tls_handshakes_total")
+                     .Help("TLS handshakes, by result and negotiated protocol")
+                     .Register(r);
+  handshake_duration_ = &BuildHistogram()
+                             .Name("smtp_tls_proxy_tls_handshake_duration_seconds")
+                             .Help("Time from the start of a TLS handshake to its end")
+                             .Register(r)
+                             .Add({}, kLatencyBuckets);
+  tls_sessions_ = &BuildCounter()
+                       .Name("smtp_tls_proxy_tls_sessions_total")
+                       .Help("Established TLS sessions, by protocol and cipher")
+                       .Register(r);
+  tls_resumed_ = &BuildCounter()
+                      .Name("smtp_tls_proxy_tls_resumed_total")
+                      .Help("TLS sessions that resumed an earlier one")
+                      .Register(r)
+                      .Add({});
+
+  auto& client_certs = BuildCounter()
+                           .Name("smtp_tls_proxy_client_certificates_total")
+                           .Help("Client certificates requested, by outcome")
+                           .Register(r);
+  add_all<ClientCertificate>(client_certs, "result",
+                             {{ClientCertificate::verified, "verified"},
+                              {ClientCertificate::unverified, "unverified"},
+                              {ClientCertificate::absent, "absent"},
+                              {ClientCertificate::rejected, "rejected"}},
+                             client_cert_);
+  verify_failures_ = &BuildCounter()
+                          .Name("smtp_tls_proxy_client_certificate_verify_failures_total")
+                          .Help("Client certificates that did not verify, by reason")
+                          .Register(r);
+
+  backend_connect_failures_ = &BuildCounter()
+                                   .Name("smtp_tls_proxy_backend_connect_failures_total")
+                                   .Help("Connections to the MTA that failed")
+                                   .Register(r)
+                                   .Add({});
+  backend_xclient_failures_ = &BuildCounter()
+                                   .Name("smtp_tls_proxy_backend_xclient_failures_total")
+                                   .Help("Sessions refused because the MTA would not take XCLIENT")
+                                   .Register(r)
+                                   .Add({});
+  backend_connect_duration_ = &BuildHistogram()
+                                   .Name("smtp_tls_proxy_backend_connect_duration_seconds")
+                                   .Help("Time to connect to the MTA")
+                                   .Register(r)
+                                   .Add({}, kLatencyBuckets);
+
+  auto& messages = BuildCounter()
+                       .Name("smtp_tls_proxy_messages_total")
+                       .Help("Messages relayed, by the MTA's verdict")
+                       .Register(r);
+  add_all<Message>(messages, "result",
+                   {{Message::accepted, "accepted"},
+                    {Message::rejected, "rejected"},
+                    {Message::tempfailed, "tempfailed"}},
+                   messages_);
+  auto& bytes = BuildCounter()
+                    .Name("smtp_tls_proxy_bytes_total")
+                    .Help("Bytes of plaintext relayed, by direction")
+                    .Register(r);
+  bytes_from_client_ = &bytes.Add({{"direction", "from_client"}});
+  bytes_to_client_ = &bytes.Add({{"direction", "to_client"}});
+  session_duration_ = &BuildHistogram()
+                           .Name("smtp_tls_proxy_session_duration_seconds")
+                           .Help("Client session duration")
+                           .Register(r)
+                           .Add({}, kLatencyBuckets);
+
+  auto& violations = BuildCounter()
+                         .Name("smtp_tls_proxy_protocol_violations_total")
+                         .Help("Client protocol violations, by kind")
+                         .Register(r);
+  for (std::size_t i = 0; i < violations_.size(); ++i) {
+    violations_[i] = &violations.Add({{"kind", std::string(name(static_cast<Violation>(i)))}});
+  }
+
+  certificate_expiry_ = &BuildGauge()
+                             .Name("smtp_tls_proxy_certificate_expiry_timestamp_seconds")
+                             .Help("notAfter of each configured server certificate, Unix time")
+                             .Register(r);
+  auto& reloads = BuildCounter()
+                      .Name("smtp_tls_proxy_config_reloads_total")
+                      .Help("Certificate and configuration reloads, by result")
+                      .Register(r);
+  add_all<Reload>(reloads, "result", {{Reload::success, "success"}, {Reload::failure, "failure"}},
+                  reloads_);
+  BuildGauge()
+      .Name("smtp_tls_proxy_build_info")
+      .Help("Version of smtp-tls-proxy and of the OpenSSL it runs with")
+      .Register(r)
+      .Add({{"version", STP_VERSION}, {"openssl", OpenSSL_version(OPENSSL_VERSION_STRING)}})
+      .Set(1);
+}
+
+std::string Metrics::serialize() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  return out.str();
+}
+
+void Metrics::handshake(Handshake result, std::string_view protocol, double seconds) {
+  handshakes_
+      ->Add({{"result", result == Handshake::ok ? "ok" : "failed"},
+             {"protocol", std::string(protocol)}})
+      .Increment();
+  handshake_duration_->Observe(seconds);
+}
+
+void Metrics::tls_session(std::string_view protocol, std::string_view cipher, bool resumed) {
+  tls_sessions_->Add({{"protocol", std::string(protocol)}, {"cipher", std::string(cipher)}})
+      .Increment();
+  if (resumed) tls_resumed_->Increment();
+}
+
+void Metrics::verify_failure(std::string_view reason) {
+  verify_failures_->Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::set_certificate_expiry(
+    const std::vector<std::pair<std::string, double>>& certificates) {
+  std::lock_guard lock(certificate_mutex_);
+  for (auto* gauge : certificate_gauges_) certificate_expiry_->Remove(gauge);
+  certificate_gauges_.clear();
+  for (const auto& [label, not_after] : certificates) {
+    auto& gauge = certificate_expiry_->Add({{"certificate", label}});
+    gauge.Set(not_after);
+    certificate_gauges_.push_back(&gauge);
+  }
+}
+
+}  // namespace stp::metrics

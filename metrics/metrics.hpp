@@ -1,0 +1,127 @@
+// Every Prometheus metric of the proxy, declared once at start-up in one place.
+//
+// Label values are small closed sets (enums here) or come from the configuration (listeners,
+// certificates) or from OpenSSL's own names (protocol, cipher); never an address, a host name or
+// a DN. Children for the closed sets are added up front, so a session only touches references
+// it already holds: no label lookups, no locks on its path.
+#pragma once
+
+#include "proxy/config.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <array>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace stp::metrics {
+
+enum class StartTls { offered, not_offered, used, refused, count_ };
+enum class Handshake { ok, failed, count_ };
+enum class ClientCertificate { verified, unverified, absent, rejected, count_ };
+enum class Message { accepted, rejected, tempfailed, count_ };
+enum class Rejection {
+  mta_unavailable,
+  identity_refused,
+  max_connections,
+  max_connections_per_host,
+  proxy_header,
+  count_
+};
+enum class Violation {
+  pipelined_after_starttls,
+  client_xclient,
+  line_too_long,
+  bad_command_character,
+  bare_lf,
+  timeout,
+  auth_before_tls,
+  bad_bdat,
+  count_
+};
+enum class Reload { success, failure, count_ };
+
+std::string_view name(Violation v);
+std::string_view name(Rejection r);
+
+template <class Metric, class Enum>
+using ByEnum = std::array<Metric*, static_cast<std::size_t>(Enum::count_)>;
+
+class Metrics {
+ public:
+  explicit Metrics(const std::vector<Listener>& listeners);
+
+  prometheus::Registry& registry() { return *registry_; }
+  std::shared_ptr<prometheus::Registry> shared_registry() { return registry_; }
+  // The text exposition format of everything registered.
+  std::string serialize() const;
+
+  struct ListenerMetrics {
+    prometheus::Counter* connections;
+    prometheus::Gauge* sessions_active;
+  };
+  const ListenerMetrics& listener(std::size_t index) const { return listeners_[index]; }
+
+  prometheus::Counter& starttls(StartTls r) { return *starttls_[index(r)]; }
+  prometheus::Counter& client_certificate(ClientCertificate r) { return *client_cert_[index(r)]; }
+  prometheus::Counter& message(Message r) { return *messages_[index(r)]; }
+  prometheus::Counter& rejected(Rejection r) { return *rejected_[index(r)]; }
+  prometheus::Counter& violation(Violation v) { return *violations_[index(v)]; }
+  prometheus::Counter& reload(Reload r) { return *reloads_[index(r)]; }
+
+  // Counted once per handshake; protocol is OpenSSL's name ("TLSv1.3"), or "none" on failure.
+  void handshake(Handshake result, std::string_view protocol, double seconds);
+  // Counted once per established TLS session.
+  void tls_session(std::string_view protocol, std::string_view cipher, bool resumed);
+  void verify_failure(std::string_view reason);
+  // Replaces the certificate expiry series with these (label, notAfter as Unix time).
+  void set_certificate_expiry(const std::vector<std::pair<std::string, double>>& certificates);
+
+  prometheus::Counter& backend_connect_failures() { return *backend_connect_failures_; }
+  prometheus::Counter& backend_xclient_failures() { return *backend_xclient_failures_; }
+  prometheus::Histogram& backend_connect_duration() { return *backend_connect_duration_; }
+  prometheus::Counter& bytes_from_client() { return *bytes_from_client_; }
+  prometheus::Counter& bytes_to_client() { return *bytes_to_client_; }
+  prometheus::Histogram& session_duration() { return *session_duration_; }
+
+ private:
+  template <class Enum>
+  static std::size_t index(Enum e) {
+    return static_cast<std::size_t>(e);
+  }
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::vector<ListenerMetrics> listeners_;
+  ByEnum<prometheus::Counter, StartTls> starttls_{};
+  ByEnum<prometheus::Counter, ClientCertificate> client_cert_{};
+  ByEnum<prometheus::Counter, Message> messages_{};
+  ByEnum<prometheus::Counter, Rejection> rejected_{};
+  ByEnum<prometheus::Counter, Violation> violations_{};
+  ByEnum<prometheus::Counter, Reload> reloads_{};
+
+  prometheus::Family<prometheus::Counter>* handshakes_;
+  prometheus::Histogram* handshake_duration_;
+  prometheus::Family<prometheus::Counter>* tls_sessions_;
+  prometheus::Counter* tls_resumed_;
+  prometheus::Family<prometheus::Counter>* verify_failures_;
+  prometheus::Family<prometheus::Gauge>* certificate_expiry_;
+  std::mutex certificate_mutex_;
+  std::vector<prometheus::Gauge*> certificate_gauges_;
+
+  prometheus::Counter* backend_connect_failures_;
+  prometheus::Counter* backend_xclient_failures_;
+  prometheus::Histogram* backend_connect_duration_;
+  prometheus::Counter* bytes_from_client_;
+  prometheus::Counter* bytes_to_client_;
+  prometheus::Histogram* session_duration_;
+};
+
+}  // namespace stp::metrics
