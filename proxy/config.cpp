@@ -246,14 +246,27 @@ void apply_listen(Config& config, const Values& values) {
   }
 }
 
-void apply_tls_on_connect_ports(Config& config, const Values& values) {
-  config.tls_on_connect_ports.clear();
+std::vector<std::uint16_t> port_list(const Values& values) {
+  std::vector<std::uint16_t> ports;
   for (const std::string& item : split_list(values.front())) {
     const std::uint16_t port = parse_port(item, values.front());
-    if (std::count(config.tls_on_connect_ports.begin(), config.tls_on_connect_ports.end(), port)) {
+    if (std::count(ports.begin(), ports.end(), port)) {
       bad("port " + item + " listed twice", values.front());
     }
-    config.tls_on_connect_ports.push_back(port);
+    ports.push_back(port);
+  }
+  return ports;
+}
+
+void apply_tls_on_connect_ports(Config& config, const Values& values) {
+  config.tls_on_connect_ports = port_list(values);
+}
+
+acl::HostList host_list(const Values& values) {
+  try {
+    return acl::HostList::parse(values.front());
+  } catch (const acl::HostListError& e) {
+    bad(e.what(), values.front());
   }
 }
 
@@ -360,9 +373,10 @@ std::vector<Flag> flag_table() {
                "local address",
        .apply =
            [](Config& c, const Values& v) {
-             c.backend_metadata = one_of(v.front(), {"xclient", "none"}) == "xclient"
-                                      ? BackendMetadata::xclient
-                                      : BackendMetadata::none;
+             const auto& mode = one_of(v.front(), {"xclient", "proxy-v2", "none"});
+             c.backend_metadata = mode == "xclient"    ? BackendMetadata::xclient
+                                  : mode == "proxy-v2" ? BackendMetadata::proxy_v2
+                                                       : BackendMetadata::none;
            }},
       {.name = "hostname",
        .argument = "NAME",
@@ -417,6 +431,73 @@ std::vector<Flag> flag_table() {
                "ffdhe4096, ffdhe6144, ffdhe8192",
        .default_help = "none, ECDHE only",
        .apply = apply_tls_dhparam},
+      {.name = "tls-verify-hosts",
+       .argument = "HOSTLIST",
+       .defaults = {""},
+       .help = "clients that must present a certificate that verifies, or are dropped",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_verify_hosts = host_list(v); }},
+      {.name = "tls-try-verify-hosts",
+       .argument = "HOSTLIST",
+       .defaults = {""},
+       .help = "clients asked for a certificate; the session goes on without one, and the "
+               "outcome is recorded",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_try_verify_hosts = host_list(v); }},
+      {.name = "tls-verify-certificates",
+       .argument = "PATH",
+       .defaults = {""},
+       .help = "CA certificates for client certificates: a PEM file (its CA names are sent), an "
+               "OpenSSL hashed directory, or `system`",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_verify_certificates = v.front(); }},
+      {.name = "tls-crl",
+       .argument = "FILE",
+       .defaults = {""},
+       .help = "PEM certificate revocation lists (one file may hold several)",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_crl = v.front(); }},
+      {.name = "tls-verify-depth",
+       .argument = "N",
+       .defaults = {"9"},
+       .help = "longest client certificate chain accepted",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.tls_verify_depth =
+                 static_cast<unsigned>(number_in_range(v.front(), 1, 100, "a number"));
+           }},
+      {.name = "tls-peerdn-format",
+       .argument = "openssl|rfc2253",
+       .defaults = {"rfc2253"},
+       .help = "how a client certificate's DN is written in logs and headers",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.tls_peerdn_format = one_of(v.front(), {"openssl", "rfc2253"}) == "openssl"
+                                       ? PeerDnFormat::openssl
+                                       : PeerDnFormat::rfc2253;
+           }},
+      {.name = "received-header",
+       .argument = "on|off",
+       .defaults = {"on"},
+       .help = "add a Received: trace header with the TLS details to every message",
+       .apply = [](Config& c, const Values& v) { c.received_header = parse_bool(v.front()); }},
+      {.name = "tls-require-ports",
+       .argument = "LIST",
+       .defaults = {"587"},
+       .help = "ports where mail commands need STARTTLS first (530 5.7.0 otherwise)",
+       .apply = [](Config& c, const Values& v) { c.tls_require_ports = port_list(v); }},
+      {.name = "tls-require-hosts",
+       .argument = "HOSTLIST",
+       .defaults = {""},
+       .help = "clients whose mail commands need STARTTLS first",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_require_hosts = host_list(v); }},
+      {.name = "tls-require-verified-hosts",
+       .argument = "HOSTLIST",
+       .defaults = {""},
+       .help = "clients that need a verified certificate before MAIL (550 5.7.1 otherwise)",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_require_verified_hosts = host_list(v); }},
       {.name = "client-name-lookup",
        .argument = "on|off",
        .defaults = {"on"},
@@ -535,6 +616,14 @@ void check_together(Config& config, bool ports_given) {
   }
   for (Listener& listener : config.listeners) {
     listener.implicit_tls = config.tls_on_connect || implicit(listener.endpoint.port());
+  }
+  const bool asks_for_certificates = !config.tls_verify_hosts.empty() ||
+                                     !config.tls_try_verify_hosts.empty() ||
+                                     !config.tls_require_verified_hosts.empty();
+  if (asks_for_certificates && config.tls_verify_certificates.empty()) {
+    throw ConfigError(
+        "--tls-verify-certificates: needed to verify client certificates (set because of "
+        "--tls-verify-hosts, --tls-try-verify-hosts or --tls-require-verified-hosts)");
   }
 }
 

@@ -28,7 +28,8 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class BackendMetadata { xclient, none };
+enum class BackendMetadata { xclient, proxy_v2, none };
+enum class PeerDnFormat { openssl, rfc2253 };
 enum class BareLfPolicy { normalize, reject };
 enum class LogFormat { text, json };
 
@@ -55,6 +56,20 @@ struct Config {
   std::string tls_ciphersuites;               // empty: OpenSSL's defaults
   std::string tls_min_protocol = "TLSv1.2";   // TLSv1.2 or TLSv1.3
   std::string tls_dhparam;                    // empty, a PEM file, or ffdhe2048..ffdhe8192
+
+  // Client certificates (Exim semantics) and what is passed on about TLS.
+  acl::HostList tls_verify_hosts;          // must present a certificate that verifies
+  acl::HostList tls_try_verify_hosts;      // asked for one; the outcome is recorded
+  std::string tls_verify_certificates;     // PEM file, hashed directory, or "system"
+  std::string tls_crl;                     // PEM file of CRLs
+  unsigned tls_verify_depth = 9;
+  PeerDnFormat tls_peerdn_format = PeerDnFormat::rfc2253;
+  bool received_header = true;
+
+  // Encryption policy.
+  std::vector<std::uint16_t> tls_require_ports{587};
+  acl::HostList tls_require_hosts;
+  acl::HostList tls_require_verified_hosts;
 
   bool client_name_lookup = true;
   std::chrono::seconds smtp_receive_timeout{300};

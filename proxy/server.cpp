@@ -47,6 +47,10 @@ std::string file_signature(const Config& config) {
   };
   for (const auto& f : config.tls_certificates) add(f);
   for (const auto& f : config.tls_privatekeys) add(f);
+  if (!config.tls_verify_certificates.empty() && config.tls_verify_certificates != "system") {
+    add(config.tls_verify_certificates);
+  }
+  if (!config.tls_crl.empty()) add(config.tls_crl);
   return signature;
 }
 
@@ -168,7 +172,7 @@ void Server::reload(std::string_view why) {
 }
 
 asio::awaitable<void> Server::watch_certificate_files() {
-  if (config_.tls_certificates.empty()) co_return;  // a generated certificate never changes
+  if (file_signature(config_).empty()) co_return;  // no files: nothing can change
   asio::steady_timer timer(workers_[0]->io);
   while (!draining_) {
     timer.expires_after(config_.reload_check_interval);

@@ -1,7 +1,9 @@
 // One client connection; see session.hpp for the design.
 #include "proxy/session.hpp"
 
+#include "acl/policy.hpp"
 #include "proxy/log.hpp"
+#include "proxy/received_header.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -154,12 +156,18 @@ asio::awaitable<void> Session::run() {
   error_code ignored;
   client_.set_option(tcp::no_delay(true), ignored);
   advertise_tls_ = config_.tls_advertise_hosts.matches(identity_.address);
+  if (config_.tls_verify_hosts.matches(identity_.address)) {
+    certificate_request_ = tls::ClientCertificateRequest::verify;
+  } else if (config_.tls_try_verify_hosts.matches(identity_.address) ||
+             config_.tls_require_verified_hosts.matches(identity_.address)) {
+    certificate_request_ = tls::ClientCertificateRequest::try_verify;
+  }
   start_client_name_lookup();
   spdlog::debug("{} connect from {} to {}", id_, client_label_,
                 endpoint_label(local.address(), local.port()));
 
   if (listener_.implicit_tls) {
-    tls_.emplace(client_, services_.current_tls());
+    start_tls_stream();
     if (co_await handshake() && co_await open_backend(*tls_)) co_await serve(*tls_);
   } else {
     tls::PlainStream plain(client_);
@@ -184,13 +192,28 @@ void Session::finish() {
 
   const auto elapsed = std::chrono::duration<double>(Clock::now() - started_).count();
   services_.metrics.session_duration().Observe(elapsed);
+  // Exim's fields for TLS: X= protocol:cipher:bits, CV= certificate verified, DN=, SNI=.
+  std::string tls_fields = "X=none";
+  if (tls_facts_) {
+    const auto& t = *tls_facts_;
+    tls_fields = "X=" + t.exim_cipher_field() + " CV=" + (t.verified ? "yes" : "no");
+    if (t.peer) tls_fields += " DN=\"" + log::escape(t.peer->subject, 200) + "\"";
+    if (!t.sni.empty()) tls_fields += " SNI=" + log::escape(t.sni, 100);
+  }
   spdlog::info(
-      "{} session client={} listener={} tls={} helo=\"{}\" commands={} rejected={} "
+      "{} session client={} listener={} {} helo=\"{}\" commands={} rejected={} "
       "messages={}/{}/{} bytes_in={} bytes_out={} duration={:.3f}s end=\"{}\"",
-      id_, client_label_, listener_.implicit_tls ? "implicit" : "starttls",
-      tls_summary_.empty() ? "none" : tls_summary_, log::escape(helo_name_, 64), commands_,
-      local_rejects_, messages_accepted_, messages_rejected_, messages_tempfailed_,
-      bytes_from_client_, bytes_to_client_, elapsed, end_reason_);
+      id_, client_label_, listener_.implicit_tls ? "implicit" : "starttls", tls_fields,
+      log::escape(helo_name_, 64), commands_, local_rejects_, messages_accepted_,
+      messages_rejected_, messages_tempfailed_, bytes_from_client_, bytes_to_client_, elapsed,
+      end_reason_);
+}
+
+void Session::start_tls_stream() {
+  tls_.emplace(client_, services_.current_tls());
+  if (tls_->native_handle()) {
+    tls::request_client_certificate(tls_->native_handle(), certificate_request_);
+  }
 }
 
 asio::awaitable<bool> Session::handshake() {
@@ -201,23 +224,80 @@ asio::awaitable<bool> Session::handshake() {
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (ec) {
     services_.metrics.handshake(metrics::Handshake::failed, "none", seconds);
-    if (timed_out_) violation(metrics::Violation::timeout);
-    end_reason_ = timed_out_ ? "tls handshake timeout" : "tls handshake failed";
-    spdlog::info("{} TLS handshake with {} failed: {}", id_, client_label_,
-                 timed_out_ ? std::string("timeout") : log::escape(ec.message(), 200));
+    record_handshake_failure(ec);
     co_return false;
   }
+  services_.metrics.handshake(metrics::Handshake::ok, SSL_get_version(tls_->native_handle()),
+                              seconds);
   tls_active_ = true;
-  SSL* ssl = tls_->native_handle();
-  tls_summary_ = fmt::format("{}:{}:{}", SSL_get_version(ssl), SSL_get_cipher_name(ssl),
-                             SSL_get_cipher_bits(ssl, nullptr));
-  services_.metrics.handshake(metrics::Handshake::ok, SSL_get_version(ssl), seconds);
-  services_.metrics.tls_session(SSL_get_version(ssl), SSL_get_cipher_name(ssl),
-                                SSL_session_reused(ssl) == 1);
+  record_tls_session();
   // RFC 3207: everything learned from the client before TLS is forgotten.
   helo_name_.clear();
+  extended_helo_ = false;
   framer_.reset();
   co_return true;
+}
+
+void Session::record_handshake_failure(const error_code& ec) {
+  end_reason_ = timed_out_ ? "tls handshake timeout" : "tls handshake failed";
+  if (timed_out_) violation(metrics::Violation::timeout);
+  std::string certificate;
+  if (certificate_request_ == tls::ClientCertificateRequest::verify && tls_->native_handle()) {
+    // A client that must verify: say why it did not.
+    SSL* ssl = tls_->native_handle();
+    X509* peer = SSL_get0_peer_certificate(ssl);
+    const long result = SSL_get_verify_result(ssl);
+    const auto reason = !peer ? std::string("absent") : tls::verify_reason_label(result);
+    services_.metrics.client_certificate(metrics::ClientCertificate::rejected).Increment();
+    if (peer && result != X509_V_OK) services_.metrics.verify_failure(reason);
+    certificate = !peer ? "; client certificate: none presented"
+                        : "; client certificate: " +
+                              std::string(result == X509_V_OK ? "ok"
+                                                              : X509_verify_cert_error_string(result));
+  }
+  spdlog::info("{} TLS handshake with {} failed: {}{}", id_, client_label_,
+               timed_out_ ? std::string("timeout") : log::escape(ec.message(), 200), certificate);
+}
+
+void Session::record_tls_session() {
+  SSL* ssl = tls_->native_handle();
+  tls_facts_ = tls::gather_session_facts(ssl, certificate_request_, config_.tls_peerdn_format);
+  const auto& t = *tls_facts_;
+  services_.metrics.tls_session(t.protocol, t.cipher, t.resumed);
+  if (t.request != tls::ClientCertificateRequest::none) {
+    if (!t.peer) {
+      services_.metrics.client_certificate(metrics::ClientCertificate::absent).Increment();
+    } else if (t.verified) {
+      services_.metrics.client_certificate(metrics::ClientCertificate::verified).Increment();
+    } else {
+      services_.metrics.client_certificate(metrics::ClientCertificate::unverified).Increment();
+      services_.metrics.verify_failure(t.verify_reason);
+    }
+  }
+  // Postfix's summary line, byte for byte, so that existing log exporters read it.
+  std::string details;
+  if (!t.key_exchange.empty()) details += " key-exchange " + t.key_exchange;
+  if (!t.server_signature.empty()) details += " server-signature " + t.server_signature;
+  if (!t.server_digest.empty()) details += " server-digest " + t.server_digest;
+  const std::string name = identity_.name.status == ClientName::Status::found
+                               ? log::escape(identity_.name.name, 255)
+                               : std::string("unknown");
+  auto address = identity_.address;
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+  }
+  spdlog::info("{} TLS connection {} from {}[{}]{}: {} with cipher {} ({}/{} bits){} id={}",
+               !t.peer ? "Anonymous" : (t.verified ? "Trusted" : "Untrusted"),
+               t.resumed ? "reused" : "established", name, address.to_string(),
+               t.sni.empty() ? std::string() : " to " + log::escape(t.sni, 100), t.protocol,
+               t.cipher, t.cipher_bits, t.cipher_algorithm_bits, details, id_);
+  if (t.peer) {
+    spdlog::info("{} client certificate subject=\"{}\" issuer=\"{}\" serial={} sha256={} "
+                 "not_after=\"{}\" verify={}",
+                 id_, log::escape(t.peer->subject, 300), log::escape(t.peer->issuer, 300),
+                 t.peer->serial, t.peer->sha256, t.peer->not_after,
+                 t.verified ? "ok" : "\"" + log::escape(t.verify_error, 100) + "\"");
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -528,6 +608,15 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     reply_locally(kReplySecurityFailure);
     return GroupEnd::none;
   }
+  if (refused_by_policy(verb)) {
+    if (verb != Verb::bdat) return GroupEnd::none;
+    // The chunk follows the command whatever the answer: it must be read and dropped.
+    const auto arguments = smtp::parse_bdat_arguments(smtp::command_arguments(line));
+    if (!arguments) return GroupEnd::close;
+    bdat_ = *arguments;
+    discard_bdat_chunk_ = true;
+    return GroupEnd::bdat;
+  }
   switch (verb) {
     case Verb::starttls:
       if (tls_active_ || !advertise_tls_ || !smtp::command_arguments(line).empty()) {
@@ -545,7 +634,7 @@ Session::GroupEnd Session::on_command(std::string_view line) {
         reply_locally(kReplyStartTlsSyntax);
         return GroupEnd::none;
       }
-      tls_.emplace(client_, services_.current_tls());
+      start_tls_stream();
       if (!tls_->native_handle()) {
         spdlog::error("{} cannot start TLS: {}", id_, tls::take_openssl_errors());
         tls_.reset();
@@ -584,7 +673,17 @@ Session::GroupEnd Session::on_command(std::string_view line) {
         return GroupEnd::close;
       }
       bdat_ = *arguments;
-      forward(line, verb, arguments->last);
+      discard_bdat_chunk_ = false;
+      if (config_.received_header && !in_bdat_message_) {
+        // The trace header goes in front of the message's first chunk, which grows by it.
+        const std::string header = received_header();
+        forward(fmt::format("BDAT {}{}", bdat_.size + header.size(), bdat_.last ? " LAST" : ""),
+                verb, bdat_.last);
+        to_mta_ += header;
+      } else {
+        forward(line, verb, arguments->last);
+      }
+      in_bdat_message_ = !bdat_.last;
       return GroupEnd::bdat;
     }
     case Verb::quit:
@@ -593,6 +692,8 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     case Verb::helo:
     case Verb::ehlo:
       helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      extended_helo_ = verb == Verb::ehlo;
+      in_bdat_message_ = false;
       forward(line, verb);
       return GroupEnd::none;
     default:
@@ -656,8 +757,12 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
   switch (pending.verb) {
     case Verb::mail:
       if (code / 100 == 2) in_transaction_ = true;
+      in_bdat_message_ = false;
       break;
     case Verb::rset:
+      in_bdat_message_ = false;
+      in_transaction_ = false;
+      break;
     case Verb::helo:
       in_transaction_ = false;
       break;
@@ -681,6 +786,7 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       break;
     case Verb::auth:
       auth_continuation_ = code == 334;
+      if (code == 235) authenticated_ = true;
       break;
     case Verb::quit:
       end_reason_ = "quit";
@@ -721,11 +827,17 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
   data_filter_.set_policy(config_.bare_lf);
   bool rejected = false;
   std::string& out = to_mta_;
+  // The trace header leads the first piece of content sent.
+  std::string header = config_.received_header ? received_header() : std::string();
   while (true) {
     if (client_in_.empty() && !co_await read_client(client, false)) {
       co_return false;  // the MTA never sees an end: finish() abandons its transaction
     }
     out.clear();
+    if (!header.empty()) {
+      out.swap(header);
+      header.clear();
+    }
     const auto result = data_filter_.feed(client_in_.view(), out);
     client_in_.consume(result.consumed);
     if (result.bare_line_ending) {
@@ -785,19 +897,55 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
     remaining -= n;
     return n;
   };
+  const bool relay = !discard_bdat_chunk_;
   // The BDAT line (and any commands before it) go out with the start of the chunk.
   const auto first = take_buffered();
-  to_mta_.append(client_in_.view().substr(0, first));
+  if (relay) to_mta_.append(client_in_.view().substr(0, first));
   client_in_.consume(first);
-  co_await write_mta(to_mta_);
+  if (!to_mta_.empty()) co_await write_mta(to_mta_);
   to_mta_.clear();
   while (remaining > 0) {
     if (!co_await read_client(client, false)) co_return false;
     const auto n = take_buffered();
-    if (!mta_lost_) co_await write_mta(client_in_.view().substr(0, n));
+    if (relay && !mta_lost_) co_await write_mta(client_in_.view().substr(0, n));
     client_in_.consume(n);
   }
+  discard_bdat_chunk_ = false;
   co_return true;
+}
+
+std::string Session::received_header() {
+  return build_received_header({
+      .helo = helo_name_,
+      .extended_helo = extended_helo_,
+      .authenticated = authenticated_,
+      .client_name = identity_.name.status == ClientName::Status::found
+                         ? std::string_view(identity_.name.name)
+                         : std::string_view(),
+      .client_address = identity_.address,
+      .tls = tls_facts_ ? &*tls_facts_ : nullptr,
+      .hostname = config_.hostname,
+      .id = id_,
+      .now = std::time(nullptr),
+  });
+}
+
+bool Session::refused_by_policy(Verb verb) {
+  const acl::PolicyFacts facts{
+      .port_requires_tls =
+          std::find(config_.tls_require_ports.begin(), config_.tls_require_ports.end(),
+                    identity_.local_port) != config_.tls_require_ports.end(),
+      .host_requires_tls = config_.tls_require_hosts.matches(identity_.address),
+      .host_requires_verified = config_.tls_require_verified_hosts.matches(identity_.address),
+      .tls_active = tls_active_,
+      .certificate_verified = tls_facts_ && tls_facts_->verified,
+  };
+  const auto refusal = acl::check_command(facts, verb);
+  if (!refusal) return false;
+  spdlog::info("{} {} refused by {}: {}", id_, client_label_, refusal->rule,
+               refusal->reply.substr(0, refusal->reply.size() - 2));
+  reply_locally(refusal->reply);
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------

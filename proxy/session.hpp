@@ -21,6 +21,7 @@
 #include "proxy/name_lookup.hpp"
 #include "proxy/smtp_parse.hpp"
 #include "proxy/xclient.hpp"
+#include "tls/session_facts.hpp"
 #include "tls/tls_context.hpp"
 #include "tls/tls_stream.hpp"
 
@@ -122,6 +123,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void reply_locally(std::string_view reply);
   void on_mta_reply(const PendingReply& pending, int code, std::string_view reply);
   void count_message(int code);
+  void start_tls_stream();
+  void record_handshake_failure(const boost::system::error_code& ec);
+  void record_tls_session();
+  std::string received_header();
+  bool refused_by_policy(smtp::Verb verb);
   void violation(metrics::Violation kind);
   bool should_stop_before_command() const;
   void wake();
@@ -178,12 +184,17 @@ class Session : public std::enable_shared_from_this<Session> {
   bool draining_ = false;
   bool terminating_ = false;
   bool starttls_counted_ = false;
+  bool extended_helo_ = false;      // the client's last greeting was EHLO
+  bool authenticated_ = false;      // the MTA accepted AUTH
+  bool in_bdat_message_ = false;    // a BDAT chunk of the current message went out
+  bool discard_bdat_chunk_ = false;  // the BDAT was refused here: swallow its chunk
+  tls::ClientCertificateRequest certificate_request_ = tls::ClientCertificateRequest::none;
+  std::optional<tls::SessionFacts> tls_facts_;
   smtp::BdatArguments bdat_;
   std::string helo_name_;
 
   // For the session's log line.
   std::string_view end_reason_ = "client closed";
-  std::string tls_summary_;
   unsigned commands_ = 0;
   unsigned local_rejects_ = 0;
   unsigned messages_accepted_ = 0;

@@ -7,6 +7,8 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <ctime>
@@ -28,6 +30,7 @@ struct Deleter {
   void operator()(BIO* p) const { BIO_free(p); }
   void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
   void operator()(X509_EXTENSION* p) const { X509_EXTENSION_free(p); }
+  void operator()(X509_CRL* p) const { X509_CRL_free(p); }
 };
 template <class T>
 using Owned = std::unique_ptr<T, Deleter>;
@@ -146,6 +149,56 @@ std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
   return out;
 }
 
+void use_client_verification(SSL_CTX* ctx, const Config& config) {
+  const std::string& path = config.tls_verify_certificates;
+  if (path.empty()) return;
+  if (path == "system") {
+    if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+      fail("--tls-verify-certificates", "cannot load the system CA certificates");
+    }
+  } else {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) fail("--tls-verify-certificates", "cannot read " + path);
+    if (S_ISDIR(st.st_mode)) {
+      // A hashed directory: looked up by name during verification; no CA names are sent.
+      if (SSL_CTX_load_verify_locations(ctx, nullptr, path.c_str()) != 1) {
+        fail("--tls-verify-certificates", "cannot use directory " + path);
+      }
+    } else {
+      if (SSL_CTX_load_verify_locations(ctx, path.c_str(), nullptr) != 1) {
+        fail("--tls-verify-certificates", "no CA certificate in " + path);
+      }
+      // The CA names go into the certificate request, so clients pick the right certificate.
+      STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(path.c_str());
+      if (names) SSL_CTX_set_client_CA_list(ctx, names);
+    }
+  }
+  SSL_CTX_set_verify_depth(ctx, static_cast<int>(config.tls_verify_depth));
+
+  if (config.tls_crl.empty()) return;
+  Owned<BIO> bio(BIO_new_file(config.tls_crl.c_str(), "r"));
+  if (!bio) fail("--tls-crl", "cannot read " + config.tls_crl);
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  int loaded = 0;
+  while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
+    const ASN1_TIME* next_update = X509_CRL_get0_nextUpdate(crl);
+    if (next_update && X509_cmp_current_time(next_update) < 0) {
+      char issuer[256] = "";
+      X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
+      spdlog::warn("--tls-crl {}: the CRL of {} is past its next update; certificates it covers "
+                   "will not verify until it is renewed",
+                   config.tls_crl, issuer);
+    }
+    X509_STORE_add_crl(store, crl);
+    X509_CRL_free(crl);
+    ++loaded;
+  }
+  ERR_clear_error();  // the end of the file reads as an error
+  if (loaded == 0) fail("--tls-crl", "no CRL in " + config.tls_crl);
+  // As Exim does: every certificate of the chain below the trust anchor is checked.
+  X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+}
+
 }  // namespace
 
 std::string take_openssl_errors() {
@@ -201,6 +254,7 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
       load_certificate_pair(ctx, certificate, key);
     }
   }
+  use_client_verification(ctx, config);
   self->certificates_ = describe_certificates(ctx);
   return self;
 }

@@ -1,0 +1,41 @@
+// Encryption policy decisions; see policy.hpp.
+#include "acl/policy.hpp"
+
+namespace stp::acl {
+namespace {
+
+// The commands that carry or probe mail, and AUTH: what a cleartext session must not reach.
+bool needs_tls_when_required(smtp::Verb verb) {
+  switch (verb) {
+    case smtp::Verb::mail:
+    case smtp::Verb::rcpt:
+    case smtp::Verb::data:
+    case smtp::Verb::bdat:
+    case smtp::Verb::auth:
+    case smtp::Verb::vrfy:
+    case smtp::Verb::expn:
+    case smtp::Verb::etrn:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+std::optional<Refusal> check_command(const PolicyFacts& facts, smtp::Verb verb) {
+  static constexpr std::string_view kMustStartTls =
+      "530 5.7.0 Must issue a STARTTLS command first\r\n";
+  static constexpr std::string_view kNeedsCertificate =
+      "550 5.7.1 A verified client certificate is required\r\n";
+  if (!facts.tls_active && needs_tls_when_required(verb)) {
+    if (facts.port_requires_tls) return Refusal{kMustStartTls, "--tls-require-ports"};
+    if (facts.host_requires_tls) return Refusal{kMustStartTls, "--tls-require-hosts"};
+  }
+  if (verb == smtp::Verb::mail && facts.host_requires_verified && !facts.certificate_verified) {
+    return Refusal{kNeedsCertificate, "--tls-require-verified-hosts"};
+  }
+  return std::nullopt;
+}
+
+}  // namespace stp::acl

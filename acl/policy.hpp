@@ -1,0 +1,29 @@
+// Encryption policy: which commands a client may give in its current TLS state, the common
+// decisions Exim's ACLs are used for, as flags (--tls-require-ports, --tls-require-hosts,
+// --tls-require-verified-hosts). Pure: the session supplies the facts, this decides.
+#pragma once
+
+#include "proxy/smtp_parse.hpp"
+
+#include <optional>
+#include <string_view>
+
+namespace stp::acl {
+
+struct PolicyFacts {
+  bool port_requires_tls = false;      // the listener's port is in --tls-require-ports
+  bool host_requires_tls = false;      // the client is in --tls-require-hosts
+  bool host_requires_verified = false;  // the client is in --tls-require-verified-hosts
+  bool tls_active = false;
+  bool certificate_verified = false;
+};
+
+struct Refusal {
+  std::string_view reply;  // complete, CRLF-terminated
+  std::string_view rule;   // the flag that made the decision, for the log
+};
+
+// nullopt: the command may go on to the MTA.
+std::optional<Refusal> check_command(const PolicyFacts& facts, smtp::Verb verb);
+
+}  // namespace stp::acl

@@ -1,0 +1,68 @@
+// What a TLS session was, gathered once after the handshake: for the Received header, the log
+// lines, the PROXY v2 TLVs, the metrics and the encryption policy. Also the per-session
+// client-certificate request (Exim's tls_verify_hosts / tls_try_verify_hosts).
+//
+// Trusts OpenSSL's view of the session; the client certificate's text (DNs, CN) is the
+// client's own and is escaped by whoever prints it.
+#pragma once
+
+#include "proxy/config.hpp"
+
+#include <openssl/ssl.h>
+
+#include <optional>
+#include <string>
+
+namespace stp::tls {
+
+enum class ClientCertificateRequest {
+  none,        // not asked for
+  try_verify,  // asked for; the handshake goes on whatever comes
+  verify,      // asked for; no certificate or a bad one ends the handshake
+};
+
+// Sets how this session asks for a client certificate (before the handshake).
+void request_client_certificate(SSL* ssl, ClientCertificateRequest request);
+
+struct PeerCertificate {
+  std::string subject;  // in the configured DN format
+  std::string subject_openssl;  // "/C=../CN=.."
+  std::string subject_rfc2253;  // "CN=..,C=.."
+  std::string common_name;
+  std::string issuer;  // in the configured DN format
+  std::string issuer_common_name;
+  std::string serial;      // hex
+  std::string sha256;      // hex, colon-separated
+  std::string not_before;  // RFC 5322-ish as OpenSSL prints it
+  std::string not_after;
+  std::string key_algorithm;  // "RSA", "EC", ...
+};
+
+struct SessionFacts {
+  std::string protocol;  // "TLSv1.3"
+  std::string cipher;    // OpenSSL name
+  int cipher_bits = 0;
+  int cipher_algorithm_bits = 0;
+  std::string key_exchange;      // Postfix style: "X25519", "ECDHE (P-256)", "DHE (2048 bits)"
+  std::string server_signature;  // "ECDSA (P-256)", "RSA-PSS (2048 bits)"
+  std::string server_digest;     // "SHA256"
+  std::string sni;
+  bool resumed = false;
+
+  ClientCertificateRequest request = ClientCertificateRequest::none;
+  std::optional<PeerCertificate> peer;
+  bool verified = false;      // a certificate was presented and verified
+  std::string verify_error;   // OpenSSL's reason when one was presented and did not verify
+  std::string verify_reason;  // short label for metrics: expired, revoked, unknown_ca, ...
+
+  // Exim's X= field: protocol:cipher:bits.
+  std::string exim_cipher_field() const;
+};
+
+SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
+                                  PeerDnFormat dn_format);
+
+// The short label of an X509_V_ERR_* code, for metrics.
+std::string verify_reason_label(long verify_result);
+
+}  // namespace stp::tls
