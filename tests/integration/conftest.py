@@ -286,7 +286,7 @@ default_transport = error:the test Postfix delivers nothing off this machine
 relay_transport = error:the test Postfix delivers nothing off this machine
 virtual_mailbox_domains = {domain}
 virtual_mailbox_base = {dir}/mail
-virtual_mailbox_maps = regexp:{dir}/mailboxes
+virtual_mailbox_maps = static:inbox/
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{uid}
 virtual_minimum_uid = 100
@@ -337,23 +337,18 @@ postlog   unix-dgram n  -       n       -       1       postlogd
   -o smtpd_authorized_xclient_hosts=
 """
 
-# One Maildir per recipient local part: mail for tABC@test.example lands in mail/tABC/.
-MAILBOXES = r"""/^([a-z0-9][a-z0-9-]{0,63})@test\.example$/ ${1}/
-"""
-
-
 class Mailbox:
+    """The messages delivered to one address. All of them land in one Maildir (virtual(8)
+    allows no per-recipient regexp substitution); virtual's Delivered-To header tells them
+    apart."""
+
     def __init__(self, postfix: "PostfixInstance", local: str):
+        self.postfix = postfix
         self.local = local
         self.address = f"{local}@{MAIL_DOMAIN}"
-        self.path = postfix.dir / "mail" / local
 
     def messages(self) -> list[bytes]:
-        new = self.path / "new"
-        if not new.is_dir():
-            return []
-        files = sorted(new.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
-        return [f.read_bytes() for f in files]
+        return self.postfix.delivered_to(self.address)
 
     def wait(self, count: int = 1, timeout: float = DELIVERY_TIMEOUT) -> list[bytes]:
         """Waits until at least `count` messages were delivered; returns all of them."""
@@ -377,6 +372,26 @@ class PostfixInstance:
         self.port = self.strict_port = self.noxclient_port = 0
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
+        self.maildir = directory / "mail" / "inbox" / "new"
+        self._recipient_of: dict[str, str] = {}  # Maildir file name -> Delivered-To
+
+    def delivered_to(self, address: str) -> list[bytes]:
+        """Messages delivered for `address`, oldest first."""
+        try:
+            files = sorted(self.maildir.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        except FileNotFoundError:
+            return []
+        out = []
+        for f in files:
+            data = None
+            if f.name not in self._recipient_of:
+                data = f.read_bytes()
+                head = data.split(b"\n\n", 1)[0]
+                m = re.search(rb"^Delivered-To: (\S+)$", head, re.M | re.I)
+                self._recipient_of[f.name] = m.group(1).decode().lower() if m else ""
+            if self._recipient_of[f.name] == address.lower():
+                out.append(data if data is not None else f.read_bytes())
+        return out
 
     def write_config(self, pki: Pki) -> None:
         self.port, self.strict_port, self.noxclient_port = free_port(), free_port(), free_port()
@@ -385,7 +400,6 @@ class PostfixInstance:
         (self.dir / "master.cf").write_text(MASTER_CF.format(
             loopback=LOOPBACK, port=self.port, strict_port=self.strict_port,
             noxclient_port=self.noxclient_port, key=pki.key, cert=pki.cert))
-        (self.dir / "mailboxes").write_text(MAILBOXES)
 
     def start(self, pki: Pki) -> None:
         began = time.monotonic()

@@ -183,14 +183,17 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
   for (std::string line; std::getline(lines, line);) {
     if (line.starts_with("  --")) listed.push_back(line.substr(4, line.find(' ', 4) - 4));
   }
-  EXPECT_THAT(listed, ElementsAre("help", "version", "config", "listen", "tls-on-connect-ports",
-                                  "tls-on-connect", "backend", "backend-metadata", "hostname",
-                                  "tls-certificate", "tls-privatekey", "tls-advertise-hosts",
-                                  "tls-require-ciphers", "tls-ciphersuites", "tls-min-protocol",
-                                  "tls-dhparam", "client-name-lookup", "smtp-receive-timeout",
-                                  "tls-handshake-timeout", "max-line-length", "bare-lf", "threads",
-                                  "log-level", "log-format", "metrics-listen", "shutdown-grace",
-                                  "backend-probe-interval", "reload-check-interval"));
+  const std::vector<std::string> expected = {
+      "help", "version", "config", "listen", "tls-on-connect-ports", "tls-on-connect", "backend",
+      "backend-metadata", "hostname", "tls-certificate", "tls-privatekey", "tls-advertise-hosts",
+      "tls-require-ciphers", "tls-ciphersuites", "tls-min-protocol", "tls-dhparam",
+      "tls-verify-hosts", "tls-try-verify-hosts", "tls-verify-certificates", "tls-crl",
+      "tls-verify-depth", "tls-peerdn-format", "received-header", "tls-require-ports",
+      "tls-require-hosts", "tls-require-verified-hosts", "client-name-lookup",
+      "smtp-receive-timeout", "tls-handshake-timeout", "max-line-length", "bare-lf", "threads",
+      "log-level", "log-format", "metrics-listen", "shutdown-grace", "backend-probe-interval",
+      "reload-check-interval"};
+  EXPECT_EQ(listed, expected);
 
   const std::map<std::string, std::string> defaults = {
       {"config", "none"},
@@ -207,6 +210,16 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"tls-ciphersuites", "OpenSSL's defaults"},
       {"tls-min-protocol", "TLSv1.2"},
       {"tls-dhparam", "none, ECDHE only"},
+      {"tls-verify-hosts", "none"},
+      {"tls-try-verify-hosts", "none"},
+      {"tls-verify-certificates", "none"},
+      {"tls-crl", "none"},
+      {"tls-verify-depth", "9"},
+      {"tls-peerdn-format", "rfc2253"},
+      {"received-header", "on"},
+      {"tls-require-ports", "587"},
+      {"tls-require-hosts", "none"},
+      {"tls-require-verified-hosts", "none"},
       {"client-name-lookup", "on"},
       {"smtp-receive-timeout", "300s"},
       {"tls-handshake-timeout", "30s"},
@@ -457,8 +470,47 @@ TEST(Config, TlsDhparam) {
 TEST(Config, BackendMetadata) {
   EXPECT_EQ(parse({"--backend-metadata", "none"}).backend_metadata, BackendMetadata::none);
   EXPECT_EQ(parse({"--backend-metadata", "xclient"}).backend_metadata, BackendMetadata::xclient);
+  EXPECT_EQ(parse({"--backend-metadata", "proxy-v2"}).backend_metadata,
+            BackendMetadata::proxy_v2);
   EXPECT_EQ(error_of({"--backend-metadata", "proxy"}),
-            "--backend-metadata: must be one of xclient, none (proxy)");
+            "--backend-metadata: must be one of xclient, proxy-v2, none (proxy)");
+}
+
+TEST(Config, ClientCertificateFlags) {
+  const auto c = parse({"--tls-verify-hosts", "192.0.2.0/24", "--tls-try-verify-hosts", "*",
+                        "--tls-verify-certificates", "/etc/ca.pem", "--tls-crl", "/etc/crl.pem",
+                        "--tls-verify-depth", "3", "--tls-peerdn-format", "openssl"});
+  EXPECT_TRUE(c.tls_verify_hosts.matches(boost::asio::ip::make_address("192.0.2.9")));
+  EXPECT_FALSE(c.tls_verify_hosts.matches(boost::asio::ip::make_address("198.51.100.1")));
+  EXPECT_TRUE(c.tls_try_verify_hosts.matches(boost::asio::ip::make_address("198.51.100.1")));
+  EXPECT_EQ(c.tls_verify_certificates, "/etc/ca.pem");
+  EXPECT_EQ(c.tls_crl, "/etc/crl.pem");
+  EXPECT_EQ(c.tls_verify_depth, 3u);
+  EXPECT_EQ(c.tls_peerdn_format, PeerDnFormat::openssl);
+  const auto defaults = parse({});
+  EXPECT_TRUE(defaults.tls_verify_hosts.empty());
+  EXPECT_TRUE(defaults.tls_try_verify_hosts.empty());
+  EXPECT_EQ(defaults.tls_verify_depth, 9u);
+  EXPECT_EQ(defaults.tls_peerdn_format, PeerDnFormat::rfc2253);
+  EXPECT_TRUE(defaults.received_header);
+  EXPECT_FALSE(parse({"--received-header", "off"}).received_header);
+  EXPECT_EQ(error_of({"--tls-verify-hosts", "*"}),
+            "--tls-verify-certificates: needed to verify client certificates (set because of "
+            "--tls-verify-hosts, --tls-try-verify-hosts or --tls-require-verified-hosts)");
+  EXPECT_EQ(error_of({"--tls-verify-depth", "0"}),
+            "--tls-verify-depth: must be a number from 1 to 100 (0)");
+}
+
+TEST(Config, EncryptionPolicyFlags) {
+  EXPECT_EQ(parse({}).tls_require_ports, std::vector<std::uint16_t>{587});
+  EXPECT_EQ(parse({"--tls-require-ports", "25, 587"}).tls_require_ports,
+            (std::vector<std::uint16_t>{25, 587}));
+  EXPECT_TRUE(parse({"--tls-require-ports", ""}).tls_require_ports.empty());
+  const auto c = parse({"--tls-require-hosts", "10.0.0.0/8", "--tls-require-verified-hosts",
+                        "10.1.0.0/16", "--tls-verify-certificates", "system"});
+  EXPECT_TRUE(c.tls_require_hosts.matches(boost::asio::ip::make_address("10.9.9.9")));
+  EXPECT_TRUE(c.tls_require_verified_hosts.matches(boost::asio::ip::make_address("10.1.2.3")));
+  EXPECT_FALSE(c.tls_require_verified_hosts.matches(boost::asio::ip::make_address("10.2.0.1")));
 }
 
 TEST(Config, ClientNameLookup) {

@@ -1,0 +1,226 @@
+// Fuzzes DataFilter (proxy/data_filter.hpp): what the client sends after 354, fed through the
+// filter the way Session::relay_data does, with both --bare-lf policies.
+//
+// Input: the client's bytes, as they are. If the input ends before an end of data, the target
+// appends "\r\n.\r\n" so that every input yields a whole message to reason about; bytes after
+// an end of data start another message (after reset()), as many as the input holds.
+//
+// Checks, for the input fed whole, byte by byte and in pseudo-random pieces (empty ones too):
+// - feed() consumes at most what it was given, all of it unless it reports an end of data or
+//   (policy reject) a bare line ending, and grows `out` by at most DataFilter::max_output(n);
+//   an empty piece does nothing;
+// - after every call, the output so far has no bare CR or LF, and "\r\n.\r\n" (counting the
+//   CRLF that ended the DATA command) occurs in it only as its final 5 bytes, and only once
+//   end_of_data was reported;
+// - every way of splitting gives the same messages and the same end offsets, and reject (then
+//   normalize, as the session does) gives the same output as normalize, stopping first exactly
+//   at the first bare line ending;
+// - the MTA, undoing dot-stuffing, sees exactly what the client meant (reference model below:
+//   CRLF, bare LF and bare CR all end a line; a "." at the start of a line that began after a
+//   CRLF is the client's stuffing, except a lone "." ended by a bare CR or LF, which is text).
+#include "fuzz_util.hpp"
+#include "proxy/data_filter.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+using stp::BareLfPolicy;
+using stp::DataFilter;
+
+constexpr std::string_view kEnd = "\r\n.\r\n";
+
+struct Message {
+  std::string out;
+  std::size_t end = 0;  // input offset just after the end of data
+  std::optional<std::size_t> first_bare;  // input offset where reject stopped first
+  bool bare_reported = false;
+};
+
+// Output grown from `old_size`: no bare CR or LF anywhere, and the end marker only at the end.
+void check_output(const std::string& out, std::size_t old_size, bool ended) {
+  const std::size_t from = old_size == 0 ? 0 : old_size - 1;
+  for (std::size_t i = from; i < out.size(); ++i) {
+    if (out[i] == '\r') FUZZ_CHECK(i + 1 < out.size() && out[i + 1] == '\n', out);
+    if (out[i] == '\n') FUZZ_CHECK(i > 0 && out[i - 1] == '\r', out);
+  }
+  const std::string seen = "\r\n" + out;
+  const std::size_t marker = seen.find(kEnd);
+  if (ended) {
+    FUZZ_CHECK(marker == seen.size() - kEnd.size(), out);
+  } else {
+    FUZZ_CHECK(marker == std::string::npos, out);
+  }
+}
+
+// Feeds `input` in `pieces` like the session: a buffer of what arrived and was not consumed.
+std::vector<Message> run(std::string_view input, const std::vector<std::size_t>& pieces,
+                         BareLfPolicy policy) {
+  std::vector<Message> messages(1);
+  DataFilter filter(policy);
+  bool switched = false;  // reject seen once: the session goes on with normalize
+  std::string buffer;
+  std::size_t buffer_start = 0;  // input offset of buffer[0]
+  std::size_t next = 0;
+  for (const std::size_t piece : pieces) {
+    buffer.append(input.substr(next, piece));
+    next += piece;
+    if (piece == 0) {
+      std::string out;
+      const auto r = filter.feed({}, out);
+      FUZZ_CHECK(r.consumed == 0 && !r.end_of_data && !r.bare_line_ending && out.empty());
+    }
+    while (!buffer.empty()) {
+      Message& m = messages.back();
+      const std::size_t old_size = m.out.size();
+      const auto r = filter.feed(buffer, m.out);
+      FUZZ_CHECK(r.consumed <= buffer.size());
+      FUZZ_CHECK(m.out.size() - old_size <= DataFilter::max_output(buffer.size()));
+      check_output(m.out, old_size, r.end_of_data);
+      m.bare_reported = m.bare_reported || r.bare_line_ending;
+      const bool rejecting = policy == BareLfPolicy::reject && !switched;
+      if (!r.end_of_data && !(rejecting && r.bare_line_ending)) {
+        FUZZ_CHECK(r.consumed == buffer.size());
+      }
+      if (!rejecting) FUZZ_CHECK(!r.bare_line_ending || r.consumed > 0 || r.end_of_data);
+      buffer.erase(0, r.consumed);
+      buffer_start += r.consumed;
+      if (r.end_of_data) {
+        FUZZ_CHECK(!(rejecting && r.bare_line_ending));
+        m.end = buffer_start;
+        messages.emplace_back();
+        filter.reset();
+        filter.set_policy(policy);
+        switched = false;
+        continue;
+      }
+      if (rejecting && r.bare_line_ending) {
+        m.first_bare = buffer_start;
+        switched = true;
+        filter.set_policy(BareLfPolicy::normalize);
+        continue;
+      }
+      break;
+    }
+  }
+  FUZZ_CHECK(next == input.size());
+  FUZZ_CHECK(buffer.empty());  // the caller always closes the last message with kEnd
+  messages.pop_back();         // the empty one opened after the last end of data
+  return messages;
+}
+
+struct Expected {
+  std::vector<std::string> lines;  // what the MTA should store, line by line
+  std::size_t end = 0;
+  std::optional<std::size_t> first_bare;  // where a reject stops
+};
+
+// The client's message starting at `start`, read by the rules in the header comment.
+Expected model(std::string_view input, std::size_t start) {
+  Expected e;
+  std::size_t pos = start;
+  bool canonical = true;
+  for (;;) {
+    const std::size_t k = input.find_first_of("\r\n", pos);
+    FUZZ_CHECK(k != std::string_view::npos);  // the input always ends with kEnd
+    const std::string_view content = input.substr(pos, k - pos);
+    const bool crlf = input[k] == '\r' && k + 1 < input.size() && input[k + 1] == '\n';
+    FUZZ_CHECK(crlf || input[k] == '\n' || k + 1 < input.size());
+    const std::size_t after = crlf ? k + 2 : k + 1;
+    if (canonical && content == "." && crlf) {
+      e.end = after;
+      return e;
+    }
+    if (!crlf && !e.first_bare) e.first_bare = input[k] == '\n' ? k : k + 1;
+    std::string_view meant = content;
+    if (canonical && !meant.empty() && meant.front() == '.' && !(meant == "." && !crlf)) {
+      meant.remove_prefix(1);
+    }
+    e.lines.emplace_back(meant);
+    canonical = crlf;
+    pos = after;
+  }
+}
+
+// What an MTA does with the filter's output: one line per CRLF, a leading dot removed, the
+// final "." line being the end.
+std::vector<std::string> unstuff(std::string_view out) {
+  std::vector<std::string> lines;
+  std::size_t pos = 0;
+  for (;;) {
+    const std::size_t crlf = out.find("\r\n", pos);
+    FUZZ_CHECK(crlf != std::string_view::npos, out);
+    std::string_view line = out.substr(pos, crlf - pos);
+    pos = crlf + 2;
+    if (line == ".") {
+      FUZZ_CHECK(pos == out.size(), out);
+      return lines;
+    }
+    if (!line.empty() && line.front() == '.') line.remove_prefix(1);
+    lines.emplace_back(line);
+  }
+}
+
+bool same(const std::vector<Message>& a, const std::vector<Message>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i].out != b[i].out || a[i].end != b[i].end || a[i].first_bare != b[i].first_bare ||
+        a[i].bare_reported != b[i].bare_reported) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::string input(reinterpret_cast<const char*>(data), size);
+
+  // Close the last message, as a client eventually must: find where the first pass ends.
+  {
+    const auto whole = run(input + std::string(kEnd), {input.size() + kEnd.size()},
+                           BareLfPolicy::normalize);
+    const std::size_t done = whole.empty() ? 0 : whole.back().end;
+    if (done < input.size() || input.empty()) input += kEnd;
+  }
+
+  std::optional<std::vector<Message>> reference;
+  for (const BareLfPolicy policy : {BareLfPolicy::normalize, BareLfPolicy::reject}) {
+    for (const auto& pieces : stp::fuzz::splits(input)) {
+      const auto messages = run(input, pieces, policy);
+      if (!reference) {
+        reference = messages;
+        continue;
+      }
+      // Reject differs only in where it stopped first, which normalize does not record.
+      auto comparable = messages;
+      for (std::size_t i = 0; i < comparable.size() && i < reference->size(); ++i) {
+        if (policy == BareLfPolicy::reject) {
+          comparable[i].first_bare = (*reference)[i].first_bare;
+        }
+      }
+      FUZZ_CHECK(same(comparable, *reference), input);
+    }
+  }
+
+  // The reference run (normalize, fed whole) against the model; reject's stops too.
+  const auto rejected = run(input, {input.size()}, BareLfPolicy::reject);
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < reference->size(); ++i) {
+    const Message& m = (*reference)[i];
+    const Expected e = model(input, start);
+    FUZZ_CHECK(m.end == e.end, input);
+    FUZZ_CHECK(unstuff(m.out) == e.lines, input);
+    FUZZ_CHECK(m.bare_reported == e.first_bare.has_value(), input);
+    FUZZ_CHECK(rejected[i].first_bare == e.first_bare, input);
+    start = m.end;
+  }
+  FUZZ_CHECK(start == input.size(), input);
+  return 0;
+}
