@@ -33,8 +33,9 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF
 # --- runtime stage: only the shared libraries the binary links against -------------------
 FROM debian:bookworm-slim
 
-ARG UID=10001
-ARG GID=10001
+# Numeric, so that Kubernetes runAsNonRoot can verify it (not UID/GID: bash reserves UID).
+ARG APP_UID=10001
+ARG APP_GID=10001
 
 LABEL org.opencontainers.image.title="smtp-tls-proxy" \
       org.opencontainers.image.description="SMTP TLS front (STARTTLS, implicit TLS, XCLIENT) for a plain MTA" \
@@ -58,13 +59,13 @@ RUN set -eux; \
     apt-get purge -y --auto-remove libcap2-bin; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log; \
     find / -xdev -type f -perm /6000 -exec chmod ug-s {} +; \
-    groupadd --system --gid "$GID" smtp-tls-proxy; \
-    useradd --system --uid "$UID" --gid "$GID" --home-dir /nonexistent --no-create-home \
-      --shell /usr/sbin/nologin smtp-tls-proxy; \
+    groupadd --gid "$APP_GID" smtp-tls-proxy; \
+    useradd --uid "$APP_UID" --gid "$APP_GID" --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin --no-log-init smtp-tls-proxy; \
     if ldd /usr/local/bin/smtp-tls-proxy | grep 'not found'; then exit 1; fi; \
     /usr/local/bin/smtp-tls-proxy --version
 
-USER ${UID}:${GID}
+USER ${APP_UID}:${APP_GID}
 
 # 25 and 587: STARTTLS offered; 465: implicit TLS; 9225: /metrics, /healthz, /readyz.
 EXPOSE 25 587 465 9225

@@ -51,7 +51,7 @@ image=${SMTP_TLS_PROXY_IMAGE:-localhost/smtp-tls-proxy}
 version=$(sed -n 's/^project(smtp-tls-proxy VERSION \([0-9][0-9.]*\).*/\1/p' CMakeLists.txt)
 version=${version:-dev}
 # Bump when the way the base file systems are prepared changes: older tarballs are then ignored.
-base_revision=1
+base_revision=2
 
 # --- timing ------------------------------------------------------------------------------------
 timings=()
@@ -117,9 +117,19 @@ if $refresh_base; then
   rm -f "$(tarball debian:bookworm)" "$(tarball debian:bookworm-slim)"
 fi
 
+# An imported base carries the label $revision_label; one from a registry (on a machine that
+# has one) carries none and is left alone.
+revision_label=org.smtp-tls-proxy.base-revision
 to_import=()
 for base in "${bases[@]}"; do
-  if $refresh_base || ! podman image exists "docker.io/library/$base"; then
+  ref=docker.io/library/$base
+  if $refresh_base || ! podman image exists "$ref"; then
+    to_import+=("$base")
+    continue
+  fi
+  have=$(podman image inspect --format "{{ index .Labels \"$revision_label\" }}" "$ref")
+  if [ -n "$have" ] && [ "$have" != "$base_revision" ]; then
+    echo "$ref was imported from base revision $have, this script makes $base_revision"
     to_import+=("$base")
   fi
 done
@@ -162,6 +172,15 @@ EOF
   printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
   chmod 755 "$root/usr/sbin/policy-rc.d"
   printf 'Acquire::Languages "none";\n' >"$root/etc/apt/apt.conf.d/docker-no-languages"
+  # debootstrap installs the bookworm point release; bring in bookworm-updates and
+  # bookworm-security as well, as the official images carry them.
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  chroot "$root" apt-get update -qq
+  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq dist-upgrade >"$work/upgrade.log"
+  echo "  updates applied to the base: $(grep -c '^Unpacking ' "$work/upgrade.log" || true) packages"
+  chroot "$root" apt-get clean
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/log/apt/* "$root"/var/log/dpkg.log \
+    "$root"/var/cache/apt/*.bin
   : >"$root/etc/hostname"
   : >"$root/etc/resolv.conf"
   rm -f "$root/etc/machine-id" "$root/var/lib/dbus/machine-id"
@@ -189,7 +208,7 @@ fi
 
 for base in "${to_import[@]}"; do
   step "podman import $base"
-  podman import --quiet --change 'CMD ["bash"]' \
+  podman import --quiet --change 'CMD ["bash"]' --change "LABEL $revision_label=$base_revision" \
     --message "debootstrap --variant=minbase bookworm (deploy/build-image.sh)" \
     "$(tarball "$base")" "docker.io/library/$base" >/dev/null
 done
@@ -198,8 +217,18 @@ podman images --format '  {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' --filter
 
 # --- image -------------------------------------------------------------------------------------
 step "buildah bud $image:$version"
+# Each line of buildah's output is prefixed with the seconds since the build began, so the
+# time of each Dockerfile step can be read off.
+stamp() {
+  local start=${EPOCHREALTIME/./} line now
+  while IFS= read -r line; do
+    now=${EPOCHREALTIME/./}
+    now=$(((now - start) / 100000))
+    printf '[%4d.%01ds] %s\n' $((now / 10)) $((now % 10)) "$line"
+  done
+}
 buildah bud --isolation chroot --pull=never --layers --format docker \
-  -t "$image:$version" -t "$image:latest" -f Dockerfile .
+  -t "$image:$version" -t "$image:latest" -f Dockerfile . 2>&1 | stamp
 size=$(podman image inspect --format '{{.Size}}' "$image:$version")
 echo "image $image:$version: $((size / 1000000)) MB ($size bytes)"
 

@@ -2,6 +2,7 @@
 #include "proxy/backend_probe.hpp"
 
 #include "proxy/log.hpp"
+#include "proxy/proxy_protocol.hpp"
 #include "proxy/smtp_parse.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -24,8 +25,8 @@ constexpr auto kProbeTimeout = std::chrono::seconds(5);
 constexpr std::size_t kMaxGreeting = 4096;
 }  // namespace
 
-BackendProbe::BackendProbe(asio::io_context& io, const Config& config)
-    : io_(io), config_(config), timer_(io) {}
+BackendProbe::BackendProbe(asio::io_context& io, const Config& config, EhloCache& ehlo_cache)
+    : io_(io), config_(config), ehlo_cache_(ehlo_cache), timer_(io) {}
 
 void BackendProbe::start() {
   asio::co_spawn(io_, loop(), asio::detached);
@@ -63,23 +64,42 @@ asio::awaitable<bool> BackendProbe::probe_once() {
   asio::steady_timer deadline(io_);
   deadline.expires_after(kProbeTimeout);
   // Everything below races the deadline; whichever finishes first cancels the other.
+  const bool proxy_v2 = config_.backend_metadata == BackendMetadata::proxy_v2;
+  auto read_reply = [&](std::string& buffer) -> asio::awaitable<smtp::ReplyScan> {
+    char chunk[512];
+    while (true) {
+      const auto scan = smtp::scan_reply(buffer, kMaxGreeting);
+      if (scan.status != smtp::ReplyScan::Status::need_more) co_return scan;
+      const auto n = co_await socket.async_read_some(asio::buffer(chunk), asio::use_awaitable);
+      buffer.append(chunk, n);
+    }
+  };
   auto attempt = [&]() -> asio::awaitable<bool> {
     tcp::resolver resolver(io_);
     const auto endpoints = co_await resolver.async_resolve(
         config_.backend_host, std::to_string(config_.backend_port), asio::use_awaitable);
     co_await asio::async_connect(socket, endpoints, asio::use_awaitable);
-    std::string greeting;
-    char chunk[512];
-    while (true) {
-      const auto scan = smtp::scan_reply(greeting, kMaxGreeting);
-      if (scan.status == smtp::ReplyScan::Status::malformed) co_return false;
-      if (scan.status == smtp::ReplyScan::Status::complete) {
-        co_await asio::async_write(socket, asio::buffer("QUIT\r\n", 6), asio::use_awaitable);
-        co_return scan.code / 100 == 2;
-      }
-      const auto n = co_await socket.async_read_some(asio::buffer(chunk), asio::use_awaitable);
-      greeting.append(chunk, n);
+    if (proxy_v2) {
+      const auto header = proxy_protocol::encode_v2(
+          {.source = socket.local_endpoint(), .destination = socket.remote_endpoint()});
+      co_await asio::async_write(socket, asio::buffer(header), asio::use_awaitable);
     }
+    std::string buffer;
+    const auto greeting = co_await read_reply(buffer);
+    if (greeting.status != smtp::ReplyScan::Status::complete || greeting.code / 100 != 2) {
+      co_return false;
+    }
+    if (proxy_v2) {
+      buffer.erase(0, greeting.length);
+      const std::string ehlo = "EHLO " + config_.hostname + "\r\n";
+      co_await asio::async_write(socket, asio::buffer(ehlo), asio::use_awaitable);
+      const auto reply = co_await read_reply(buffer);
+      if (reply.status == smtp::ReplyScan::Status::complete && reply.code == 250) {
+        ehlo_cache_.store(std::make_shared<const std::string>(buffer.substr(0, reply.length)));
+      }
+    }
+    co_await asio::async_write(socket, asio::buffer("QUIT\r\n", 6), asio::use_awaitable);
+    co_return true;
   };
   try {
     auto result = co_await (attempt() || deadline.async_wait(asio::use_awaitable));

@@ -1,6 +1,11 @@
 // Watches the MTA for /readyz: every --backend-probe-interval it connects, reads the
 // greeting and says QUIT. The MTA is "up" while its last greeting was 2xx.
 //
+// With --backend-metadata proxy-v2 the connection starts with a PROXY header naming the
+// proxy itself (an MTA that expects the header accepts nothing else), and the probe also
+// sends EHLO and keeps the MTA's reply: sessions answer their clients' EHLO from it until
+// they know whether the client will use TLS.
+//
 // Trusts nothing the MTA sends beyond a bounded greeting; runs on one io_context.
 #pragma once
 
@@ -11,12 +16,15 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <memory>
+#include <string>
 
 namespace stp {
 
 class BackendProbe {
  public:
-  BackendProbe(boost::asio::io_context& io, const Config& config);
+  using EhloCache = std::atomic<std::shared_ptr<const std::string>>;
+  BackendProbe(boost::asio::io_context& io, const Config& config, EhloCache& ehlo_cache);
 
   void start();
   void stop();
@@ -28,6 +36,7 @@ class BackendProbe {
 
   boost::asio::io_context& io_;
   const Config& config_;
+  EhloCache& ehlo_cache_;
   boost::asio::steady_timer timer_;
   std::atomic<bool> mta_up_{false};
   bool stopped_ = false;

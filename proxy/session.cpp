@@ -3,6 +3,7 @@
 
 #include "acl/policy.hpp"
 #include "proxy/log.hpp"
+#include "proxy/proxy_protocol.hpp"
 #include "proxy/received_header.hpp"
 
 #include <boost/asio/connect.hpp>
@@ -79,6 +80,7 @@ SessionServices::SessionServices(const Config& config_in,
   reply_mta_lost = "421 4.4.2 " + host + " Error: lost connection to mail server\r\n";
   reply_timeout = "421 4.4.2 " + host + " Error: timeout exceeded\r\n";
   reply_shutdown = "421 4.3.2 " + host + " Service shutting down, try again later\r\n";
+  reply_greeting = "220 " + host + " ESMTP\r\n";
 }
 
 struct Session::NameLookup {
@@ -173,9 +175,13 @@ asio::awaitable<void> Session::run() {
     tls::PlainStream plain(client_);
     if (co_await open_backend(plain) && co_await serve(plain) == Outcome::start_tls &&
         co_await handshake()) {
-      // The MTA saw the plaintext part of the session: make it forget any transaction.
-      reset_mta_after_tls_ = true;
-      co_await serve(*tls_);
+      if (backend_attached_) {
+        // The MTA saw the plaintext part of the session: make it forget any transaction.
+        reset_mta_after_tls_ = true;
+        co_await serve(*tls_);
+      } else if (co_await attach_backend(*tls_, false)) {  // proxy-v2: now the header can tell
+        co_await serve(*tls_);
+      }
     }
   }
   finish();
@@ -233,6 +239,7 @@ asio::awaitable<bool> Session::handshake() {
   record_tls_session();
   // RFC 3207: everything learned from the client before TLS is forgotten.
   helo_name_.clear();
+  replay_helo_.clear();
   extended_helo_ = false;
   framer_.reset();
   co_return true;
@@ -336,6 +343,16 @@ asio::awaitable<bool> Session::connect_backend() {
 
 template <class Stream>
 asio::awaitable<bool> Session::open_backend(Stream& client) {
+  if (config_.backend_metadata == BackendMetadata::proxy_v2 && !tls_active_) {
+    // The PROXY header must say whether the client uses TLS, which is not known yet: greet
+    // the client ourselves and connect when it starts TLS or goes on without it.
+    co_return co_await write_client(client, services_.reply_greeting);
+  }
+  co_return co_await attach_backend(client, true);
+}
+
+template <class Stream>
+asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client) {
   auto refuse = [&](std::string_view reason, metrics::Rejection why) -> asio::awaitable<bool> {
     end_reason_ = reason;
     services_.metrics.rejected(why).Increment();
@@ -349,6 +366,11 @@ asio::awaitable<bool> Session::open_backend(Stream& client) {
   if (!co_await connect_backend()) {
     co_return co_await refuse("mail server unreachable", unavailable);
   }
+  backend_attached_ = true;
+  if (config_.backend_metadata == BackendMetadata::proxy_v2 &&
+      !co_await write_mta(proxy_v2_header())) {
+    co_return co_await refuse("mail server lost", unavailable);
+  }
   auto greeting = co_await read_mta_reply();
   if (greeting.status != smtp::ReplyScan::Status::complete) {
     co_return co_await refuse("mail server unreachable", unavailable);
@@ -360,9 +382,23 @@ asio::awaitable<bool> Session::open_backend(Stream& client) {
     co_await write_client(client, backend_in_.view().substr(0, greeting.length));
     co_return false;
   }
-  if (config_.backend_metadata == BackendMetadata::none) {
-    const bool ok = co_await write_client(client, backend_in_.view().substr(0, greeting.length));
+  if (config_.backend_metadata != BackendMetadata::xclient) {
+    const bool ok =
+        !greet_client || co_await write_client(client, backend_in_.view().substr(0, greeting.length));
     backend_in_.consume(greeting.length);
+    if (!greet_client && !replay_helo_.empty()) {
+      // The client already greeted us (in the clear): greet the MTA the same way.
+      if (!co_await write_mta(replay_helo_)) co_return co_await refuse("mail server lost", unavailable);
+      const auto reply = co_await read_mta_reply();
+      if (reply.status != smtp::ReplyScan::Status::complete) {
+        co_return co_await refuse("mail server lost", unavailable);
+      }
+      if (reply.code / 100 != 2) {
+        spdlog::warn("{} mail server answered the client's greeting with \"{}\"", id_,
+                     log::escape(backend_in_.view().substr(0, reply.length), 200));
+      }
+      backend_in_.consume(reply.length);
+    }
     co_return ok;
   }
   backend_in_.consume(greeting.length);
@@ -617,6 +653,9 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     discard_bdat_chunk_ = true;
     return GroupEnd::bdat;
   }
+  if (!backend_attached_ && verb != Verb::starttls) {
+    if (const auto end = answer_while_detached(line, verb)) return *end;
+  }
   switch (verb) {
     case Verb::starttls:
       if (tls_active_ || !advertise_tls_ || !smtp::command_arguments(line).empty()) {
@@ -715,6 +754,12 @@ void Session::reply_locally(std::string_view reply) {
 
 template <class Stream>
 asio::awaitable<bool> Session::flush_group(Stream& client) {
+  if (!backend_attached_ && !to_mta_.empty() && !co_await attach_backend(client, false)) {
+    // proxy-v2: the client went on without TLS, and the MTA cannot be reached.
+    pending_.clear();
+    to_mta_.clear();
+    co_return false;
+  }
   if (!to_mta_.empty()) {
     co_await write_mta(to_mta_);
     to_mta_.clear();
@@ -722,7 +767,7 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
   to_client_.clear();
   for (const auto& pending : pending_) {
     if (pending.kind == PendingReply::Kind::local) {
-      to_client_ += pending.local;
+      to_client_ += pending.text.empty() ? pending.local : std::string_view(pending.text);
       continue;
     }
     const auto scan = co_await read_mta_reply();
@@ -928,6 +973,78 @@ std::string Session::received_header() {
       .id = id_,
       .now = std::time(nullptr),
   });
+}
+
+std::string Session::proxy_v2_header() const {
+  proxy_protocol::V2Header header{
+      .source = {identity_.address, identity_.port},
+      .destination = {identity_.local_address, identity_.local_port},
+  };
+  if (tls_facts_) {
+    const auto& t = *tls_facts_;
+    proxy_protocol::SslInfo ssl{
+        .certificate_presented = t.peer.has_value(),
+        .certificate_verified = t.verified,
+        .version = t.protocol,
+        .cipher = t.cipher,
+        .sig_alg = t.server_certificate_signature,
+        .key_alg = t.server_key,
+        .client_cn = t.peer ? t.peer->common_name : std::string(),
+    };
+    header.ssl = std::move(ssl);
+    header.authority = t.sni;
+  }
+  return proxy_protocol::encode_v2(header);
+}
+
+std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view line, Verb verb) {
+  auto answer = [&](std::string text) {
+    pending_.push_back({PendingReply::Kind::local, verb, false, {}, std::move(text)});
+  };
+  switch (verb) {
+    case Verb::ehlo: {
+      const auto cached = services_.mta_ehlo_reply.load();
+      if (!cached) {  // the MTA has not answered a probe yet: it is not there
+        answer(services_.reply_service_unavailable);
+        end_reason_ = "mail server unreachable";
+        closing_ = true;
+        return GroupEnd::close;
+      }
+      helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      extended_helo_ = true;
+      replay_helo_ = std::string(line) + "\r\n";
+      auto reply = smtp::rewrite_ehlo_reply(
+          *cached, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
+      // The first line names the host: ours, as in our greeting.
+      const auto end = reply.find("\r\n");
+      reply.replace(4, end - 4, config_.hostname);
+      if (!starttls_counted_) {
+        starttls_counted_ = true;
+        services_.metrics
+            .starttls(advertise_tls_ ? metrics::StartTls::offered : metrics::StartTls::not_offered)
+            .Increment();
+      }
+      answer(std::move(reply));
+      return GroupEnd::none;
+    }
+    case Verb::helo:
+      helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      extended_helo_ = false;
+      replay_helo_ = std::string(line) + "\r\n";
+      answer("250 " + config_.hostname + "\r\n");
+      return GroupEnd::none;
+    case Verb::noop:
+    case Verb::rset:
+      answer("250 2.0.0 Ok\r\n");
+      return GroupEnd::none;
+    case Verb::quit:
+      answer("221 2.0.0 Bye\r\n");
+      end_reason_ = "quit";
+      closing_ = true;
+      return GroupEnd::quit;
+    default:
+      return std::nullopt;  // needs the MTA
+  }
 }
 
 bool Session::refused_by_policy(Verb verb) {

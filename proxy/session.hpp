@@ -58,6 +58,8 @@ struct SessionServices {
   std::optional<boost::asio::ip::tcp::endpoint> backend_endpoint;  // when --backend is an address
   std::atomic<std::uint64_t> next_session_id;
   std::atomic<std::size_t> sessions_alive{0};
+  // The MTA's EHLO reply to the probe (proxy-v2 mode); null until one arrived.
+  std::atomic<std::shared_ptr<const std::string>> mta_ehlo_reply;
 
   // Replies that name this host, formatted once.
   std::string reply_service_unavailable;  // 421 4.3.2: the MTA cannot be reached
@@ -65,6 +67,7 @@ struct SessionServices {
   std::string reply_mta_lost;             // 421 4.4.2: the MTA went away
   std::string reply_timeout;              // 421 4.4.2: the client went silent
   std::string reply_shutdown;             // 421 4.3.2: the proxy is stopping
+  std::string reply_greeting;             // 220: the proxy's own (proxy-v2 mode)
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -94,11 +97,14 @@ class Session : public std::enable_shared_from_this<Session> {
     enum class Kind : std::uint8_t { local, mta, mta_silent } kind;
     smtp::Verb verb = smtp::Verb::other;
     bool message_end = false;     // BDAT LAST: the MTA's verdict on a message
-    std::string_view local = {};  // Kind::local: a reply with static storage
+    std::string_view local = {};  // Kind::local: a reply with static storage...
+    std::string text = {};        // ...or one made for this command
   };
 
   template <class Stream>
   boost::asio::awaitable<bool> open_backend(Stream& client);
+  template <class Stream>
+  boost::asio::awaitable<bool> attach_backend(Stream& client, bool greet_client);
   template <class Stream>
   boost::asio::awaitable<Outcome> serve(Stream& client);
   template <class Stream>
@@ -128,6 +134,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void record_tls_session();
   std::string received_header();
   bool refused_by_policy(smtp::Verb verb);
+  std::string proxy_v2_header() const;
+  std::optional<GroupEnd> answer_while_detached(std::string_view line, smtp::Verb verb);
   void violation(metrics::Violation kind);
   bool should_stop_before_command() const;
   void wake();
@@ -185,6 +193,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool terminating_ = false;
   bool starttls_counted_ = false;
   bool extended_helo_ = false;      // the client's last greeting was EHLO
+  bool backend_attached_ = false;   // connected to the MTA (proxy-v2 mode defers it)
+  std::string replay_helo_;         // proxy-v2: the client's HELO/EHLO, for the MTA
   bool authenticated_ = false;      // the MTA accepted AUTH
   bool in_bdat_message_ = false;    // a BDAT chunk of the current message went out
   bool discard_bdat_chunk_ = false;  // the BDAT was refused here: swallow its chunk

@@ -166,6 +166,15 @@ SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
   facts.resumed = SSL_session_reused(ssl) == 1;
   if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) facts.sni = sni;
 
+  if (X509* own = SSL_get_certificate(ssl)) {
+    const int signature = X509_get_signature_nid(own);
+    if (signature != NID_undef) facts.server_certificate_signature = OBJ_nid2sn(signature);
+    EVP_PKEY* key = X509_get0_pubkey(own);
+    const int id = key ? EVP_PKEY_get_base_id(key) : NID_undef;
+    const char* kind = id == EVP_PKEY_RSA ? "RSA" : id == EVP_PKEY_EC ? "EC" : OBJ_nid2sn(id);
+    if (key && kind) facts.server_key = kind + std::to_string(EVP_PKEY_get_bits(key));
+  }
+
   // Postfix adds these details for TLS 1.3, where the cipher name no longer carries them.
   if (SSL_version(ssl) >= TLS1_3_VERSION) {
     facts.key_exchange = describe_key_exchange(ssl);

@@ -46,6 +46,8 @@ struct SessionFacts {
   std::string key_exchange;      // Postfix style: "X25519", "ECDHE (P-256)", "DHE (2048 bits)"
   std::string server_signature;  // "ECDSA (P-256)", "RSA-PSS (2048 bits)"
   std::string server_digest;     // "SHA256"
+  std::string server_certificate_signature;  // how our certificate is signed: "ecdsa-with-SHA256"
+  std::string server_key;                    // our certificate's key: "EC256", "RSA2048"
   std::string sni;
   bool resumed = false;
 

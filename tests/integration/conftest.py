@@ -62,6 +62,7 @@ SMTP_SINK = Path("/usr/sbin/smtp-sink")
 NOBODY_UID = 65534
 
 LOGS_KEY = pytest.StashKey[list]()  # per test: callables returning (title, text) for reports
+TIMINGS: dict[str, float] = {}  # shown at the end of the run
 
 
 def proxy_binary() -> Path:
@@ -126,6 +127,11 @@ def pytest_runtest_makereport(item, call):
         except Exception as exc:  # a report must never fail because a log is missing
             title, text = "log", f"(could not read: {exc!r})"
         report.sections.append((f"{title} [{report.when}]", text or "(empty)"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for what, seconds in TIMINGS.items():
+        terminalreporter.write_line(f"{what}: {seconds:.2f}s")
 
 
 def attach_log(request: pytest.FixtureRequest, source: Callable[[], tuple[str, str]]) -> None:
@@ -295,6 +301,8 @@ notify_classes =
 bounce_queue_lifetime = 0
 maximal_queue_lifetime = 0
 smtputf8_enable = yes
+# Tests send garbage on purpose; the client should hear Postfix's replies at once.
+smtpd_error_sleep_time = 0
 """
 
 # The services master(8) needs, chroot off; then the three smtpd listeners the tests use.
@@ -319,6 +327,7 @@ discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 {loopback}:{port} inet n - n - - smtpd
@@ -395,9 +404,10 @@ class PostfixInstance:
 
     def write_config(self, pki: Pki) -> None:
         self.port, self.strict_port, self.noxclient_port = free_port(), free_port(), free_port()
-        (self.dir / "main.cf").write_text(MAIN_CF.format(
+        (self.dir / "etc").mkdir(exist_ok=True)
+        (self.dir / "etc" / "main.cf").write_text(MAIN_CF.format(
             dir=self.dir, hostname=POSTFIX_HOSTNAME, domain=MAIL_DOMAIN, uid=NOBODY_UID))
-        (self.dir / "master.cf").write_text(MASTER_CF.format(
+        (self.dir / "etc" / "master.cf").write_text(MASTER_CF.format(
             loopback=LOOPBACK, port=self.port, strict_port=self.strict_port,
             noxclient_port=self.noxclient_port, key=pki.key, cert=pki.cert))
 
@@ -410,10 +420,11 @@ class PostfixInstance:
         (self.dir / "queue").mkdir(exist_ok=True)  # `postfix check` fills it, needs it to exist
         for attempt in range(3):  # a freshly chosen port can be taken in between; retry
             self.write_config(pki)
-            run([str(POSTFIX_SBIN), "-c", str(self.dir), "check"], timeout=60)
+            run([str(POSTFIX_SBIN), "-c", str(self.dir / "etc"), "check"], timeout=60)
             out = open(self.dir / "master.out", "ab")
-            self.proc = subprocess.Popen([str(POSTFIX_MASTER), "-c", str(self.dir), "-s"],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(
+                [str(POSTFIX_MASTER), "-c", str(self.dir / "etc"), "-s"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             out.close()
             try:
                 for port in (self.port, self.strict_port, self.noxclient_port):
@@ -483,7 +494,7 @@ class Postfix:
         assert m, f"no line matching {pattern!r} in the Postfix log within {timeout}s"
         return m
 
-    def settle(self, mailbox: Mailbox | None = None) -> None:
+    def settle(self) -> None:
         """Waits until Postfix has nothing left in its queue (so "nothing delivered" is final)."""
         deadline = time.monotonic() + DELIVERY_TIMEOUT
         queue = self.instance.dir / "queue"
@@ -506,6 +517,8 @@ def postfix_instance(pki) -> Iterator[PostfixInstance]:
     instance = PostfixInstance(directory)
     try:
         instance.start(pki)
+        TIMINGS["private Postfix start-up (postfix check + master + 3 banners)"] = (
+            instance.startup_seconds)
         yield instance
     finally:
         instance.stop()
@@ -560,14 +573,12 @@ class SmtpSink:
             return f.read().decode("utf-8", "replace")
 
     def commands(self) -> list[str]:
-        return [line[len("smtp-sink: "):] for line in self.log().splitlines()
-                if line.startswith("smtp-sink: ")]
+        return re.findall(r"^\S*smtp-sink: (.*)$", self.log(), re.M)
 
     def dump(self) -> str:
-        try:
-            return self.dump_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        """Every message the sink received (its -D dump; one file, but read whatever is there)."""
+        return "".join(f.read_text("utf-8", "replace")
+                       for f in sorted(self.dump_path.parent.iterdir()))
 
     def wait_for_dump(self, needle: str, timeout: float = IO_TIMEOUT) -> str:
         deadline = time.monotonic() + timeout
@@ -583,15 +594,15 @@ class SmtpSink:
 
 
 @pytest.fixture
-def smtp_sink(tmp_path, request) -> Iterator[Callable[..., SmtpSink]]:
+def smtp_sink(request) -> Iterator[Callable[..., SmtpSink]]:
     """Factory: smtp_sink(xclient=True, extra=()) starts a smtp-sink and returns it."""
     if not SMTP_SINK.exists():
         pytest.fail(f"{SMTP_SINK} is missing: run scripts/install-deps.sh test")
     sinks: list[SmtpSink] = []
 
     def start(xclient: bool = True, extra: tuple[str, ...] = ()) -> SmtpSink:
-        d = tmp_path / f"sink{len(sinks)}"
-        d.mkdir()
+        # smtp-sink writes its dump as nobody: a directory outside pytest's 0700 tree.
+        d = Path(tempfile.mkdtemp(prefix="stp-sink-"))
         d.chmod(0o755)
         sink = SmtpSink(d, xclient, tuple(extra))
         sinks.append(sink)
@@ -600,10 +611,11 @@ def smtp_sink(tmp_path, request) -> Iterator[Callable[..., SmtpSink]]:
         sink.start()
         return sink
 
-    tmp_path.chmod(0o755)
     yield start
     for sink in sinks:
         sink.stop()
+        if not os.environ.get("STP_KEEP_TMP"):
+            shutil.rmtree(sink.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the proxy
@@ -628,7 +640,7 @@ class Proxy:
                 argv += ["--listen", f"{LOOPBACK}:{port}"]
         given = set(a.split("=", 1)[0] for a in self.extra_args if a.startswith("--"))
         defaults = {
-            "--tls-on-connect-ports": [str(self.tls_port or 1)],
+            "--tls-on-connect-ports": [str(self.tls_port)] if self.tls_port else [],
             "--backend": [self.backend],
             "--hostname": [PROXY_HOSTNAME],
             "--tls-certificate": [str(pki.cert)],
@@ -642,7 +654,7 @@ class Proxy:
             "--shutdown-grace": ["2s"],
         }
         for flag, value in defaults.items():
-            if flag in given:
+            if flag in given or not value:
                 continue
             if flag in ("--metrics-listen", "--shutdown-grace") and flag not in optional_flags:
                 continue
@@ -993,3 +1005,43 @@ def fake_mta(request) -> Iterator[FakeMta]:
     attach_log(request, lambda: ("fake MTA commands", "\n".join(mta.commands)))
     yield mta
     mta.stop()
+
+
+# --------------------------------------------------------------------------- messages
+
+SENDER = "sender@example.org"
+
+
+def simple_message(token: str, to: str, body: str = "") -> bytes:
+    """A complete message (CRLF lines, no final CRLF.CRLF) whose Subject and Message-ID are
+    `token`: Postfix adds no headers to it, so what is delivered is exactly this."""
+    return (f"From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: {token}\r\n"
+            f"Message-ID: <{token}@example.org>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+            f"\r\n{body or 'hello ' + token}\r\n").encode()
+
+
+TRACE_HEADER = re.compile(rb"^(Return-Path|X-Original-To|Delivered-To|Received):", re.I)
+
+
+def client_content(message: bytes) -> bytes:
+    """The delivered message without the trace headers Postfix and the proxy put on top
+    (Return-Path, X-Original-To, Delivered-To, Received and their continuation lines): what
+    the client sent, as Postfix stores it (LF line ends)."""
+    lines = message.split(b"\n")
+    i = 0
+    while i < len(lines) and (TRACE_HEADER.match(lines[i])
+                              or (i > 0 and lines[i][:1] in (b" ", b"\t"))):
+        i += 1
+    return b"\n".join(lines[i:])
+
+
+def bdat_content(token: str, to: str) -> bytes:
+    """A message that DATA would need dot-stuffing for: BDAT must carry it untouched."""
+    return (simple_message(token, to).rstrip(b"\r\n") + b"\r\n"
+            b".a line that starts with a dot\r\n"
+            b"..and one with two\r\n"
+            b"an embedded end of data follows\r\n.\r\n"
+            b"MAIL FROM:<not-a-command@example.org>\r\n"
+            b"eight bit: \xc3\xa9\xe2\x82\xac\r\n"
+            + b"long " + b"z" * 5000 + b"\r\n"
+            + b"last line\r\n")

@@ -11,7 +11,8 @@ import email
 import email.policy
 import smtplib
 
-from conftest import CLIENT_ADDR, LOOPBACK, SmtpClient, unique
+from conftest import (CLIENT_ADDR, LOOPBACK, SENDER, SmtpClient, bdat_content, client_content,
+                      unique)
 
 
 def first_received(message: bytes) -> str:
@@ -96,3 +97,21 @@ def test_smtp_sink_advertises_xclient_without_addr(smtp_sink):
         c.greeting()
         assert "XCLIENT" not in c.ehlo().keywords()
 
+
+
+def test_postfix_stores_pipelined_bdat_chunks_exactly(postfix):
+    """The baseline for the proxy's BDAT test: Postfix itself keeps every byte."""
+    box = postfix.new_mailbox()
+    content = bdat_content(unique("m"), box.address)
+    cut = content.index(b"\r\n.\r\n") + 1
+    chunks = [content[:cut], content[cut:cut + 3000], content[cut + 3000:]]
+    data = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{box.address}>\r\n".encode()
+    for i, chunk in enumerate(chunks):
+        data += f"BDAT {len(chunk)}{' LAST' if i == 2 else ''}\r\n".encode() + chunk
+    with SmtpClient(postfix.port, source=CLIENT_ADDR) as c:
+        c.greeting()
+        assert "CHUNKING" in c.ehlo().keywords()
+        c.send(data)
+        assert [c.read_reply().code for _ in range(5)] == [250] * 5
+    (message,) = box.wait(1)
+    assert client_content(message) == content.replace(b"\r\n", b"\n")

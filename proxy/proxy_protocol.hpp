@@ -1,0 +1,61 @@
+// HAProxy's PROXY protocol (doc/proxy-protocol.txt): the version 2 header the proxy sends
+// the MTA in --backend-metadata proxy-v2 mode, with the PP2_TYPE_SSL TLV describing the TLS
+// session; and a decoder for version 1 and 2 headers, for trusted load balancers in front.
+//
+// Pure functions over bytes. The decoder trusts nothing: every length is checked against
+// the bytes present and against the protocol's limits before anything is read.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace stp::proxy_protocol {
+
+// PP2 TLV types and SSL sub-types, as the spec numbers them.
+inline constexpr std::uint8_t kTypeAuthority = 0x02;
+inline constexpr std::uint8_t kTypeSsl = 0x20;
+inline constexpr std::uint8_t kSubtypeSslVersion = 0x21;
+inline constexpr std::uint8_t kSubtypeSslCn = 0x22;
+inline constexpr std::uint8_t kSubtypeSslCipher = 0x23;
+inline constexpr std::uint8_t kSubtypeSslSigAlg = 0x24;
+inline constexpr std::uint8_t kSubtypeSslKeyAlg = 0x25;
+inline constexpr std::uint8_t kClientSsl = 0x01;
+inline constexpr std::uint8_t kClientCertConn = 0x02;
+inline constexpr std::uint8_t kClientCertSess = 0x04;
+
+struct SslInfo {
+  bool certificate_presented = false;
+  bool certificate_verified = false;
+  std::string version;    // "TLSv1.3"
+  std::string cipher;     // OpenSSL name
+  std::string sig_alg;    // signature algorithm of the proxy's certificate, e.g. "SHA256"
+  std::string key_alg;    // key of the proxy's certificate, e.g. "EC256", "RSA2048"
+  std::string client_cn;  // only with a certificate
+};
+
+struct V2Header {
+  boost::asio::ip::tcp::endpoint source;       // the client
+  boost::asio::ip::tcp::endpoint destination;  // what the client connected to
+  std::optional<SslInfo> ssl = {};             // absent: the client did not use TLS
+  std::string authority = {};                  // SNI; empty: no AUTHORITY TLV
+};
+
+// The binary header. Mixed families are sent as IPv6 (IPv4 addresses v4-mapped).
+std::string encode_v2(const V2Header& header);
+
+struct Decoded {
+  enum class Status { need_more, complete, invalid } status = Status::need_more;
+  std::size_t length = 0;  // bytes of header, with Status::complete
+  bool local = false;      // v2 LOCAL or v1 UNKNOWN: no addresses, use the connection's own
+  boost::asio::ip::tcp::endpoint source;
+  boost::asio::ip::tcp::endpoint destination;
+};
+
+// Decodes the header at the start of `input` (either version).
+Decoded decode(std::string_view input);
+
+}  // namespace stp::proxy_protocol
