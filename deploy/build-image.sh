@@ -13,7 +13,8 @@
 #    enough to the real slim image for a runtime stage that only installs a few libraries.
 #    The root file systems are kept as tarballs in $SMTP_TLS_PROXY_CACHE_DIR
 #    (/var/cache/smtp-tls-proxy) and reused; --refresh-base bootstraps afresh (to pick up
-#    Debian's security updates in the base) and re-imports.
+#    Debian's newest updates in the base) and re-imports. DEBIAN_MIRROR and
+#    DEBIAN_SECURITY_MIRROR choose the archive (default deb.debian.org).
 # 2. The image: `buildah bud --isolation chroot --pull=never --layers --format docker`
 #    (docker format so that HEALTHCHECK is kept; --layers so that a rebuild reuses the
 #    dependency layers). Tagged $SMTP_TLS_PROXY_IMAGE:VERSION and :latest
@@ -47,6 +48,7 @@ done
 
 cache_dir=${SMTP_TLS_PROXY_CACHE_DIR:-/var/cache/smtp-tls-proxy}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security_mirror=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 image=${SMTP_TLS_PROXY_IMAGE:-localhost/smtp-tls-proxy}
 version=$(sed -n 's/^project(smtp-tls-proxy VERSION \([0-9][0-9.]*\).*/\1/p' CMakeLists.txt)
 version=${version:-dev}
@@ -156,15 +158,15 @@ if $need_bootstrap; then
   # the archive and its security updates as sources, no daemons started by package installs.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log \
     "$root"/var/log/apt/* "$root"/etc/apt/sources.list
-  cat >"$root/etc/apt/sources.list.d/debian.sources" <<'EOF'
+  cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: $security_mirror
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

@@ -4,7 +4,7 @@
 #   deploy/check.sh [--no-image]
 #
 #   yamllint --strict         every YAML file under deploy/ (config: .yamllint)
-#   shellcheck                the shell scripts under deploy/
+#   shell scripts             checked with shellcheck (deploy/*.sh, the Postfix entrypoint)
 #   promtool check config     deploy/prometheus/prometheus*.yml (reads the rule files they name,
 #                             relative to the config file)
 #   promtool check rules      deploy/prometheus/alerts.yml
@@ -17,7 +17,7 @@
 # Runs every check, then exits non-zero if any failed. Installs missing tools through
 # scripts/install-deps.sh test.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 image=true
 for arg in "$@"; do

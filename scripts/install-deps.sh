@@ -27,6 +27,7 @@ run_packages=(openssl postfix swaks libnet-ssleay-perl libio-socket-ssl-perl ca-
 test_packages=(
   python3 python3-pytest clang-format iproute2 procps
   debootstrap podman buildah uidmap fuse-overlayfs libcap2-bin yamllint prometheus
+  docker-compose shellcheck
 )
 
 packages=("${build_packages[@]}")

@@ -5,13 +5,15 @@ bounded: sockets have timeouts, processes are waited for with timeouts, and each
 under a SIGALRM watchdog, so a hung test fails instead of hanging CI.
 
 What is here:
-- `pki`: a CA and an ECDSA P-256 server certificate made with the openssl CLI (session scope).
-- `postfix`: one private, real Postfix 3.7 (master + smtpd + virtual) for the session, with three
+- `pki`: a CA and ECDSA P-256 certificates for the proxy and for Postfix, made with the
+  openssl CLI (session scope).
+- `postfix`: one private, real Postfix 3.7 (master + smtpd + virtual) for the session, with four
   smtpd services: `port` (XCLIENT and XFORWARD authorised for 127.0.0.0/8, STARTTLS offered,
   every command logged, lenient about bare LF so that it would split smuggled messages),
-  `strict_port` (XCLIENT authorised, rejects any bare LF) and `noxclient_port` (no XCLIENT).
-  Mail is delivered by virtual(8) into one Maildir per recipient local part, so a test owns a
-  mailbox (`postfix.new_mailbox()`) and reads what was delivered, Received headers included.
+  `strict_port` (XCLIENT authorised, rejects any bare LF), `noxclient_port` (no XCLIENT) and
+  `ipv4only_port` (XCLIENT authorised, but refuses an IPv6 ADDR). Everything is delivered by
+  virtual(8) into one Maildir; a test takes a fresh address (`postfix.new_mailbox()`) and reads
+  what was delivered to it, Received headers included.
 - `smtp_sink`: a factory for Postfix's smtp-sink with and without XCLIENT (`-C`).
 - `proxy`: a factory that starts build/smtp-tls-proxy (or $STP_BINARY) on a plain and an
   implicit-TLS listener.
@@ -227,11 +229,17 @@ def run(cmd: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProces
 
 
 class Pki:
+    """The proxy's certificate (proxy.test, IP 127.0.0.1) and Postfix's own (postfix.test
+    only), from one CA: a client that verifies proxy.test or 127.0.0.1 can only complete a
+    handshake with the proxy, never with a Postfix the proxy let STARTTLS through to."""
+
     def __init__(self, directory: Path):
         self.dir = directory
         self.ca = directory / "ca.pem"
         self.cert = directory / "server.pem"
         self.key = directory / "server.key"
+        self.postfix_cert = directory / "postfix.pem"
+        self.postfix_key = directory / "postfix.key"
 
     def client_context(self, verify: bool = True) -> ssl.SSLContext:
         if not verify:
@@ -244,7 +252,7 @@ class Pki:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> Pki:
-    """A CA and a server certificate for proxy.test / 127.0.0.1 (ECDSA P-256), via openssl."""
+    """A CA and ECDSA P-256 server certificates for the proxy and for Postfix, via openssl."""
     d = tmp_path_factory.mktemp("pki")
     p = Pki(d)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
@@ -252,16 +260,19 @@ def pki(tmp_path_factory) -> Pki:
          "-days", "3", "-subj", "/CN=smtp-tls-proxy test CA",
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-    run(["openssl", "req", *ec, "-keyout", str(p.key), "-out", str(d / "server.csr"),
-         "-subj", f"/CN={PROXY_HOSTNAME}"])
-    (d / "ext.cnf").write_text(
-        f"subjectAltName=DNS:{PROXY_HOSTNAME},DNS:{POSTFIX_HOSTNAME},IP:127.0.0.1\n"
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n")
-    run(["openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(p.ca),
-         "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "3", "-out", str(p.cert),
-         "-extfile", str(d / "ext.cnf")])
+    for cert, key, name, san in (
+            (p.cert, p.key, PROXY_HOSTNAME, f"DNS:{PROXY_HOSTNAME},IP:127.0.0.1"),
+            (p.postfix_cert, p.postfix_key, POSTFIX_HOSTNAME, f"DNS:{POSTFIX_HOSTNAME}")):
+        run(["openssl", "req", *ec, "-keyout", str(key), "-out", str(d / f"{name}.csr"),
+             "-subj", f"/CN={name}"])
+        (d / f"{name}.ext").write_text(
+            f"subjectAltName={san}\n"
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n")
+        run(["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(p.ca),
+             "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "3", "-out", str(cert),
+             "-extfile", str(d / f"{name}.ext")])
     return p
 
 
@@ -279,7 +290,7 @@ myorigin = $myhostname
 mydestination =
 relay_domains =
 inet_interfaces = loopback-only
-inet_protocols = ipv4
+inet_protocols = all
 mynetworks = 127.0.0.0/8
 smtpd_authorized_xclient_hosts = 127.0.0.0/8
 smtpd_banner = $myhostname ESMTP Postfix
@@ -305,7 +316,8 @@ smtputf8_enable = yes
 smtpd_error_sleep_time = 0
 """
 
-# The services master(8) needs, chroot off; then the three smtpd listeners the tests use.
+# The services master(8) needs, chroot off; then the smtpd listeners the tests use.
+SMTPD_SERVICES = ("main", "strict", "noxclient", "ipv4only")
 MASTER_CF = """\
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -330,7 +342,7 @@ anvil     unix  -       -       n       -       1       anvil
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-{loopback}:{port} inet n - n - - smtpd
+{loopback}:{main_port} inet n - n - - smtpd
   -o syslog_name=postfix/main
   -o smtpd_authorized_xforward_hosts=127.0.0.0/8
   -o smtpd_tls_security_level=may
@@ -344,6 +356,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 {loopback}:{noxclient_port} inet n - n - - smtpd
   -o syslog_name=postfix/noxclient
   -o smtpd_authorized_xclient_hosts=
+{loopback}:{ipv4only_port} inet n - n - - smtpd
+  -o syslog_name=postfix/ipv4only
+  -o inet_protocols=ipv4
 """
 
 class Mailbox:
@@ -378,7 +393,7 @@ class PostfixInstance:
     def __init__(self, directory: Path):
         self.dir = directory
         self.maillog = directory / "maillog"
-        self.port = self.strict_port = self.noxclient_port = 0
+        self.ports: dict[str, int] = {}  # smtpd service (see MASTER_CF) -> port
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
         self.maildir = directory / "mail" / "inbox" / "new"
@@ -403,13 +418,13 @@ class PostfixInstance:
         return out
 
     def write_config(self, pki: Pki) -> None:
-        self.port, self.strict_port, self.noxclient_port = free_port(), free_port(), free_port()
+        self.ports = {name: free_port() for name in SMTPD_SERVICES}
         (self.dir / "etc").mkdir(exist_ok=True)
         (self.dir / "etc" / "main.cf").write_text(MAIN_CF.format(
             dir=self.dir, hostname=POSTFIX_HOSTNAME, domain=MAIL_DOMAIN, uid=NOBODY_UID))
         (self.dir / "etc" / "master.cf").write_text(MASTER_CF.format(
-            loopback=LOOPBACK, port=self.port, strict_port=self.strict_port,
-            noxclient_port=self.noxclient_port, key=pki.key, cert=pki.cert))
+            loopback=LOOPBACK, key=pki.postfix_key, cert=pki.postfix_cert,
+            **{f"{name}_port": port for name, port in self.ports.items()}))
 
     def start(self, pki: Pki) -> None:
         began = time.monotonic()
@@ -427,7 +442,7 @@ class PostfixInstance:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             out.close()
             try:
-                for port in (self.port, self.strict_port, self.noxclient_port):
+                for port in self.ports.values():
                     wait_for_banner(port, self.proc, "postfix master", log=self.maillog)
                 break
             except RuntimeError:
@@ -460,9 +475,10 @@ class Postfix:
 
     def __init__(self, instance: PostfixInstance):
         self.instance = instance
-        self.port = instance.port
-        self.strict_port = instance.strict_port
-        self.noxclient_port = instance.noxclient_port
+        self.port = instance.ports["main"]
+        self.strict_port = instance.ports["strict"]
+        self.noxclient_port = instance.ports["noxclient"]
+        self.ipv4only_port = instance.ports["ipv4only"]
         self.log_start = instance.log_size()
 
     @property
@@ -476,6 +492,11 @@ class Postfix:
     @property
     def noxclient_backend(self) -> str:
         return f"{LOOPBACK}:{self.noxclient_port}"
+
+    @property
+    def ipv4only_backend(self) -> str:
+        """Takes XCLIENT, but refuses an IPv6 ADDR (it knows no IPv6)."""
+        return f"{LOOPBACK}:{self.ipv4only_port}"
 
     def new_mailbox(self) -> Mailbox:
         return Mailbox(self.instance, unique("t"))
@@ -494,16 +515,26 @@ class Postfix:
         assert m, f"no line matching {pattern!r} in the Postfix log within {timeout}s"
         return m
 
-    def settle(self) -> None:
-        """Waits until Postfix has nothing left in its queue (so "nothing delivered" is final)."""
+    def settle(self, quiet: float = 0.3) -> None:
+        """Waits until Postfix has nothing left in its queue and its log has been quiet for
+        `quiet` seconds, so that "nothing delivered" and "not in the log" are final."""
         deadline = time.monotonic() + DELIVERY_TIMEOUT
         queue = self.instance.dir / "queue"
+        size, since = -1, time.monotonic()
         while time.monotonic() < deadline:
             busy = any(any(p.is_file() for p in (queue / q).rglob("*"))
                        for q in ("incoming", "active", "maildrop"))
-            if not busy:
+            now_size = self.instance.log_size()
+            if busy or now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= quiet:
                 return
             time.sleep(0.05)
+
+    def settled_log(self) -> str:
+        """The maillog of this test once Postfix has settled (for "never logged" checks)."""
+        self.settle()
+        return self.log()
 
 
 @pytest.fixture(scope="session")
@@ -517,7 +548,7 @@ def postfix_instance(pki) -> Iterator[PostfixInstance]:
     instance = PostfixInstance(directory)
     try:
         instance.start(pki)
-        TIMINGS["private Postfix start-up (postfix check + master + 3 banners)"] = (
+        TIMINGS["private Postfix start-up (postfix check, master, every smtpd greeting)"] = (
             instance.startup_seconds)
         yield instance
     finally:
@@ -665,21 +696,28 @@ class Proxy:
         return argv + self.extra_args
 
     def start(self, pki: Pki, optional_flags: set[str]) -> None:
-        self.argv = self.command_line(pki, optional_flags)
-        err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
-                                     stderr=err, cwd=self.dir)
-        err.close()
-        want = {p for p in (self.plain_port, self.tls_port) if p is not None}
-        deadline = time.monotonic() + START_TIMEOUT
-        while not want <= listening_ports():
-            if self.proc.poll() is not None:
+        for attempt in range(3):  # a free port can be taken between choosing and binding
+            self.argv = self.command_line(pki, optional_flags)
+            err = open(self.stderr_path, "ab")
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
+                                         stderr=err, cwd=self.dir)
+            err.close()
+            want = {p for p in (self.plain_port, self.tls_port) if p is not None}
+            deadline = time.monotonic() + START_TIMEOUT
+            while not want <= listening_ports():
+                if self.proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"proxy did not listen on {sorted(want)} within "
+                                       f"{START_TIMEOUT}s\n{self.stderr()}")
+                time.sleep(0.02)
+            else:
+                return
+            if attempt == 2 or "in use" not in self.stderr():
                 raise RuntimeError(f"proxy exited with {self.proc.returncode} at start-up\n"
                                    f"argv: {self.argv}\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"proxy did not listen on {sorted(want)} within "
-                                   f"{START_TIMEOUT}s\n{self.stderr()}")
-            time.sleep(0.02)
+            self.plain_port = free_port() if self.plain_port else None
+            self.tls_port = free_port() if self.tls_port else None
 
     def stderr(self) -> str:
         return tail(self.stderr_path)
@@ -724,8 +762,12 @@ def proxy(tmp_path, pki, proxy_optional_flags, request) -> Iterator[Callable[...
         return p
 
     yield start
+    died = [p for p in started if p.proc is not None and p.proc.poll() is not None]
     for p in started:
         p.stop()
+    for p in died:  # a test's own checks may not notice a crash; teardown does
+        pytest.fail(f"the proxy exited by itself during the test with {p.proc.returncode}:\n"
+                    f"{p.stderr()}", pytrace=False)
 
 
 # --------------------------------------------------------------------------- clients
@@ -766,8 +808,8 @@ class SmtpClient:
 
     def __init__(self, port: int, source: str | None = CLIENT_ADDR, tls: bool = False,
                  context: ssl.SSLContext | None = None, server_hostname: str = PROXY_HOSTNAME,
-                 timeout: float = IO_TIMEOUT):
-        self.sock = connect_from(port, source, timeout)
+                 timeout: float = IO_TIMEOUT, host: str = LOOPBACK):
+        self.sock = connect_from(port, source, timeout, host)
         self.buf = b""
         self.context = context
         self.server_hostname = server_hostname
@@ -890,7 +932,7 @@ class SmtpClient:
 def connect_from(port: int, source: str | None = CLIENT_ADDR,
                  timeout: float = IO_TIMEOUT, host: str = LOOPBACK) -> socket.socket:
     """A TCP connection to host:port, bound to `source` first (127.0.0.2 by default)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
         if source is not None:

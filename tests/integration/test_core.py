@@ -14,6 +14,7 @@ import email
 import email.policy
 import random
 import re
+import smtplib
 import socket
 import subprocess
 import time
@@ -22,7 +23,7 @@ import pytest
 
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER, Reply,
                       SmtpClient, bdat_content, client_content, connect_from, free_port,
-                      simple_message, smtplib_client, unique)
+                      listening_ports, simple_message, smtplib_client, unique)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -195,6 +196,27 @@ def test_session_is_logged_on_one_line(postfix, proxy, pki):
     assert len(summary) == 1, f"no one line with client, port, TLSv1.3 and {cipher}: {lines}"
 
 
+def test_ipv6_client_reaches_postfix_with_its_ipv6_address(postfix, proxy, pki):
+    port6 = free_port()
+    p = proxy(postfix.backend, "--listen", f"[::1]:{port6}")
+    deadline = time.monotonic() + 10
+    while port6 not in listening_ports():
+        assert time.monotonic() < deadline, f"proxy not listening on [::1]:{port6}"
+        time.sleep(0.02)
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with smtplib.SMTP("::1", port6, timeout=IO_TIMEOUT) as s:
+        client_port = s.sock.getsockname()[1]
+        s.starttls(context=pki.client_context(verify=False))
+        assert s.sendmail(SENDER, [box.address], simple_message(token, box.address)) == {}
+    (message,) = box.wait(1)
+    assert "[IPv6:::1]" in postfix_received(message)
+    mine = [x for x in xclient_lines(postfix.log()) if x.get("PORT") == str(client_port)]
+    assert len(mine) == 1 and mine[0]["ADDR"].upper() == "IPV6:::1", xclient_lines(postfix.log())
+    assert mine[0].get("DESTADDR", "").upper() == "IPV6:::1", mine
+    assert p.alive()
+
+
 # --------------------------------------------------------------------------- EHLO and STARTTLS
 
 
@@ -211,7 +233,7 @@ def test_no_starttls_for_clients_outside_tls_advertise_hosts(postfix, proxy, hos
         # The list is decided per client: 127.0.0.1 matches `*`.
         with start_session(p.plain_port, source=LOOPBACK) as c:
             assert "STARTTLS" in c.ehlo().keywords()
-    assert "STARTTLS" not in postfix_commands(postfix.log())
+    assert "STARTTLS" not in postfix_commands(postfix.settled_log())
 
 
 def test_mta_starttls_xclient_xforward_never_reach_the_client_ehlo(postfix, proxy, pki):
@@ -270,7 +292,40 @@ def test_starttls_inside_tls_gets_554(postfix, proxy, pki):
     with start_session(p.plain_port, pki=pki, starttls=True) as c:
         assert_reply(c.command("STARTTLS"), 554, "5.5.1")
         assert_reply(c.command("NOOP"), 250)
-    assert "STARTTLS" not in postfix_commands(postfix.log())
+    assert "STARTTLS" not in postfix_commands(postfix.settled_log())
+
+
+@pytest.mark.parametrize("phase", ["implicit", "after STARTTLS"])
+def test_stalled_tls_handshake_is_dropped_after_tls_handshake_timeout(postfix, proxy, phase):
+    p = proxy(postfix.backend, "--tls-handshake-timeout", "2s", "--smtp-receive-timeout", "60s")
+    if phase == "implicit":
+        c = SmtpClient(p.tls_port)
+    else:
+        c = start_session(p.plain_port)
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+    with c:
+        began = time.monotonic()
+        c.send(b"\x16\x03\x01")  # the start of a TLS record, then nothing
+        c.read_until_closed(timeout=10)
+        waited = time.monotonic() - began
+    assert 1.5 <= waited <= 8, f"dropped after {waited:.1f}s, configured 2s"
+    assert p.alive()
+
+
+def test_failed_starttls_handshake_closes_both_connections_and_is_logged(postfix, proxy):
+    p = proxy(postfix.backend)
+    with start_session(p.plain_port) as c:
+        client_port = c.sock.getsockname()[1]
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+        c.send(b"this is not a TLS ClientHello\r\n" * 4)
+        c.read_until_closed()
+    # The MTA's side of this session ends too (Postfix logs the disconnect after XCLIENT).
+    postfix.wait_for_log(r"disconnect from unknown\[127\.0\.0\.2\]")
+    deadline = time.monotonic() + 5
+    while not any(f"{client_port}" in l and "127.0.0.2" in l for l in p.stderr().splitlines()):
+        assert time.monotonic() < deadline, p.stderr()
+        time.sleep(0.05)
+    assert_next_client_served(p.plain_port)
 
 
 @pytest.mark.parametrize("backend_kind", ["postfix", "smtp-sink"])
@@ -299,9 +354,10 @@ def test_commands_pipelined_after_starttls_are_discarded(postfix, smtp_sink, pro
         assert_reply(c.command("RSET"), 250)
         assert_reply(c.command("QUIT"), 221)
     if backend_kind == "postfix":
-        log = postfix.log()
+        log = postfix.settled_log()
         assert token not in log, [l for l in log.splitlines() if token in l]
         assert not any(cmd.startswith("MAIL FROM:<inj") for cmd in postfix_commands(log))
+        assert "STARTTLS" not in postfix_commands(log)
     else:
         assert token not in sink.log(), sink.log()
     postfix.settle()
@@ -326,7 +382,7 @@ def test_client_xclient_and_xforward_are_refused(postfix, proxy, pki):
     (message,) = box.wait(1)
     received = postfix_received(message)
     assert "[127.0.0.2]" in received and "10.9.9.9" not in received, received
-    log = postfix.log()
+    log = postfix.settled_log()
     assert "10.9.9.9" not in log, [l for l in log.splitlines() if "10.9.9.9" in l]
     assert xclient_lines(log)
     assert all(x.get("ADDR") == CLIENT_ADDR for x in xclient_lines(log)), xclient_lines(log)
@@ -357,6 +413,21 @@ def test_mta_without_xclient_gives_421_4_7_0(postfix, smtp_sink, proxy, mta):
         assert_reply(c.read_reply(), 421, "4.7.0")
         assert wait_closed(c) == b""
     assert p.alive()
+
+
+def test_mta_refusing_the_xclient_gives_421_4_7_0(postfix, proxy):
+    """This Postfix takes XCLIENT but knows no IPv6: it refuses the IPv6 client's ADDR."""
+    port6 = free_port()
+    proxy(postfix.ipv4only_backend, "--listen", f"[::1]:{port6}")
+    deadline = time.monotonic() + 10
+    while port6 not in listening_ports():
+        assert time.monotonic() < deadline, f"proxy not listening on [::1]:{port6}"
+        time.sleep(0.02)
+    with SmtpClient(port6, source=None, host="::1") as c:
+        assert_reply(c.read_reply(), 421, "4.7.0")
+        assert wait_closed(c) == b""
+    # Postfix's session summary: one XCLIENT tried, none accepted.
+    postfix.wait_for_log(r"ipv4only/smtpd\[\d+\]: disconnect from .* xclient=0/1")
 
 
 def test_mta_dies_after_354_client_gets_4xx(fake_mta, proxy):
@@ -430,7 +501,7 @@ def test_100kb_command_line_gets_500_5_5_2_and_the_session_goes_on(postfix, prox
         assert_reply(c.command("QUIT"), 221)
     box.wait(1)
     assert_next_client_served(p.plain_port)
-    assert "y" * 5000 not in postfix.log()  # the over-long MAIL never reached the MTA
+    assert "y" * 5000 not in postfix.settled_log()  # the over-long MAIL never reached the MTA
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -520,8 +591,8 @@ def test_bare_lf_reject_refuses_the_message_and_delivers_nothing(postfix, proxy,
 
 
 def test_bare_lf_normalize_delivers_one_crlf_message(postfix, proxy):
-    # The strict Postfix port rejects any line that is not CRLF-terminated: delivery proves the
-    # proxy re-terminated every line.
+    """The strict Postfix port rejects any line that is not CRLF-terminated: delivery proves
+    the proxy re-terminated every line (--bare-lf normalize is the default)."""
     p = proxy(postfix.strict_backend)
     box = postfix.new_mailbox()
     token = unique("m")
@@ -552,6 +623,10 @@ SMUGGLING = {
 
 @pytest.mark.parametrize("terminator", list(SMUGGLING))
 def test_smuggled_message_stays_inside_one_message(postfix, proxy, terminator):
+    """SMTP smuggling (CVE-2023-51764): this Postfix ends a message on <LF>.<LF>, <CR><LF>.<LF>
+    and <LF>.<CR><LF> by itself, so anything the proxy lets through is split off and delivered.
+    Postfix does not split on <CR>.<CR>, but a proxy that made bare CRs into line ends without
+    dot-stuffing would create a <CR><LF>.<CR><LF> of its own."""
     p = proxy(postfix.backend)  # this Postfix splits on <LF>.<LF> and friends by itself
     box, target = postfix.new_mailbox(), postfix.new_mailbox()
     token = unique("m")
