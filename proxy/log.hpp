@@ -9,8 +9,12 @@
 
 namespace stp::log {
 
-// Configures the default logger; `level` is trace|debug|info|warn|error.
-void init(std::string_view level);
+// Configures the default logger; `level` is trace|debug|info|warn|error. With `json`, every
+// line is one JSON object: {"time":…,"level":…,"message":…}.
+void init(std::string_view level, bool json = false);
+
+// `text` as the inside of a JSON string.
+std::string json_escape(std::string_view text);
 
 // Printable ASCII kept (with `\` and `"` escaped), everything else as \xHH, and at most
 // `max_length` input bytes (then "..."). For anything a client or a DNS server sent.

@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   try {
     const auto config = stp::parse_config(argc, argv, stp::process_environment(), std::cout);
     if (!config) return 0;
-    stp::log::init(config->log_level);
+    stp::log::init(config->log_level, config->log_format == stp::LogFormat::json);
     auto tls = stp::tls::ServerContext::create(*config);
     if (tls->self_signed()) {
       spdlog::warn(

@@ -88,8 +88,6 @@ def assert_next_client_served(port: int, tls: bool = False) -> None:
         assert_reply(c.command("QUIT"), 221)
 
 
-
-
 # --------------------------------------------------------------------------- delivery
 
 
@@ -710,5 +708,7 @@ def test_bdat_chunks_reach_postfix_byte_exactly(postfix, proxy, pki, pipelined):
         assert "queued as" in replies[-1].text, replies[-1]
         assert_reply(c.command("QUIT"), 221)
     (message,) = box.wait(1)
-    assert client_content(message) == content.replace(b"\r\n", b"\n")
-    assert any(cmd.startswith("BDAT") for cmd in postfix_commands(postfix.log()))
+    arrived = [cmd for cmd in postfix_commands(postfix.log()) if cmd.startswith("BDAT")]
+    sent = [f"BDAT {len(chunk)}" for chunk in chunks]
+    assert client_content(message) == content.replace(b"\r\n", b"\n"), (
+        f"the client sent {sent}; Postfix received {arrived}")

@@ -98,7 +98,6 @@ def test_smtp_sink_advertises_xclient_without_addr(smtp_sink):
         assert "XCLIENT" not in c.ehlo().keywords()
 
 
-
 def test_postfix_stores_pipelined_bdat_chunks_exactly(postfix):
     """The baseline for the proxy's BDAT test: Postfix itself keeps every byte."""
     box = postfix.new_mailbox()
