@@ -542,6 +542,52 @@ std::vector<Flag> flag_table() {
            [](Config& c, const Values& v) {
              c.threads = static_cast<unsigned>(number_in_range(v.front(), 1, 256, "a number"));
            }},
+      {.name = "max-connections",
+       .argument = "N",
+       .defaults = {"10000"},
+       .help = "sessions at once; past it new clients get 421 4.7.0",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.max_connections = number_in_range(v.front(), 1, 1000000, "a number");
+           }},
+      {.name = "max-connections-per-host",
+       .argument = "N",
+       .defaults = {"50"},
+       .help = "sessions at once from one client address (one /64 for IPv6)",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.max_connections_per_host =
+                 static_cast<unsigned>(number_in_range(v.front(), 1, 1000000, "a number"));
+           }},
+      {.name = "max-errors",
+       .argument = "N",
+       .defaults = {"20"},
+       .help = "refused or failed commands in a session before 421 4.7.0 and close",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.max_errors = static_cast<unsigned>(number_in_range(v.front(), 1, 100000, "a number"));
+           }},
+      {.name = "max-pipelined-commands",
+       .argument = "N",
+       .defaults = {"100"},
+       .help = "commands taken from a client before their replies are sent",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.max_pipelined_commands = number_in_range(v.front(), 1, 10000, "a number");
+           }},
+      {.name = "user",
+       .argument = "NAME",
+       .defaults = {""},
+       .help = "after binding the ports, switch to this user and its group",
+       .default_help = "none: stay as started",
+       .apply = [](Config& c, const Values& v) { c.user = v.front(); }},
+      {.name = "proxy-protocol-hosts",
+       .argument = "HOSTLIST",
+       .defaults = {""},
+       .help = "load balancers whose connections start with a PROXY v1/v2 header giving the "
+               "real client",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.proxy_protocol_hosts = host_list(v); }},
       {.name = "log-level",
        .argument = "LEVEL",
        .defaults = {"info"},

@@ -81,6 +81,14 @@ struct Config {
   std::string log_level = "info";
   LogFormat log_format = LogFormat::text;
 
+  // Abuse limits and trusted load balancers.
+  std::size_t max_connections = 10000;
+  unsigned max_connections_per_host = 50;  // per address; per /64 for IPv6
+  unsigned max_errors = 20;
+  std::size_t max_pipelined_commands = 100;
+  std::string user;                        // switch to this user after binding
+  acl::HostList proxy_protocol_hosts;      // must send a PROXY v1/v2 header first
+
   // Operations.
   std::optional<boost::asio::ip::tcp::endpoint> metrics_listen;  // empty: no HTTP endpoint
   std::chrono::seconds shutdown_grace{30};

@@ -728,6 +728,13 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     case Verb::quit:
       forward(line, verb);
       return GroupEnd::quit;
+    case Verb::mail:
+    case Verb::rset:
+      // A new message starts here, whenever the MTA's reply comes: the next BDAT chunk is
+      // the first of it, even when it is pipelined behind this command.
+      in_bdat_message_ = false;
+      forward(line, verb);
+      return GroupEnd::none;
     case Verb::helo:
     case Verb::ehlo:
       helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
@@ -802,10 +809,8 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
   switch (pending.verb) {
     case Verb::mail:
       if (code / 100 == 2) in_transaction_ = true;
-      in_bdat_message_ = false;
       break;
     case Verb::rset:
-      in_bdat_message_ = false;
       in_transaction_ = false;
       break;
     case Verb::helo:

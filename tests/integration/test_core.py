@@ -709,6 +709,7 @@ def test_bdat_chunks_reach_postfix_byte_exactly(postfix, proxy, pki, pipelined):
         assert_reply(c.command("QUIT"), 221)
     (message,) = box.wait(1)
     arrived = [cmd for cmd in postfix_commands(postfix.log()) if cmd.startswith("BDAT")]
-    sent = [f"BDAT {len(chunk)}" for chunk in chunks]
+    sent = [f"BDAT {len(chunk)}" + (" LAST" if i == len(chunks) - 1 else "")
+            for i, chunk in enumerate(chunks)]
     assert client_content(message) == content.replace(b"\r\n", b"\n"), (
         f"the client sent {sent}; Postfix received {arrived}")

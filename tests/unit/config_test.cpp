@@ -191,7 +191,8 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       "tls-verify-depth", "tls-peerdn-format", "received-header", "tls-require-ports",
       "tls-require-hosts", "tls-require-verified-hosts", "client-name-lookup",
       "smtp-receive-timeout", "tls-handshake-timeout", "max-line-length", "bare-lf", "threads",
-      "log-level", "log-format", "metrics-listen", "shutdown-grace", "backend-probe-interval",
+      "max-connections", "max-connections-per-host", "max-errors", "max-pipelined-commands",
+      "user", "proxy-protocol-hosts", "log-level", "log-format", "metrics-listen", "shutdown-grace", "backend-probe-interval",
       "reload-check-interval"};
   EXPECT_EQ(listed, expected);
 
@@ -229,6 +230,12 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                       std::to_string(std::clamp(std::thread::hardware_concurrency(), 1u, 256u))},
       {"log-level", "info"},
       {"log-format", "text"},
+      {"max-connections", "10000"},
+      {"max-connections-per-host", "50"},
+      {"max-errors", "20"},
+      {"max-pipelined-commands", "100"},
+      {"user", "none: stay as started"},
+      {"proxy-protocol-hosts", "none"},
       {"metrics-listen", "0.0.0.0:9225"},
       {"shutdown-grace", "30s"},
       {"backend-probe-interval", "10s"},
