@@ -5,12 +5,12 @@
 
 namespace stp {
 
-std::string sanitize_for_header(std::string_view text, std::size_t max_length) {
+std::string sanitize_for_header(std::string_view text, std::size_t max_length, Spaces spaces) {
   std::string out;
   out.reserve(std::min(text.size(), max_length));
   for (const char ch : text.substr(0, max_length)) {
     const auto c = static_cast<unsigned char>(ch);
-    const bool printable = c > 0x20 && c < 0x7f;
+    const bool printable = (c > 0x20 || (c == 0x20 && spaces == Spaces::keep)) && c < 0x7f;
     out += (printable && ch != '(' && ch != ')' && ch != '\\' && ch != '"') ? ch : '?';
   }
   return out;
@@ -58,8 +58,8 @@ std::string build_received_header(const ReceivedFields& f) {
     if (!details.empty()) h += "\r\n\t" + details;
     h += ")\r\n";
     if (t.peer) {
-      h += "\t(Client CN \"" + sanitize_for_header(t.peer->common_name, 64) + "\", Issuer \"" +
-           sanitize_for_header(t.peer->issuer_common_name, 64) + "\" (" +
+      h += "\t(Client CN \"" + sanitize_for_header(t.peer->common_name, 64, Spaces::keep) + "\", Issuer \"" +
+           sanitize_for_header(t.peer->issuer_common_name, 64, Spaces::keep) + "\" (" +
            (t.verified ? "verified OK" : "not verified") + "))\r\n";
     } else if (t.request != tls::ClientCertificateRequest::none) {
       h += "\t(Client did not present a certificate)\r\n";

@@ -43,7 +43,11 @@ std::string_view with_protocol(bool extended_helo, bool tls, bool authenticated)
 // RFC 5322 date-time in UTC, e.g. "Wed, 25 Nov 2026 10:00:00 +0000".
 std::string rfc5322_date(std::time_t when);
 
-// Client text made safe inside a comment or a quoted string.
-std::string sanitize_for_header(std::string_view text, std::size_t max_length = 255);
+// Client text made safe inside a comment or a quoted string: anything outside printable
+// ASCII, and the characters that would end the comment or string, become '?'. Spaces are kept
+// only where the caller quotes the text (certificate names such as "Example CA").
+enum class Spaces { replace, keep };
+std::string sanitize_for_header(std::string_view text, std::size_t max_length = 255,
+                                Spaces spaces = Spaces::replace);
 
 }  // namespace stp

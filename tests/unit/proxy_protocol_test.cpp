@@ -199,7 +199,10 @@ TEST(EncodeV2, EmptyOptionalSslFieldsAreLeftOut) {
       .ssl = SslInfo{.certificate_presented = true,
                      .certificate_verified = true,
                      .version = "TLSv1.3",
-                     .cipher = "TLS_AES_128_GCM_SHA256"},
+                     .cipher = "TLS_AES_128_GCM_SHA256",
+                     .sig_alg = {},
+                     .key_alg = {},
+                     .client_cn = {}},
   });
   // Certificate presented but no CN text, no SIG_ALG, no KEY_ALG:
   // SSL value 1 + 4 + (3+7) + (3+22) = 40 = 0x28; addresses 12 + 3+40 = 55 = 0x37.
