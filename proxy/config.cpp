@@ -460,11 +460,11 @@ std::vector<Flag> flag_table() {
       {.name = "tls-verify-depth",
        .argument = "N",
        .defaults = {"9"},
-       .help = "longest client certificate chain accepted",
+       .help = "most intermediate CAs between a client certificate and a trusted CA",
        .apply =
            [](Config& c, const Values& v) {
              c.tls_verify_depth =
-                 static_cast<unsigned>(number_in_range(v.front(), 1, 100, "a number"));
+                 static_cast<unsigned>(number_in_range(v.front(), 0, 100, "a number"));
            }},
       {.name = "tls-peerdn-format",
        .argument = "openssl|rfc2253",

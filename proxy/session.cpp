@@ -250,17 +250,17 @@ void Session::record_handshake_failure(const error_code& ec) {
   if (timed_out_) violation(metrics::Violation::timeout);
   std::string certificate;
   if (certificate_request_ == tls::ClientCertificateRequest::verify && tls_->native_handle()) {
-    // A client that must verify: say why it did not.
+    // A client that must verify: say why it did not. When verification fails OpenSSL keeps
+    // no peer certificate, but the verify result tells that one was presented.
     SSL* ssl = tls_->native_handle();
-    X509* peer = SSL_get0_peer_certificate(ssl);
     const long result = SSL_get_verify_result(ssl);
-    const auto reason = !peer ? std::string("absent") : tls::verify_reason_label(result);
+    const bool presented = result != X509_V_OK || SSL_get0_peer_certificate(ssl) != nullptr;
     services_.metrics.client_certificate(metrics::ClientCertificate::rejected).Increment();
-    if (peer && result != X509_V_OK) services_.metrics.verify_failure(reason);
-    certificate = !peer ? "; client certificate: none presented"
-                        : "; client certificate: " +
-                              std::string(result == X509_V_OK ? "ok"
-                                                              : X509_verify_cert_error_string(result));
+    if (result != X509_V_OK) services_.metrics.verify_failure(tls::verify_reason_label(result));
+    certificate = !presented            ? "; client certificate: none presented"
+                  : result == X509_V_OK ? "; client certificate: ok"
+                                        : "; client certificate: " +
+                                              std::string(X509_verify_cert_error_string(result));
   }
   spdlog::info("{} TLS handshake with {} failed: {}{}", id_, client_label_,
                timed_out_ ? std::string("timeout") : log::escape(ec.message(), 200), certificate);

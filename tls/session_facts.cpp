@@ -8,13 +8,35 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
+#include <cstdint>
 #include <memory>
 
 namespace stp::tls {
 namespace {
 
-// Accepts whatever the client sends; the outcome is read after the handshake.
-int accept_any_certificate(int /*preverify_ok*/, X509_STORE_CTX* /*ctx*/) { return 1; }
+// Per-SSL slot holding the first verification error, as an integer in the pointer.
+int first_error_slot() {
+  static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
+}
+
+// Accepts whatever the client sends; the outcome is read after the handshake. OpenSSL goes on
+// after an accepted error and would report the last one (an unknown CA ends as "unable to get
+// certificate CRL"); the first one is the reason, so it is put back after every later error.
+int accept_any_certificate(int preverify_ok, X509_STORE_CTX* ctx) {
+  if (preverify_ok) return 1;
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  if (!ssl) return 1;
+  const auto first = reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, first_error_slot()));
+  if (first == X509_V_OK) {
+    const std::intptr_t error = X509_STORE_CTX_get_error(ctx);
+    SSL_set_ex_data(ssl, first_error_slot(), reinterpret_cast<void*>(error));
+  } else {
+    X509_STORE_CTX_set_error(ctx, static_cast<int>(first));
+  }
+  return 1;
+}
 
 std::string dn_openssl(const X509_NAME* name) {
   char* text = X509_NAME_oneline(name, nullptr, 0);

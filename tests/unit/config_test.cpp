@@ -504,8 +504,8 @@ TEST(Config, ClientCertificateFlags) {
   EXPECT_EQ(error_of({"--tls-verify-hosts", "*"}),
             "--tls-verify-certificates: needed to verify client certificates (set because of "
             "--tls-verify-hosts, --tls-try-verify-hosts or --tls-require-verified-hosts)");
-  EXPECT_EQ(error_of({"--tls-verify-depth", "0"}),
-            "--tls-verify-depth: must be a number from 1 to 100 (0)");
+  EXPECT_EQ(error_of({"--tls-verify-depth", "101"}),
+            "--tls-verify-depth: must be a number from 0 to 100 (101)");
 }
 
 TEST(Config, EncryptionPolicyFlags) {
