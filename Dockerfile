@@ -42,12 +42,11 @@ LABEL org.opencontainers.image.title="smtp-tls-proxy" \
       org.opencontainers.image.description="SMTP TLS front (STARTTLS, implicit TLS, XCLIENT) for a plain MTA" \
       org.opencontainers.image.base.name="debian:bookworm-slim"
 
-COPY --from=build /out/ /
-
 # Runtime libraries, found with `ldd` + `dpkg -S` on the built binary:
 #   libssl3 (libssl.so.3, libcrypto.so.3), libboost-program-options1.81.0, libspdlog1.10,
 #   libfmt9, libprometheus-cpp-core1.0; libstdc++6, libgcc-s1 and libc6 are in the base.
-# libcap2-bin only lends setcap for this step and is purged in the same layer.
+# This layer does not depend on the binary, so a rebuild after a source change reuses it.
+# libcap2-bin only lends setcap to the next step, which purges it again.
 # The setuid/setgid bits of the base's tools are cleared: the container may run without
 # no_new_privs (for the file capability), and then nothing else in it should gain privileges.
 RUN set -eux; \
@@ -56,13 +55,21 @@ RUN set -eux; \
     apt-get install -y --no-install-recommends \
       libssl3 libboost-program-options1.81.0 libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 \
       libcap2-bin; \
-    setcap cap_net_bind_service=+ep /usr/local/bin/smtp-tls-proxy; \
-    apt-get purge -y --auto-remove libcap2-bin; \
-    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     find / -xdev -type f -perm /6000 -exec chmod ug-s {} +; \
     groupadd --gid "$APP_GID" smtp-tls-proxy; \
     useradd --uid "$APP_UID" --gid "$APP_GID" --home-dir /nonexistent --no-create-home \
-      --shell /usr/sbin/nologin --no-log-init smtp-tls-proxy; \
+      --shell /usr/sbin/nologin --no-log-init smtp-tls-proxy
+
+# deploy/build-image.sh --prebuilt replaces exactly this line (keep it as it is).
+COPY --from=build /out/ /
+
+# The file capability that lets uid 10001 bind 25/587/465; then setcap goes, and the binary
+# must find every library it needs.
+RUN set -eux; \
+    setcap cap_net_bind_service=+ep /usr/local/bin/smtp-tls-proxy; \
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove libcap2-bin; \
+    rm -rf /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old; \
     if ldd /usr/local/bin/smtp-tls-proxy | grep 'not found'; then exit 1; fi; \
     /usr/local/bin/smtp-tls-proxy --version
 

@@ -2,7 +2,7 @@
 # Builds the smtp-tls-proxy container image on a machine with no registry and no container
 # engine that can run containers (such as the CI machines), then smoke-tests it.
 #
-#   deploy/build-image.sh [--refresh-base] [--no-smoke]
+#   deploy/build-image.sh [--prebuilt BINARY] [--refresh-base] [--no-smoke]
 #
 # 1. Base images. The Dockerfile's FROM lines name debian:bookworm and debian:bookworm-slim.
 #    Both are made here with `debootstrap --variant=minbase bookworm` and `podman import`ed under
@@ -19,31 +19,55 @@
 #    (docker format so that HEALTHCHECK is kept; --layers so that a rebuild reuses the
 #    dependency layers). Tagged $SMTP_TLS_PROXY_IMAGE:VERSION and :latest
 #    (localhost/smtp-tls-proxy by default).
-# 3. Smoke test: --help runs in the image and exits 0; the image's user is not root; the binary
-#    carries cap_net_bind_service; a HEALTHCHECK is configured; then the proxy runs in the image
-#    as that user, binds a port below 1024, answers its own HEALTHCHECK command and a TLS
-#    handshake, serves /metrics, and exits 0 after SIGTERM.
+#    --prebuilt BINARY skips the build stage (the compiler and a Release build: most of the
+#    cost): it builds the Dockerfile's runtime stage, verbatim except that its
+#    `COPY --from=build /out/ /` takes BINARY (stripped) and deploy/healthcheck.sh instead, and
+#    tags $SMTP_TLS_PROXY_IMAGE:VERSION-prebuilt. CI uses it with the binary it has just built.
+# 3. Smoke test, on the image:
+#    - `--help` and `--version` run in it; the configured USER is not root and a command in the
+#      image runs as that uid; EXPOSE is 25 587 465 9225; a HEALTHCHECK is configured;
+#    - the binary carries cap_net_bind_service (getcap); no compiler, headers or -dev package
+#      is in the image, and every library the binary needs resolves;
+#    - the proxy runs in the image, as that user, with a certificate mounted read-only and
+#      configured through SMTP_TLS_PROXY_* variables, on two loopback ports below 1024
+#      (STARTTLS and implicit TLS) in front of Postfix's smtp-sink on the host; it has
+#      cap_net_bind_service in effect; its own HEALTHCHECK command passes, /readyz is 200;
+#      swaks delivers a mail over STARTTLS and smtp-sink receives it with the proxy's
+#      Received: header; openssl s_client sees the mounted certificate on the implicit-TLS
+#      port; /metrics counts both; SIGTERM makes it exit 0.
 #
 # Needs root. Every step is timed and the times are printed at the end. Safe to run again:
-# existing base images and cached layers are reused.
+# existing base images and cached layers are reused. CONTAINERS_STORAGE_CONF (containers'
+# own variable) points podman and buildah at another image store, e.g. an empty one for a
+# cold-build measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 refresh_base=false
 smoke=true
-for arg in "$@"; do
-  case "$arg" in
+prebuilt=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --refresh-base) refresh_base=true ;;
     --no-smoke) smoke=false ;;
+    --prebuilt)
+      [ $# -ge 2 ] || {
+        echo "--prebuilt needs a BINARY" >&2
+        exit 2
+      }
+      prebuilt=$(realpath "$2")
+      shift
+      ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "usage: $0 [--refresh-base] [--no-smoke]" >&2
+      echo "usage: $0 [--prebuilt BINARY] [--refresh-base] [--no-smoke]" >&2
       exit 2
       ;;
   esac
+  shift
 done
 
 cache_dir=${SMTP_TLS_PROXY_CACHE_DIR:-/var/cache/smtp-tls-proxy}
@@ -55,7 +79,7 @@ version=${version:-dev}
 # Bump when the way the base file systems are prepared changes: older tarballs are then ignored.
 base_revision=2
 
-# --- timing ------------------------------------------------------------------------------------
+# --- timing and clean-up -----------------------------------------------------------------------
 timings=()
 step_name=""
 step_start=0
@@ -78,8 +102,11 @@ cleanup_actions=()
 finish() {
   local rc=$?
   end_step "$([ $rc -eq 0 ] && echo ok || echo FAILED)"
-  local action
-  for action in "${cleanup_actions[@]}"; do eval "$action" >/dev/null 2>&1 || true; done
+  local i
+  # Last registered first: the proxy is stopped before its container is removed.
+  for ((i = ${#cleanup_actions[@]} - 1; i >= 0; i--)); do
+    eval "${cleanup_actions[i]}" >/dev/null 2>&1 || true
+  done
   echo "build-image.sh: step times"
   printf '%s\n' "${timings[@]}"
   local total=$(($(now_ms) - script_start))
@@ -96,7 +123,7 @@ fail() {
 # --- tools -------------------------------------------------------------------------------------
 step "tools (install-deps.sh test if missing)"
 [ "$(id -u)" -eq 0 ] || fail "needs root (debootstrap, buildah's chroot isolation)"
-need=(debootstrap podman buildah getcap openssl ss)
+need=(debootstrap podman buildah getcap openssl ss swaks smtp-sink strip)
 missing=()
 for tool in "${need[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -104,8 +131,37 @@ if [ ${#missing[@]} -gt 0 ]; then
   bash scripts/install-deps.sh test
 fi
 
+# --- what to build -----------------------------------------------------------------------------
+# The Dockerfile and context, or (--prebuilt) the runtime stage alone with the given binary.
+dockerfile=Dockerfile
+context=.
+tag=$version
+if [ -n "$prebuilt" ]; then
+  [ -x "$prebuilt" ] || fail "--prebuilt $prebuilt: not an executable file"
+  context=$(mktemp -d /var/tmp/smtp-tls-proxy-context.XXXXXX)
+  cleanup_actions+=("rm -rf '$context'")
+  copy_line='COPY --from=build /out/ /'
+  [ "$(grep -c -x -F "$copy_line" Dockerfile)" = 1 ] ||
+    fail "Dockerfile: expected exactly one line '$copy_line' (--prebuilt replaces it)"
+  # From the last FROM (the runtime stage) to the end, with the binary from the context.
+  awk '
+    toupper($1) == "FROM" { stage = "" }
+    { stage = stage $0 "\n" }
+    END { printf "%s", stage }' Dockerfile |
+    awk -v copy="$copy_line" '$0 == copy { print "COPY out/ /"; next } { print }' \
+      >"$context/Dockerfile"
+  grep -q '^COPY out/ /$' "$context/Dockerfile" ||
+    fail "the Dockerfile's last stage does not take the binary from the build stage"
+  install -D -m 0755 "$prebuilt" "$context/out/usr/local/bin/smtp-tls-proxy"
+  strip "$context/out/usr/local/bin/smtp-tls-proxy"
+  install -D -m 0755 deploy/healthcheck.sh "$context/out/usr/local/bin/smtp-tls-proxy-healthcheck"
+  dockerfile=$context/Dockerfile
+  tag=$version-prebuilt
+  echo "runtime stage of the Dockerfile with $prebuilt ($(du -h "$context/out/usr/local/bin/smtp-tls-proxy" | cut -f1) stripped)"
+fi
+
 # --- base images -------------------------------------------------------------------------------
-mapfile -t bases < <(awk 'toupper($1) == "FROM" { print $2 }' Dockerfile | sort -u)
+mapfile -t bases < <(awk 'toupper($1) == "FROM" { print $2 }' "$dockerfile" | sort -u)
 for base in "${bases[@]}"; do
   case "$base" in
     debian:bookworm | debian:bookworm-slim) ;;
@@ -153,7 +209,7 @@ if $need_bootstrap; then
       fail "debootstrap failed"
     }
 
-  step "prepare and tar the base file systems"
+  step "base: apt updates, clean-up, tar"
   # What Debian's official images also do: no downloaded packages or package lists in the image,
   # the archive and its security updates as sources, no daemons started by package installs.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log \
@@ -205,6 +261,7 @@ EOF
   rm -rf "$root"/usr/share/info/* "$root"/usr/share/linda/* "$root"/usr/share/lintian/overrides/* \
     "$root"/usr/share/locale/* "$root"/usr/share/man/*
   tar_root "$(tarball debian:bookworm-slim)"
+  rm -rf "$root"
   ls -l "$cache_dir"
 fi
 
@@ -214,11 +271,10 @@ for base in "${to_import[@]}"; do
     --message "debootstrap --variant=minbase bookworm (deploy/build-image.sh)" \
     "$(tarball "$base")" "docker.io/library/$base" >/dev/null
 done
-step "base images"
 podman images --format '  {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' --filter reference=docker.io/library/debian
 
 # --- image -------------------------------------------------------------------------------------
-step "buildah bud $image:$version"
+step "buildah bud $image:$tag"
 # Each line of buildah's output is prefixed with the seconds since the build began, so the
 # time of each Dockerfile step can be read off.
 stamp() {
@@ -229,46 +285,83 @@ stamp() {
     printf '[%4d.%01ds] %s\n' $((now / 10)) $((now % 10)) "$line"
   done
 }
+tags=(-t "$image:$tag")
+[ -n "$prebuilt" ] || tags+=(-t "$image:latest")
 buildah bud --isolation chroot --pull=never --layers --format docker \
-  -t "$image:$version" -t "$image:latest" -f Dockerfile . 2>&1 | stamp
-size=$(podman image inspect --format '{{.Size}}' "$image:$version")
-echo "image $image:$version: $((size / 1000000)) MB ($size bytes)"
+  "${tags[@]}" -f "$dockerfile" "$context" 2>&1 | stamp
+size=$(podman image inspect --format '{{.Size}}' "$image:$tag")
+echo "image $image:$tag: $((size / 1000000)) MB ($size bytes)"
 
 $smoke || exit 0
 
-# --- smoke test --------------------------------------------------------------------------------
-step "smoke: --help, user, capability, healthcheck"
-ctr=$(buildah from --pull=never "$image:$version")
-cleanup_actions+=("buildah umount '$ctr'" "buildah rm '$ctr'")
+# --- smoke test: the image's configuration and content -----------------------------------------
+step "smoke: configuration and content"
+ref=$image:$tag
+ctr=$(buildah from --pull=never "$ref")
+cleanup_actions+=("buildah rm '$ctr'")
+in_image() { buildah run --isolation chroot "$ctr" -- "$@"; }
 
-help=$(buildah run --isolation chroot "$ctr" -- /usr/local/bin/smtp-tls-proxy --help) ||
-  fail "smtp-tls-proxy --help exited $? in the image"
+help=$(in_image /usr/local/bin/smtp-tls-proxy --help) || fail "smtp-tls-proxy --help failed in the image"
 grep -q -- '--listen' <<<"$help" || fail "--help does not mention --listen"
-echo "  --help: exit 0, mentions --listen"
+image_version=$(in_image /usr/local/bin/smtp-tls-proxy --version) ||
+  fail "smtp-tls-proxy --version failed in the image"
+grep -q -F "$version" <<<"$image_version" || fail "--version says '$image_version', not $version"
+echo "  --help: exit 0; --version: $image_version"
 
-user=$(buildah inspect --type image --format '{{.Docker.Config.User}}' "$image:$version")
+inspect() { buildah inspect --type image --format "$1" "$ref"; }
+user=$(inspect '{{.Docker.Config.User}}')
 case "$user" in
   "" | root | root:* | 0 | 0:*) fail "the image runs as root (User='$user')" ;;
 esac
-uid=$(buildah run --isolation chroot "$ctr" -- id -u)
+uid=$(in_image id -u)
 [ "$uid" != 0 ] || fail "buildah run executed as uid 0 despite User='$user'"
-echo "  user: '$user' (a command in the image runs as uid $uid)"
+[ "$uid" = "${user%%:*}" ] || fail "a command in the image runs as uid $uid, USER is $user"
+echo "  USER $user (a command in the image runs as uid $uid)"
+
+# shellcheck disable=SC2016 # a Go template, not a shell expansion
+exposed=$(inspect '{{range $port, $_ := .Docker.Config.ExposedPorts}}{{$port}} {{end}}')
+for port in 25/tcp 465/tcp 587/tcp 9225/tcp; do
+  grep -q -w "$port" <<<"$exposed" || fail "EXPOSE lacks $port ($exposed)"
+done
+echo "  EXPOSE $exposed"
+
+healthcheck=$(inspect '{{.Docker.Config.Healthcheck.Test}}')
+grep -q smtp-tls-proxy-healthcheck <<<"$healthcheck" || fail "no HEALTHCHECK in the image ($healthcheck)"
+echo "  HEALTHCHECK $healthcheck, every $(inspect '{{.Docker.Config.Healthcheck.Interval}}')"
+echo "  ENTRYPOINT $(inspect '{{.Docker.Config.Entrypoint}}'), STOPSIGNAL $(inspect '{{.Docker.Config.StopSignal}}')"
 
 mnt=$(buildah mount "$ctr")
 caps=$(getcap "$mnt/usr/local/bin/smtp-tls-proxy")
-buildah umount "$ctr" >/dev/null
 grep -q 'cap_net_bind_service[=+]*ep' <<<"$caps" ||
   fail "the binary lacks cap_net_bind_service (getcap: '${caps}')"
-echo "  capability: ${caps#"$mnt"}"
+echo "  getcap: ${caps#"$mnt"}"
+setid=$(find "$mnt" -xdev -type f -perm /6000 -printf '/%P ')
+[ -z "$setid" ] || fail "setuid/setgid files in the image: $setid"
+# Only runtime libraries: no compiler, linker, headers or development package.
+tools=""
+for tool in cc c++ gcc g++ cpp ld as make cmake ninja; do
+  [ ! -e "$mnt/usr/bin/$tool" ] || tools+="/usr/bin/$tool "
+done
+[ -z "$tools" ] || fail "build tools in the image: $tools"
+if [ -e "$mnt/usr/include/c++" ] || [ -e "$mnt/usr/include/openssl" ]; then
+  fail "headers in the image (/usr/include)"
+fi
+buildah umount "$ctr" >/dev/null
+# shellcheck disable=SC2016 # dpkg-query's format, not a shell expansion
+packages=$(in_image dpkg-query -W -f '${Package}\n')
+# (gcc-12-base, which libgcc-s1 needs, is only a directory of documentation.)
+dev=$(grep -E -- '-dev$|^(gcc|g\+\+|cpp|clang)(-[0-9]+)?$|^binutils|^(make|cmake|ninja-build|build-essential|libcap2-bin)$' <<<"$packages" || true)
+[ -z "$dev" ] || fail "packages that do not belong in the runtime image: $(tr '\n' ' ' <<<"$dev")"
+unresolved=$(in_image ldd /usr/local/bin/smtp-tls-proxy | grep 'not found' || true)
+[ -z "$unresolved" ] || fail "libraries not found in the image: $unresolved"
+echo "  $(wc -l <<<"$packages") packages, none a compiler, binutils or -dev; every library resolves; no setuid/setgid file"
 
-healthcheck=$(buildah inspect --type image --format '{{.Docker.Config.Healthcheck.Test}}' "$image:$version")
-grep -q smtp-tls-proxy-healthcheck <<<"$healthcheck" || fail "no HEALTHCHECK in the image ($healthcheck)"
-echo "  HEALTHCHECK: $healthcheck"
-
-step "smoke: run: port<1024, TLS, health, SIGTERM"
+# --- smoke test: the proxy running in the image -------------------------------------------------
+step "smoke: run: STARTTLS mail, implicit TLS, health, SIGTERM"
 free_port() {
   local p
   for p in $(seq "$1" "$2"); do
+    [ "$p" != "${3:-}" ] || continue
     ss -Hltn "sport = :$p" | grep -q . || {
       echo "$p"
       return 0
@@ -276,56 +369,144 @@ free_port() {
   done
   return 1
 }
-low_port=$(free_port 900 1000) || fail "no free port in 900-1000"
+starttls_port=$(free_port 900 1000) || fail "no free port in 900-1000"
+tls_port=$(free_port 900 1000 "$starttls_port") || fail "no second free port in 900-1000"
 metrics_port=$(free_port 39225 39325) || fail "no free port in 39225-39325"
-run_log=$(mktemp /tmp/smtp-tls-proxy-smoke.XXXXXX)
-cleanup_actions+=("rm -f '$run_log'")
-# buildah's chroot isolation shares the host's network: the proxy listens on loopback only.
-# timeout sends SIGTERM after 8 s (SIGKILL 40 s later if the drain hangs); --preserve-status
-# reports the proxy's own exit code.
-buildah run --isolation chroot --env "SMTP_TLS_PROXY_METRICS_LISTEN=127.0.0.1:$metrics_port" \
-  "$ctr" -- timeout --preserve-status -s TERM -k 40 8 /usr/local/bin/smtp-tls-proxy \
-  --listen "127.0.0.1:$low_port" --tls-on-connect --backend 127.0.0.1:9 \
-  --client-name-lookup off --hostname smoke.invalid --threads 1 >"$run_log" 2>&1 &
+sink_port=$(free_port 39326 39425) || fail "no free port in 39326-39425"
+work=$(mktemp -d /var/tmp/smtp-tls-proxy-smoke.XXXXXX)
+cleanup_actions+=("rm -rf '$work'")
+chmod 755 "$work"
+
+# Postfix's smtp-sink on the host plays the MTA and dumps what it receives (as nobody). It
+# cannot take XCLIENT ADDR, so it offers none (-C) and the proxy runs with
+# --backend-metadata none; the XCLIENT path is the integration tests' business (real Postfix).
+mkdir -m 777 "$work/sink"
+smtp-sink -C -u nobody -D "$work/sink/dump" -t 30 "127.0.0.1:$sink_port" 8 >"$work/sink.log" 2>&1 &
+sink_pid=$!
+cleanup_actions+=("kill $sink_pid")
+
+# A certificate for the image to read from a read-only mount, readable by the image's user
+# (a throw-away key: the directory goes at the end).
+mkdir "$work/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=smoke.invalid -keyout "$work/tls/tls.key" -out "$work/tls/tls.crt" 2>/dev/null
+chmod 644 "$work/tls/tls.key"
+
+# buildah's chroot isolation shares the host's network and PID namespaces: the proxy listens on
+# loopback only, and is signalled from here. SMTP_TLS_PROXY_* variables are the interface.
+buildah run --isolation chroot --volume "$work/tls:/etc/smtp-tls-proxy/tls:ro" \
+  --env "SMTP_TLS_PROXY_METRICS_LISTEN=127.0.0.1:$metrics_port" \
+  --env "SMTP_TLS_PROXY_BACKEND=127.0.0.1:$sink_port" \
+  --env "SMTP_TLS_PROXY_BACKEND_METADATA=none" \
+  --env "SMTP_TLS_PROXY_TLS_CERTIFICATE=/etc/smtp-tls-proxy/tls/tls.crt" \
+  --env "SMTP_TLS_PROXY_TLS_PRIVATEKEY=/etc/smtp-tls-proxy/tls/tls.key" \
+  --env "SMTP_TLS_PROXY_BACKEND_PROBE_INTERVAL=1s" \
+  "$ctr" -- /usr/local/bin/smtp-tls-proxy \
+  --listen "127.0.0.1:$starttls_port" --listen "127.0.0.1:$tls_port" \
+  --tls-on-connect-ports "$tls_port" \
+  --client-name-lookup off --hostname smoke.invalid --threads 1 >"$work/proxy.log" 2>&1 &
 run_pid=$!
 cleanup_actions+=("kill $run_pid")
-for _ in $(seq 50); do
-  grep -q "listening on 127.0.0.1:$low_port" "$run_log" && break
-  kill -0 $run_pid 2>/dev/null || break
-  sleep 0.1
+
+# The proxy's own PID: the descendant of `buildah run` that is the binary.
+proxy_pid=""
+for _ in $(seq 100); do
+  proxy_pid=$(ps -e -o pid=,ppid=,comm= | awk -v root="$run_pid" '
+    { parent[$1] = $2; name[$1] = $3 }
+    END {
+      for (p in name) {
+        if (name[p] != "smtp-tls-proxy") continue
+        for (q = p; q in parent && q > 1; q = parent[q]) if (q == root) { print p; exit }
+      }
+    }')
+  [ -n "$proxy_pid" ] && grep -q "listening on 127.0.0.1:$tls_port" "$work/proxy.log" && break
+  kill -0 "$run_pid" 2>/dev/null || break
+  sleep 0.2
 done
-grep -q "listening on 127.0.0.1:$low_port" "$run_log" || {
-  cat "$run_log" >&2
-  fail "the proxy did not listen on 127.0.0.1:$low_port as uid $uid"
-}
-echo "  listening on 127.0.0.1:$low_port as uid $uid"
-
-buildah run --isolation chroot --env "SMTP_TLS_PROXY_METRICS_LISTEN=127.0.0.1:$metrics_port" \
-  "$ctr" -- /usr/local/bin/smtp-tls-proxy-healthcheck || fail "the HEALTHCHECK command failed"
-echo "  HEALTHCHECK command: healthy"
-
-tls=$(openssl s_client -connect "127.0.0.1:$low_port" -brief </dev/null 2>&1) || true
-grep -q 'Protocol version: TLSv1.[23]' <<<"$tls" || {
-  echo "$tls" >&2
-  fail "no TLS handshake with the proxy in the image"
-}
-echo "  TLS: $(grep -m1 'Protocol version' <<<"$tls"), $(grep -m1 'Ciphersuite' <<<"$tls")"
+if [ -z "$proxy_pid" ] || ! grep -q "listening on 127.0.0.1:$tls_port" "$work/proxy.log"; then
+  cat "$work/proxy.log" >&2
+  fail "the proxy did not start listening on 127.0.0.1:$starttls_port and :$tls_port"
+fi
+# shellcheck disable=SC2016 # evaluated at exit, when proxy_pid is "" if the proxy has exited
+cleanup_actions+=('[ -z "$proxy_pid" ] || kill -KILL "$proxy_pid"')
+proxy_uid=$(awk '/^Uid:/ { print $2 }' "/proc/$proxy_pid/status")
+proxy_caps=$(awk '/^CapEff:/ { print $2 }' "/proc/$proxy_pid/status")
+[ "$proxy_uid" = "$uid" ] || fail "the proxy runs as uid $proxy_uid, not $uid"
+(((16#$proxy_caps & 16#400) != 0)) || fail "cap_net_bind_service is not in effect (CapEff $proxy_caps)"
+echo "  pid $proxy_pid, uid $proxy_uid, CapEff $proxy_caps; listening on 127.0.0.1:$starttls_port (STARTTLS) and :$tls_port (implicit TLS)"
 
 http_get() {
-  exec 4<>"/dev/tcp/127.0.0.1/$metrics_port"
+  local reply
+  exec 4<>"/dev/tcp/127.0.0.1/$metrics_port" || return 1
   printf 'GET %s HTTP/1.0\r\n\r\n' "$1" >&4
-  cat <&4
+  reply=$(cat <&4)
   exec 4<&-
+  printf '%s\n' "$reply"
 }
-metrics=$(http_get /metrics)
-grep -q '^smtp_tls_proxy_tls_handshakes_total{.*} [1-9]' <<<"$metrics" ||
-  fail "/metrics shows no handshake: $(grep handshakes_total <<<"$metrics")"
-echo "  /metrics: $(grep -m1 '^smtp_tls_proxy_tls_handshakes_total{' <<<"$metrics")"
+in_image_env() {
+  buildah run --isolation chroot --env "SMTP_TLS_PROXY_METRICS_LISTEN=127.0.0.1:$metrics_port" \
+    "$ctr" -- "$@"
+}
+in_image_env /usr/local/bin/smtp-tls-proxy-healthcheck || fail "the image's HEALTHCHECK command failed"
+ready=""
+for _ in $(seq 50); do
+  ready=$(http_get /readyz | head -1) || true
+  grep -q ' 200' <<<"$ready" && break
+  sleep 0.2
+done
+grep -q ' 200' <<<"$ready" || fail "/readyz did not become 200 with smtp-sink as the MTA: $ready"
+echo "  HEALTHCHECK command: healthy; /readyz: ${ready%$'\r'}"
 
+token=smoke-$$-$RANDOM
+swaks --server 127.0.0.1 --port "$starttls_port" --tls --helo client.invalid \
+  --from sender@example.org --to rcpt@example.org --header "Subject: $token" \
+  --timeout 20 >"$work/swaks.log" 2>&1 || {
+  cat "$work/swaks.log" "$work/proxy.log" >&2
+  fail "swaks could not deliver a mail over STARTTLS through the proxy in the image"
+}
+grep -q '^<~  250' "$work/swaks.log" || fail "swaks saw no 250 after STARTTLS"
+for _ in $(seq 50); do
+  grep -q "$token" "$work/sink/dump" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "Subject: $token" "$work/sink/dump" 2>/dev/null || {
+  cat "$work/sink.log" >&2
+  fail "smtp-sink did not receive the mail"
+}
+# The proxy's header: the Received: field (unfolded) that smtp-sink did not add itself.
+received=$(tr -d '\r' <"$work/sink/dump" | awk '
+  /^[ \t]/ { field = field " " $0; next }
+  { if (field ~ /^Received: / && field !~ /by smtp-sink/) print field; field = $0 }
+  /^$/ { exit }' | tr -s ' \t' ' ' | head -1)
+grep -q 'using TLSv1\.[23] with cipher' <<<"$received" || fail "the delivered mail lacks the proxy's Received: header with TLS: $received"
+echo "  STARTTLS: swaks delivered $token; smtp-sink got it with: ${received:0:160}"
+
+tls=$(openssl s_client -connect "127.0.0.1:$tls_port" -brief </dev/null 2>&1) || true
+grep -q 'Protocol version: TLSv1.[23]' <<<"$tls" || {
+  echo "$tls" >&2
+  fail "no TLS handshake on the implicit-TLS port"
+}
+grep -q 'CN *= *smoke.invalid' <<<"$tls" || fail "the mounted certificate is not served: $tls"
+echo "  implicit TLS: $(grep -m1 'Protocol version' <<<"$tls"), mounted certificate CN=smoke.invalid"
+
+metrics=$(http_get /metrics)
+grep -q '^smtp_tls_proxy_tls_handshakes_total{.*result="ok".*} [2-9]' <<<"$metrics" ||
+  fail "/metrics does not count 2 handshakes: $(grep handshakes_total <<<"$metrics")"
+grep -q '^smtp_tls_proxy_messages_total{.*result="accepted".*} 1' <<<"$metrics" ||
+  fail "/metrics does not count the accepted message: $(grep messages_total <<<"$metrics")"
+echo "  /metrics: $(grep '^smtp_tls_proxy_tls_handshakes_total{' <<<"$metrics" | tr '\n' ' ')"
+
+kill -TERM "$proxy_pid"
 rc=0
-wait $run_pid || rc=$?
+for _ in $(seq 100); do
+  kill -0 "$run_pid" 2>/dev/null || break
+  sleep 0.2
+done
+kill -0 "$run_pid" 2>/dev/null && fail "the proxy did not exit within 20 s of SIGTERM"
+wait "$run_pid" || rc=$?
+proxy_pid=""
 [ $rc -eq 0 ] || {
-  cat "$run_log" >&2
+  cat "$work/proxy.log" >&2
   fail "the proxy exited $rc after SIGTERM (expected 0)"
 }
-echo "  SIGTERM: drained and exited 0"
+echo "  SIGTERM: exited 0"
