@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
 # Validates everything under deploy/ and builds and smoke-tests the container image.
 #
-#   deploy/check.sh [--no-image]
+#   deploy/check.sh [--no-image | --prebuilt BINARY]
 #
 #   yamllint --strict         every YAML file under deploy/ (config: .yamllint)
-#   shell scripts             checked with shellcheck (deploy/*.sh, the Postfix entrypoint)
+#   shell scripts             deploy/*.sh and the example Postfix's entrypoint, by shellcheck
 #   promtool check config     deploy/prometheus/prometheus*.yml (reads the rule files they name,
 #                             relative to the config file)
 #   promtool check rules      deploy/prometheus/alerts.yml
 #   promtool test rules       deploy/prometheus/alerts_test.yml (each alert fires when it should)
 #   docker-compose config     deploy/compose/compose.yaml against the Compose schema (no daemon)
 #   kubectl kustomize         deploy/kubernetes renders (only where a kubectl is installed)
-#   consistency.py            numbers and names that must agree across files
-#   build-image.sh            the image (skipped with --no-image)
+#   consistency.py            numbers and names that must agree across files, and every flag and
+#                             SMTP_TLS_PROXY_* variable against the binary's --help
+#   build-image.sh            the image, built in full (several minutes: see deploy/README.md);
+#                             --prebuilt BINARY builds only the runtime stage around BINARY
+#                             (what CI does); --no-image skips it
 #
-# Runs every check, then exits non-zero if any failed. Installs missing tools through
-# scripts/install-deps.sh test.
+# The binary whose --help consistency.py reads: --prebuilt's, else $STP_BINARY, else
+# build/smtp-tls-proxy. Runs every check, then exits non-zero if any failed. Installs missing
+# tools through scripts/install-deps.sh test.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-image=true
-for arg in "$@"; do
-  case "$arg" in
-    --no-image) image=false ;;
+image=full
+binary=${STP_BINARY:-build/smtp-tls-proxy}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-image) image=none ;;
+    --prebuilt)
+      [ $# -ge 2 ] || {
+        echo "usage: $0 [--no-image | --prebuilt BINARY]" >&2
+        exit 2
+      }
+      image=prebuilt
+      binary=$2
+      shift
+      ;;
     *)
-      echo "usage: $0 [--no-image]" >&2
+      echo "usage: $0 [--no-image | --prebuilt BINARY]" >&2
       exit 2
       ;;
   esac
+  shift
 done
 
 for tool in yamllint promtool docker-compose shellcheck python3; do
@@ -95,13 +110,13 @@ if command -v kubectl >/dev/null; then
 else
   skipped+=("kubectl kustomize: no kubectl installed")
 fi
-run "consistency.py" python3 deploy/consistency.py
+run "consistency.py" python3 deploy/consistency.py --binary "$binary"
 
-if $image; then
-  run "build-image.sh" bash deploy/build-image.sh
-else
-  skipped+=("build-image.sh (--no-image)")
-fi
+case $image in
+  full) run "build-image.sh" bash deploy/build-image.sh ;;
+  prebuilt) run "build-image.sh --prebuilt $binary" bash deploy/build-image.sh --prebuilt "$binary" ;;
+  none) skipped+=("build-image.sh (--no-image)") ;;
+esac
 
 echo "check.sh: results"
 printf '%s\n' "${results[@]}"

@@ -8,7 +8,7 @@ Services and the ServiceMonitor; the proxy's address against the MTA's XCLIENT a
 every SMTP_TLS_PROXY_* variable against the binary's flags; every metric an alert uses against
 the metric names the source declares.
 
-    deploy/consistency.py [--binary build/smtp-tls-proxy]
+    deploy/consistency.py [--binary BINARY]
 """
 import argparse
 import pathlib
@@ -60,8 +60,12 @@ def port_of(listen):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", default=str(ROOT / "build" / "smtp-tls-proxy"))
+    parser.add_argument("--binary", help="the smtp-tls-proxy whose --help is compared "
+                        "(default: build/smtp-tls-proxy, skipped if it is not built)")
     args = parser.parse_args()
+    args.binary_given = args.binary is not None
+    if args.binary is None:
+        args.binary = str(ROOT / "build" / "smtp-tls-proxy")
 
     # --- the image ------------------------------------------------------------------------
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
@@ -209,22 +213,77 @@ def main():
               f"alerts.yml uses {metric}, which metrics/*.cpp does not declare")
     notes.append(f"alerts.yml uses {len(used)} metric names, all declared in metrics/")
 
-    # --- variables against the binary's flags ----------------------------------------------
+    # --- variables and flags against the binary's --help ----------------------------------
     variables = set()
     for path in [ROOT / "Dockerfile", *DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.sh")]:
         variables |= set(re.findall(r"SMTP_TLS_PROXY_[A-Z0-9_]+", path.read_text(encoding="utf-8")))
     variables -= {"SMTP_TLS_PROXY_CACHE_DIR", "SMTP_TLS_PROXY_IMAGE"}  # build-image.sh's own
+    # Flags given on a command line in the manifests: the proxy container's args/command, the
+    # compose service's command/entrypoint.
+    manifest_flags = set()
+    for words in (proxy.get("args", []), proxy.get("command", []),
+                  cproxy.get("command", []), cproxy.get("entrypoint", [])):
+        if isinstance(words, str):
+            words = words.split()
+        for word in words:
+            if str(word).startswith("--"):
+                manifest_flags.add(str(word)[2:].split("=", 1)[0])
+    # Every duration a manifest sets must be one the proxy reads.
+    for source, values in (("kubernetes", env), ("compose", cenv)):
+        for name, value in values.items():
+            if re.search(r"_(GRACE|INTERVAL|TIMEOUT)$", name):
+                try:
+                    seconds(value)
+                except ValueError:
+                    check(False, f"{source}: {name}={value!r} is not a duration")
+
     binary = pathlib.Path(args.binary)
     if binary.exists():
         help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True,
                                    check=True).stdout
-        flags = set(re.findall(r"^\s+--([a-z0-9-]+)", help_text, re.M))
+        # Each flag's entry, continuation lines joined.
+        entries = {}
+        for match in re.finditer(r"^  --([a-z0-9-]+)(.*?)(?=^  --|\Z)", help_text, re.M | re.S):
+            entries[match.group(1)] = " ".join(match.group(2).split())
+        flags = set(entries)
+
+        def default(flag):
+            found = re.search(r"\(default: (.*)\)$", entries.get(flag, ""))
+            return found.group(1) if found else None
+
         for variable in sorted(variables):
             flag = variable[len("SMTP_TLS_PROXY_"):].lower().replace("_", "-")
             check(flag in flags, f"{variable}: the binary has no flag --{flag}")
-        notes.append(f"{len(variables)} SMTP_TLS_PROXY_* variables match flags of {binary}")
+        for flag in sorted(manifest_flags):
+            check(flag in flags, f"a manifest passes --{flag}, which the binary does not know")
+        check("SMTP_TLS_PROXY_<NAME>" in help_text,
+              "--help no longer says that flags are read from SMTP_TLS_PROXY_<NAME> variables")
+
+        # Defaults the deployment files rely on when they do not set the flag.
+        listen_ports = {port_of(a) for a in (default("listen") or "").split(", ") if ":" in a}
+        check(listen_ports | {metrics_port} == exposed,
+              f"--listen defaults to ports {sorted(listen_ports)}, the Dockerfile EXPOSEs {sorted(exposed)}")
+        check(default("tls-on-connect-ports") == "465",
+              f"--tls-on-connect-ports defaults to {default('tls-on-connect-ports')}, the "
+              "manifests call 465 'submissions' (implicit TLS)")
+        healthcheck = (DEPLOY / "healthcheck.sh").read_text(encoding="utf-8")
+        hc_default = re.search(r"SMTP_TLS_PROXY_METRICS_LISTEN-([^}]*)\}", healthcheck).group(1)
+        check(default("metrics-listen") == hc_default,
+              f"--metrics-listen defaults to {default('metrics-listen')}, healthcheck.sh "
+              f"assumes {hc_default}")
+        check(port_of(default("metrics-listen")) == 9225 or "SMTP_TLS_PROXY_METRICS_LISTEN" in env,
+              "the Kubernetes probes assume the metrics port 9225")
+        for name, values in (("kubernetes", env), ("compose", cenv)):
+            if "SMTP_TLS_PROXY_SHUTDOWN_GRACE" not in values:
+                check(seconds(default("shutdown-grace")) == 30,
+                      f"{name} relies on --shutdown-grace being 30s, the binary says "
+                      f"{default('shutdown-grace')}")
+        notes.append(f"{len(variables)} SMTP_TLS_PROXY_* variables and {len(manifest_flags)} "
+                     f"command-line flags match {len(flags)} flags of {binary}; defaults agree")
+    elif args.binary_given:
+        check(False, f"{binary} does not exist")
     else:
-        notes.append(f"SKIPPED: variables against flags ({binary} not built)")
+        notes.append(f"SKIPPED: variables and flags against --help ({binary} not built)")
 
     for note in notes:
         print(f"  {note}")
