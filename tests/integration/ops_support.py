@@ -241,6 +241,17 @@ def issue_certificate(pki: Pki, directory: Path, name: str, days: int,
     return Cert(cert, key, hashlib.sha256(der).hexdigest(), float(not_after), serial)
 
 
+def self_signed_ca(directory: Path, name: str) -> Path:
+    """A CA certificate nobody else uses (its key is thrown away with the directory)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / f"{name}.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(directory / f"{name}.key"), "-out", str(cert), "-days", "3",
+         "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    return cert
+
+
 def presented_implicit(port: int, timeout: float = IO_TIMEOUT) -> str:
     """SHA-256 of the certificate an implicit-TLS listener presents to a new handshake."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

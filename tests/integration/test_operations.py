@@ -29,8 +29,8 @@ from conftest import (CLIENT_ADDR, LOOPBACK, SENDER, TIMINGS, Pki, SmtpClient,
                       attach_log, connect_from, free_port, proxy_binary, simple_message,
                       unique)
 from ops_support import (PROMETHEUS, Cert, Prometheus, http_get, issue_certificate,
-                         presented_implicit, presented_starttls, scrape, session_certificate,
-                         value, wait_for_status, wait_presented)
+                         presented_implicit, presented_starttls, scrape, self_signed_ca,
+                         session_certificate, value, wait_for_status, wait_presented)
 
 PREFIX = "smtp_tls_proxy_"
 QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)$", re.M)
@@ -41,7 +41,7 @@ QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)$", re.M)
 class OpsCerts:
     """Server certificates for proxy.test from the `pki` CA, to rotate between:
     `a` (3 days), `b` (5 days, its own key), `c` (7 days, a's key), `d` (9 days, its own key)
-    and `client` (a client certificate)."""
+    `client` (a client certificate) and `other_ca` (a CA that issued none of them)."""
 
     def __init__(self, pki: Pki, directory: Path):
         self.a = issue_certificate(pki, directory, "a", 3)
@@ -50,6 +50,7 @@ class OpsCerts:
         self.d = issue_certificate(pki, directory, "d", 9)
         self.client = issue_certificate(pki, directory, "client", 3, cn="client.test",
                                         client=True)
+        self.other_ca = self_signed_ca(directory, "other-ca")
 
 
 @pytest.fixture(scope="module")
@@ -348,6 +349,9 @@ def test_healthz_and_readyz_follow_the_mta_probe(smtp_sink, proxy):
         if greeting.code == 220:
             greeting = c.ehlo()
         assert greeting.code == 421 and greeting.lines[0][4:].startswith("4.3.2"), greeting
+    samples = scrape(mport)
+    assert value(samples, PREFIX + "connections_rejected_total", reason="mta_unavailable") == 1
+    assert value(samples, PREFIX + "backend_connect_failures_total") == 1
 
     sink.start()
     wait_for_status(mport, "/readyz", 200, timeout=10)
@@ -356,6 +360,24 @@ def test_healthz_and_readyz_follow_the_mta_probe(smtp_sink, proxy):
         assert c.greeting().code == 220
         assert c.ehlo().code == 250
         assert c.command("QUIT").code == 221
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a refused MTA probe is only reported when the 5 s probe timeout expires "
+    "(BackendProbe::probe_once races attempt() || deadline; asio's operator|| waits for one "
+    "*success*, so an attempt that throws waits for the deadline): /readyz turns 503 5-6 s "
+    "after the MTA goes away even with --backend-probe-interval 1s"))
+def test_readyz_notices_a_refusing_mta_within_a_few_probe_intervals(smtp_sink, proxy):
+    """Connection refused is an immediate answer: with a probe every second, /readyz should
+    say 503 within about two intervals, not after the probe's own timeout."""
+    sink = smtp_sink(xclient=False)
+    mport = free_port()
+    proxy(sink.backend, *metrics_flags(mport), "--backend-probe-interval", "1s",
+          "--backend-metadata", "none")
+    wait_for_status(mport, "/readyz", 200, timeout=10)
+    sink.stop()
+    assert refused(sink.port)
+    wait_for_status(mport, "/readyz", 503, timeout=4)
 
 
 # --------------------------------------------------------------------------- reload
@@ -547,6 +569,37 @@ def test_broken_reload_keeps_the_old_certificate(postfix, proxy, tmp_path, ops_c
     before.close()
 
 
+def test_client_ca_file_change_reloads_client_verification(postfix, proxy, tmp_path,
+                                                            ops_certs, pki):
+    """The CA file for client certificates is watched too: a client certificate that did not
+    verify against the old CA file verifies in new handshakes once the file is replaced."""
+    ca = tmp_path / "client-ca.pem"
+    ca.write_bytes(ops_certs.other_ca.read_bytes())
+    mport = free_port()
+    p = proxy(postfix.backend, *metrics_flags(mport), "--tls-try-verify-hosts", CLIENT_ADDR,
+              "--tls-verify-certificates", str(ca), "--reload-check-interval", "1s")
+
+    def session_with_client_certificate() -> dict[str, float | None]:
+        with SmtpClient(p.tls_port, tls=True,
+                        context=tls_client_context(ops_certs.client)) as c:
+            assert c.greeting().code == 220
+            assert c.ehlo().code == 250
+            assert c.command("QUIT").code == 221
+        samples = scrape(mport)
+        return {r: value(samples, PREFIX + "client_certificates_total", result=r)
+                for r in ("verified", "unverified")}
+
+    assert session_with_client_certificate() == {"verified": 0, "unverified": 1}
+    staged = tmp_path / "client-ca.pem.new"
+    shutil.copyfile(pki.ca, staged)
+    os.replace(staged, ca)
+    deadline = time.monotonic() + 15
+    while not value(scrape(mport), PREFIX + "config_reloads_total", result="success"):
+        assert time.monotonic() < deadline, "the CA file change was not reloaded:\n" + p.stderr()
+        time.sleep(0.1)
+    assert session_with_client_certificate() == {"verified": 1, "unverified": 1}
+
+
 # --------------------------------------------------------------------------- drain
 
 
@@ -652,6 +705,30 @@ def test_sessions_outliving_the_grace_get_421_and_the_process_exits_0(postfix, p
     assert "closing them with 421" in p.stderr()
     postfix.settle()
     assert box.messages() == [], "a message whose DATA never ended was delivered"
+
+
+def test_sigterm_while_the_mta_holds_its_final_reply(smtp_sink, proxy):
+    """The whole message is sent and the MTA takes 3 s to answer it (smtp-sink -W .:3) when
+    SIGTERM comes: the client still gets the MTA's own 250, then 421 4.3.2; exit code 0."""
+    sink = smtp_sink(xclient=False, extra=("-W", ".:3"))
+    p = proxy(sink.backend, "--backend-metadata", "none", "--shutdown-grace", "15s")
+    token = unique("slow")
+    c = SmtpClient(p.tls_port, tls=True)
+    assert c.greeting().code == 220
+    assert c.ehlo().code == 250
+    assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
+    assert c.command("RCPT TO:<someone@example.net>").code == 250
+    assert c.command("DATA").code == 354
+    c.send(simple_message(token, "someone@example.net") + b"\r\n.\r\n")
+    sink.wait_for_dump(token)  # the MTA has the message and is sitting on its reply
+    signalled = time.monotonic()
+    p.proc.send_signal(signal.SIGTERM)
+    reply = c.read_reply()
+    assert reply.code == 250, f"wanted the MTA's own 250, got {reply!r}"
+    assert time.monotonic() - signalled > 1, "that was not the delayed reply"
+    assert_shutdown_reply(c.read_until_closed(timeout=10))
+    c.close()
+    assert wait_exit(p, timeout=15) == 0
 
 
 # --------------------------------------------------------------------------- JSON logs
