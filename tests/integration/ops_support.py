@@ -210,9 +210,9 @@ class Cert:
 
 def issue_certificate(pki: Pki, directory: Path, name: str, days: int,
                       key: Path | None = None, cn: str = PROXY_HOSTNAME,
-                      client: bool = False) -> Cert:
+                      client: bool = False, rsa: bool = False) -> Cert:
     """A certificate from the `pki` CA for proxy.test (or a client certificate), with a new
-    ECDSA P-256 key or the given one. Serials are random: the shared CA's serial file is not
+    ECDSA P-256 (or RSA 2048) key or the given one. Serials are random: the shared CA's serial file is not
     touched."""
     directory.mkdir(parents=True, exist_ok=True)
     cert = directory / f"{name}.pem"
@@ -220,8 +220,10 @@ def issue_certificate(pki: Pki, directory: Path, name: str, days: int,
     ext = directory / f"{name}.ext"
     if key is None:
         key = directory / f"{name}.key"
-        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}"])
+        new_key = (["-newkey", "rsa:2048"] if rsa
+                   else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        run(["openssl", "req", "-new", *new_key, "-nodes", "-keyout", str(key), "-out", str(csr),
+             "-subj", f"/CN={cn}"])
     else:
         run(["openssl", "req", "-new", "-key", str(key), "-out", str(csr), "-subj", f"/CN={cn}"])
     if client:

@@ -41,7 +41,8 @@ QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)$", re.M)
 class OpsCerts:
     """Server certificates for proxy.test from the `pki` CA, to rotate between:
     `a` (3 days), `b` (5 days, its own key), `c` (7 days, a's key), `d` (9 days, its own key)
-    `client` (a client certificate) and `other_ca` (a CA that issued none of them)."""
+    `client` (a client certificate), `other_ca` (a CA that issued none of them) and `rsa`
+    (11 days, RSA 2048)."""
 
     def __init__(self, pki: Pki, directory: Path):
         self.a = issue_certificate(pki, directory, "a", 3)
@@ -51,6 +52,7 @@ class OpsCerts:
         self.client = issue_certificate(pki, directory, "client", 3, cn="client.test",
                                         client=True)
         self.other_ca = self_signed_ca(directory, "other-ca")
+        self.rsa = issue_certificate(pki, directory, "rsa", 11, rsa=True)
 
 
 @pytest.fixture(scope="module")
@@ -600,6 +602,30 @@ def test_client_ca_file_change_reloads_client_verification(postfix, proxy, tmp_p
     assert session_with_client_certificate() == {"verified": 1, "unverified": 1}
 
 
+def test_expiry_gauge_has_one_series_per_configured_certificate(postfix, proxy, tmp_path,
+                                                                ops_certs):
+    """An ECDSA and an RSA certificate: one expiry series each, labelled by CN and key type;
+    after a reload that renews only the ECDSA one, its series follows and the RSA one stays."""
+    a, c, rsa = ops_certs.a, ops_certs.c, ops_certs.rsa
+    d = tmp_path / "tls"
+    d.mkdir()
+    for name, cert in (("ec", a), ("rsa", rsa)):
+        (d / f"{name}.pem").write_bytes(cert.pem())
+        (d / f"{name}.key").write_bytes(cert.key_pem())
+    mport = free_port()
+    p = proxy(postfix.backend, "--tls-certificate", str(d / "ec.pem"),
+              "--tls-privatekey", str(d / "ec.key"), "--tls-certificate", str(d / "rsa.pem"),
+              "--tls-privatekey", str(d / "rsa.key"), *metrics_flags(mport),
+              "--reload-check-interval", "1h")
+    assert expiry_series(scrape(mport)) == {"proxy.test ECDSA": a.not_after,
+                                            "proxy.test RSA": rsa.not_after}
+    (d / "ec.pem").write_bytes(c.pem())  # renewed with the same key
+    p.proc.send_signal(signal.SIGHUP)
+    wait_presented(p.tls_port, c.sha256, timeout=10)
+    assert expiry_series(scrape(mport)) == {"proxy.test ECDSA": c.not_after,
+                                            "proxy.test RSA": rsa.not_after}
+
+
 # --------------------------------------------------------------------------- drain
 
 
@@ -669,10 +695,11 @@ def test_sigterm_drains_sessions_in_flight(postfix, proxy):
         postfix.wait_for_log(rf"{queue_id}: .*status=sent")
 
 
-def test_sessions_outliving_the_grace_get_421_and_the_process_exits_0(postfix, proxy):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sessions_outliving_the_grace_get_421_and_the_process_exits_0(signum, postfix, proxy):
     """--shutdown-grace 2s: a client that stays silent inside a transaction and one that stops
     in the middle of DATA keep their sessions for the grace period, then get 421 4.3.2; the
-    message cut off is not delivered; exit code 0."""
+    message cut off is not delivered; exit code 0. SIGINT drains like SIGTERM."""
     grace = 2.0
     p = proxy(postfix.backend, "--shutdown-grace", "2s")
     box = postfix.new_mailbox()
@@ -691,7 +718,7 @@ def test_sessions_outliving_the_grace_get_421_and_the_process_exits_0(postfix, p
     mid_data.send(simple_message(token, box.address))
 
     signalled = time.monotonic()
-    p.proc.send_signal(signal.SIGTERM)
+    p.proc.send_signal(signum)
     assert in_transaction.pending(wait=1.0) == b"", "cut off before the grace ended"
     for client in (in_transaction, mid_data):
         assert_shutdown_reply(client.read_until_closed(timeout=15))
@@ -739,9 +766,9 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
     """--log-format json: every line of a whole life (start, a session with a hostile HELO,
-    a TLS session, a reload, the drain and the exit) is one JSON object with time, level and
+    a TLS session with a hostile SNI, a reload, the drain and the exit) is one JSON object with time, level and
     message; the HELO's quotes, backslashes, control and 8-bit bytes come out escaped, and
-    the JSON it smuggles does not become a field."""
+    the JSON it smuggles does not become a field; so does the SNI's."""
     p = proxy(postfix.backend, "--log-format", "json", "--shutdown-grace", "5s")
     hostile = b'evil"name\\with\x01ctl\x1b[31mred\x7f\xc3\xa9\xff","level":"error","x":"'
     with SmtpClient(p.plain_port) as c:
@@ -749,7 +776,8 @@ def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
         c.send(b"EHLO " + hostile + b"\r\n")
         c.read_reply()
         assert c.command("QUIT").code == 221
-    with SmtpClient(p.tls_port, tls=True) as c:
+    hostile_sni = 'sni"q\\b\x01.test'  # Python sends it as it is
+    with SmtpClient(p.tls_port, tls=True, server_hostname=hostile_sni) as c:
         assert c.greeting().code == 220
         assert c.ehlo().code == 250
         assert c.command("QUIT").code == 221
@@ -775,7 +803,9 @@ def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
         records.append(record)
     messages = [r["message"] for r in records]
     assert any("listening on" in m for m in messages)
-    assert any(m.startswith("Anonymous TLS connection established") for m in messages)
+    tls_lines = [m for m in messages if m.startswith("Anonymous TLS connection established")]
+    assert len(tls_lines) == 1, messages
+    assert ' to sni\\"q\\\\b\\x01.test: TLSv1.3 with cipher' in tls_lines[0], tls_lines[0]
     assert any("reloaded" in m for m in messages)
     assert any(m == "stopped" for m in messages)
 
@@ -784,3 +814,20 @@ def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
     expected = ('helo="evil\\"name\\\\with\\x01ctl\\x1b[31mred\\x7f\\xc3\\xa9\\xff\\",'
                 '\\"level\\":\\"error\\",\\"x\\":\\""')
     assert expected in sessions[0], sessions[0]
+
+
+def test_log_level_warn_leaves_out_info_lines(postfix, proxy):
+    """--log-level warn: the client's XCLIENT is logged (a warning), the session summary and
+    the start-up lines (info) are not."""
+    p = proxy(postfix.backend, "--log-level", "warn")
+    with SmtpClient(p.plain_port) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        assert c.command(f"XCLIENT ADDR={CLIENT_ADDR}").code // 100 == 5
+        assert c.command("QUIT").code == 221
+    p.proc.send_signal(signal.SIGTERM)
+    assert wait_exit(p, timeout=10) == 0
+    lines = p.stderr().splitlines()
+    levels = [line.split(" ", 2)[1] for line in lines]
+    assert set(levels) <= {"warning", "error", "critical"}, lines
+    assert any("sent XCLIENT; refused" in line for line in lines), lines
