@@ -2,7 +2,7 @@
 # Builds the smtp-tls-proxy container image on a machine with no registry and no container
 # engine that can run containers (such as the CI machines), then smoke-tests it.
 #
-#   deploy/build-image.sh [--prebuilt BINARY] [--refresh-base] [--no-smoke]
+#   deploy/build-image.sh [--prebuilt BINARY] [--with-mta] [--refresh-base] [--no-smoke]
 #
 # 1. Base images. The Dockerfile's FROM lines name debian:bookworm and debian:bookworm-slim.
 #    Both are made here with `debootstrap --variant=minbase bookworm` and `podman import`ed under
@@ -35,6 +35,11 @@
 #      swaks delivers a mail over STARTTLS and smtp-sink receives it with the proxy's
 #      Received: header; openssl s_client sees the mounted certificate on the implicit-TLS
 #      port; /metrics counts both; SIGTERM makes it exit 0.
+#    --with-mta also builds the example MTA image (deploy/compose/postfix, tagged
+#    $SMTP_TLS_PROXY_IMAGE-example-postfix:local) and runs it instead of smtp-sink, as the
+#    compose and Kubernetes examples do: its entrypoint authorises XCLIENT from the proxy, swaks
+#    connects from 127.0.0.2, and the mail must land in the example's Maildir with Postfix's
+#    own Received: header naming [127.0.0.2] (the client, not the proxy).
 #
 # Needs root. Every step is timed and the times are printed at the end. Safe to run again:
 # existing base images and cached layers are reused. CONTAINERS_STORAGE_CONF (containers'
@@ -45,11 +50,13 @@ cd "$(dirname "$0")/.."
 
 refresh_base=false
 smoke=true
+with_mta=false
 prebuilt=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --refresh-base) refresh_base=true ;;
     --no-smoke) smoke=false ;;
+    --with-mta) with_mta=true ;;
     --prebuilt)
       [ $# -ge 2 ] || {
         echo "--prebuilt needs a BINARY" >&2
@@ -63,7 +70,7 @@ while [ $# -gt 0 ]; do
       exit 0
       ;;
     *)
-      echo "usage: $0 [--prebuilt BINARY] [--refresh-base] [--no-smoke]" >&2
+      echo "usage: $0 [--prebuilt BINARY] [--with-mta] [--refresh-base] [--no-smoke]" >&2
       exit 2
       ;;
   esac
@@ -292,6 +299,15 @@ buildah bud --isolation chroot --pull=never --layers --format docker \
 size=$(podman image inspect --format '{{.Size}}' "$image:$tag")
 echo "image $image:$tag: $((size / 1000000)) MB ($size bytes)"
 
+mta_image=$image-example-postfix:local
+if $with_mta; then
+  step "buildah bud $mta_image (deploy/compose/postfix)"
+  grep -q -x 'FROM debian:bookworm-slim' deploy/compose/postfix/Dockerfile ||
+    fail "deploy/compose/postfix/Dockerfile no longer starts FROM debian:bookworm-slim"
+  buildah bud --isolation chroot --pull=never --layers --format docker -t "$mta_image" \
+    deploy/compose/postfix 2>&1 | stamp
+fi
+
 $smoke || exit 0
 
 # --- smoke test: the image's configuration and content -----------------------------------------
@@ -358,6 +374,18 @@ echo "  $(wc -l <<<"$packages") packages, none a compiler, binutils or -dev; eve
 
 # --- smoke test: the proxy running in the image -------------------------------------------------
 step "smoke: run: STARTTLS mail, implicit TLS, health, SIGTERM"
+# A process started by `buildah run` (chroot isolation: the host's PID namespace): the
+# descendant of PID $1 whose command is $2.
+descendant() {
+  ps -e -o pid=,ppid=,comm= | awk -v root="$1" -v want="$2" '
+    { parent[$1] = $2; name[$1] = $3 }
+    END {
+      for (p in name) {
+        if (name[p] != want) continue
+        for (q = p; q in parent && q > 1; q = parent[q]) if (q == root) { print p; exit }
+      }
+    }'
+}
 free_port() {
   local p
   for p in $(seq "$1" "$2"); do
@@ -377,13 +405,54 @@ work=$(mktemp -d /var/tmp/smtp-tls-proxy-smoke.XXXXXX)
 cleanup_actions+=("rm -rf '$work'")
 chmod 755 "$work"
 
-# Postfix's smtp-sink on the host plays the MTA and dumps what it receives (as nobody). It
-# cannot take XCLIENT ADDR, so it offers none (-C) and the proxy runs with
-# --backend-metadata none; the XCLIENT path is the integration tests' business (real Postfix).
-mkdir -m 777 "$work/sink"
-smtp-sink -C -u nobody -D "$work/sink/dump" -t 30 "127.0.0.1:$sink_port" 8 >"$work/sink.log" 2>&1 &
-sink_pid=$!
-cleanup_actions+=("kill $sink_pid")
+if $with_mta; then
+  # The example MTA, started by its own entrypoint the way compose and Kubernetes start it:
+  # listening on loopback only, believing XCLIENT from the proxy's address.
+  mta_ctr=$(buildah from --pull=never "$mta_image")
+  cleanup_actions+=("buildah rm '$mta_ctr'")
+  buildah run --isolation chroot --env POSTFIX_MYHOSTNAME=mta.invalid \
+    --env "POSTFIX_BACKEND_LISTEN=127.0.0.1:$sink_port" --env POSTFIX_XCLIENT_HOSTS=127.0.0.1 \
+    "$mta_ctr" -- /usr/local/bin/postfix-entrypoint >"$work/mta.log" 2>&1 &
+  mta_pid=$!
+  cleanup_actions+=("kill $mta_pid")
+  # shellcheck disable=SC2016 # evaluated at exit
+  cleanup_actions+=('m=$(descendant "$mta_pid" master); [ -z "$m" ] || kill -TERM "$m"; sleep 1')
+  backend_metadata=xclient
+  client_address=127.0.0.2
+  mta_name="the example Postfix"
+else
+  # Postfix's smtp-sink on the host plays the MTA and dumps what it receives (as nobody). It
+  # cannot take XCLIENT ADDR, so it offers none (-C) and the proxy runs with
+  # --backend-metadata none; --with-mta, and the integration tests, cover XCLIENT.
+  mkdir -m 777 "$work/sink"
+  smtp-sink -C -u nobody -D "$work/sink/dump" -t 30 "127.0.0.1:$sink_port" 8 >"$work/mta.log" 2>&1 &
+  mta_pid=$!
+  cleanup_actions+=("kill $mta_pid")
+  backend_metadata=none
+  client_address=127.0.0.1
+  mta_name=smtp-sink
+fi
+for _ in $(seq 150); do
+  ss -Hltn "sport = :$sink_port" | grep -q . && break
+  kill -0 "$mta_pid" 2>/dev/null || break
+  sleep 0.2
+done
+ss -Hltn "sport = :$sink_port" | grep -q . || {
+  cat "$work/mta.log" >&2
+  fail "$mta_name did not listen on 127.0.0.1:$sink_port"
+}
+# The message the MTA received, with the given text in it (empty if none yet).
+received_message() {
+  if $with_mta; then
+    local mnt file
+    mnt=$(buildah mount "$mta_ctr")
+    file=$(grep -l -r -F "$1" "$mnt/var/mail/vmail/inbox/new" 2>/dev/null | head -1)
+    [ -z "$file" ] || cat "$file"
+  else
+    grep -q -F "$1" "$work/sink/dump" 2>/dev/null && cat "$work/sink/dump"
+  fi
+  return 0
+}
 
 # A certificate for the image to read from a read-only mount, readable by the image's user
 # (a throw-away key: the directory goes at the end).
@@ -397,7 +466,7 @@ chmod 644 "$work/tls/tls.key"
 buildah run --isolation chroot --volume "$work/tls:/etc/smtp-tls-proxy/tls:ro" \
   --env "SMTP_TLS_PROXY_METRICS_LISTEN=127.0.0.1:$metrics_port" \
   --env "SMTP_TLS_PROXY_BACKEND=127.0.0.1:$sink_port" \
-  --env "SMTP_TLS_PROXY_BACKEND_METADATA=none" \
+  --env "SMTP_TLS_PROXY_BACKEND_METADATA=$backend_metadata" \
   --env "SMTP_TLS_PROXY_TLS_CERTIFICATE=/etc/smtp-tls-proxy/tls/tls.crt" \
   --env "SMTP_TLS_PROXY_TLS_PRIVATEKEY=/etc/smtp-tls-proxy/tls/tls.key" \
   --env "SMTP_TLS_PROXY_BACKEND_PROBE_INTERVAL=1s" \
@@ -411,14 +480,7 @@ cleanup_actions+=("kill $run_pid")
 # The proxy's own PID: the descendant of `buildah run` that is the binary.
 proxy_pid=""
 for _ in $(seq 100); do
-  proxy_pid=$(ps -e -o pid=,ppid=,comm= | awk -v root="$run_pid" '
-    { parent[$1] = $2; name[$1] = $3 }
-    END {
-      for (p in name) {
-        if (name[p] != "smtp-tls-proxy") continue
-        for (q = p; q in parent && q > 1; q = parent[q]) if (q == root) { print p; exit }
-      }
-    }')
+  proxy_pid=$(descendant "$run_pid" smtp-tls-proxy)
   [ -n "$proxy_pid" ] && grep -q "listening on 127.0.0.1:$tls_port" "$work/proxy.log" && break
   kill -0 "$run_pid" 2>/dev/null || break
   sleep 0.2
@@ -454,32 +516,41 @@ for _ in $(seq 50); do
   grep -q ' 200' <<<"$ready" && break
   sleep 0.2
 done
-grep -q ' 200' <<<"$ready" || fail "/readyz did not become 200 with smtp-sink as the MTA: $ready"
+grep -q ' 200' <<<"$ready" || fail "/readyz did not become 200 with $mta_name as the MTA: $ready"
 echo "  HEALTHCHECK command: healthy; /readyz: ${ready%$'\r'}"
 
 token=smoke-$$-$RANDOM
-swaks --server 127.0.0.1 --port "$starttls_port" --tls --helo client.invalid \
-  --from sender@example.org --to rcpt@example.org --header "Subject: $token" \
-  --timeout 20 >"$work/swaks.log" 2>&1 || {
-  cat "$work/swaks.log" "$work/proxy.log" >&2
+swaks --server 127.0.0.1 --port "$starttls_port" --local-interface "$client_address" --tls \
+  --helo client.invalid --from sender@example.org --to rcpt@example.org \
+  --header "Subject: $token" --timeout 20 >"$work/swaks.log" 2>&1 || {
+  cat "$work/swaks.log" "$work/proxy.log" "$work/mta.log" >&2
   fail "swaks could not deliver a mail over STARTTLS through the proxy in the image"
 }
 grep -q '^<~  250' "$work/swaks.log" || fail "swaks saw no 250 after STARTTLS"
-for _ in $(seq 50); do
-  grep -q "$token" "$work/sink/dump" 2>/dev/null && break
-  sleep 0.1
+message=""
+for _ in $(seq 100); do
+  message=$(received_message "Subject: $token")
+  [ -z "$message" ] || break
+  sleep 0.2
 done
-grep -q "Subject: $token" "$work/sink/dump" 2>/dev/null || {
-  cat "$work/sink.log" >&2
-  fail "smtp-sink did not receive the mail"
+[ -n "$message" ] || {
+  cat "$work/mta.log" >&2
+  fail "$mta_name did not receive the mail"
 }
-# The proxy's header: the Received: field (unfolded) that smtp-sink did not add itself.
-received=$(tr -d '\r' <"$work/sink/dump" | awk '
+# Received: fields, unfolded, newest first: the MTA's own, then the proxy's.
+received_fields=$(tr -d '\r' <<<"$message" | awk '
   /^[ \t]/ { field = field " " $0; next }
-  { if (field ~ /^Received: / && field !~ /by smtp-sink/) print field; field = $0 }
-  /^$/ { exit }' | tr -s ' \t' ' ' | head -1)
-grep -q 'using TLSv1\.[23] with cipher' <<<"$received" || fail "the delivered mail lacks the proxy's Received: header with TLS: $received"
-echo "  STARTTLS: swaks delivered $token; smtp-sink got it with: ${received:0:160}"
+  { if (field ~ /^Received: /) print field; field = $0 }
+  /^$/ { exit }' | tr -s ' \t' ' ')
+received=$(grep -v -E 'by smtp-sink|\(Postfix\)' <<<"$received_fields" | head -1)
+grep -q 'using TLSv1\.[23] with cipher' <<<"$received" || fail "the delivered mail lacks the proxy's Received: header with TLS: $received_fields"
+echo "  STARTTLS: swaks delivered $token; $mta_name got it with: ${received:0:160}"
+if $with_mta; then
+  postfix_received=$(grep -m1 '(Postfix)' <<<"$received_fields")
+  grep -q "from client.invalid (.*\[$client_address\])" <<<"$postfix_received" ||
+    fail "Postfix does not name the client [$client_address] (XCLIENT): $postfix_received"
+  echo "  XCLIENT: ${postfix_received:0:120}"
+fi
 
 tls=$(openssl s_client -connect "127.0.0.1:$tls_port" -brief </dev/null 2>&1) || true
 grep -q 'Protocol version: TLSv1.[23]' <<<"$tls" || {
@@ -510,3 +581,12 @@ proxy_pid=""
   fail "the proxy exited $rc after SIGTERM (expected 0)"
 }
 echo "  SIGTERM: exited 0"
+
+if $with_mta; then
+  master=$(descendant "$mta_pid" master)
+  [ -z "$master" ] || kill -TERM "$master"
+  for _ in $(seq 50); do
+    kill -0 "$mta_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+fi
