@@ -4,8 +4,9 @@
 // One thread, one io_context, one C++20 coroutine per SMTP session: `--concurrency` workers
 // each run sessions one after another until `--sessions` have been started. A session
 // connects (optionally from `--bind`), speaks plain SMTP, STARTTLS or implicit TLS, sends
-// `--msgs-per-session` messages of `--msg-size` bytes (MAIL/RCPT/DATA as one group with
-// `--pipelining` when the server offers PIPELINING) and QUITs. `--hold N` instead opens N
+// `--msgs-per-session` messages of `--msg-size` bytes (with `--pipelining`, when the server
+// offers PIPELINING, MAIL/RCPT/DATA as one group sent along with the previous message's
+// content) and QUITs. `--hold N` instead opens N
 // sessions past EHLO, holds them idle for `--hold-seconds` once all are open, then QUITs.
 //
 // Prints one JSON line on stdout: sessions ok/failed with failure reasons, rates, session and
@@ -100,8 +101,10 @@ An SMTP load generator: one event loop, one coroutine per session, one JSON line
   --concurrency N                 sessions in flight at once (default: 50)
   --msgs-per-session N            messages per session, 0 for none (default: 1)
   --msg-size BYTES                size of each message, headers included (default: 1024)
-  --pipelining                    send MAIL, RCPT and DATA as one group when the server
-                                  offers PIPELINING (default: one command at a time)
+  --pipelining                    when the server offers PIPELINING, send MAIL, RCPT and
+                                  DATA as one group, and each message's content with the
+                                  next message's MAIL, RCPT and DATA (default: one command
+                                  at a time)
   --client-cert FILE              PEM client certificate (chain) to present
   --client-key FILE               its PEM private key (default: in --client-cert)
   --tls-resume                    resume TLS sessions (tickets) across sessions; the first
@@ -667,27 +670,41 @@ awaitable<void> Session::transact(Stream& stream) {
   static constexpr std::string_view kData = "DATA\r\n";
   static constexpr std::string_view kGroup =
       "MAIL FROM:<loadgen@bench.example>\r\nRCPT TO:<sink@bench.example>\r\nDATA\r\n";
-  for (std::uint64_t m = 0; m < options_.msgs_per_session; ++m) {
-    if (options_.pipelining && pipelining_) {
-      phase_ = "mail group";
-      co_await write(stream, kGroup);
+  const std::uint64_t n = options_.msgs_per_session;
+  if (n == 0) co_return;
+  if (options_.pipelining && pipelining_) {
+    // RFC 2920 3.1: message content may start a group, DATA must end one. So the first
+    // group is MAIL RCPT DATA, and each later one is the previous message's content, its
+    // end-of-data line and the next MAIL RCPT DATA: one write and one wait per message.
+    std::string content_and_group = runner_.message();
+    content_and_group += kGroup;
+    phase_ = "mail group";
+    co_await write(stream, kGroup);
+    for (std::uint64_t m = 0; m < n; ++m) {
       phase_ = "mail";
       co_await expect(stream, 250);
       phase_ = "rcpt";
       co_await expect(stream, 250);
       phase_ = "data";
       co_await expect(stream, 354);
-    } else {
-      phase_ = "mail";
-      co_await write(stream, kMail);
+      phase_ = "message";
+      const bool last = m + 1 == n;
+      co_await write(stream, last ? std::string_view(runner_.message()) : content_and_group);
       co_await expect(stream, 250);
-      phase_ = "rcpt";
-      co_await write(stream, kRcpt);
-      co_await expect(stream, 250);
-      phase_ = "data";
-      co_await write(stream, kData);
-      co_await expect(stream, 354);
+      ++messages_;
     }
+    co_return;
+  }
+  for (std::uint64_t m = 0; m < n; ++m) {
+    phase_ = "mail";
+    co_await write(stream, kMail);
+    co_await expect(stream, 250);
+    phase_ = "rcpt";
+    co_await write(stream, kRcpt);
+    co_await expect(stream, 250);
+    phase_ = "data";
+    co_await write(stream, kData);
+    co_await expect(stream, 354);
     phase_ = "message";
     co_await write(stream, runner_.message());
     co_await expect(stream, 250);
@@ -1003,7 +1020,15 @@ int Runner::run() {
   getrusage(RUSAGE_SELF, &usage);
   auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
   std::cout << result_json(elapsed, tv(usage.ru_utime), tv(usage.ru_stime)) << std::endl;
-  return stats_.failed * 100 > options_.sessions ? 1 : 0;
+  if (stats_.failed * 100 <= options_.sessions) return 0;
+  // Loudly: the JSON line alone is easy to overlook in a script's output.
+  std::cerr << "loadgen: FAILED: " << stats_.failed << " of " << options_.sessions
+            << " sessions failed (more than 1 %)";
+  for (const auto& [reason, count] : stats_.failures) {
+    std::cerr << "; " << count << "x " << reason;
+  }
+  std::cerr << std::endl;
+  return 1;
 }
 
 std::string Runner::result_json(double elapsed, double cpu_user, double cpu_sys) const {
