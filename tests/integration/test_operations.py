@@ -321,6 +321,8 @@ def test_prometheus_scrapes_every_family_with_the_values_of_real_sessions(
     check("build_info", [(b["version"], b["openssl"].split(".")[0], x) for b, x in build],
           [(version, "3", 1.0)])
     check("backend connect failures", v("backend_connect_failures_total"), 0)
+    # Every session but the failed handshake reached the MTA.
+    check("backend connect duration count", v("backend_connect_duration_seconds_count"), 4)
     assert not problems, "metrics as Prometheus scraped them:\n" + "\n".join(problems)
 
     # No label value carries a client's or the MTA's address, a client's name or a DN; the
@@ -365,7 +367,7 @@ def test_healthz_and_readyz_follow_the_mta_probe(smtp_sink, proxy):
     assert value(samples, PREFIX + "backend_connect_failures_total") == 1
 
     sink.start()
-    wait_for_status(mport, "/readyz", 200, timeout=10)
+    wait_for_status(mport, "/readyz", 200, timeout=15)
     assert http_get(mport, "/healthz")[0] == 200
     with SmtpClient(p.plain_port) as c:
         assert c.greeting().code == 220
@@ -800,6 +802,44 @@ def test_rejected_connections_are_counted_by_reason(smtp_sink, proxy):
     for client in (first, second):
         assert client.command("QUIT").code == 221
         client.close()
+
+
+def test_resumed_tls_sessions_are_counted(postfix, proxy):
+    """A client that resumes its TLS session (TLS 1.3 ticket) is counted in
+    tls_resumed_total, and both sessions in tls_sessions_total."""
+    mport = free_port()
+    p = proxy(postfix.backend, *metrics_flags(mport))
+    ctx = tls_client_context()
+    session = None
+    reused = []
+    for _ in range(2):
+        with connect_from(p.tls_port) as raw:
+            with ctx.wrap_socket(raw, server_hostname="proxy.test", session=session) as s:
+                assert s.recv(512).startswith(b"220 ")  # the ticket arrives with it
+                s.sendall(b"QUIT\r\n")
+                assert s.recv(512).startswith(b"221 ")
+                reused.append(s.session_reused)
+                session = s.session
+    assert reused == [False, True], "the client could not resume: nothing to count"
+    samples = scrape(mport)
+    assert value(samples, PREFIX + "tls_resumed_total") == 1
+    assert sum(x for (n, _), x in samples.items() if n == PREFIX + "tls_sessions_total") == 2
+
+
+def test_an_mta_refusing_xclient_is_counted(postfix, proxy):
+    """Postfix without XCLIENT for the proxy: the client gets 421 4.7.0, and both
+    backend_xclient_failures_total and connections_rejected_total{reason="identity_refused"}
+    rise."""
+    mport = free_port()
+    p = proxy(postfix.noxclient_backend, *metrics_flags(mport))
+    with SmtpClient(p.plain_port) as c:
+        reply = c.greeting()
+        if reply.code == 220:
+            reply = c.ehlo()
+        assert reply.code == 421 and reply.lines[0][4:].startswith("4.7.0"), reply
+    samples = scrape(mport)
+    assert value(samples, PREFIX + "backend_xclient_failures_total") == 1
+    assert value(samples, PREFIX + "connections_rejected_total", reason="identity_refused") == 1
 
 
 # --------------------------------------------------------------------------- JSON logs
