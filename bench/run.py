@@ -1,0 +1,696 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: smtp-tls-proxy, nginx's mail proxy and a direct plaintext
+connection to Postfix's smtp-sink (the MTA behind both), interleaved round by round.
+
+For every case and round, each target gets a fresh smtp-sink and a fresh server on free
+loopback ports; bench/loadgen drives it; the server's CPU time (utime+stime of all its
+processes, nginx master and workers) is read from /proc before and after, so CPU per session
+does not depend on how the cores were shared. Held-session cases read VmRSS of the server's
+processes before and while the sessions are held. Prints a Markdown table of medians and
+min-max per figure with the ratio smtp-tls-proxy / nginx, and writes it with every raw
+loadgen result as Markdown and JSON into bench/results/.
+
+Trusts: the binaries it is pointed at, Debian's nginx (+ libnginx-mod-mail) and smtp-sink,
+openssl(1) to make a throw-away PKI, and /proc. Exits 1 when any load generator run had more
+than 1 % failed sessions (after writing the results), 2 on a usage or set-up error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOOPBACK = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NGINX_MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
+ECDSA_SIGALGS = "ECDSA+SHA256"
+RSA_SIGALGS = "rsa_pss_rsae_sha256:rsa_pkcs1_sha256"
+
+# ------------------------------------------------------------------------------ the cases
+# loadgen flags per case; "server" selects server-side extras (client-certificate checks);
+# "hold" cases measure RSS per held session instead of latency.
+CASES: dict[str, dict] = {
+    "ecdsa": dict(title="STARTTLS, full handshake, ECDSA P-256, 1 KiB message",
+                  mode="starttls", sessions=3000, concurrency=50, sigalgs=ECDSA_SIGALGS),
+    "rsa": dict(title="STARTTLS, full handshake, RSA 2048, 1 KiB message",
+                mode="starttls", sessions=2000, concurrency=50, sigalgs=RSA_SIGALGS),
+    "implicit": dict(title="implicit TLS, full handshake, ECDSA P-256, 1 KiB message",
+                     mode="implicit", sessions=2000, concurrency=50, sigalgs=ECDSA_SIGALGS),
+    "resumed": dict(title="STARTTLS, resumed TLS session (ticket), 1 KiB message",
+                    mode="starttls", sessions=3000, concurrency=50, sigalgs=ECDSA_SIGALGS,
+                    extra=["--tls-resume"]),
+    "client-cert": dict(title="STARTTLS, client certificate verified (ECDSA P-256 chain)",
+                        mode="starttls", sessions=2000, concurrency=50,
+                        sigalgs=ECDSA_SIGALGS, client_cert=True, server="verify"),
+    "pipelined": dict(title="STARTTLS, 10 pipelined 1 KiB messages per session",
+                      mode="starttls", sessions=600, concurrency=50, sigalgs=ECDSA_SIGALGS,
+                      extra=["--msgs-per-session", "10", "--pipelining"]),
+    "bulk": dict(title="STARTTLS, 100 x 100 KiB messages per session",
+                 mode="starttls", sessions=12, concurrency=4, sigalgs=ECDSA_SIGALGS,
+                 extra=["--msgs-per-session", "100", "--msg-size", "102400"]),
+    "idle-2000": dict(title="2000 STARTTLS sessions held idle past EHLO",
+                      mode="starttls", hold=2000, concurrency=100, hold_seconds=3,
+                      sigalgs=ECDSA_SIGALGS),
+    "concurrent-10000": dict(title="10 000 concurrent STARTTLS sessions (held past EHLO)",
+                             mode="starttls", hold=10000, concurrency=500, hold_seconds=3,
+                             sigalgs=ECDSA_SIGALGS),
+    # The CI smoke (bench/smoke.sh): a few hundred sessions each way, proxy only.
+    "smoke-plain": dict(title="smoke: plain SMTP through the proxy", mode="plain",
+                        sessions=300, concurrency=20, smoke=True),
+    "smoke-starttls": dict(title="smoke: STARTTLS", mode="starttls", sessions=300,
+                           concurrency=20, smoke=True, extra=["--msgs-per-session", "2",
+                                                              "--pipelining"]),
+    "smoke-implicit": dict(title="smoke: implicit TLS", mode="implicit", sessions=300,
+                           concurrency=20, smoke=True),
+}
+DEFAULT_CASES = [c for c, spec in CASES.items() if not spec.get("smoke")]
+SMOKE_CASES = [c for c, spec in CASES.items() if spec.get("smoke")]
+TARGETS = ["proxy", "nginx", "sink"]
+TARGET_TITLES = {"proxy": "smtp-tls-proxy", "nginx": "nginx mail proxy",
+                 "sink": "smtp-sink direct (plain)"}
+
+
+class SetupError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def listening_ports() -> set[int]:
+    ports = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except FileNotFoundError:
+            pass
+    return ports
+
+
+def wait_listening(ports: list[int], proc: subprocess.Popen, what: str, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while not set(ports) <= listening_ports():
+        if proc.poll() is not None:
+            raise SetupError(f"{what} exited with {proc.returncode} at start:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} does not listen on {ports} after 15 s:\n{tail(log)}")
+        time.sleep(0.02)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_quiet(argv: list[str], **kw) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw)
+    if out.returncode != 0:
+        raise SetupError(f"{' '.join(argv)} failed: {out.stderr.strip()}")
+    return out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------ PKI
+
+
+def make_pki(d: Path) -> dict[str, Path]:
+    """A throw-away CA, ECDSA P-256 and RSA 2048 server certificates and an ECDSA client
+    certificate, all signed by the CA."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    run_quiet(["openssl", "req", "-x509", *ec, "-nodes", "-keyout", str(d / "ca.key"), "-out",
+               str(d / "ca.crt"), "-days", "30", "-subj", "/CN=bench CA",
+               "-addext", "basicConstraints=critical,CA:TRUE",
+               "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    paths = {"ca": d / "ca.crt"}
+    for name, key, subject, usage in (
+            ("ecdsa", ec, "/CN=bench.example", "serverAuth"),
+            ("rsa", ["-newkey", "rsa:2048"], "/CN=bench.example", "serverAuth"),
+            ("client", ec, "/CN=client.bench.example", "clientAuth")):
+        ext = d / f"{name}.ext"
+        ext.write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"
+                       + ("subjectAltName=DNS:bench.example\n" if usage == "serverAuth"
+                          else ""))
+        run_quiet(["openssl", "req", *key, "-nodes", "-keyout", str(d / f"{name}.key"),
+                   "-out", str(d / f"{name}.csr"), "-subj", subject])
+        run_quiet(["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA",
+                   str(d / "ca.crt"), "-CAkey", str(d / "ca.key"), "-CAcreateserial",
+                   "-days", "30", "-extfile", str(ext), "-out", str(d / f"{name}.crt")])
+        paths[name] = d / f"{name}.crt"
+        paths[name + "_key"] = d / f"{name}.key"
+    os.chmod(d, 0o755)
+    for p in d.iterdir():
+        p.chmod(0o644)  # nginx's workers run as nobody; only the master reads them, though
+    return paths
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+class Sink:
+    """Postfix's smtp-sink on a free loopback port."""
+
+    def __init__(self, d: Path, max_connections: int):
+        self.port = free_port()
+        self.log = d / "smtp-sink.log"
+        self.argv = ["smtp-sink", "-u", "nobody", "-m", str(max_connections), "-t", "600",
+                     f"{LOOPBACK}:{self.port}", "4096"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log)
+        wait_listening([self.port], self.proc, "smtp-sink", self.log)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class Proxy:
+    def __init__(self, d: Path, binary: Path, pki: dict, sink: Sink, server_mode: str | None):
+        self.plain_port, self.tls_port = free_port(), free_port()
+        self.log = d / "proxy.log"
+        self.argv = [
+            str(binary),
+            "--listen", f"{LOOPBACK}:{self.plain_port}",
+            "--listen", f"{LOOPBACK}:{self.tls_port}",
+            "--tls-on-connect-ports", str(self.tls_port),
+            "--backend", f"{LOOPBACK}:{sink.port}",
+            # smtp-sink offers XCLIENT without ADDR, which the proxy (rightly) refuses; so
+            # the proxy tells it nothing, while nginx sends XCLIENT (one more MTA exchange).
+            "--backend-metadata", "none",
+            "--hostname", "bench.example",
+            "--tls-certificate", str(pki["ecdsa"]), "--tls-privatekey", str(pki["ecdsa_key"]),
+            "--tls-certificate", str(pki["rsa"]), "--tls-privatekey", str(pki["rsa_key"]),
+            "--client-name-lookup", "off",  # nginx: no resolver configured, no lookup
+            "--threads", str(os.cpu_count() or 2),
+            "--max-connections", "12000",
+            "--max-connections-per-host", "12000",  # every client here is 127.0.0.1
+            "--metrics-listen", f"{LOOPBACK}:{free_port()}",
+        ]
+        if server_mode == "verify":
+            self.argv += ["--tls-verify-hosts", "*", "--tls-verify-certificates",
+                          str(pki["ca"])]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log)
+        wait_listening([self.plain_port, self.tls_port], self.proc, "smtp-tls-proxy",
+                       self.log)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class Nginx:
+    """nginx's mail proxy with STARTTLS and implicit-TLS listeners, `xclient on`,
+    `smtp_auth none`; `auth_http` is answered by the same nginx's http block."""
+
+    def __init__(self, d: Path, pki: dict, sink: Sink, server_mode: str | None):
+        self.dir = d / "nginx"
+        self.dir.mkdir()
+        self.dir.chmod(0o755)
+        self.plain_port, self.tls_port, auth_port = free_port(), free_port(), free_port()
+        self.log = self.dir / "error.log"
+        verify = ""
+        if server_mode == "verify":
+            verify = (f"  ssl_verify_client on;\n  ssl_client_certificate {pki['ca']};\n"
+                      "  ssl_verify_depth 9;\n")
+        temp = "".join(f"  {k}_temp_path {self.dir}/{k};\n"
+                       for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(f"""# generated by bench/run.py
+load_module {NGINX_MAIL_MODULE};
+daemon off;
+master_process on;
+worker_processes {os.cpu_count() or 2};
+worker_rlimit_nofile {resource.getrlimit(resource.RLIMIT_NOFILE)[1]};
+pid {self.dir}/nginx.pid;
+error_log {self.log} error;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+{temp}  server {{
+    listen {LOOPBACK}:{auth_port};
+    location = /auth {{
+      add_header Auth-Status OK;
+      add_header Auth-Server {LOOPBACK};
+      add_header Auth-Port {sink.port};
+      return 204;
+    }}
+  }}
+}}
+mail {{
+  server_name bench.example;
+  auth_http {LOOPBACK}:{auth_port}/auth;
+  xclient on;
+  smtp_auth none;
+  smtp_capabilities "SIZE 52428800" PIPELINING 8BITMIME ENHANCEDSTATUSCODES;
+  ssl_certificate {pki['ecdsa']};
+  ssl_certificate_key {pki['ecdsa_key']};
+  ssl_certificate {pki['rsa']};
+  ssl_certificate_key {pki['rsa_key']};
+  ssl_protocols TLSv1.2 TLSv1.3;
+{verify}  server {{ listen {LOOPBACK}:{self.plain_port}; protocol smtp; starttls on; }}
+  server {{ listen {LOOPBACK}:{self.tls_port} ssl; protocol smtp; }}
+}}
+""")
+        self.argv = ["nginx", "-c", str(self.conf), "-p", f"{self.dir}/"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.dir / "stderr.log", "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log)
+        wait_listening([self.plain_port, self.tls_port], self.proc, "nginx", self.log)
+        want = os.cpu_count() or 2
+        deadline = time.monotonic() + 10
+        while len(children_of(self.proc.pid)) < want:
+            if time.monotonic() > deadline:
+                raise SetupError(f"nginx started no workers:\n{tail(self.log)}")
+            time.sleep(0.02)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children_of(self.proc.pid)]
+
+    def stop(self) -> None:
+        stop(self.proc, signal.SIGQUIT)  # graceful: workers finish, then the master exits
+
+
+# ------------------------------------------------------------------------------ one run
+
+
+def loadgen_argv(loadgen: Path, case: dict, target: str, server, pki: dict,
+                 sessions_scale: float) -> list[str]:
+    mode = "plain" if target == "sink" else case["mode"]
+    port = server.tls_port if mode == "implicit" else getattr(server, "plain_port", None)
+    if target == "sink":
+        port = server.port
+    argv = [str(loadgen), "--mode", mode, "--host", LOOPBACK, "--port", str(port),
+            "--concurrency", str(case["concurrency"]), "--time-limit", "600",
+            "--io-timeout", "60"]
+    if "hold" in case:
+        argv += ["--hold", str(case["hold"]), "--hold-seconds", str(case["hold_seconds"])]
+    else:
+        argv += ["--sessions", str(max(1, round(case["sessions"] * sessions_scale)))]
+    if mode != "plain":
+        if case.get("sigalgs"):
+            argv += ["--tls-sigalgs", case["sigalgs"]]
+        if case.get("client_cert"):
+            argv += ["--client-cert", str(pki["client"]), "--client-key",
+                     str(pki["client_key"])]
+    # The direct plaintext run sends the same messages, without the TLS-only flags.
+    argv += [a for a in case.get("extra", []) if mode != "plain" or a != "--tls-resume"]
+    return argv
+
+
+def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) -> dict:
+    case = CASES[case_name]
+    d = Path(tempfile.mkdtemp(prefix=f"{case_name}-{target}-{rnd}-", dir=work))
+    d.chmod(0o755)
+    hold = case.get("hold", 0)
+    sink = Sink(d, max(1024, hold + 2000))
+    server = None
+    record: dict = {"case": case_name, "target": target, "round": rnd}
+    try:
+        sink.start()
+        if target == "proxy":
+            server = Proxy(d, args.proxy, pki, sink, case.get("server"))
+        elif target == "nginx":
+            server = Nginx(d, pki, sink, case.get("server"))
+        else:
+            server = sink
+        if server is not sink:
+            server.start()
+        argv = loadgen_argv(args.loadgen, case, target, server, pki, args.scale)
+        record["loadgen_argv"] = argv[1:]
+        pids = server.pids()
+        time.sleep(0.2)  # let start-up work (nginx workers, proxy threads) finish
+        rss_before = rss_kib(pids)
+        cpu_before = cpu_seconds(pids)
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        rss_held = None
+        stderr_lines = []
+        if hold:
+            for line in proc.stderr:
+                stderr_lines.append(line)
+                if line.startswith("loadgen: holding"):
+                    time.sleep(1.0)  # let the last sessions settle
+                    rss_held = rss_kib(pids)
+                    break
+        try:
+            out, err = proc.communicate(timeout=700)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        stderr_lines.append(err)
+        time.sleep(0.1)  # closing handshakes the server is still doing
+        cpu_after = cpu_seconds(pids)
+        record["wall_s"] = time.monotonic() - started
+        record["loadgen_rc"] = proc.returncode
+        record["loadgen_stderr"] = "".join(stderr_lines).strip()
+        if proc.returncode == 2 or not out.strip():
+            raise SetupError(f"loadgen {' '.join(argv)} failed with {proc.returncode}:\n"
+                             f"{record['loadgen_stderr']}")
+        result = json.loads(out.strip().splitlines()[-1])
+        record["loadgen"] = result
+        record["server_pids"] = len(pids)
+        record["server_cpu_s"] = cpu_after - cpu_before
+        record["rss_before_kib"] = rss_before
+        record["rss_held_kib"] = rss_held
+        if server is not sink and server.proc.poll() is not None:
+            record["server_died"] = server.proc.returncode
+    finally:
+        if server is not None and server is not sink:
+            server.stop()
+        sink.stop()
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+    return record
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def figures(rec: dict) -> dict[str, float | None]:
+    """Per-run figures the table reports."""
+    lg = rec["loadgen"]
+    ok = lg["sessions_ok"]
+    cpu = rec["server_cpu_s"]
+    f: dict[str, float | None] = {}
+    f["server CPU per session, ms"] = cpu * 1000 / ok if ok else None
+    if lg["hold"]:
+        if rec["rss_held_kib"] is not None and ok:
+            f["RSS per held session, KiB"] = (rec["rss_held_kib"] - rec["rss_before_kib"]) / ok
+        f["handshake p50, ms"] = (lg["handshake_ms"] or {}).get("p50")
+    else:
+        f["session p50, ms"] = (lg["session_ms"] or {}).get("p50")
+        f["session p99, ms"] = (lg["session_ms"] or {}).get("p99")
+        f["handshake p50, ms"] = (lg["handshake_ms"] or {}).get("p50")
+        f["sessions/s"] = lg["sessions_per_s"]
+        if lg["msg_size"] >= 64 * 1024:
+            f["MB/s"] = lg["mb_per_s"]
+            mb = lg["message_bytes"] / 1e6
+            f["server CPU per MB, ms"] = cpu * 1000 / mb if mb else None
+        elif lg["msgs_per_session"] > 1:
+            f["messages/s"] = lg["messages_per_s"]
+            msgs = lg["messages_ok"]
+            f["server CPU per message, ms"] = cpu * 1000 / msgs if msgs else None
+    tls = lg["tls"]
+    if lg["tls_resume"] and tls["full"] + tls["resumed"]:
+        f["resumed, %"] = 100.0 * tls["resumed"] / (tls["full"] + tls["resumed"])
+    f["failed sessions"] = lg["sessions_failed"]
+    return f
+
+
+def summarise(records: list[dict], cases: list[str], targets: list[str]) -> dict:
+    summary: dict = {}
+    for case in cases:
+        per_fig: dict = {}
+        for target in targets:
+            for rec in records:
+                if rec["case"] != case or rec["target"] != target:
+                    continue
+                for name, value in figures(rec).items():
+                    per_fig.setdefault(name, {}).setdefault(target, [])
+                    if value is not None:
+                        per_fig[name][target].append(value)
+        out = {}
+        for name, by_target in per_fig.items():
+            row = {}
+            for target, values in by_target.items():
+                if values:
+                    row[target] = {"median": statistics.median(values), "min": min(values),
+                                   "max": max(values), "n": len(values)}
+            p, n = row.get("proxy"), row.get("nginx")
+            if p and n and n["median"]:
+                row["ratio_proxy_nginx"] = p["median"] / n["median"]
+            if any(t in row for t in targets):
+                out[name] = row
+        summary[case] = out
+    return summary
+
+
+def fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def markdown(summary: dict, machine: dict, targets: list[str], rounds: int) -> str:
+    lines = [f"Machine: {machine['line']}", "",
+             f"Medians over {rounds} interleaved rounds, (min–max) across rounds. Server CPU is "
+             "utime+stime of all the server's processes from /proc.", ""]
+    head = "| case | figure | " + " | ".join(TARGET_TITLES[t] for t in targets)
+    show_ratio = "proxy" in targets and "nginx" in targets
+    lines.append(head + (" | proxy / nginx |" if show_ratio else " |"))
+    lines.append("|" + "---|" * (2 + len(targets) + (1 if show_ratio else 0)))
+    for case, figs in summary.items():
+        first = True
+        for name, row in figs.items():
+            cells = []
+            for t in targets:
+                s = row.get(t)
+                cells.append("" if not s else
+                             f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
+                             if s["min"] != s["max"] else fmt(s["median"]))
+            ratio = row.get("ratio_proxy_nginx")
+            label = f"**{case}**" if first else ""
+            first = False
+            line = f"| {label} | {name} | " + " | ".join(cells)
+            if show_ratio:
+                line += f" | {fmt(ratio) if ratio is not None else ''}"
+            lines.append(line + " |")
+    lines.append("")
+    lines.append("Cases: " + "; ".join(f"**{c}**: {CASES[c]['title']}" for c in summary))
+    return "\n".join(lines) + "\n"
+
+
+def machine_info(proxy: Path) -> dict:
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    openssl = subprocess.run(["openssl", "version"], capture_output=True,
+                             text=True).stdout.strip()
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    load = open("/proc/loadavg").read().split()[:3]
+    cores = os.cpu_count()
+    info = {"cores": cores, "cpu_model": model, "openssl": openssl, "nginx": nginx,
+            "kernel": platform.release(), "loadavg_start": load}
+    info["line"] = (f"{cores} cores, {model}, {openssl}, {nginx.replace('nginx version: ', '')},"
+                    f" Linux {platform.release()}, load average at start {' '.join(load)}")
+    return info
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
+    ap.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                    help=f"comma-separated, from: {', '.join(CASES)}; 'smoke' for the "
+                         f"smoke cases (default: {','.join(DEFAULT_CASES)})")
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help=f"comma-separated, from: {', '.join(TARGETS)} (default: all)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply every case's session count (not held sessions) by this")
+    ap.add_argument("--proxy", type=Path,
+                    default=Path(os.environ.get("STP_BINARY", REPO / "build/smtp-tls-proxy")),
+                    help="smtp-tls-proxy binary (default: $STP_BINARY or build/smtp-tls-proxy)")
+    ap.add_argument("--loadgen", type=Path,
+                    default=Path(os.environ.get("STP_LOADGEN", REPO / "build/bench/loadgen")),
+                    help="loadgen binary (default: $STP_LOADGEN or build/bench/loadgen)")
+    ap.add_argument("--out", type=Path, default=HERE / "results",
+                    help="directory for the Markdown and JSON results (default: bench/results)")
+    ap.add_argument("--name", default=None, help="file name stem (default: a UTC timestamp)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    args = ap.parse_args()
+
+    cases = []
+    for c in args.cases.split(","):
+        c = c.strip()
+        if c == "smoke":
+            cases += SMOKE_CASES
+        elif c == "all":
+            cases += DEFAULT_CASES
+        elif c in CASES:
+            cases.append(c)
+        elif c:
+            ap.error(f"unknown case {c!r}")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    for t in targets:
+        if t not in TARGETS:
+            ap.error(f"unknown target {t!r}")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    for binary in (args.loadgen, *( [args.proxy] if "proxy" in targets else [])):
+        if not os.access(binary, os.X_OK):
+            ap.error(f"{binary} is not an executable: build first (cmake --build build)")
+    needs = ["smtp-sink", "openssl"] + (["nginx"] if "nginx" in targets else [])
+    for tool in needs:
+        if shutil.which(tool) is None:
+            ap.error(f"{tool} is missing: run scripts/install-deps.sh test")
+    if "nginx" in targets and not NGINX_MAIL_MODULE.exists():
+        ap.error(f"{NGINX_MAIL_MODULE} is missing: install libnginx-mod-mail")
+
+    # Servers and the load generator inherit this (10 000 sessions need ~20 000 fds).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    work = Path(tempfile.mkdtemp(prefix="stp-bench-"))
+    work.chmod(0o755)
+    machine = machine_info(args.proxy)
+    records: list[dict] = []
+    failed_runs = []
+    started = dt.datetime.now(dt.timezone.utc)
+    try:
+        pki = make_pki(work / "pki")
+        for case in cases:
+            case_targets = ["proxy"] if CASES[case].get("smoke") else targets
+            case_targets = [t for t in targets if t in case_targets] or case_targets
+            for rnd in range(1, args.rounds + 1):
+                for target in case_targets:
+                    rec = measure(args, case, target, rnd, pki, work)
+                    records.append(rec)
+                    lg = rec["loadgen"]
+                    fig = figures(rec)
+                    print(f"[{case} round {rnd}/{args.rounds}] {target:5}: "
+                          f"ok {lg['sessions_ok']} failed {lg['sessions_failed']} "
+                          + " ".join(f"{k.split(',')[0]}={fmt(v)}" for k, v in fig.items()
+                                     if v is not None and k != "failed sessions"),
+                          flush=True)
+                    if rec["loadgen_rc"] != 0 or rec.get("server_died") is not None:
+                        failed_runs.append(rec)
+                        print(f"  FAILED: {rec['loadgen_stderr'] or lg['failures']}"
+                              + (f"; server exited with {rec['server_died']}"
+                                 if rec.get("server_died") is not None else ""), flush=True)
+    except SetupError as e:
+        print(f"run.py: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"run.py: kept {work}", file=sys.stderr)
+
+    machine["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    machine["line"] += f", at end {' '.join(machine['loadavg_end'])}"
+    shown_targets = [t for t in targets if any(r["target"] == t for r in records)] or ["proxy"]
+    summary = summarise(records, cases, shown_targets)
+    md = markdown(summary, machine, shown_targets, args.rounds)
+    stem = args.name or started.strftime("%Y%m%dT%H%M%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"started": started.isoformat(), "machine": machine, "rounds": args.rounds,
+           "cases": {c: CASES[c] for c in cases}, "targets": shown_targets,
+           "summary": summary, "runs": records,
+           "failed_runs": len(failed_runs)}
+    (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(md)
+    print()
+    print(md)
+    print(f"run.py: wrote {args.out / (stem + '.md')} and {args.out / (stem + '.json')}")
+    if failed_runs:
+        print(f"run.py: FAILED: {len(failed_runs)} run(s) had more than 1 % failed sessions "
+              "or a server that died", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
