@@ -10,3 +10,4 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build
 ctest --test-dir build --output-on-failure -j 2
 /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+bash bench/smoke.sh build  # the benchmark pipeline end to end (~10 s), no timing assertion
