@@ -21,8 +21,25 @@ std::string_view trim(std::string_view text) {
   return text.substr(first, text.find_last_not_of(kWhitespace) - first + 1);
 }
 
+// The operator's text in a message: control bytes as \xHH, so the message stays one line.
+std::string escaped(std::string_view text) {
+  constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 [[noreturn]] void bad_item(std::string_view item, std::string_view why) {
-  throw HostListError("item \"" + std::string(item) + "\": " + std::string(why));
+  throw HostListError("item \"" + escaped(item) + "\": " + std::string(why));
 }
 
 // True when the first `bits` bits of `a` and `b` are equal.
@@ -90,6 +107,10 @@ HostList HostList::parse(std::string_view text) {
       const std::string_view address_text = rest.substr(0, slash);
       if (address_text.find_first_of("[]%") != std::string_view::npos) {
         bad_item(item, "write an address without brackets or a scope id");
+      }
+      // make_address() reads its text as a C string: "192.0.2.1\0junk" would pass as 192.0.2.1.
+      if (address_text.find('\0') != std::string_view::npos) {
+        bad_item(item, "not *, an IPv4 or IPv6 address, or a CIDR block");
       }
       boost::system::error_code error;
       const auto address = boost::asio::ip::make_address(address_text, error);

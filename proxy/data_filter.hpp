@@ -9,7 +9,8 @@
 // client meant and never sees an end of data the client did not send.
 //
 // Trusts nothing: the input is raw client bytes in pieces of any size. Streams: keeps no
-// more than two bytes of state; output is at most 2 * input + 2 bytes per call.
+// more than two bytes of state; output is at most 2 * input + 4 bytes per call (the two held
+// bytes ".<CR>" come out as "..<CRLF>" when a bare CR turns out to follow the dot).
 #pragma once
 
 #include "proxy/config.hpp"
@@ -45,7 +46,7 @@ class DataFilter {
   }
 
   // How many bytes `out` may grow by in one feed() of `input_size` bytes.
-  static std::size_t max_output(std::size_t input_size) { return 2 * input_size + 2; }
+  static std::size_t max_output(std::size_t input_size) { return 2 * input_size + 4; }
 
  private:
   enum class State : std::uint8_t {

@@ -15,6 +15,18 @@ constexpr std::array<unsigned char, 12> kV2Signature = {0x0D, 0x0A, 0x0D, 0x0A, 
 constexpr std::size_t kV1MaxLength = 107;  // the spec's bound, CRLF included
 constexpr std::size_t kV2MaxPayload = 65535;
 
+// The longest value sent in each TLV. They keep the whole header within 536 bytes, the bound
+// the spec advises and Postfix enforces (HAPROXY_HEADER_MAX_LEN), and far from the 16-bit
+// length fields: a longer value (a hostile client certificate's CN) is left out, never cut.
+constexpr std::size_t kMaxAuthority = 253;  // a DNS name
+constexpr std::size_t kMaxClientCn = 64;    // X.509's upper bound for a common name
+constexpr std::size_t kMaxVersion = 16;     // "TLSv1.3"
+constexpr std::size_t kMaxCipher = 40;      // OpenSSL's names, e.g. "TLS_AES_256_GCM_SHA384"
+constexpr std::size_t kMaxAlgorithm = 40;   // e.g. "ecdsa-with-SHA256", "RSA4096"
+static_assert(16 + 36 + (3 + kMaxAuthority) + (3 + 5) + (3 + kMaxVersion) + (3 + kMaxClientCn) +
+                  (3 + kMaxCipher) + 2 * (3 + kMaxAlgorithm) <=
+              536);
+
 void put16(std::string& out, std::size_t value) {
   out += static_cast<char>((value >> 8) & 0xff);
   out += static_cast<char>(value & 0xff);
@@ -57,21 +69,31 @@ Decoded decode_v1(std::string_view input) {
   Decoded d;
   d.status = Decoded::Status::complete;
   d.length = crlf + 2;
+  // "PROXY UNKNOWN": the spec says to ignore whatever follows, however many words.
+  if (line == "PROXY UNKNOWN" || line.starts_with("PROXY UNKNOWN ")) {
+    d.local = true;
+    return d;
+  }
+  // Otherwise exactly six words, one space apart (an empty word is a stray space).
   std::array<std::string_view, 6> words;
   std::size_t count = 0;
-  while (!line.empty()) {
+  for (;;) {
     const auto space = line.find(' ');
     if (count == words.size()) return invalid();
     words[count++] = line.substr(0, space);
     if (space == std::string_view::npos) break;
     line.remove_prefix(space + 1);
   }
-  if (count < 2 || words[0] != "PROXY") return invalid();
-  if (words[1] == "UNKNOWN") {
-    d.local = true;
-    return d;
+  if (count != 6 || words[0] != "PROXY" || (words[1] != "TCP4" && words[1] != "TCP6")) {
+    return invalid();
   }
-  if (count != 6 || (words[1] != "TCP4" && words[1] != "TCP6")) return invalid();
+  // make_address() reads a C string and takes scope ids: allow only the address's own
+  // characters, so "192.0.2.7\0junk" or "fe80::1%eth0" cannot pass.
+  for (const auto word : {words[2], words[3]}) {
+    if (word.find_first_not_of("0123456789abcdefABCDEF.:") != std::string_view::npos) {
+      return invalid();
+    }
+  }
   boost::system::error_code ec;
   const auto source = asio::ip::make_address(std::string(words[2]), ec);
   if (ec) return invalid();
@@ -158,7 +180,10 @@ std::string encode_v2(const V2Header& header) {
   put16(addresses, header.destination.port());
 
   std::string tlvs;
-  if (!header.authority.empty()) put_tlv(tlvs, kTypeAuthority, header.authority);
+  auto fits = [](std::string_view value, std::size_t limit) {
+    return !value.empty() && value.size() <= limit;
+  };
+  if (fits(header.authority, kMaxAuthority)) put_tlv(tlvs, kTypeAuthority, header.authority);
   if (header.ssl) {
     const auto& ssl = *header.ssl;
     std::string value;
@@ -167,20 +192,21 @@ std::string encode_v2(const V2Header& header) {
     value += static_cast<char>(client);
     // verify: zero only when a certificate was presented and verified.
     const std::uint32_t verify = ssl.certificate_presented && ssl.certificate_verified ? 0 : 1;
-    for (int shift = 24; shift >= 0; shift -= 8) value += static_cast<char>((verify >> shift) & 0xff);
-    put_tlv(value, kSubtypeSslVersion, ssl.version);
-    if (ssl.certificate_presented && !ssl.client_cn.empty()) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+      value += static_cast<char>((verify >> shift) & 0xff);
+    if (ssl.version.size() <= kMaxVersion) put_tlv(value, kSubtypeSslVersion, ssl.version);
+    if (ssl.certificate_presented && fits(ssl.client_cn, kMaxClientCn)) {
       put_tlv(value, kSubtypeSslCn, ssl.client_cn);
     }
-    put_tlv(value, kSubtypeSslCipher, ssl.cipher);
-    if (!ssl.sig_alg.empty()) put_tlv(value, kSubtypeSslSigAlg, ssl.sig_alg);
-    if (!ssl.key_alg.empty()) put_tlv(value, kSubtypeSslKeyAlg, ssl.key_alg);
+    if (ssl.cipher.size() <= kMaxCipher) put_tlv(value, kSubtypeSslCipher, ssl.cipher);
+    if (fits(ssl.sig_alg, kMaxAlgorithm)) put_tlv(value, kSubtypeSslSigAlg, ssl.sig_alg);
+    if (fits(ssl.key_alg, kMaxAlgorithm)) put_tlv(value, kSubtypeSslKeyAlg, ssl.key_alg);
     put_tlv(tlvs, kTypeSsl, value);
   }
 
   std::string out(reinterpret_cast<const char*>(kV2Signature.data()), kV2Signature.size());
-  out += static_cast<char>(0x21);                // version 2, PROXY
-  out += static_cast<char>(v4 ? 0x11 : 0x21);    // TCP over IPv4 / IPv6
+  out += static_cast<char>(0x21);              // version 2, PROXY
+  out += static_cast<char>(v4 ? 0x11 : 0x21);  // TCP over IPv4 / IPv6
   put16(out, addresses.size() + tlvs.size());
   out += addresses;
   out += tlvs;
@@ -189,7 +215,9 @@ std::string encode_v2(const V2Header& header) {
 
 Decoded decode(std::string_view input) {
   const std::size_t known = std::min(input.size(), kV2Signature.size());
-  if (std::memcmp(input.data(), kV2Signature.data(), known) == 0) {
+  // Not memcmp(): an empty view may have no data pointer at all.
+  const std::string_view signature(reinterpret_cast<const char*>(kV2Signature.data()), known);
+  if (input.substr(0, known) == signature) {
     return known < kV2Signature.size() ? Decoded{} : decode_v2(input);
   }
   constexpr std::string_view kV1Prefix = "PROXY ";

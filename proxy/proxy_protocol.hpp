@@ -44,7 +44,9 @@ struct V2Header {
   std::string authority = {};                  // SNI; empty: no AUTHORITY TLV
 };
 
-// The binary header. Mixed families are sent as IPv6 (IPv4 addresses v4-mapped).
+// The binary header. Mixed families are sent as IPv6 (IPv4 addresses v4-mapped). It never
+// exceeds 536 bytes (what Postfix accepts): a TLV value longer than its bound (authority 253,
+// client CN 64, version 16, cipher and algorithms 40 bytes) is left out, never cut.
 std::string encode_v2(const V2Header& header);
 
 struct Decoded {

@@ -52,6 +52,17 @@ bool is_digit(char c) {
   return c >= '0' && c <= '9';
 }
 
+// The leading letters, digits and '-' of an EHLO line's text (RFC 5321's ehlo-keyword).
+std::string_view ehlo_keyword(std::string_view text) {
+  std::size_t end = 0;
+  while (end < text.size() &&
+         (is_digit(text[end]) || text[end] == '-' ||
+          (to_upper_ascii(text[end]) >= 'A' && to_upper_ascii(text[end]) <= 'Z'))) {
+    ++end;
+  }
+  return text.substr(0, end);
+}
+
 // The lines of a complete reply, terminators stripped.
 template <class Visit>
 void for_each_reply_line(std::string_view reply, Visit&& visit) {
@@ -190,17 +201,17 @@ std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrit
   for_each_reply_line(reply, [&](std::string_view line) {
     const auto text = line.size() > 4 ? line.substr(4) : std::string_view{};
     if (!first) {
-      const auto keyword = first_word(text);
-      if (keyword.empty()) return;  // an empty extension line says nothing
+      if (first_word(text).empty()) return;  // an empty extension line says nothing
+      // A CR left inside a line could end it early for some clients: such a line is dropped.
+      if (text.find('\r') != std::string_view::npos) return;
+      // The keyword as RFC 5321 spells it (letters, digits, '-'), which is also how lenient
+      // clients read it: "STARTTLS\v" and "AUTH=LOGIN" (the pre-RFC form) are caught too.
+      const auto keyword = ehlo_keyword(text);
       if (iequals(keyword, "STARTTLS") || iequals(keyword, "XCLIENT") ||
           iequals(keyword, "XFORWARD")) {
         return;
       }
-      // "AUTH=LOGIN" is the pre-RFC form some clients still look for.
-      if (rewrite.hide_auth &&
-          (iequals(keyword, "AUTH") || iequals(keyword.substr(0, 5), "AUTH="))) {
-        return;
-      }
+      if (rewrite.hide_auth && iequals(keyword, "AUTH")) return;
     }
     first = false;
     lines.push_back(text);
@@ -213,7 +224,11 @@ std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrit
   out.reserve(total);
   for (std::size_t i = 0; i < lines.size(); ++i) {
     out += i + 1 < lines.size() ? "250-" : "250 ";
+    const auto start = out.size();
     out += lines[i];
+    if (i == 0) {  // the greeting text is kept, but no stray CR in it either
+      std::replace(out.begin() + static_cast<std::ptrdiff_t>(start), out.end(), '\r', ' ');
+    }
     out += "\r\n";
   }
   return out;

@@ -29,6 +29,7 @@ test_packages=(
   nginx libnginx-mod-mail
   debootstrap podman buildah uidmap fuse-overlayfs libcap2-bin yamllint prometheus
   docker-compose shellcheck
+  clang libclang-rt-14-dev
 )
 
 packages=("${build_packages[@]}")

@@ -22,8 +22,9 @@
 //   text (operator text is escaped);
 // - only SMTP_TLS_PROXY_* variables are looked up;
 // - a returned Config holds only validated values: listeners present and distinct, implicit
-//   TLS where asked, ports non-zero, no more keys than certificates, every duration from 1 s
-//   to a year, limits in their documented ranges, enumerations among their names.
+//   TLS where asked, ports non-zero, a backend host without a NUL, no more keys than certificates,
+//   every duration from 1 s to a year, limits in their documented ranges, enumerations among their
+//   names.
 #include "fuzz_util.hpp"
 #include "proxy/config.hpp"
 
@@ -91,8 +92,7 @@ std::vector<std::string> read_flags() {
     if (!line.starts_with("  --")) continue;
     flags.push_back(line.substr(4, line.find(' ', 4) - 4));
   }
-  FUZZ_CHECK(!flags.empty() && std::count(flags.begin(), flags.end(), "config") == 1,
-             out.str());
+  FUZZ_CHECK(!flags.empty() && std::count(flags.begin(), flags.end(), "config") == 1, out.str());
   return flags;
 }
 
@@ -123,15 +123,19 @@ void check_config(const stp::Config& c) {
   for (std::size_t i = 0; i < c.listeners.size(); ++i) {
     const auto& l = c.listeners[i];
     FUZZ_CHECK(l.endpoint.port() != 0);
-    const bool implicit = c.tls_on_connect ||
-                          std::count(c.tls_on_connect_ports.begin(), c.tls_on_connect_ports.end(),
-                                     l.endpoint.port()) > 0;
+    const bool implicit =
+        c.tls_on_connect || std::count(c.tls_on_connect_ports.begin(), c.tls_on_connect_ports.end(),
+                                       l.endpoint.port()) > 0;
     FUZZ_CHECK(l.implicit_tls == implicit);
     for (std::size_t j = 0; j < i; ++j) FUZZ_CHECK(c.listeners[j].endpoint != l.endpoint);
   }
   for (const auto port : c.tls_on_connect_ports) FUZZ_CHECK(port != 0);
   for (const auto port : c.tls_require_ports) FUZZ_CHECK(port != 0);
   FUZZ_CHECK(!c.backend_host.empty() && c.backend_port != 0);
+  // A name or an address: never with a NUL (make_address() reads only what precedes it).
+  FUZZ_CHECK(
+      c.backend_host.find('\0') == std::string::npos || stp::fuzz::known("config-backend-nul"),
+      c.backend_host);
   FUZZ_CHECK(!c.hostname.empty() && c.hostname.size() <= 253, c.hostname);
   FUZZ_CHECK(c.tls_privatekeys.size() <= c.tls_certificates.size());
   for (const auto& f : c.tls_certificates) FUZZ_CHECK(!f.empty());
@@ -181,7 +185,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const std::size_t eq = rest.find('=');
       if (eq == std::string_view::npos) continue;
       std::string name = stp::fuzz::unescape(rest.substr(0, eq));
-      if (const auto ref = flag_reference(name)) name = env_name(ref->first) + std::string(ref->second);
+      if (const auto ref = flag_reference(name))
+        name = env_name(ref->first) + std::string(ref->second);
       env[name] = stp::fuzz::unescape(rest.substr(eq + 1));
     } else if (raw.starts_with("file:")) {
       std::string line = stp::fuzz::unescape(raw.substr(5));

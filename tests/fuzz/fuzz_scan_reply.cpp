@@ -41,8 +41,8 @@ ReplyScan expected_scan(std::string_view input, std::size_t max) {
     if (lf + 1 > max) return {ReplyScan::Status::malformed};
     std::string_view line = input.substr(start, lf - start);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.size() < 3 || !digit(line[0]) || !digit(line[1]) || !digit(line[2]) ||
-        line[0] < '2' || line[0] > '5') {
+    if (line.size() < 3 || !digit(line[0]) || !digit(line[1]) || !digit(line[2]) || line[0] < '2' ||
+        line[0] > '5') {
       return {ReplyScan::Status::malformed};
     }
     const int line_code = std::stoi(std::string(line.substr(0, 3)));

@@ -30,12 +30,23 @@ using stp::smtp::BdatArguments;
 using stp::smtp::Verb;
 
 constexpr std::array<std::pair<std::string_view, Verb>, 17> kVerbs{{
-    {"HELO", Verb::helo},   {"EHLO", Verb::ehlo},         {"MAIL", Verb::mail},
-    {"RCPT", Verb::rcpt},   {"DATA", Verb::data},         {"BDAT", Verb::bdat},
-    {"RSET", Verb::rset},   {"NOOP", Verb::noop},         {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy},   {"EXPN", Verb::expn},         {"ETRN", Verb::etrn},
-    {"HELP", Verb::help},   {"AUTH", Verb::auth},         {"STARTTLS", Verb::starttls},
-    {"XCLIENT", Verb::xclient}, {"XFORWARD", Verb::xforward},
+    {"HELO", Verb::helo},
+    {"EHLO", Verb::ehlo},
+    {"MAIL", Verb::mail},
+    {"RCPT", Verb::rcpt},
+    {"DATA", Verb::data},
+    {"BDAT", Verb::bdat},
+    {"RSET", Verb::rset},
+    {"NOOP", Verb::noop},
+    {"QUIT", Verb::quit},
+    {"VRFY", Verb::vrfy},
+    {"EXPN", Verb::expn},
+    {"ETRN", Verb::etrn},
+    {"HELP", Verb::help},
+    {"AUTH", Verb::auth},
+    {"STARTTLS", Verb::starttls},
+    {"XCLIENT", Verb::xclient},
+    {"XFORWARD", Verb::xforward},
 }};
 
 bool blank(char c) {
@@ -106,8 +117,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(i == before.size(), line);
   }
 
-  const bool forbidden = line.find('\0') != std::string_view::npos ||
-                         line.find('\r') != std::string_view::npos;
+  const bool forbidden =
+      line.find('\0') != std::string_view::npos || line.find('\r') != std::string_view::npos;
   FUZZ_CHECK(stp::smtp::has_forbidden_command_bytes(line) == forbidden, line);
 
   check_bdat(line);

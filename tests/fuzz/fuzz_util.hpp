@@ -41,11 +41,11 @@ inline std::string show(std::string_view bytes, std::size_t limit = 400) {
 }
 
 // FUZZ_CHECK(condition) or FUZZ_CHECK(condition, detail): `detail` is any string, shown escaped.
-#define FUZZ_CHECK(condition, ...)                                                  \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
+#define FUZZ_CHECK(condition, ...)                                                      \
+  do {                                                                                  \
+    if (!(condition)) {                                                                 \
       ::stp::fuzz::fail(#condition, __FILE__, __LINE__, std::string_view{__VA_ARGS__}); \
-    }                                                                               \
+    }                                                                                   \
   } while (false)
 
 // A finding that was reported but is not fixed yet can be looked past by name, so that a long
@@ -124,7 +124,8 @@ inline std::vector<std::size_t> random_pieces(std::size_t size, std::uint64_t se
 // The three ways every streaming target feeds its input: whole, byte by byte, random pieces.
 inline std::vector<std::vector<std::size_t>> splits(std::string_view input) {
   std::vector<std::vector<std::size_t>> all;
-  all.push_back(input.empty() ? std::vector<std::size_t>{} : std::vector<std::size_t>{input.size()});
+  all.push_back(input.empty() ? std::vector<std::size_t>{}
+                              : std::vector<std::size_t>{input.size()});
   all.emplace_back(input.size(), 1);
   all.push_back(random_pieces(input.size(), hash(input)));
   return all;

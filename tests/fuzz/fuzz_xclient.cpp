@@ -166,7 +166,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view body(command.data(), command.size() - 2);
   for (const char c : body) FUZZ_CHECK(c >= ' ' && c <= '~', command);
 
-  constexpr std::array<std::string_view, 6> kOrder = {"ADDR",     "PORT",     "NAME",
+  constexpr std::array<std::string_view, 6> kOrder = {"ADDR",         "PORT",     "NAME",
                                                       "REVERSE_NAME", "DESTADDR", "DESTPORT"};
   auto words = stp::fuzz::split(body, ' ');
   FUZZ_CHECK(words.front() == "XCLIENT", command);
