@@ -107,8 +107,10 @@ def value(samples: dict[tuple[str, frozenset], float], name: str, **labels: str)
 class Prometheus:
     """A real Prometheus server scraping one target every second, on loopback."""
 
-    def __init__(self, directory: Path, target_port: int, job: str = "smtp-tls-proxy"):
+    def __init__(self, directory: Path, target_port: int, job: str = "smtp-tls-proxy",
+                 rule_files: tuple[Path, ...] = ()):
         self.dir = directory
+        self.rule_files = rule_files
         self.dir.mkdir(parents=True, exist_ok=True)
         self.job = job
         self.target = f"{LOOPBACK}:{target_port}"
@@ -124,7 +126,9 @@ class Prometheus:
             "  scrape_interval: 1s\n"
             "  scrape_timeout: 1s\n"
             "  evaluation_interval: 1s\n"
-            "scrape_configs:\n"
+            + "".join(f"rule_files:\n  - '{f}'\n" for f in self.rule_files[:1])
+            + "".join(f"  - '{f}'\n" for f in self.rule_files[1:])
+            + "scrape_configs:\n"
             f"  - job_name: {self.job}\n"
             "    static_configs:\n"
             f"      - targets: ['{self.target}']\n")
@@ -170,6 +174,14 @@ class Prometheus:
         assert answer["status"] == "success", answer
         assert answer["data"]["resultType"] == "vector", answer
         return answer["data"]["result"]
+
+    def api(self, path: str) -> dict:
+        """GET /api/v1/<path>: its `data`."""
+        status, body = http_get(self.port, "/api/v1/" + path)
+        assert status == 200, f"{path} answered {status}: {body[:500]}"
+        answer = json.loads(body)
+        assert answer["status"] == "success", answer
+        return answer["data"]
 
     def scalar(self, expr: str) -> float | None:
         """The single value of `expr` (None when the vector is empty)."""

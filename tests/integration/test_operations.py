@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CLIENT_ADDR, LOOPBACK, SENDER, TIMINGS, Pki, SmtpClient,
+from conftest import (CLIENT_ADDR, LOOPBACK, REPO_ROOT, SENDER, TIMINGS, Pki, SmtpClient,
                       attach_log, connect_from, free_port, proxy_binary, simple_message,
                       unique)
 from ops_support import (PROMETHEUS, Cert, Prometheus, http_get, issue_certificate,
@@ -34,6 +34,7 @@ from ops_support import (PROMETHEUS, Cert, Prometheus, http_get, issue_certifica
                          session_certificate, value, wait_for_status, wait_presented)
 
 PREFIX = "smtp_tls_proxy_"
+ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)$", re.M)
 
 # --------------------------------------------------------------------------- fixtures
@@ -71,8 +72,9 @@ def prometheus(tmp_path, request):
         pytest.fail(f"{PROMETHEUS} is missing: run scripts/install-deps.sh test")
     servers: list[Prometheus] = []
 
-    def start(target_port: int) -> Prometheus:
-        server = Prometheus(tmp_path / f"prometheus{len(servers)}", target_port)
+    def start(target_port: int, rule_files: tuple[Path, ...] = ()) -> Prometheus:
+        server = Prometheus(tmp_path / f"prometheus{len(servers)}", target_port,
+                            rule_files=rule_files)
         servers.append(server)
         attach_log(request, lambda: ("prometheus log", server.log()))
         server.start()
@@ -173,7 +175,8 @@ def test_prometheus_scrapes_every_family_with_the_values_of_real_sessions(
     helo = "client-helo.test"
     p = proxy(postfix.backend, *metrics_flags(mport), "--smtp-receive-timeout", "3s",
               "--tls-try-verify-hosts", CLIENT_ADDR, "--tls-verify-certificates", str(pki.ca))
-    prom = prometheus(mport)
+    assert ALERT_RULES.exists(), f"{ALERT_RULES} is missing"
+    prom = prometheus(mport, rule_files=(ALERT_RULES,))
     prom.wait_for(f'up{{job="{prom.job}"}}', 1)
     prom.wait_for(PREFIX + "tls_handshake_duration_seconds_count", 0)
     assert prom.scalar(f"sum({PREFIX}tls_handshakes_total)") is None, "handshakes before any"
@@ -324,6 +327,29 @@ def test_prometheus_scrapes_every_family_with_the_values_of_real_sessions(
     # Every session but the failed handshake reached the MTA.
     check("backend connect duration count", v("backend_connect_duration_seconds_count"), 4)
     assert not problems, "metrics as Prometheus scraped them:\n" + "\n".join(problems)
+
+    # The shipped alert rules evaluate without error against these real series, and the
+    # certificate one sees the test certificate (3 days left) as expiring (pending: `for: 1h`).
+    groups = prom.api("rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert rules, f"no rules loaded from {ALERT_RULES}"
+    deadline = time.monotonic() + 20
+    while True:
+        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+        alerts = prom.api("alerts")["alerts"]
+        expiring = [a for a in alerts if a["labels"].get("alertname")
+                    == "SmtpTlsProxyCertificateExpiringSoon"]
+        if expiring and all(r.get("lastEvaluation", "").startswith("2") for r in rules) or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    bad = [(r["name"], r.get("health"), r.get("lastError")) for r in rules
+           if r.get("health") != "ok"]
+    assert not bad, f"alert rules that do not evaluate: {bad}"
+    assert [(a["labels"].get("certificate"), a["state"]) for a in expiring] == [
+        ("proxy.test ECDSA", "pending")], alerts
+    firing = [a["labels"]["alertname"] for a in alerts if a["state"] == "firing"]
+    assert firing == [], f"alerts firing for a healthy proxy: {firing}"
 
     # No label value carries a client's or the MTA's address, a client's name or a DN; the
     # only address in a label is a configured listener's, in the `listener` label.
