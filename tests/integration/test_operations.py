@@ -959,8 +959,8 @@ def test_json_start_up_failure_is_a_json_line(pki):
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{port}", "--tls-on-connect-ports",
-             "465", "--backend", f"{LOOPBACK}:1", "--hostname", "proxy.test",
+            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{port}",
+             "--backend", f"{LOOPBACK}:1", "--hostname", "proxy.test",
              "--tls-certificate", str(pki.cert), "--tls-privatekey", str(pki.key),
              "--metrics-listen", "", "--log-format", "json"],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
@@ -968,7 +968,10 @@ def test_json_start_up_failure_is_a_json_line(pki):
     lines = done.stderr.decode("utf-8").splitlines()
     assert any("Address already in use" in line for line in lines), lines
     for line in lines:
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON line on stderr: {line!r}") from None
         assert set(record) == JSON_LINE_KEYS, line
     assert any(json.loads(line)["level"] in ("error", "critical")
                and "Address already in use" in json.loads(line)["message"] for line in lines)
