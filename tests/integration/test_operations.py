@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CLIENT_ADDR, LOOPBACK, REPO_ROOT, SENDER, TIMINGS, Pki, SmtpClient,
+from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, REPO_ROOT, SENDER, TIMINGS, Pki, SmtpClient,
                       attach_log, connect_from, free_port, proxy_binary, simple_message,
                       unique)
 from ops_support import (PROMETHEUS, Cert, Prometheus, http_get, issue_certificate,
@@ -421,6 +421,28 @@ def test_readyz_notices_a_refusing_mta_within_a_few_probe_intervals(smtp_sink, p
     sink.stop()
     assert refused(sink.port)
     wait_for_status(mport, "/readyz", 503, timeout=4)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (robustness): the metrics endpoint serves at most 64 connections and gives each 10 s "
+    "to send its request (metrics/http_endpoint.cpp kMaxConnections, kRequestTimeout); past "
+    "that it closes new connections unanswered, so 64 idle TCP connections to 9225 (bound to "
+    "0.0.0.0 by default) make /healthz and /metrics fail for as long as they are held: "
+    "liveness probes fail and Kubernetes restarts a proxy that serves mail fine"))
+def test_healthz_answers_while_idle_connections_hold_the_metrics_port(smtp_sink, proxy):
+    sink = smtp_sink(xclient=False)
+    mport = free_port()
+    proxy(sink.backend, "--backend-metadata", "none", *metrics_flags(mport))
+    wait_for_status(mport, "/healthz", 200, timeout=10)
+    idle = []
+    try:
+        for _ in range(70):
+            idle.append(socket.create_connection((LOOPBACK, mport), timeout=IO_TIMEOUT))
+        time.sleep(0.2)
+        wait_for_status(mport, "/healthz", 200, timeout=5)
+    finally:
+        for s in idle:
+            s.close()
 
 
 # --------------------------------------------------------------------------- reload
