@@ -1,0 +1,325 @@
+"""Faults on either side of the proxy (issue 6, "Faults" and "Nothing lost, nothing altered").
+
+The MTA side is played by real programs where one can make the fault: Postfix's smtp-sink
+(-W delays, -f/-r refusals, -q/-Q disconnects, -A aborting mid-DATA, stopped and restarted)
+and the session's real private Postfix (its size limit refusing a message at its end, its log
+saying what it saw of an abandoned transaction, its Maildir holding what it delivered). Only an
+MTA that dies in the middle of a message's content, which no program does on demand, is the
+hand-written `fault_mta.DyingMta`.
+
+What is trusted: the conftest fixtures, Postfix's and smtp-sink's own behaviour and logs.
+What is checked: only what a client, the MTA or the proxy's log can observe. The rule under
+test everywhere is the issue's: a client hears the MTA's own reply or a 4xx, never a 250 for a
+message the MTA did not accept; a message is delivered once and byte for byte as sent (apart
+from the proxy's one Received header) or not at all; and the proxy serves the next client.
+Every read has a timeout and every test runs under conftest's watchdog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+
+from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER,
+                      ConnectionClosed, Reply, SmtpClient, TRACE_HEADER, client_content,
+                      connect_from, simple_message, unique)
+from fault_mta import DyingMta
+
+# --------------------------------------------------------------------------- helpers
+
+
+def assert_reply(reply: Reply, code: int, enhanced: str | None = None) -> None:
+    assert reply.code == code, f"wanted {code} {enhanced or ''}, got {reply!r}"
+    if enhanced is not None:
+        assert reply.lines[-1][4:].startswith(enhanced), (
+            f"wanted enhanced status {enhanced}, got {reply!r}")
+
+
+def session(port: int, tls: bool = False, pki=None, starttls: bool = False) -> SmtpClient:
+    """Connected from 127.0.0.2, greeted, EHLO done (STARTTLS and EHLO again if asked)."""
+    c = SmtpClient(port, tls=tls, context=pki.client_context() if pki is not None else None)
+    assert_reply(c.greeting(), 220)
+    assert_reply(c.ehlo(), 250)
+    if starttls:
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert_reply(c.ehlo(), 250)
+    return c
+
+
+def next_client_served(port: int) -> None:
+    with session(port) as c:
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.command("QUIT"), 221)
+
+
+def reset(sock: socket.socket) -> None:
+    """Closes with an RST instead of a FIN: the peer sees the connection vanish."""
+    raw = sock
+    if isinstance(sock, ssl.SSLSocket):  # reset the TCP socket under the TLS layer
+        raw = socket.socket(fileno=sock.detach())
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+
+
+def replies_until_closed(c: SmtpClient, timeout: float = IO_TIMEOUT) -> list[Reply]:
+    """Every reply the proxy sends until it closes the connection (bounded by `timeout`)."""
+    deadline = time.monotonic() + timeout
+    replies = []
+    while True:
+        c.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            replies.append(c.read_reply())
+        except (ConnectionClosed, ConnectionResetError, ssl.SSLError):
+            return replies
+        except (socket.timeout, TimeoutError):
+            raise AssertionError(f"connection still open after {timeout}s; replies {replies}")
+
+
+def never_250_for_the_message(replies: list[Reply]) -> None:
+    assert replies, "no reply at all to the message"
+    assert all(r.code != 250 for r in replies), replies
+    assert 400 <= replies[0].code < 600, replies
+
+
+def proxy_session_lines(p, pattern: str = "") -> list[str]:
+    return [l for l in p.stderr().splitlines() if " session " in l and pattern in l]
+
+
+def wait_proxy_log(p, pattern: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(pattern, p.stderr(), re.M)
+        if m:
+            return m.group(0)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line matching {pattern!r} in the proxy's log:\n"
+                                 + p.stderr()[-3000:])
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def dying_mta(request):
+    """Factory for DyingMta instances, stopped at teardown."""
+    made: list[DyingMta] = []
+
+    def make(**kw) -> DyingMta:
+        m = DyingMta(**kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+# --------------------------------------------------------------------------- a slow MTA
+
+
+def test_mta_slow_to_greet_client_gets_the_mtas_greeting(smtp_sink, proxy):
+    """smtp-sink waits 2 s before its greeting (and before answering each EHLO): well inside
+    the proxy's limits, so the client gets the sink's own greeting, late."""
+    sink = smtp_sink(xclient=False, extra=("-W", "CONNECT:2", "-h", "slow-sink.test"))
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    began = time.monotonic()
+    with SmtpClient(p.plain_port) as c:
+        greeting = c.greeting()
+        waited = time.monotonic() - began
+        assert_reply(greeting, 220)
+        assert "slow-sink.test" in greeting.text, greeting
+        assert waited >= 1.5, f"greeting after {waited:.1f}s, before the sink gave one"
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command("QUIT"), 221)
+
+
+def test_mta_slow_to_answer_the_message_client_gets_its_250(smtp_sink, proxy):
+    sink = smtp_sink(xclient=False, extra=("-W", ".:3"))
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    token = unique("m")
+    with session(p.plain_port) as c:
+        began = time.monotonic()
+        reply = c.send_message(SENDER, ["someone@test.example"], simple_message(
+            token, "someone@test.example"))
+        waited = time.monotonic() - began
+        assert_reply(reply, 250, "2.0.0")
+        assert waited >= 2.5, f"250 after {waited:.1f}s: not the sink's delayed reply"
+        assert_reply(c.command("QUIT"), 221)
+    sink.wait_for_dump(token)
+
+
+def test_mta_slower_than_the_reply_timeout_client_gets_4xx_never_250(smtp_sink, proxy):
+    """--smtp-receive-timeout also bounds the wait for the MTA's reply (README). The sink
+    answers the end of the message after 6 s; the proxy gives up after 2 s with a 4xx."""
+    sink = smtp_sink(xclient=False, extra=("-W", ".:6"))
+    p = proxy(sink.backend, "--backend-metadata", "none", "--smtp-receive-timeout", "2")
+    with session(p.plain_port) as c:
+        began = time.monotonic()
+        reply = c.send_message(SENDER, ["someone@test.example"],
+                               simple_message(unique("m"), "someone@test.example"))
+        waited = time.monotonic() - began
+        assert 400 <= reply.code < 500, reply
+        assert waited < 5.5, f"answered after {waited:.1f}s: the sink's reply, not a timeout"
+        rest = replies_until_closed(c)
+        never_250_for_the_message([reply, *rest])
+    next_client_served(p.plain_port)
+
+
+# --------------------------------------------------------------------------- MTA refusals
+
+
+@pytest.mark.parametrize("option,code,text", [
+    ("-f", 500, "500 5.3.0 Error: command failed"),
+    ("-r", 450, "450 4.3.0 Error: command failed"),
+])
+def test_mta_refusing_the_message_at_its_end_client_gets_that_exact_reply(
+        smtp_sink, proxy, option, code, text):
+    sink = smtp_sink(xclient=False, extra=(option, "."))
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    with session(p.plain_port) as c:
+        reply = c.send_message(SENDER, ["someone@test.example"],
+                               simple_message(unique("m"), "someone@test.example"))
+        assert reply.raw == text.encode() + b"\r\n", reply
+        # The session goes on: the MTA refused a message, it did not go away.
+        assert_reply(c.command("RSET"), 250)
+        assert_reply(c.command("QUIT"), 221)
+
+
+def test_mta_421_at_end_of_message_reaches_the_client_and_the_session_ends(smtp_sink, proxy):
+    sink = smtp_sink(xclient=False, extra=("-Q", "."))
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    with session(p.plain_port) as c:
+        reply = c.send_message(SENDER, ["someone@test.example"],
+                               simple_message(unique("m"), "someone@test.example"))
+        assert_reply(reply, 421)
+        never_250_for_the_message([reply, *replies_until_closed(c)])
+    next_client_served(p.plain_port)
+
+
+def test_postfix_refusing_an_oversized_message_client_gets_its_552(postfix, proxy, pki):
+    """The real Postfix (message_size_limit 10240000) refuses at the end of DATA a message
+    whose MAIL command announced no SIZE; the client hears that 552, nothing is delivered."""
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    token = unique("big")
+    line = b"x" * 998 + b"\r\n"
+    body = line * (10_300_000 // len(line))
+    with session(p.plain_port, pki=pki, starttls=True) as c:
+        c.settimeout(30)
+        reply = c.send_message(SENDER, [box.address],
+                               simple_message(token, box.address).rstrip(b"\r\n") + b"\r\n"
+                               + body)
+        assert_reply(reply, 552, "5.3.4")
+        assert_reply(c.command("QUIT"), 221)
+    # Exactly Postfix's own reply (its main port logs every reply it sends).
+    said = postfix.wait_for_log(r"^.*/main/smtpd\[\d+\]: > [^:]+\[127\.0\.0\.2\]: (552 .*)$")
+    assert reply.text == said.group(1), (reply, said.group(1))
+    postfix.settle()
+    assert box.messages() == []
+
+
+# --------------------------------------------------------------------------- the MTA dies
+
+
+def test_mta_aborting_mid_data_with_550_client_never_gets_250(smtp_sink, proxy):
+    """smtp-sink -A 0 answers 354, then at once 550 and closes, without reading the content."""
+    sink = smtp_sink(xclient=False, extra=("-A", "0"))
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    with session(p.plain_port) as c:
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command("RCPT TO:<someone@test.example>"), 250)
+        assert_reply(c.command("DATA"), 354)
+        with contextlib.suppress(OSError):
+            c.send(simple_message(unique("m"), "someone@test.example") + b"x" * 200_000
+                   + b"\r\n.\r\n")
+        never_250_for_the_message(replies_until_closed(c))
+    next_client_served(p.plain_port)
+
+
+@pytest.mark.parametrize("phase", ["DATA", "BDAT"])
+@pytest.mark.parametrize("how", ["FIN", "RST"])
+def test_mta_dying_inside_the_message_content_client_gets_4xx(dying_mta, proxy, pki, phase,
+                                                              how):
+    """The MTA takes 1000 bytes of the content, then closes (FIN) or resets (RST)."""
+    mta = dying_mta(phase=phase, after_bytes=1000, reset=(how == "RST"))
+    p = proxy(mta.backend)
+    content = simple_message(unique("m"), "someone@test.example") + b"y" * 50_000 + b"\r\n"
+    with session(p.plain_port, pki=pki, starttls=True) as c:
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command("RCPT TO:<someone@test.example>"), 250)
+        if phase == "DATA":
+            assert_reply(c.command("DATA"), 354)
+            payload = content + b".\r\n"
+        else:
+            payload = f"BDAT {len(content)} LAST\r\n".encode() + content
+        with contextlib.suppress(OSError):
+            c.send(payload)
+        replies = replies_until_closed(c)
+        never_250_for_the_message(replies)
+        assert 400 <= replies[0].code < 500, replies
+        assert_reply(replies[0], 421, "4.4.2")
+    assert mta.died == 1, mta.commands
+    wait_proxy_log(p, r'session client=\[127\.0\.0\.2\].* end="mail server lost"')
+    # The proxy serves the next client, on a fresh MTA connection.
+    mta.after_bytes = None
+    with session(p.plain_port, pki=pki, starttls=True) as c:
+        assert_reply(c.send_message(SENDER, ["someone@test.example"], content.rstrip(b"\r\n")),
+                     250)
+        assert_reply(c.command("QUIT"), 221)
+
+
+# --------------------------------------------------------------------------- MTA down, restarts
+
+
+def test_mta_refusing_connections_gives_421_4_3_2_then_recovers(smtp_sink, proxy):
+    """Nothing listens on the MTA's port: 421 4.3.2 at connect; once smtp-sink listens there,
+    the very next client is served, without restarting the proxy."""
+    sink = smtp_sink(xclient=False)
+    sink.stop()
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    for _ in range(2):
+        with SmtpClient(p.plain_port) as c:
+            assert_reply(c.greeting(), 421, "4.3.2")
+            assert c.read_until_closed() == b""
+    wait_proxy_log(p, r'session client=\[127\.0\.0\.2\].* end="mail server unreachable"')
+    sink.start()
+    next_client_served(p.plain_port)
+
+
+def test_mta_restarting_between_sessions(smtp_sink, proxy, pki):
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    tokens = []
+    for round_ in range(2):
+        token = unique(f"r{round_}")
+        tokens.append(token)
+        with session(p.plain_port, pki=pki, starttls=True) as c:
+            assert_reply(c.send_message(SENDER, ["someone@test.example"],
+                                        simple_message(token, "someone@test.example")), 250)
+            assert_reply(c.command("QUIT"), 221)
+        sink.wait_for_dump(token)
+        sink.stop()
+        with SmtpClient(p.plain_port) as c:  # down: refused politely
+            assert_reply(c.greeting(), 421, "4.3.2")
+        sink.start()
+
+
+def test_mta_restarting_during_an_idle_session_gives_421_4_4_2(smtp_sink, proxy):
+    """A client connected while the MTA restarts lost its MTA connection: its next command
+    gets 421 4.4.2 and the connection closes; a new client reaches the restarted MTA."""
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    with session(p.plain_port) as c:
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        sink.stop()
+        sink.start()
+        with contextlib.suppress(OSError):
+            c.send(b"RCPT TO:<someone@test.example>\r\n")
+        replies = replies_until_closed(c)
+        assert replies and replies[0].code == 421, replies
+        assert_reply(replies[0], 421, "4.4.2")
+    next_client_served(p.plain_port)
