@@ -386,11 +386,13 @@ descendant() {
       }
     }'
 }
+# Ports below the kernel's ephemeral range (32768-60999), so that no client connection of
+# another program holds them, and unused in any state.
 free_port() {
   local p
   for p in $(seq "$1" "$2"); do
     [ "$p" != "${3:-}" ] || continue
-    ss -Hltn "sport = :$p" | grep -q . || {
+    ss -Htan "sport = :$p" | grep -q . || {
       echo "$p"
       return 0
     }
@@ -399,8 +401,8 @@ free_port() {
 }
 starttls_port=$(free_port 900 1000) || fail "no free port in 900-1000"
 tls_port=$(free_port 900 1000 "$starttls_port") || fail "no second free port in 900-1000"
-metrics_port=$(free_port 39225 39325) || fail "no free port in 39225-39325"
-sink_port=$(free_port 39326 39425) || fail "no free port in 39326-39425"
+metrics_port=$(free_port 19225 19324) || fail "no free port in 19225-19324"
+sink_port=$(free_port 20025 20124) || fail "no free port in 20025-20124"
 work=$(mktemp -d /var/tmp/smtp-tls-proxy-smoke.XXXXXX)
 cleanup_actions+=("rm -rf '$work'")
 chmod 755 "$work"
