@@ -10,7 +10,7 @@
 # Environment: FUZZ_JOBS (targets run at once; default: the number of cores), FUZZ_TARGETS
 # (names to run, space-separated; default: all), STP_FUZZ_KNOWN (findings to look past; default:
 # the names in tests/fuzz/known-findings; set it empty for every check strict). Needs clang++ and
-# libFuzzer (scripts/install-deps.sh test).
+# libFuzzer (scripts/install-deps.sh test). FUZZ_BUILD_DIR: the build directory (build-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +40,7 @@ else
   done
 fi
 
-build="build-fuzz"
+build=${FUZZ_BUILD_DIR:-build-fuzz}
 build_start=$SECONDS
 cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSTP_FUZZ=ON -DBUILD_TESTING=OFF -DSTP_BENCH=OFF >/dev/null
@@ -90,9 +90,10 @@ for target in "${targets[@]}"; do
   dir=$runs_dir/$target
   read -r status elapsed <"$dir/result"
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
+  coverage=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$dir/log" | tail -1 | tr -d ':' | tr ' ' '=')
   crashes=$(find "$dir/artifacts" -type f | wc -l)
-  printf 'fuzz_%-15s runs=%-10s seconds=%-5s crashes=%s\n' "$target" "${runs:-?}" "$elapsed" \
-    "$crashes"
+  printf 'fuzz_%-15s runs=%-10s seconds=%-5s %-20s crashes=%s\n' "$target" "${runs:-?}" \
+    "$elapsed" "${coverage:-cov=?}" "$crashes"
   if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then
     failed+=("$target")
     {

@@ -11,3 +11,4 @@ cmake --build build
 ctest --test-dir build --output-on-failure -j 2
 /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 bash bench/smoke.sh build  # the benchmark pipeline end to end (~10 s), no timing assertion
+FUZZ_JOBS=2 bash scripts/fuzz.sh 20  # every libFuzzer target 20 s, 2 at a time (~3 min with the clang build)
