@@ -323,3 +323,123 @@ def test_mta_restarting_during_an_idle_session_gives_421_4_4_2(smtp_sink, proxy)
         assert replies and replies[0].code == 421, replies
         assert_reply(replies[0], 421, "4.4.2")
     next_client_served(p.plain_port)
+
+
+# --------------------------------------------------------------------------- the client goes away
+
+
+def partial_client_hello() -> bytes:
+    """The first half of a real TLS ClientHello (Python's ssl through memory BIOs)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=PROXY_HOSTNAME)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = outgoing.read()
+    assert len(hello) > 100 and hello[0] == 0x16, hello[:16]
+    return hello[:len(hello) // 2]
+
+
+def postfix_sessions_from_client(log: str) -> list[str]:
+    """Postfix's main-port session ends for the test client: disconnect and lost-connection
+    lines naming 127.0.0.2 (the client XCLIENT made it see)."""
+    return re.findall(r"^.*/main/smtpd\[\d+\]: ((?:lost connection|disconnect|timeout) .*"
+                      r"\[127\.0\.0\.2\].*)$", log, re.M)
+
+
+@pytest.mark.parametrize("listener", ["starttls", "implicit"])
+def test_client_resetting_during_the_tls_handshake(postfix, proxy, listener):
+    """Half a ClientHello, then an RST. The proxy logs a failed handshake, closes its MTA
+    connection (Postfix sees that session end, with no mail transaction), and serves the next
+    client."""
+    p = proxy(postfix.backend)
+    if listener == "starttls":
+        c = session(p.plain_port)
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+        sock = c.sock
+    else:
+        sock = connect_from(p.tls_port)
+    sock.sendall(partial_client_hello())
+    time.sleep(0.2)
+    reset(sock)
+    wait_proxy_log(p, r'session client=\[127\.0\.0\.2\].* end="(tls handshake failed|client '
+                      r'closed|client connection error)"')
+    if listener == "starttls":  # the MTA connection existed: it must be closed, not leaked
+        postfix.wait_for_log(r"/main/smtpd\[\d+\]: disconnect from unknown\[127\.0\.0\.2\]")
+        assert "MAIL FROM" not in postfix.log()
+    else:  # implicit TLS: the MTA is only contacted once the handshake is done
+        postfix.settle()
+        assert postfix_sessions_from_client(postfix.log()) == []
+    next_client_served(p.plain_port)
+    assert p.alive()
+
+
+def test_client_half_closing_after_quit_still_gets_its_replies(postfix, proxy):
+    """A client pipelines a whole transaction and QUIT, then shuts down its sending side
+    (shutdown(SHUT_WR)) and reads. The message is the client's to give: it is delivered once,
+    and the client still hears its 250 and the 221."""
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with session(p.plain_port) as c:
+        c.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{box.address}>\r\nDATA\r\n".encode())
+        assert [c.read_reply().code for _ in range(3)] == [250, 250, 354]
+        c.send(simple_message(token, box.address) + b".\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        replies = replies_until_closed(c)
+        assert [r.code for r in replies] == [250, 221], replies
+    (message,) = box.wait(1)
+    postfix.settle()
+    assert len(box.messages()) == 1
+
+
+def test_client_half_closing_mid_data_abandons_the_transaction(postfix, proxy):
+    """Half a message, then shutdown(SHUT_WR): the message was never finished, so Postfix must
+    never see its end. Postfix logs the lost connection after DATA; nothing is delivered."""
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with session(p.plain_port) as c:
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        assert_reply(c.command("DATA"), 354)
+        c.send(simple_message(token, box.address) + b"half of the body, and then\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        replies = replies_until_closed(c)
+        assert all(r.code != 250 for r in replies), replies
+    postfix.wait_for_log(r"/main/smtpd\[\d+\]: lost connection after DATA \(\d+ bytes\) from "
+                         r"unknown\[127\.0\.0\.2\]")
+    postfix.settle()
+    assert box.messages() == []
+    next_client_served(p.plain_port)
+
+
+@pytest.mark.parametrize("phase", ["DATA", "BDAT"])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+def test_client_vanishing_mid_message_abandons_the_transaction(postfix, proxy, pki, phase,
+                                                               tls):
+    """The client sends part of a message (20 KB of a DATA message; 20 KB of a 40 KB BDAT
+    chunk) and resets the connection. Postfix must see the connection lost in the middle of
+    the message, never a finished one: nothing is delivered."""
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    token = unique("m")
+    content = simple_message(token, box.address) + (b"z" * 78 + b"\r\n") * 500
+    with session(p.plain_port, pki=pki if tls else None, starttls=tls) as c:
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        if phase == "DATA":
+            assert_reply(c.command("DATA"), 354)
+            c.send(content[:20_000])
+        else:
+            c.send(f"BDAT {len(content)} LAST\r\n".encode() + content[:20_000])
+        time.sleep(0.3)  # let the proxy relay what it got
+        reset(c.sock)
+    postfix.wait_for_log(rf"/main/smtpd\[\d+\]: lost connection after {phase} "
+                         r"(\(\d+ bytes\) )?from unknown\[127\.0\.0\.2\]")
+    postfix.settle()
+    assert box.messages() == []
+    wait_proxy_log(p, r'session client=\[127\.0\.0\.2\].* end="client (closed|connection error)"')
+    next_client_served(p.plain_port)
