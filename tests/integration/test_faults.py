@@ -443,3 +443,144 @@ def test_client_vanishing_mid_message_abandons_the_transaction(postfix, proxy, p
     assert box.messages() == []
     wait_proxy_log(p, r'session client=\[127\.0\.0\.2\].* end="client (closed|connection error)"')
     next_client_served(p.plain_port)
+
+
+# --------------------------------------------------------------------------- nothing altered
+
+
+def awkward_content(token: str, to: str) -> bytes:
+    """A message that is hard to carry unchanged, CRLF everywhere, no NUL, no bare CR or LF:
+    lines of exactly 998 bytes and one of 5000, lines that are or start with dots, an
+    embedded <CRLF>.<CRLF> and SMTP commands in the body, every 8-bit byte, runs of empty
+    lines, a "From " line, trailing white space."""
+    binary = bytes(b for b in range(1, 256) if b not in (0x0A, 0x0D))
+    lines = [
+        b"first body line",
+        b".", b"..", b"...", b". leading dot and space", b".\t", b"..\x80",
+        b"From me at the start of a line",
+        b"trailing blanks   \t",
+        b"", b"", b"",
+        b"a" * 998,
+        b"." + b"b" * 997,
+        b"c" * 5000,
+        binary,
+        binary[::-1],
+        b"QUIT", b"MAIL FROM:<evil@example.org>", b"RSET",
+        bytes(range(0x80, 0x100)) * 3,
+        b"", b"", b"",
+        b"the end " + token.encode(),
+    ]
+    head = simple_message(token, to).rstrip(b"\r\n")
+    return head + b"\r\n" + b"\r\n".join(lines) + b"\r\n"
+
+
+def dot_stuff(content: bytes) -> bytes:
+    return b"\r\n".join(b"." + l if l.startswith(b".") else l for l in content.split(b"\r\n"))
+
+
+def assert_delivered_exactly(message: bytes, sent: bytes) -> None:
+    """The delivered file is Postfix's own trace headers, then the proxy's one Received
+    header, then exactly the client's bytes (with LF line ends, as Postfix stores them)."""
+    fields: list[bytes] = []
+    rest = message
+    while TRACE_HEADER.match(rest):  # header fields with their continuation lines
+        end = 0
+        while True:
+            nl = rest.index(b"\n", end)
+            end = nl + 1
+            if rest[end:end + 1] not in (b" ", b"\t"):
+                break
+        fields.append(rest[:end])
+        rest = rest[end:]
+    ours = [f for f in fields if f.startswith(b"Received:") and b"(smtp-tls-proxy)" in f]
+    assert len(ours) == 1, f"wanted one Received header by the proxy: {fields}"
+    assert fields[-1] is ours[0], f"the proxy's Received header is not the last trace: {fields}"
+    assert all(b"by postfix.test (Postfix)" in f for f in fields[:-1]
+               if f.startswith(b"Received:")), fields
+    want = sent.replace(b"\r\n", b"\n")
+    if rest != want:
+        at = next((i for i, (a, b) in enumerate(zip(rest, want)) if a != b),
+                  min(len(rest), len(want)))
+        raise AssertionError(f"delivered content differs from what was sent at byte {at}: "
+                             f"delivered {rest[max(0, at - 40):at + 40]!r}, "
+                             f"sent {want[max(0, at - 40):at + 40]!r} "
+                             f"(lengths {len(rest)} and {len(want)})")
+
+
+@pytest.mark.parametrize("verb", ["DATA", "BDAT"])
+def test_awkward_message_arrives_byte_exact_through_starttls(postfix, proxy, pki, verb):
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    token = unique("m")
+    content = awkward_content(token, box.address)
+    with session(p.plain_port, pki=pki, starttls=True) as c:
+        ext = c.ehlo().keywords()
+        assert "8BITMIME" in ext and "CHUNKING" in ext, ext
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}> BODY=8BITMIME"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        if verb == "DATA":
+            assert_reply(c.command("DATA"), 354)
+            c.send(dot_stuff(content) + b".\r\n")
+            assert_reply(c.read_reply(), 250)
+        else:  # raw BDAT: three chunks, cut inside a CRLF and inside the 8-bit run
+            cuts = [0, content.index(b"\r\n..\r\n") + 1, content.index(b"\x80\x81\x82") + 1,
+                    len(content)]
+            for i in range(3):
+                chunk = content[cuts[i]:cuts[i + 1]]
+                last = " LAST" if i == 2 else ""
+                c.send(f"BDAT {len(chunk)}{last}\r\n".encode() + chunk)
+                assert_reply(c.read_reply(), 250)
+        assert_reply(c.command("QUIT"), 221)
+    (message,) = box.wait(1)
+    assert_delivered_exactly(message, content)
+    postfix.settle()
+    assert len(box.messages()) == 1
+
+
+# --------------------------------------------------------------------------- SMTP smuggling
+
+SMUGGLING = {
+    "LF.LF": b"\n.\n",
+    "CRLF.LF": b"\r\n.\n",
+    "LF.CRLF": b"\n.\r\n",
+    "CR.CR": b"\r.\r",
+    "CRLF.CR": b"\r\n.\r",
+    "CR.CRLF": b"\r.\r\n",
+}
+
+
+@pytest.mark.parametrize("mode", ["normalize", "reject"])
+@pytest.mark.parametrize("terminator", list(SMUGGLING))
+def test_smuggling_attempt_never_makes_two_messages(postfix, proxy, mode, terminator):
+    """A fake end of data followed by a second transaction, sent to a Postfix that by itself
+    ends a message on <LF>.<LF>, <CR><LF>.<LF> and <LF>.<CR><LF>. README: with `normalize`
+    the bare line ends become CRLF and the dot is stuffed, so exactly one message arrives,
+    with the smuggled text inside it as ordinary lines; with `reject` the client gets
+    550 5.5.2, the connection closes and nothing arrives."""
+    p = proxy(postfix.backend, "--bare-lf", mode)
+    box, target = postfix.new_mailbox(), postfix.new_mailbox()
+    token, smuggler = unique("m"), unique("smuggler")
+    head = simple_message(token, box.address)
+    second = (b"MAIL FROM:<" + smuggler.encode() + b"@example.org>\r\n"
+              b"RCPT TO:<" + target.address.encode() + b">\r\n"
+              b"DATA\r\n"
+              b"Subject: smuggled " + smuggler.encode() + b"\r\n\r\nsmuggled body")
+    with session(p.plain_port) as c:
+        reply = c.send_message(SENDER, [box.address],
+                               head + b"outer body" + SMUGGLING[terminator] + second)
+        if mode == "reject":
+            assert_reply(reply, 550, "5.5.2")
+            assert all(r.code != 250 for r in replies_until_closed(c))
+        else:
+            assert_reply(reply, 250)
+            assert c.pending(0.5) == b"", "more than one reply to one message"
+            assert_reply(c.command("QUIT"), 221)
+    if mode == "normalize":
+        (message,) = box.wait(1)
+        assert_delivered_exactly(message, head + b"outer body\r\n.\r\n" + second + b"\r\n")
+    postfix.settle()
+    assert target.messages() == []
+    assert len(box.messages()) == (1 if mode == "normalize" else 0)
+    log = postfix.log()
+    assert f"from=<{smuggler}" not in log
+    assert f"<{smuggler}@example.org>" not in log.replace(f"<{token}@example.org>", "")
