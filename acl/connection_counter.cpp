@@ -9,8 +9,8 @@ ConnectionCounter::Key ConnectionCounter::key_of(const boost::asio::ip::address&
   Key key{};
   if (address.is_v4() || (address.is_v6() && address.to_v6().is_v4_mapped())) {
     const auto v4 = address.is_v4() ? address.to_v4()
-                                    : boost::asio::ip::make_address_v4(
-                                          boost::asio::ip::v4_mapped, address.to_v6());
+                                    : boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped,
+                                                                       address.to_v6());
     key[0] = 4;
     const auto bytes = v4.to_bytes();
     std::memcpy(key.data() + 1, bytes.data(), bytes.size());

@@ -53,6 +53,12 @@ std::string_view name(Violation v) {
       return "auth_before_tls";
     case Violation::bad_bdat:
       return "bad_bdat";
+    case Violation::client_proxy_header:
+      return "client_proxy_header";
+    case Violation::empty_command:
+      return "empty_command";
+    case Violation::too_many_errors:
+      return "too_many_errors";
     case Violation::count_:
       break;
   }

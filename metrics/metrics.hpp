@@ -45,6 +45,9 @@ enum class Violation {
   timeout,
   auth_before_tls,
   bad_bdat,
+  client_proxy_header,  // a PROXY line from a client that is not a trusted load balancer
+  empty_command,
+  too_many_errors,
   count_
 };
 enum class Reload { success, failure, count_ };

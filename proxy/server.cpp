@@ -139,6 +139,11 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
       co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
+    if (services_.sessions_alive.load() >= config_.max_connections) {
+      refuse_over_limit(std::move(socket), listener);
+      continue;
+    }
+    services_.sessions_alive.fetch_add(1);
     // The session is created on its own thread, which owns its registration.
     asio::post(worker.io, [this, &worker, listener_index, socket = std::move(socket)]() mutable {
       auto session =
@@ -153,6 +158,24 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
       });
     });
   }
+}
+
+// --max-connections: a plain port hears 421 4.7.0, a TLS port is just closed (a reply would
+// cost a handshake). The reply fits any socket buffer, so it is written without waiting.
+void Server::refuse_over_limit(tcp::socket socket, const Listener& listener) {
+  metrics_.rejected(metrics::Rejection::max_connections).Increment();
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_over_limit_log_ > std::chrono::seconds(10)) {
+    last_over_limit_log_ = now;
+    spdlog::warn("{} sessions open (--max-connections); refusing new connections",
+                 config_.max_connections);
+  }
+  error_code ignored;
+  if (!listener.implicit_tls) {
+    socket.non_blocking(true, ignored);
+    socket.write_some(asio::buffer(services_.reply_too_many_connections), ignored);
+  }
+  socket.close(ignored);
 }
 
 void Server::reload(std::string_view why) {

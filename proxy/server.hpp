@@ -18,6 +18,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,6 +45,7 @@ class Server {
                                            std::size_t listener_index);
   boost::asio::awaitable<void> drain();
   boost::asio::awaitable<void> watch_certificate_files();
+  void refuse_over_limit(boost::asio::ip::tcp::socket socket, const Listener& listener);
   void reload(std::string_view why);
   void on_signal(const boost::system::error_code& ec, int signal);
   template <class Action>
@@ -61,7 +63,9 @@ class Server {
   boost::asio::signal_set signals_;
   std::size_t next_worker_ = 0;
   std::atomic<bool> draining_{false};
-  std::string reload_signature_;  // what the certificate files looked like at the last attempt
+  std::string reload_signature_;
+  std::chrono::steady_clock::time_point
+      last_over_limit_log_{};  // what the certificate files looked like at the last attempt
 };
 
 }  // namespace stp

@@ -7,11 +7,14 @@
 #include "proxy/received_header.hpp"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cctype>
 #include <random>
 
 namespace stp {
@@ -28,7 +31,11 @@ constexpr auto kNameLookupTimeout = std::chrono::seconds(5);
 constexpr auto kFinalWriteTimeout = std::chrono::seconds(10);
 constexpr std::size_t kMaxReplyLength = 16 * 1024;
 constexpr std::size_t kDataChunk = 16 * 1024;
-constexpr std::size_t kMaxCommandsPerGroup = 100;
+// PROXY v1 is at most 107 bytes with its CRLF; v2 is 16 bytes and what its length says (we
+// accept no more TLVs than a load balancer sends: addresses and a few small TLVs).
+constexpr std::size_t kProxyV1MaxLength = 107;
+constexpr std::size_t kProxyV2FixedLength = 16;
+constexpr std::size_t kProxyV2MaxLength = 16 + 1024;
 
 constexpr std::string_view kReplyStartTls = "220 2.0.0 Ready to start TLS\r\n";
 constexpr std::string_view kReplyTlsActive = "554 5.5.1 Error: TLS already active\r\n";
@@ -45,15 +52,28 @@ constexpr std::string_view kReplyAuthNeedsTls =
 constexpr std::string_view kReplyLineTooLong = "500 5.5.2 Error: line too long\r\n";
 constexpr std::string_view kReplyBadCharacter = "500 5.5.2 Error: bad character in command\r\n";
 constexpr std::string_view kReplyBdatSyntax = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
+constexpr std::string_view kReplyBadSyntax = "500 5.5.2 Error: bad syntax\r\n";
 constexpr std::string_view kReplyBareLineEnding =
     "550 5.5.2 Error: bare <CR> or <LF> in message content\r\n";
 
-std::string endpoint_label(const asio::ip::address& address, std::uint16_t port) {
-  auto a = address;
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
-    a = asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+std::string address_text(const asio::ip::address& address) {
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    return asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6()).to_string();
   }
-  return "[" + a.to_string() + "]:" + std::to_string(port);
+  return address.to_string();
+}
+
+std::string endpoint_label(const asio::ip::address& address, std::uint16_t port) {
+  return "[" + address_text(address) + "]:" + std::to_string(port);
+}
+
+// "PROXY" alone or followed by a space: a load balancer's v1 header sent as a command.
+bool is_proxy_header_line(std::string_view line) {
+  constexpr std::string_view kProxy = "PROXY";
+  if (line.size() < kProxy.size() || (line.size() > kProxy.size() && line[5] != ' ')) return false;
+  return std::equal(kProxy.begin(), kProxy.end(), line.begin(), [](char a, char b) {
+    return a == std::toupper(static_cast<unsigned char>(b));
+  });
 }
 
 std::string session_id(std::uint64_t n) {
@@ -66,7 +86,10 @@ std::string session_id(std::uint64_t n) {
 SessionServices::SessionServices(const Config& config_in,
                                  std::shared_ptr<const tls::ServerContext> tls_in,
                                  metrics::Metrics& metrics_in)
-    : config(config_in), metrics(metrics_in), tls(std::move(tls_in)) {
+    : config(config_in),
+      metrics(metrics_in),
+      tls(std::move(tls_in)),
+      sessions_per_host(config_in.max_connections_per_host) {
   error_code ec;
   const auto address = asio::ip::make_address(config.backend_host, ec);
   if (!ec) backend_endpoint.emplace(address, config.backend_port);
@@ -81,6 +104,8 @@ SessionServices::SessionServices(const Config& config_in,
   reply_timeout = "421 4.4.2 " + host + " Error: timeout exceeded\r\n";
   reply_shutdown = "421 4.3.2 " + host + " Service shutting down, try again later\r\n";
   reply_greeting = "220 " + host + " ESMTP\r\n";
+  reply_too_many_connections = "421 4.7.0 " + host + " Error: too many connections\r\n";
+  reply_too_many_errors = "421 4.7.0 " + host + " Error: too many errors\r\n";
 }
 
 struct Session::NameLookup {
@@ -106,12 +131,12 @@ Session::Session(tcp::socket client, std::size_t listener_index, SessionServices
       framer_(config_.max_line_length),
       data_filter_(config_.bare_lf),
       watchdog_(client_.get_executor()) {
-  services_.sessions_alive.fetch_add(1);
   listener_metrics_.connections->Increment();
   listener_metrics_.sessions_active->Increment();
 }
 
 Session::~Session() {
+  if (counted_for_host_) services_.sessions_per_host.release(identity_.address);
   sessions_.erase(registration_);
   listener_metrics_.sessions_active->Decrement();
   services_.sessions_alive.fetch_sub(1);
@@ -150,23 +175,20 @@ asio::awaitable<void> Session::run() {
   const auto remote = client_.remote_endpoint(remote_ec);
   const auto local = client_.local_endpoint(local_ec);
   if (remote_ec || local_ec) co_return;  // gone before we looked
-  identity_.address = remote.address();
-  identity_.port = remote.port();
-  identity_.local_address = local.address();
-  identity_.local_port = local.port();
-  client_label_ = endpoint_label(remote.address(), remote.port());
   error_code ignored;
   client_.set_option(tcp::no_delay(true), ignored);
-  advertise_tls_ = config_.tls_advertise_hosts.matches(identity_.address);
-  if (config_.tls_verify_hosts.matches(identity_.address)) {
-    certificate_request_ = tls::ClientCertificateRequest::verify;
-  } else if (config_.tls_try_verify_hosts.matches(identity_.address) ||
-             config_.tls_require_verified_hosts.matches(identity_.address)) {
-    certificate_request_ = tls::ClientCertificateRequest::try_verify;
+  learn_client(remote, local);
+  if (config_.proxy_protocol_hosts.matches(remote.address()) && !co_await read_proxy_header()) {
+    finish();
+    co_return;
+  }
+  if (!co_await admit()) {
+    finish();
+    co_return;
   }
   start_client_name_lookup();
   spdlog::debug("{} connect from {} to {}", id_, client_label_,
-                endpoint_label(local.address(), local.port()));
+                endpoint_label(identity_.local_address, identity_.local_port));
 
   if (listener_.implicit_tls) {
     start_tls_stream();
@@ -185,6 +207,110 @@ asio::awaitable<void> Session::run() {
     }
   }
   finish();
+}
+
+// Everything the session decides from the client's address: set from the connection, and
+// again from a trusted load balancer's PROXY header.
+void Session::learn_client(const tcp::endpoint& remote, const tcp::endpoint& local) {
+  identity_.address = remote.address();
+  identity_.port = remote.port();
+  identity_.local_address = local.address();
+  identity_.local_port = local.port();
+  client_label_ = endpoint_label(remote.address(), remote.port());
+  advertise_tls_ = config_.tls_advertise_hosts.matches(identity_.address);
+  certificate_request_ = tls::ClientCertificateRequest::none;
+  if (config_.tls_verify_hosts.matches(identity_.address)) {
+    certificate_request_ = tls::ClientCertificateRequest::verify;
+  } else if (config_.tls_try_verify_hosts.matches(identity_.address) ||
+             config_.tls_require_verified_hosts.matches(identity_.address)) {
+    certificate_request_ = tls::ClientCertificateRequest::try_verify;
+  }
+}
+
+// A trusted load balancer speaks first: a PROXY v1 or v2 header, read exactly (never a byte
+// of what follows, which may be a TLS ClientHello read by OpenSSL from the socket itself).
+asio::awaitable<bool> Session::read_proxy_header() {
+  arm(config_.tls_handshake_timeout);
+  std::string header;
+  error_code ec;
+  auto read_exactly = [&](std::size_t n) -> asio::awaitable<bool> {
+    const auto old_size = header.size();
+    header.resize(old_size + n);
+    co_await asio::async_read(client_, asio::buffer(header.data() + old_size, n),
+                              asio::redirect_error(asio::use_awaitable, ec));
+    co_return !ec;
+  };
+  auto fail = [&](std::string_view why) {
+    services_.metrics.rejected(metrics::Rejection::proxy_header).Increment();
+    end_reason_ = "bad PROXY header";
+    spdlog::warn(
+        "{} load balancer {}: {}; closing", id_, client_label_,
+        timed_out_ ? std::string("timeout waiting for the PROXY header") : std::string(why));
+    timed_out_ = false;
+    return false;
+  };
+  // "PROXY " (v1) or the first 6 bytes of the v2 signature.
+  if (!co_await read_exactly(6)) co_return fail(ec.message());
+  if (header == "PROXY ") {
+    // The line ends at CRLF: peek, then take exactly up to it.
+    std::array<char, kProxyV1MaxLength> peeked{};
+    while (true) {
+      const auto room = kProxyV1MaxLength - header.size();
+      if (room == 0) co_return fail("PROXY v1 line too long");
+      const auto n = co_await client_.async_receive(asio::buffer(peeked.data(), room),
+                                                    tcp::socket::message_peek,
+                                                    asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return fail(ec.message());
+      if (n == 0) co_return fail("connection closed");
+      const std::string_view fresh(peeked.data(), n);
+      std::size_t take = n;
+      if (header.back() == '\r' && fresh.front() == '\n') {
+        take = 1;
+      } else if (const auto crlf = fresh.find("\r\n"); crlf != std::string_view::npos) {
+        take = crlf + 2;
+      }
+      if (!co_await read_exactly(take)) co_return fail(ec.message());
+      if (header.ends_with("\r\n")) break;
+    }
+  } else {
+    if (!co_await read_exactly(kProxyV2FixedLength - header.size())) co_return fail(ec.message());
+    const auto length = (static_cast<std::size_t>(static_cast<unsigned char>(header[14])) << 8) |
+                        static_cast<unsigned char>(header[15]);
+    if (kProxyV2FixedLength + length > kProxyV2MaxLength)
+      co_return fail("PROXY v2 header too long");
+    if (length > 0 && !co_await read_exactly(length)) co_return fail(ec.message());
+  }
+  const auto decoded = proxy_protocol::decode(header);
+  if (decoded.status != proxy_protocol::Decoded::Status::complete ||
+      decoded.length != header.size()) {
+    co_return fail("malformed PROXY header \"" + log::escape(header, 120) + "\"");
+  }
+  if (!decoded.local) {
+    const auto balancer = client_label_;
+    learn_client(decoded.source, decoded.destination);
+    spdlog::debug("{} load balancer {} relays {}", id_, balancer, client_label_);
+  }
+  co_return true;
+}
+
+// --max-connections-per-host, counted for the client's real address.
+asio::awaitable<bool> Session::admit() {
+  if (services_.sessions_per_host.acquire(identity_.address)) {
+    counted_for_host_ = true;
+    co_return true;
+  }
+  services_.metrics.rejected(metrics::Rejection::max_connections_per_host).Increment();
+  end_reason_ = "too many connections from host";
+  spdlog::info("{} {} has {} sessions open already (--max-connections-per-host); refused", id_,
+               client_label_, config_.max_connections_per_host);
+  if (!listener_.implicit_tls) {
+    // A TLS port is closed without a word: a reply would cost a handshake.
+    tls::PlainStream plain(client_);
+    co_await write_client(plain, "421 4.7.0 " + config_.hostname +
+                                     " Error: too many connections from " +
+                                     address_text(identity_.address) + "\r\n");
+  }
+  co_return false;
 }
 
 void Session::finish() {
@@ -299,11 +425,12 @@ void Session::record_tls_session() {
                t.sni.empty() ? std::string() : " to " + log::escape(t.sni, 100), t.protocol,
                t.cipher, t.cipher_bits, t.cipher_algorithm_bits, details, id_);
   if (t.peer) {
-    spdlog::info("{} client certificate subject=\"{}\" issuer=\"{}\" serial={} sha256={} "
-                 "not_after=\"{}\" verify={}",
-                 id_, log::escape(t.peer->subject, 300), log::escape(t.peer->issuer, 300),
-                 t.peer->serial, t.peer->sha256, t.peer->not_after,
-                 t.verified ? "ok" : "\"" + log::escape(t.verify_error, 100) + "\"");
+    spdlog::info(
+        "{} client certificate subject=\"{}\" issuer=\"{}\" serial={} sha256={} "
+        "not_after=\"{}\" verify={}",
+        id_, log::escape(t.peer->subject, 300), log::escape(t.peer->issuer, 300), t.peer->serial,
+        t.peer->sha256, t.peer->not_after,
+        t.verified ? "ok" : "\"" + log::escape(t.verify_error, 100) + "\"");
   }
 }
 
@@ -383,12 +510,13 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     co_return false;
   }
   if (config_.backend_metadata != BackendMetadata::xclient) {
-    const bool ok =
-        !greet_client || co_await write_client(client, backend_in_.view().substr(0, greeting.length));
+    const bool ok = !greet_client ||
+                    co_await write_client(client, backend_in_.view().substr(0, greeting.length));
     backend_in_.consume(greeting.length);
     if (!greet_client && !replay_helo_.empty()) {
       // The client already greeted us (in the clear): greet the MTA the same way.
-      if (!co_await write_mta(replay_helo_)) co_return co_await refuse("mail server lost", unavailable);
+      if (!co_await write_mta(replay_helo_))
+        co_return co_await refuse("mail server lost", unavailable);
       const auto reply = co_await read_mta_reply();
       if (reply.status != smtp::ReplyScan::Status::complete) {
         co_return co_await refuse("mail server lost", unavailable);
@@ -567,6 +695,13 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
       co_await write_client(client, services_.reply_shutdown);
       co_return Outcome::close;
     }
+    if (errors_ >= config_.max_errors) {
+      violation(metrics::Violation::too_many_errors);
+      end_reason_ = "too many errors";
+      spdlog::info("{} {} reached {} errors (--max-errors); closing", id_, client_label_, errors_);
+      co_await write_client(client, services_.reply_too_many_errors);
+      co_return Outcome::close;
+    }
     auto frame = framer_.next(client_in_.view());
     while (frame.status == Status::need_more) {
       client_in_.consume(frame.consumed);
@@ -591,7 +726,9 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
         end = on_command(frame.line);
       }
       client_in_.consume(frame.consumed);
-      if (end != GroupEnd::none || ++taken >= kMaxCommandsPerGroup) break;
+      // --max-pipelined-commands: the rest waits, unread past the buffer, until these are
+      // answered.
+      if (end != GroupEnd::none || ++taken >= config_.max_pipelined_commands) break;
       frame = framer_.next(client_in_.view());
       if (frame.status == Status::need_more) {
         client_in_.consume(frame.consumed);
@@ -637,6 +774,19 @@ Session::GroupEnd Session::on_command(std::string_view line) {
   if (smtp::has_forbidden_command_bytes(line)) {
     violation(metrics::Violation::bad_command_character);
     reply_locally(kReplyBadCharacter);
+    return GroupEnd::none;
+  }
+  if (line.empty()) {
+    violation(metrics::Violation::empty_command);
+    reply_locally(kReplyBadSyntax);
+    return GroupEnd::none;
+  }
+  if (is_proxy_header_line(line)) {
+    // Only a trusted load balancer may say who the client is, and only before anything else.
+    violation(metrics::Violation::client_proxy_header);
+    spdlog::warn("{} {} sent a PROXY header but is not in --proxy-protocol-hosts; refused", id_,
+                 client_label_);
+    reply_locally(kReplyNotPermitted);
     return GroupEnd::none;
   }
   const Verb verb = smtp::classify_verb(line);
@@ -755,7 +905,10 @@ void Session::forward(std::string_view line, Verb verb, bool message_end) {
 }
 
 void Session::reply_locally(std::string_view reply) {
-  if (reply[0] >= '4') ++local_rejects_;
+  if (reply[0] >= '4') {
+    ++local_rejects_;
+    ++errors_;
+  }
   pending_.push_back({PendingReply::Kind::local, Verb::other, false, reply});
 }
 
@@ -799,6 +952,7 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
 }
 
 void Session::on_mta_reply(const PendingReply& pending, int code, std::string_view reply) {
+  if (code >= 400 && pending.kind == PendingReply::Kind::mta) ++errors_;
   if (pending.kind == PendingReply::Kind::mta_silent) {
     if (code / 100 != 2) {
       spdlog::warn("{} mail server answered the post-TLS RSET with \"{}\"", id_,
@@ -933,6 +1087,7 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
     co_return false;
   }
   count_message(scan.code);
+  if (scan.code >= 400) ++errors_;
   const bool ok =
       co_await write_client(client, backend_in_.view().substr(0, scan.length)) && scan.code != 421;
   backend_in_.consume(scan.length);

@@ -14,6 +14,7 @@
 // own final reply to a message ever reaches the client.
 #pragma once
 
+#include "acl/connection_counter.hpp"
 #include "metrics/metrics.hpp"
 #include "proxy/config.hpp"
 #include "proxy/data_filter.hpp"
@@ -57,22 +58,28 @@ struct SessionServices {
   NameResolver resolver;
   std::optional<boost::asio::ip::tcp::endpoint> backend_endpoint;  // when --backend is an address
   std::atomic<std::uint64_t> next_session_id;
+  // Connections accepted and not yet closed: counted by the acceptor (for --max-connections)
+  // before the session exists, and uncounted when it is destroyed.
   std::atomic<std::size_t> sessions_alive{0};
+  acl::ConnectionCounter sessions_per_host;  // --max-connections-per-host
   // The MTA's EHLO reply to the probe (proxy-v2 mode); null until one arrived.
   std::atomic<std::shared_ptr<const std::string>> mta_ehlo_reply;
 
   // Replies that name this host, formatted once.
-  std::string reply_service_unavailable;  // 421 4.3.2: the MTA cannot be reached
-  std::string reply_identity_refused;     // 421 4.7.0: the MTA would not take XCLIENT
-  std::string reply_mta_lost;             // 421 4.4.2: the MTA went away
-  std::string reply_timeout;              // 421 4.4.2: the client went silent
-  std::string reply_shutdown;             // 421 4.3.2: the proxy is stopping
-  std::string reply_greeting;             // 220: the proxy's own (proxy-v2 mode)
+  std::string reply_service_unavailable;   // 421 4.3.2: the MTA cannot be reached
+  std::string reply_identity_refused;      // 421 4.7.0: the MTA would not take XCLIENT
+  std::string reply_mta_lost;              // 421 4.4.2: the MTA went away
+  std::string reply_timeout;               // 421 4.4.2: the client went silent
+  std::string reply_shutdown;              // 421 4.3.2: the proxy is stopping
+  std::string reply_greeting;              // 220: the proxy's own (proxy-v2 mode)
+  std::string reply_too_many_connections;  // 421 4.7.0: --max-connections
+  std::string reply_too_many_errors;       // 421 4.7.0: --max-errors
 };
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  // Registers itself in `sessions` until it ends.
+  // Registers itself in `sessions` until it ends. The acceptor has already counted it in
+  // services.sessions_alive; the session uncounts itself when destroyed.
   Session(boost::asio::ip::tcp::socket client, std::size_t listener_index,
           SessionServices& services, SessionList& sessions);
 
@@ -118,6 +125,10 @@ class Session : public std::enable_shared_from_this<Session> {
   template <class Stream>
   boost::asio::awaitable<bool> write_client(Stream& client, std::string_view bytes);
 
+  boost::asio::awaitable<bool> read_proxy_header();
+  boost::asio::awaitable<bool> admit();
+  void learn_client(const boost::asio::ip::tcp::endpoint& remote,
+                    const boost::asio::ip::tcp::endpoint& local);
   boost::asio::awaitable<bool> handshake();
   boost::asio::awaitable<bool> connect_backend();
   boost::asio::awaitable<smtp::ReplyScan> read_mta_reply();
@@ -192,11 +203,11 @@ class Session : public std::enable_shared_from_this<Session> {
   bool draining_ = false;
   bool terminating_ = false;
   bool starttls_counted_ = false;
-  bool extended_helo_ = false;      // the client's last greeting was EHLO
-  bool backend_attached_ = false;   // connected to the MTA (proxy-v2 mode defers it)
-  std::string replay_helo_;         // proxy-v2: the client's HELO/EHLO, for the MTA
-  bool authenticated_ = false;      // the MTA accepted AUTH
-  bool in_bdat_message_ = false;    // a BDAT chunk of the current message went out
+  bool extended_helo_ = false;       // the client's last greeting was EHLO
+  bool backend_attached_ = false;    // connected to the MTA (proxy-v2 mode defers it)
+  std::string replay_helo_;          // proxy-v2: the client's HELO/EHLO, for the MTA
+  bool authenticated_ = false;       // the MTA accepted AUTH
+  bool in_bdat_message_ = false;     // a BDAT chunk of the current message went out
   bool discard_bdat_chunk_ = false;  // the BDAT was refused here: swallow its chunk
   tls::ClientCertificateRequest certificate_request_ = tls::ClientCertificateRequest::none;
   std::optional<tls::SessionFacts> tls_facts_;
@@ -213,6 +224,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::uint64_t bytes_from_client_ = 0;
   std::uint64_t bytes_to_client_ = 0;
   bool stuffed_bare_line_ending_ = false;
+  unsigned errors_ = 0;            // 4xx/5xx replies, the proxy's and the MTA's
+  bool counted_for_host_ = false;  // holds a place in sessions_per_host
 };
 
 }  // namespace stp

@@ -238,7 +238,8 @@ TEST(Metrics, ClosedLabelSetsArePreAddedAtZero) {
   expect_closed_set_at_zero(
       m, "smtp_tls_proxy_protocol_violations_total", "kind",
       {"pipelined_after_starttls", "client_xclient", "line_too_long", "bad_command_character",
-       "bare_lf", "timeout", "auth_before_tls", "bad_bdat"});
+       "bare_lf", "timeout", "auth_before_tls", "bad_bdat", "client_proxy_header", "empty_command",
+       "too_many_errors"});
   expect_closed_set_at_zero(m, "smtp_tls_proxy_config_reloads_total", "result",
                             {"success", "failure"});
   expect_closed_set_at_zero(m, "smtp_tls_proxy_bytes_total", "direction",
@@ -329,6 +330,8 @@ TEST(Metrics, EnumNames) {
   EXPECT_EQ(name(Violation::bare_lf), "bare_lf");
   EXPECT_EQ(name(Violation::timeout), "timeout");
   EXPECT_EQ(name(Violation::auth_before_tls), "auth_before_tls");
+  EXPECT_EQ(name(Violation::client_proxy_header), "client_proxy_header");
+  EXPECT_EQ(name(Violation::too_many_errors), "too_many_errors");
   EXPECT_EQ(name(Violation::bad_bdat), "bad_bdat");
   EXPECT_EQ(name(Rejection::mta_unavailable), "mta_unavailable");
   EXPECT_EQ(name(Rejection::identity_refused), "identity_refused");
