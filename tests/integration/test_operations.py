@@ -439,7 +439,7 @@ def test_healthz_answers_while_idle_connections_hold_the_metrics_port(smtp_sink,
         for _ in range(70):
             idle.append(socket.create_connection((LOOPBACK, mport), timeout=IO_TIMEOUT))
         time.sleep(0.2)
-        wait_for_status(mport, "/healthz", 200, timeout=5)
+        wait_for_status(mport, "/healthz", 200, timeout=3)
     finally:
         for s in idle:
             s.close()
