@@ -46,6 +46,9 @@ RSA_SIGALGS = "rsa_pss_rsae_sha256:rsa_pkcs1_sha256"
 CASES: dict[str, dict] = {
     "ecdsa": dict(title="STARTTLS, full handshake, ECDSA P-256, 1 KiB message",
                   mode="starttls", sessions=3000, concurrency=50, sigalgs=ECDSA_SIGALGS),
+    "latency": dict(title="STARTTLS, ECDSA, one session at a time: protocol latency without "
+                         "queueing (a Nagle or delayed-ACK stall shows as ~40 ms)",
+                    mode="starttls", sessions=300, concurrency=1, sigalgs=ECDSA_SIGALGS),
     "rsa": dict(title="STARTTLS, full handshake, RSA 2048, 1 KiB message",
                 mode="starttls", sessions=2000, concurrency=50, sigalgs=RSA_SIGALGS),
     "implicit": dict(title="implicit TLS, full handshake, ECDSA P-256, 1 KiB message",
@@ -81,9 +84,12 @@ CASES: dict[str, dict] = {
 }
 DEFAULT_CASES = [c for c, spec in CASES.items() if not spec.get("smoke")]
 SMOKE_CASES = [c for c, spec in CASES.items() if spec.get("smoke")]
-TARGETS = ["proxy", "nginx", "sink"]
+TARGETS = ["proxy", "nginx", "sink", "openssl"]
 TARGET_TITLES = {"proxy": "smtp-tls-proxy", "nginx": "nginx mail proxy",
-                 "sink": "smtp-sink direct (plain)"}
+                 "sink": "smtp-sink direct (plain)",
+                 "openssl": "OpenSSL handshake alone (in memory)"}
+# Cases where bench/handshake gives OpenSSL's own server cost per handshake as a reference.
+OPENSSL_CASES = {"ecdsa", "rsa", "implicit", "resumed", "client-cert"}
 
 
 class SetupError(Exception):
@@ -387,8 +393,32 @@ def loadgen_argv(loadgen: Path, case: dict, target: str, server, pki: dict,
     return argv
 
 
+def measure_openssl(args, case_name: str, rnd: int, pki: dict) -> dict:
+    """bench/handshake: OpenSSL's server handshake, in memory, with the case's TLS options."""
+    case = CASES[case_name]
+    rsa = case.get("sigalgs") == RSA_SIGALGS
+    argv = [str(args.handshake), "--cert", str(pki["rsa" if rsa else "ecdsa"]), "--key",
+            str(pki["rsa_key" if rsa else "ecdsa_key"]),
+            "--count", str(max(100, min(2000, round(case.get("sessions", 1000) * args.scale))))]
+    if case.get("sigalgs"):
+        argv += ["--sigalgs", case["sigalgs"]]
+    if "--tls-resume" in case.get("extra", []):
+        argv += ["--resume"]
+    if case.get("client_cert"):
+        argv += ["--client-cert", str(pki["client"]), "--client-key", str(pki["client_key"]),
+                 "--ca", str(pki["ca"])]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SetupError(f"{' '.join(argv)} failed with {out.returncode}:\n{out.stderr}")
+    return {"case": case_name, "target": "openssl", "round": rnd, "argv": argv[1:],
+            "handshake": json.loads(out.stdout.strip().splitlines()[-1]), "loadgen_rc": 0,
+            "loadgen_stderr": ""}
+
+
 def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) -> dict:
     case = CASES[case_name]
+    if target == "openssl":
+        return measure_openssl(args, case_name, rnd, pki)
     d = Path(tempfile.mkdtemp(prefix=f"{case_name}-{target}-{rnd}-", dir=work))
     d.chmod(0o755)
     hold = case.get("hold", 0)
@@ -416,18 +446,22 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
                                 text=True)
         rss_held = None
         stderr_lines = []
-        if hold:
-            for line in proc.stderr:
-                stderr_lines.append(line)
-                if line.startswith("loadgen: holding"):
-                    time.sleep(1.0)  # let the last sessions settle
-                    rss_held = rss_kib(pids)
-                    break
         try:
+            if hold:
+                for line in proc.stderr:
+                    stderr_lines.append(line)
+                    if line.startswith("loadgen: holding"):
+                        time.sleep(1.0)  # let the last sessions settle
+                        rss_held = rss_kib(pids)
+                        break
             out, err = proc.communicate(timeout=700)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
+        finally:
+            if proc.poll() is None:  # interrupted: leave nothing running
+                proc.kill()
+                proc.wait()
         stderr_lines.append(err)
         time.sleep(0.1)  # closing handshakes the server is still doing
         cpu_after = cpu_seconds(pids)
@@ -459,6 +493,12 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
 
 def figures(rec: dict) -> dict[str, float | None]:
     """Per-run figures the table reports."""
+    if rec["target"] == "openssl":
+        hs = rec["handshake"]
+        f = {"server CPU per session, ms": hs["server_cpu_ms"]}
+        if hs["resumed"]:
+            f["resumed, %"] = 100.0 * hs["resumed"] / hs["handshakes"]
+        return f
     lg = rec["loadgen"]
     ok = lg["sessions_ok"]
     cpu = rec["server_cpu_s"]
@@ -605,6 +645,11 @@ def main() -> int:
     ap.add_argument("--loadgen", type=Path,
                     default=Path(os.environ.get("STP_LOADGEN", REPO / "build/bench/loadgen")),
                     help="loadgen binary (default: $STP_LOADGEN or build/bench/loadgen)")
+    ap.add_argument("--handshake", type=Path,
+                    default=Path(os.environ.get("STP_HANDSHAKE",
+                                                REPO / "build/bench/handshake")),
+                    help="bench/handshake binary for the OpenSSL reference "
+                         "(default: $STP_HANDSHAKE or build/bench/handshake)")
     ap.add_argument("--out", type=Path, default=HERE / "results",
                     help="directory for the Markdown and JSON results (default: bench/results)")
     ap.add_argument("--name", default=None, help="file name stem (default: a UTC timestamp)")
@@ -628,7 +673,9 @@ def main() -> int:
             ap.error(f"unknown target {t!r}")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    for binary in (args.loadgen, *( [args.proxy] if "proxy" in targets else [])):
+    binaries = [args.loadgen] + ([args.proxy] if "proxy" in targets else []) + (
+        [args.handshake] if "openssl" in targets and set(cases) & OPENSSL_CASES else [])
+    for binary in binaries:
         if not os.access(binary, os.X_OK):
             ap.error(f"{binary} is not an executable: build first (cmake --build build)")
     needs = ["smtp-sink", "openssl"] + (["nginx"] if "nginx" in targets else [])
@@ -637,6 +684,10 @@ def main() -> int:
             ap.error(f"{tool} is missing: run scripts/install-deps.sh test")
     if "nginx" in targets and not NGINX_MAIL_MODULE.exists():
         ap.error(f"{NGINX_MAIL_MODULE} is missing: install libnginx-mod-mail")
+
+    # Stopped by a signal, still stop every server started (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored in background
 
     # Servers and the load generator inherit this (10 000 sessions need ~20 000 fds).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -653,14 +704,17 @@ def main() -> int:
         for case in cases:
             allowed = ["proxy"] if CASES[case].get("smoke") else CASES[case].get("targets",
                                                                                   TARGETS)
+            if case not in OPENSSL_CASES:
+                allowed = [t for t in allowed if t != "openssl"]
             case_targets = [t for t in targets if t in allowed] or ["proxy"]
             for rnd in range(1, args.rounds + 1):
                 for target in case_targets:
                     rec = measure(args, case, target, rnd, pki, work)
                     records.append(rec)
-                    lg = rec["loadgen"]
+                    lg = rec.get("loadgen", {"sessions_ok": rec.get("handshake", {}).get(
+                        "handshakes"), "sessions_failed": 0, "failures": {}})
                     fig = figures(rec)
-                    print(f"[{case} round {rnd}/{args.rounds}] {target:5}: "
+                    print(f"[{case} round {rnd}/{args.rounds}] {target:7}: "
                           f"ok {lg['sessions_ok']} failed {lg['sessions_failed']} "
                           + " ".join(f"{k.split(',')[0]}={fmt(v)}" for k, v in fig.items()
                                      if v is not None and k != "failed sessions"),
