@@ -367,10 +367,10 @@ std::vector<Flag> flag_table() {
        .help = "the plain MTA (HOST is a name, an IPv4 address or an [IPv6] address)",
        .apply = apply_backend},
       {.name = "backend-metadata",
-       .argument = "xclient|none",
+       .argument = "xclient|proxy-v2|none",
        .defaults = {"xclient"},
-       .help = "how the MTA learns who the client is; `none` only for an MTA that trusts no "
-               "local address",
+       .help = "how the MTA learns who the client is and what TLS it used: XCLIENT, a PROXY v2 "
+               "header with TLS TLVs, or `none` (only for an MTA that trusts no local address)",
        .apply =
            [](Config& c, const Values& v) {
              const auto& mode = one_of(v.front(), {"xclient", "proxy-v2", "none"});
