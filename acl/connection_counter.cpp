@@ -2,6 +2,7 @@
 #include "acl/connection_counter.hpp"
 
 #include <cstring>
+#include <random>
 
 namespace stp::acl {
 
@@ -23,8 +24,10 @@ ConnectionCounter::Key ConnectionCounter::key_of(const boost::asio::ip::address&
 }
 
 std::size_t ConnectionCounter::KeyHash::operator()(const Key& key) const noexcept {
-  // FNV-1a: keys are short and not chosen to collide (the limit is per host anyway).
-  std::size_t hash = 14695981039346656037ull;
+  // FNV-1a from a per-process random start: clients choose their IPv6 /64s, so they must not
+  // be able to choose colliding keys either.
+  static const std::size_t seed = 14695981039346656037ull ^ std::random_device{}();
+  std::size_t hash = seed;
   for (const unsigned char c : key) hash = (hash ^ c) * 1099511628211ull;
   return hash;
 }
