@@ -23,6 +23,7 @@ import os
 import platform
 import resource
 import shutil
+import shlex
 import signal
 import socket
 import statistics
@@ -84,8 +85,9 @@ CASES: dict[str, dict] = {
 }
 DEFAULT_CASES = [c for c, spec in CASES.items() if not spec.get("smoke")]
 SMOKE_CASES = [c for c, spec in CASES.items() if spec.get("smoke")]
-TARGETS = ["proxy", "nginx", "sink", "openssl"]
-TARGET_TITLES = {"proxy": "smtp-tls-proxy", "nginx": "nginx mail proxy",
+TARGETS = ["proxy", "proxy-b", "nginx", "sink", "openssl"]
+TARGET_TITLES = {"proxy": "smtp-tls-proxy", "proxy-b": "smtp-tls-proxy B",
+                 "nginx": "nginx mail proxy",
                  "sink": "smtp-sink direct (plain)",
                  "openssl": "OpenSSL handshake alone (in memory)"}
 # Cases where bench/handshake gives OpenSSL's own server cost per handshake as a reference.
@@ -152,14 +154,15 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime+stime of the processes (all their threads), in seconds."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """utime and stime of the processes (all their threads), in seconds."""
+    user = system = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -251,7 +254,8 @@ class Sink:
 
 
 class Proxy:
-    def __init__(self, d: Path, binary: Path, pki: dict, sink: Sink, server_mode: str | None):
+    def __init__(self, d: Path, binary: Path, pki: dict, sink: Sink, server_mode: str | None,
+                 extra: list[str] = ()):
         self.plain_port, self.tls_port = free_port(), free_port()
         self.log = d / "proxy.log"
         self.argv = [
@@ -275,6 +279,7 @@ class Proxy:
         if server_mode == "verify":
             self.argv += ["--tls-verify-hosts", "*", "--tls-verify-certificates",
                           str(pki["ca"])]
+        self.argv += list(extra)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -428,7 +433,10 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
     try:
         sink.start()
         if target == "proxy":
-            server = Proxy(d, args.proxy, pki, sink, case.get("server"))
+            server = Proxy(d, args.proxy, pki, sink, case.get("server"), args.proxy_args)
+        elif target == "proxy-b":
+            server = Proxy(d, args.proxy_b or args.proxy, pki, sink, case.get("server"),
+                           args.proxy_b_args)
         elif target == "nginx":
             server = Nginx(d, pki, sink, case.get("server"))
         else:
@@ -474,7 +482,9 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
         result = json.loads(out.strip().splitlines()[-1])
         record["loadgen"] = result
         record["server_pids"] = len(pids)
-        record["server_cpu_s"] = cpu_after - cpu_before
+        record["server_cpu_user_s"] = cpu_after[0] - cpu_before[0]
+        record["server_cpu_sys_s"] = cpu_after[1] - cpu_before[1]
+        record["server_cpu_s"] = record["server_cpu_user_s"] + record["server_cpu_sys_s"]
         record["rss_before_kib"] = rss_before
         record["rss_held_kib"] = rss_held
         if server is not sink and server.proc.poll() is not None:
@@ -504,6 +514,8 @@ def figures(rec: dict) -> dict[str, float | None]:
     cpu = rec["server_cpu_s"]
     f: dict[str, float | None] = {}
     f["server CPU per session, ms"] = cpu * 1000 / ok if ok else None
+    if ok and "server_cpu_sys_s" in rec:
+        f["of which kernel (stime), ms"] = rec["server_cpu_sys_s"] * 1000 / ok
     if lg["hold"]:
         if rec["rss_held_kib"] is not None and ok:
             f["RSS per held session, KiB"] = (rec["rss_held_kib"] - rec["rss_before_kib"]) / ok
@@ -550,6 +562,9 @@ def summarise(records: list[dict], cases: list[str], targets: list[str]) -> dict
             p, n = row.get("proxy"), row.get("nginx")
             if p and n and n["median"]:
                 row["ratio_proxy_nginx"] = p["median"] / n["median"]
+            b = row.get("proxy-b")
+            if p and b and p["median"]:
+                row["ratio_b_a"] = b["median"] / p["median"]
             if any(t in row for t in targets):
                 out[name] = row
         summary[case] = out
@@ -574,8 +589,10 @@ def markdown(summary: dict, machine: dict, targets: list[str], rounds: int) -> s
              "utime+stime of all the server's processes from /proc.", ""]
     head = "| case | figure | " + " | ".join(TARGET_TITLES[t] for t in targets)
     show_ratio = "proxy" in targets and "nginx" in targets
-    lines.append(head + (" | proxy / nginx |" if show_ratio else " |"))
-    lines.append("|" + "---|" * (2 + len(targets) + (1 if show_ratio else 0)))
+    show_ab = "proxy" in targets and "proxy-b" in targets
+    lines.append(head + (" | proxy / nginx" if show_ratio else "") +
+                 (" | B / proxy" if show_ab else "") + " |")
+    lines.append("|" + "---|" * (2 + len(targets) + show_ratio + show_ab))
     for case, figs in summary.items():
         first = True
         for name, row in figs.items():
@@ -591,6 +608,9 @@ def markdown(summary: dict, machine: dict, targets: list[str], rounds: int) -> s
             line = f"| {label} | {name} | " + " | ".join(cells)
             if show_ratio:
                 line += f" | {fmt(ratio) if ratio is not None else ''}"
+            if show_ab:
+                ab = row.get("ratio_b_a")
+                line += f" | {fmt(ab) if ab is not None else ''}"
             lines.append(line + " |")
     lines.append("")
     lines.append("Cases: " + "; ".join(f"**{c}**: {CASES[c]['title']}" for c in summary))
@@ -636,12 +656,19 @@ def main() -> int:
                     help=f"comma-separated, from: {', '.join(CASES)}; 'smoke' for the "
                          f"smoke cases (default: {','.join(DEFAULT_CASES)})")
     ap.add_argument("--targets", default=",".join(TARGETS),
-                    help=f"comma-separated, from: {', '.join(TARGETS)} (default: all)")
+                    help=f"comma-separated, from: {', '.join(TARGETS)} (default: all; "
+                         "proxy-b only with --proxy-b or --proxy-b-args)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply every case's session count (not held sessions) by this")
     ap.add_argument("--proxy", type=Path,
                     default=Path(os.environ.get("STP_BINARY", REPO / "build/smtp-tls-proxy")),
                     help="smtp-tls-proxy binary (default: $STP_BINARY or build/smtp-tls-proxy)")
+    ap.add_argument("--proxy-args", type=shlex.split, default=[],
+                    help="extra flags for smtp-tls-proxy, e.g. \"--log-level warn\"")
+    ap.add_argument("--proxy-b", type=Path, default=None,
+                    help="a second smtp-tls-proxy binary, run as target proxy-b (A/B tests)")
+    ap.add_argument("--proxy-b-args", type=shlex.split, default=None,
+                    help="extra flags for target proxy-b (default: --proxy-args)")
     ap.add_argument("--loadgen", type=Path,
                     default=Path(os.environ.get("STP_LOADGEN", REPO / "build/bench/loadgen")),
                     help="loadgen binary (default: $STP_LOADGEN or build/bench/loadgen)")
@@ -668,12 +695,19 @@ def main() -> int:
         elif c:
             ap.error(f"unknown case {c!r}")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.proxy_b is None and args.proxy_b_args is None:
+        targets = [t for t in targets if t != "proxy-b"]
+    elif "proxy-b" not in targets and "proxy" in targets:
+        targets.insert(targets.index("proxy") + 1, "proxy-b")
+    if args.proxy_b_args is None:
+        args.proxy_b_args = args.proxy_args
     for t in targets:
         if t not in TARGETS:
             ap.error(f"unknown target {t!r}")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     binaries = [args.loadgen] + ([args.proxy] if "proxy" in targets else []) + (
+        [args.proxy_b] if args.proxy_b else []) + (
         [args.handshake] if "openssl" in targets and set(cases) & OPENSSL_CASES else [])
     for binary in binaries:
         if not os.access(binary, os.X_OK):

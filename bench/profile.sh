@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Profiles smtp-tls-proxy under one load: starts smtp-sink and the proxy (wrapped in the chosen
+# tool) on free loopback ports, drives it with bench/loadgen, stops the proxy gracefully so the
+# tool writes its report, and leaves everything in OUT_DIR. Trusts the binaries it is given.
+#
+#   bench/profile.sh TOOL LOAD OUT_DIR
+#     TOOL: callgrind (valgrind --tool=callgrind), perf (perf record -g, cpu-clock when the
+#           hardware counters are missing), strace (syscall counts, strace -c -f) or heaptrack
+#     LOAD: handshake (STARTTLS, ECDSA, 1 KiB message, 300 sessions) or bulk (STARTTLS, one
+#           session of 100 x 100 KiB messages)
+#   STP_BINARY / STP_LOADGEN: the binaries (default: build/smtp-tls-proxy, build/bench/loadgen)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tool=${1:?tool}
+load=${2:?load}
+out=${3:?out dir}
+proxy=${STP_BINARY:-build/smtp-tls-proxy}
+loadgen=${STP_LOADGEN:-build/bench/loadgen}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink_port=$(port)
+proxy_port=$(port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/key.pem" \
+  -out "$out/cert.pem" -days 7 -subj /CN=bench.example 2>/dev/null
+
+smtp-sink -u nobody -m 2000 -t 600 "127.0.0.1:$sink_port" 1024 &
+sink_pid=$!
+case "$tool" in
+  callgrind) wrap=(valgrind --tool=callgrind "--callgrind-out-file=$out/callgrind.out") ;;
+  perf)
+    event=cpu-clock
+    perf stat -e instructions true 2>&1 | grep -q 'not supported' || event=cycles
+    wrap=(perf record -e "$event" -g -o "$out/perf.data") ;;
+  strace) wrap=(strace -c -f -o "$out/strace.txt") ;;
+  heaptrack) wrap=(heaptrack -o "$out/heaptrack") ;;
+  *) echo "unknown tool $tool" >&2; exit 2 ;;
+esac
+"${wrap[@]}" "$proxy" --listen "127.0.0.1:$proxy_port" --backend "127.0.0.1:$sink_port" \
+  --backend-metadata none --hostname bench.example --tls-certificate "$out/cert.pem" \
+  --tls-privatekey "$out/key.pem" --client-name-lookup off --metrics-listen "" \
+  --max-connections-per-host 10000 --shutdown-grace 2s --threads 2 2>"$out/proxy.log" &
+proxy_pid=$!
+trap 'kill $sink_pid 2>/dev/null; kill $proxy_pid 2>/dev/null; true' EXIT
+for _ in $(seq 600); do
+  ss -ltn "sport = :$proxy_port" | grep -q LISTEN && break
+  sleep 0.1
+done
+
+case "$load" in
+  handshake) args=(--sessions 300 --concurrency 10) ;;
+  bulk) args=(--sessions 1 --concurrency 1 --msgs-per-session 100 --msg-size 102400) ;;
+  *) echo "unknown load $load" >&2; exit 2 ;;
+esac
+"$loadgen" --mode starttls --port "$proxy_port" --tls-sigalgs ECDSA+SHA256 --time-limit 900 \
+  "${args[@]}" | tee "$out/loadgen.json"
+
+# The proxy's own pid is the tool's child (perf, strace, heaptrack) or the tool (valgrind).
+target=$(pgrep -P "$proxy_pid" -f smtp-tls-proxy || echo "$proxy_pid")
+kill -TERM "$target"
+wait "$proxy_pid" || true
+kill "$sink_pid"
+case "$tool" in
+  callgrind)
+    callgrind_annotate --inclusive=yes "$out/callgrind.out" >"$out/inclusive.txt" 2>/dev/null
+    callgrind_annotate "$out/callgrind.out" >"$out/exclusive.txt" 2>/dev/null ;;
+  perf) perf report -i "$out/perf.data" --no-children --stdio >"$out/report.txt" 2>/dev/null ;;
+  heaptrack) heaptrack_print "$out"/heaptrack.*.zst >"$out/heaptrack.txt" 2>/dev/null || true ;;
+esac
+echo "bench/profile.sh: results in $out"
