@@ -28,7 +28,7 @@ test_packages=(
   python3 python3-pytest clang-format iproute2 procps haproxy
   nginx libnginx-mod-mail
   debootstrap podman buildah uidmap fuse-overlayfs libcap2-bin yamllint prometheus
-  docker-compose shellcheck
+  docker-compose shellcheck testssl.sh
   clang libclang-rt-14-dev
 )
 
