@@ -242,3 +242,80 @@ def header_fields(message: bytes, name: str) -> list[str]:
         fields.append(current)
     prefix = name.lower() + ":"
     return [f[len(prefix):].strip() for f in fields if f.lower().startswith(prefix)]
+
+
+# A second Exim, as the sending MTA: it hands every message to one host and port (the proxy),
+# from 127.0.0.2, with STARTTLS (required) or implicit TLS, and PIPECONNECT allowed: once it
+# has seen the EHLO reply of a host it may, on its next connection there, send EHLO before the
+# greeting arrives.
+SENDER_CONFIG = """\
+exim_path = {binary}
+primary_hostname = sender.test
+spool_directory = {dir}/spool
+log_file_path = {dir}/log/%slog
+keep_environment =
+timezone = UTC
+host_lookup =
+local_interfaces = 127.0.0.3
+log_selector = +pipelining +tls_certificate_verified +outgoing_port +smtp_connection
+begin routers
+
+to_proxy:
+  driver = manualroute
+  route_list = * {loopback}
+  self = send
+  transport = via_proxy
+
+begin transports
+
+via_proxy:
+  driver = smtp
+  port = {port}
+  protocol = {protocol}
+  interface = {source}
+  helo_data = sender.test
+  hosts_pipe_connect = *
+  hosts_require_tls = *
+  tls_verify_certificates = {ca}
+  tls_verify_hosts = *
+  tls_verify_cert_hostnames =
+"""
+
+
+class EximSender:
+    """An Exim that delivers each submitted message at once (-odi) through `port`."""
+
+    def __init__(self, binary: Path, port: int, implicit_tls: bool, ca: Path, source: str):
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="stp-exim-sender-"))
+        self.dir.chmod(0o755)
+        self.config = self.dir / "exim.conf"
+        self.mainlog = self.dir / "log" / "mainlog"
+        user = pwd.getpwnam(EXIM_USER)
+        for sub in ("spool", "log"):
+            (self.dir / sub).mkdir()
+            os.chown(self.dir / sub, user.pw_uid, user.pw_gid)
+        # The CA file must be readable by the Debian-exim user.
+        shutil.copy(ca, self.dir / "ca.pem")
+        (self.dir / "ca.pem").chmod(0o644)
+        self.config.write_text(SENDER_CONFIG.format(
+            binary=binary, dir=self.dir, loopback=LOOPBACK, port=port,
+            protocol="smtps" if implicit_tls else "smtp", source=source,
+            ca=self.dir / "ca.pem"))
+        self.config.chmod(0o644)
+
+    def send(self, sender: str, recipient: str, message: bytes) -> subprocess.CompletedProcess:
+        """Submits the message and delivers it before returning (-odi)."""
+        return subprocess.run(
+            [str(self.binary), "-C", str(self.config), "-odi", "-f", sender, recipient],
+            input=message, capture_output=True, timeout=60, cwd=self.dir)
+
+    def log_text(self) -> str:
+        try:
+            return self.mainlog.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def remove(self) -> None:
+        if not os.environ.get("STP_KEEP_TMP"):
+            shutil.rmtree(self.dir, ignore_errors=True)

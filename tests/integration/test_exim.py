@@ -32,7 +32,7 @@ import pytest
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER, TIMINGS,
                       ConnectionClosed, Proxy, SmtpClient, attach_log, simple_message, tail,
                       unique)
-from exim_mta import EXIM_HOSTNAME, Exim, exim_binary, header_fields
+from exim_mta import EXIM_HOSTNAME, Exim, EximSender, exim_binary, header_fields
 
 PROXY_TIMEOUT = 1.0  # Exim's proxy_protocol_timeout in exim_mta.CONFIG
 EXIM_HEADER_LIMIT = 232  # sizeof Exim's header buffer: 16 + the AF_UNIX address block
@@ -323,3 +323,41 @@ def test_long_sni_does_not_cost_the_client_its_mail(exim, proxy):
     exim.wait_delivered(to)
     line = exim.wait_for_log(rf"^.* <= .* for {re.escape(to)}$", start).group(0)
     assert f"[{CLIENT_ADDR}]:{client_port} " in line, line
+
+
+# --------------------------------------------------------------------------- Exim as the client
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_exim_to_proxy_to_exim_with_pipeconnect(exim, proxy, pki, mode, request):
+    """A real sending MTA: Exim delivers through the proxy (STARTTLS required, or implicit
+    TLS, certificate verified against the test CA) to the Exim behind it, twice. The proxy
+    passes on Exim's PIPECONNECT keyword, so on its second connection the sender sends EHLO
+    before the greeting; both messages must arrive, from 127.0.0.2."""
+    p = proxy_v2(proxy, exim)
+    wait_for_probe(p)
+    sender = EximSender(exim.binary, p.tls_port if mode == "implicit" else p.plain_port,
+                        mode == "implicit", pki.ca, CLIENT_ADDR)
+    request.addfinalizer(sender.remove)
+    attach_log(request, lambda: ("sending Exim's mainlog", sender.log_text()))
+    start = exim.log_size()
+    deliveries = []
+    for attempt in range(2):
+        to = exim.new_address()
+        done = sender.send(SENDER, to, simple_message(unique("m"), to))
+        assert done.returncode == 0, done
+        message = exim.wait_delivered(to)
+        line = exim.wait_for_log(rf"^.* <= .* for {re.escape(to)}$", start).group(0)
+        assert f"H=(sender.test) [{CLIENT_ADDR}]:" in line, line
+        ours = header_fields(message, "Received")[1]
+        assert ours.startswith(f"from sender.test (unknown [{CLIENT_ADDR}])"), ours
+        assert "(using TLSv1.3 with cipher " in ours, ours
+        delivery = re.search(rf"^.* => {re.escape(to)} .*$", sender.log_text(), re.M)
+        assert delivery, sender.log_text()
+        deliveries.append(delivery.group(0))
+    # The sender's log (+pipelining): "L" pipelined, "L*" pipelined before the greeting
+    # (PIPECONNECT); "K" sent by BDAT; CV=yes: the proxy's certificate verified.
+    for line in deliveries:
+        assert " CV=yes " in line and " K " in line, line
+    assert " L " in deliveries[0], deliveries[0]
+    assert " L* " in deliveries[1], deliveries[1]
