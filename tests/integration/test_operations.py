@@ -25,12 +25,14 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, REPO_ROOT, SENDER, TIMINGS, Pki, SmtpClient,
+from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, NOBODY_UID, REPO_ROOT, SENDER,
+                      TIMINGS, Pki, SmtpClient,
                       attach_log, connect_from, free_port, proxy_binary, simple_message,
                       unique)
 from ops_support import (PROMETHEUS, Cert, Prometheus, http_get, issue_certificate,
@@ -632,6 +634,45 @@ def test_broken_reload_keeps_the_old_certificate(postfix, proxy, tmp_path, ops_c
     assert before.ehlo().code == 250  # the session from the start never noticed
     assert before.command("QUIT").code == 221
     before.close()
+
+
+def test_reload_after_dropping_privileges_needs_a_key_the_user_can_read(postfix, proxy,
+                                                                      ops_certs):
+    """--user nobody: the key is read as root at start, but a reload runs as nobody. A key
+    only root can read makes the reload fail loudly (logged with the file and the reason,
+    counted) while the old certificate stays in use; once nobody may read it, it works."""
+    if os.geteuid() != 0:
+        pytest.skip("--user needs root")
+    a, b = ops_certs.a, ops_certs.b
+    d = Path(tempfile.mkdtemp(prefix="stp-ops-user-"))  # outside pytest's 0700 tree
+    try:
+        d.chmod(0o755)
+        cert, key = d / "cert.pem", d / "key.pem"
+        cert.write_bytes(a.pem())
+        key.write_bytes(a.key_pem())
+        cert.chmod(0o644)
+        key.chmod(0o600)
+        mport = free_port()
+        p = proxy(postfix.backend, "--tls-certificate", str(cert), "--tls-privatekey", str(key),
+                  "--user", "nobody", *metrics_flags(mport), "--reload-check-interval", "1h")
+        assert presented_implicit(p.tls_port) == a.sha256
+        cert.write_bytes(b.pem())
+        key.write_bytes(b.key_pem())
+        p.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while value(scrape(mport), PREFIX + "config_reloads_total", result="failure") != 1:
+            assert time.monotonic() < deadline, "the unreadable key did not fail the reload"
+            time.sleep(0.1)
+        why = rf"TLS reload \(SIGHUP\) failed.*{re.escape(str(key))}.*Permission denied"
+        assert re.search(why, p.stderr()), p.stderr()
+        assert presented_implicit(p.tls_port) == a.sha256
+
+        os.chown(key, NOBODY_UID, NOBODY_UID)
+        p.proc.send_signal(signal.SIGHUP)
+        wait_presented(p.tls_port, b.sha256, timeout=10)
+        assert value(scrape(mport), PREFIX + "config_reloads_total", result="success") == 1
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_client_ca_file_change_reloads_client_verification(postfix, proxy, tmp_path,
