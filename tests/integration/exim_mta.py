@@ -56,8 +56,15 @@ log_selector = +incoming_port +proxy +received_recipients +smtp_connection \\
   +smtp_protocol_error +smtp_syntax_error +smtp_no_mail
 domainlist local_domains = {domain}
 acl_smtp_rcpt = acl_rcpt
+acl_smtp_data = acl_data
 
 begin acl
+
+# What Exim's PROXY support learned, as a header on each message (an Exim's own variables).
+acl_data:
+  accept add_header = X-Exim-Proxy: session=$proxy_session \
+    external=[$proxy_external_address]:$proxy_external_port \
+    local=[$proxy_local_address]:$proxy_local_port
 
 acl_rcpt:
   accept domains = +local_domains

@@ -164,6 +164,13 @@ def test_exim_sees_the_client_address_and_port(exim, proxy, mode):
     else:
         assert "(using" not in ours, ours
         assert f"by {PROXY_HOSTNAME} (smtp-tls-proxy) with ESMTP id " in ours, ours
+    # What Exim's own PROXY variables hold: the header's destination is the proxy's listener
+    # the client connected to; the connection itself came from the proxy (127.0.0.1).
+    (facts,) = header_fields(message, "X-Exim-Proxy")
+    listener = p.tls_port if mode == "implicit" else p.plain_port
+    assert re.fullmatch(rf"session=yes\s+external=\[127\.0\.0\.1\]:{listener}\s+"
+                        r"local=\[127\.0\.0\.1\]:\d+", facts), facts
+
     # The body as sent (send_message ends it with an empty line before the final dot).
     assert message.split(b"\n\n", 1)[1] == f"hello {token}\n\n".encode()
 
@@ -361,3 +368,25 @@ def test_exim_to_proxy_to_exim_with_pipeconnect(exim, proxy, pki, mode, request)
         assert " CV=yes " in line and " K " in line, line
     assert " L " in deliveries[0], deliveries[0]
     assert " L* " in deliveries[1], deliveries[1]
+
+
+# --------------------------------------------------------------------------- IPv6
+
+
+def test_exim_sees_an_ipv6_client(exim, proxy):
+    """A client on ::1: the header is the IPv6 form (36 address bytes), which Exim decodes."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        v6_port = s.getsockname()[1]
+    p = proxy_v2(proxy, exim, "--listen", f"[::1]:{v6_port}")
+    wait_for_probe(p)
+    start = exim.log_size()
+    to = exim.new_address()
+    with SmtpClient(v6_port, source="::1", host="::1") as c:
+        client_port = c.sock.getsockname()[1]
+        start_session(c, "starttls")
+        assert c.send_message(SENDER, [to], simple_message(unique("m"), to)).code == 250
+    message = exim.wait_delivered(to)
+    line = exim.wait_for_log(rf"^.* <= .* for {re.escape(to)}$", start).group(0)
+    assert f" H=(client.test) [::1]:{client_port} " in line, line
+    assert exim_received(message).startswith(f"from [::1] (port={client_port} helo=client.test)")
