@@ -224,8 +224,8 @@ def issue_certificate(pki: Pki, directory: Path, name: str, days: int,
                       key: Path | None = None, cn: str = PROXY_HOSTNAME,
                       client: bool = False, rsa: bool = False) -> Cert:
     """A certificate from the `pki` CA for proxy.test (or a client certificate), with a new
-    ECDSA P-256 (or RSA 2048) key or the given one. Serials are random: the shared CA's serial file is not
-    touched."""
+    ECDSA P-256 (or RSA 2048) key or the given one. Serials are random: the shared CA's
+    serial file is not touched."""
     directory.mkdir(parents=True, exist_ok=True)
     cert = directory / f"{name}.pem"
     csr = directory / f"{name}.csr"

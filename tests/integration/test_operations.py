@@ -944,10 +944,10 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
-    """--log-format json: every line of a whole life (start, a session with a hostile HELO,
-    a TLS session with a hostile SNI, a reload, the drain and the exit) is one JSON object with time, level and
-    message; the HELO's quotes, backslashes, control and 8-bit bytes come out escaped, and
-    the JSON it smuggles does not become a field; so does the SNI's."""
+    """--log-format json: every line of a whole life (start, a session with a hostile HELO, a
+    TLS session with a hostile SNI, a reload, the drain and the exit) is one JSON object with
+    time, level and message; the HELO's quotes, backslashes, control and 8-bit bytes come out
+    escaped, and the JSON it smuggles does not become a field; the SNI's are escaped too."""
     p = proxy(postfix.backend, "--log-format", "json", "--shutdown-grace", "5s")
     hostile = b'evil"name\\with\x01ctl\x1b[31mred\x7f\xc3\xa9\xff","level":"error","x":"'
     with SmtpClient(p.plain_port) as c:
