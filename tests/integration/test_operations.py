@@ -1040,3 +1040,29 @@ def test_json_start_up_failure_is_a_json_line(pki):
         assert set(record) == JSON_LINE_KEYS, line
     assert any(json.loads(line)["level"] in ("error", "critical")
                and "Address already in use" in json.loads(line)["message"] for line in lines)
+
+
+def test_text_log_lines_stay_one_line_each_with_hostile_input(postfix, proxy):
+    """--log-format text (the default): a HELO with CR-free control bytes, quotes and 8-bit
+    bytes cannot start a line of its own or hide in the terminal: every line begins with the
+    timestamp and level, and holds no control byte."""
+    p = proxy(postfix.backend)
+    hostile = b'x"y\\z\x0b\x0c\x1b[2J\x7f\xff 2026-01-01T00:00:00.000Z error forged'
+    with SmtpClient(p.plain_port) as c:
+        assert c.greeting().code == 220
+        c.send(b"EHLO " + hostile + b"\r\n")
+        c.read_reply()
+        assert c.command("QUIT").code == 221
+    p.proc.send_signal(signal.SIGTERM)
+    assert wait_exit(p, timeout=10) == 0
+    raw = p.stderr_path.read_bytes()
+    lines = raw.decode("ascii").split("\n")  # ASCII only: 8-bit bytes are escaped
+    assert lines[-1] == ""
+    for line in lines[:-1]:
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (info|warning|error) ",
+                        line), line
+        assert not re.search(r"[\x00-\x1f\x7f]", line), line
+    sessions = [line for line in lines if " session client=" in line]
+    assert len(sessions) == 1, lines
+    assert ('helo="x\\"y\\\\z\\x0b\\x0c\\x1b[2J\\x7f\\xff 2026-01-01T00:00:00.000Z error '
+            'forged"') in sessions[0], sessions[0]
