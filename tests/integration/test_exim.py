@@ -30,8 +30,8 @@ from typing import Iterator
 import pytest
 
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER, TIMINGS,
-                      ConnectionClosed, Proxy, SmtpClient, attach_log, simple_message, tail,
-                      unique)
+                      ConnectionClosed, Proxy, SmtpClient, attach_log, run, simple_message,
+                      tail, unique)
 from exim_mta import EXIM_HOSTNAME, Exim, EximSender, exim_binary, header_fields
 
 PROXY_TIMEOUT = 1.0  # Exim's proxy_protocol_timeout in exim_mta.CONFIG
@@ -330,6 +330,56 @@ def test_long_sni_does_not_cost_the_client_its_mail(exim, proxy):
     exim.wait_delivered(to)
     line = exim.wait_for_log(rf"^.* <= .* for {re.escape(to)}$", start).group(0)
     assert f"[{CLIENT_ADDR}]:{client_port} " in line, line
+
+
+@pytest.fixture(scope="module")
+def long_cn_client(pki, tmp_path_factory) -> tuple[str, object]:
+    """A client certificate from the test CA whose CN has X.509's maximum length, 64."""
+    d = tmp_path_factory.mktemp("longcn")
+    cn = "outbound-relay-01.mail-gateway.eu-central.example-corporation.net"[:64]
+    assert len(cn) == 64
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run(["openssl", "req", *ec, "-keyout", str(d / "client.key"), "-out", str(d / "client.csr"),
+         "-subj", f"/CN={cn}"])
+    (d / "client.ext").write_text("basicConstraints=critical,CA:FALSE\n"
+                                  "keyUsage=critical,digitalSignature\n"
+                                  "extendedKeyUsage=clientAuth\n")
+    run(["openssl", "x509", "-req", "-in", str(d / "client.csr"), "-CA", str(pki.ca),
+         "-CAkey", str(pki.dir / "ca.key"), "-CAcreateserial", "-days", "3",
+         "-out", str(d / "client.pem"), "-extfile", str(d / "client.ext")])
+    ctx = pki.client_context(verify=False)
+    ctx.load_cert_chain(str(d / "client.pem"), str(d / "client.key"))
+    return cn, ctx
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: same 232-byte limit of Exim, reached by an ordinary session: IPv6 client, a "
+    "verified client certificate with a 64-byte CN and a 48-byte SNI make a 241-byte header "
+    "(16 + 36 addresses + 51 AUTHORITY + 138 SSL TLV); Exim answers the client's EHLO with "
+    "'503 Command refused, required Proxy negotiation failed' / '501 NUL characters'"))
+def test_ipv6_client_with_a_certificate_and_sni_gets_its_mail_through(exim, proxy, pki,
+                                                                      long_cn_client):
+    cn, ctx = long_cn_client
+    sni = "mx-inbound-eu-west-1.mail-protection.example.com"
+    assert len(sni) == 48
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        v6_port = s.getsockname()[1]
+    p = proxy_v2(proxy, exim, "--listen", f"[::1]:{v6_port}", "--tls-on-connect-ports",
+                 str(v6_port), "--tls-try-verify-hosts", "*",
+                 "--tls-verify-certificates", str(pki.ca))
+    wait_for_probe(p)
+    start = exim.log_size()
+    to = exim.new_address()
+    with SmtpClient(v6_port, source="::1", host="::1", context=ctx, server_hostname=sni) as c:
+        c.wrap_tls()
+        client_port = c.sock.getsockname()[1]
+        replies = drive_until_refused(c, "implicit", to)
+    assert replies[-1].startswith("221"), replies
+    message = exim.wait_delivered(to)
+    line = exim.wait_for_log(rf"^.* <= .* for {re.escape(to)}$", start).group(0)
+    assert f"[::1]:{client_port} " in line, line
+    assert f'(Client CN "{cn}"' in header_fields(message, "Received")[1]
 
 
 # --------------------------------------------------------------------------- Exim as the client
