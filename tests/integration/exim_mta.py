@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from conftest import (DELIVERY_TIMEOUT, LOOPBACK, REPO_ROOT, START_TIMEOUT, free_port, stop_process,
-                      tail, unique, wait_for_banner)
+                      tail, unique)
 
 EXIM_DOMAIN = "exim.test"
 EXIM_HOSTNAME = "exim.test"
@@ -43,6 +43,8 @@ primary_hostname = {hostname}
 spool_directory = {dir}/spool
 log_file_path = {dir}/log/%slog
 daemon_smtp_ports = {port}
+# A port taken since it was chosen: fail at once (the default retries for minutes).
+daemon_startup_retries = 0
 local_interfaces = {loopback}
 {proxy_setting}
 proxy_protocol_timeout = 1s
@@ -151,8 +153,8 @@ class Exim:
         self.startup_seconds = time.monotonic() - began
 
     def wait_listening(self) -> None:
-        """Waits for Exim's "daemon started" line. A connection would not do: with hosts_proxy
-        the daemon waits for a PROXY header before it greets."""
+        """Waits for Exim's "daemon started" line (it binds before it logs it). A connection
+        would not do: with hosts_proxy the daemon waits for a PROXY header before it greets."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -160,8 +162,6 @@ class Exim:
                                    + tail(self.stdout) + tail(self.mainlog))
             if re.search(rf"listening for SMTP on \[{re.escape(LOOPBACK)}\]:{self.port}\b",
                          self.log_text()):
-                if not self.proxy_hosts:
-                    wait_for_banner(self.port, self.proc, "exim", log=self.mainlog)
                 return
             time.sleep(0.05)
         raise RuntimeError(f"exim did not start listening within {START_TIMEOUT}s:\n"
