@@ -478,6 +478,11 @@ buildah run --isolation chroot --volume "$work/tls:/etc/smtp-tls-proxy/tls:ro" \
   --client-name-lookup off --hostname smoke.invalid --threads 1 >"$work/proxy.log" 2>&1 &
 run_pid=$!
 cleanup_actions+=("kill $run_pid")
+# Killing `buildah run` leaves the process inside running: stop the proxy itself at exit,
+# unless it has exited.
+proxy_done=false
+# shellcheck disable=SC2016 # evaluated at exit
+cleanup_actions+=('$proxy_done || { p=$(descendant "$run_pid" smtp-tls-proxy); [ -z "$p" ] || kill -KILL "$p"; }')
 
 # The proxy's own PID: the descendant of `buildah run` that is the binary.
 proxy_pid=""
@@ -491,8 +496,6 @@ if [ -z "$proxy_pid" ] || ! grep -q "listening on 127.0.0.1:$tls_port" "$work/pr
   cat "$work/proxy.log" >&2
   fail "the proxy did not start listening on 127.0.0.1:$starttls_port and :$tls_port"
 fi
-# shellcheck disable=SC2016 # evaluated at exit, when proxy_pid is "" if the proxy has exited
-cleanup_actions+=('[ -z "$proxy_pid" ] || kill -KILL "$proxy_pid"')
 proxy_uid=$(awk '/^Uid:/ { print $2 }' "/proc/$proxy_pid/status")
 proxy_caps=$(awk '/^CapEff:/ { print $2 }' "/proc/$proxy_pid/status")
 [ "$proxy_uid" = "$uid" ] || fail "the proxy runs as uid $proxy_uid, not $uid"
@@ -577,7 +580,8 @@ for _ in $(seq 100); do
 done
 kill -0 "$run_pid" 2>/dev/null && fail "the proxy did not exit within 20 s of SIGTERM"
 wait "$run_pid" || rc=$?
-proxy_pid=""
+# shellcheck disable=SC2034 # read by a clean-up action
+proxy_done=true
 [ $rc -eq 0 ] || {
   cat "$work/proxy.log" >&2
   fail "the proxy exited $rc after SIGTERM (expected 0)"
