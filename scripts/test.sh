@@ -12,4 +12,4 @@ ctest --test-dir build --output-on-failure -j 2
 /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 bash bench/smoke.sh build  # the benchmark pipeline end to end (~10 s), no timing assertion
 FUZZ_JOBS=2 bash scripts/fuzz.sh 20  # every libFuzzer target 20 s, 2 at a time (~3 min with the clang build)
-bash deploy/check.sh --prebuilt build/smtp-tls-proxy  # deploy/ lint + the image's runtime stage around this binary, smoke-tested (~1.5 min idle, 4.3 min on a loaded box; the full image build is 11-17 min here: deploy/README.md)
+bash deploy/check.sh --prebuilt build/smtp-tls-proxy  # deploy/ lint + the image's runtime stage around this binary, smoke-tested (4.3 min at load 16, 51 s of CPU; full image build: deploy/README.md)
