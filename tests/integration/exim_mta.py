@@ -101,11 +101,13 @@ def exim_binary() -> Path:
 
 
 class Exim:
-    """One private Exim daemon. `proxy_hosts` is its hosts_proxy list ("" for none)."""
+    """One private Exim daemon. `proxy_hosts` is its hosts_proxy list ("" for none); `extra`,
+    more main-section settings."""
 
-    def __init__(self, binary: Path, proxy_hosts: str):
+    def __init__(self, binary: Path, proxy_hosts: str, extra: str = ""):
         self.binary = binary
         self.proxy_hosts = proxy_hosts
+        self.extra = extra
         self.dir = Path(tempfile.mkdtemp(prefix="stp-exim-"))
         self.dir.chmod(0o755)  # the Debian-exim user must reach its directories below
         self.config = self.dir / "exim.conf"
@@ -126,7 +128,8 @@ class Exim:
         # Exim insists on a configuration file owned by root and writable by no one else.
         self.config.write_text(CONFIG.format(
             binary=self.binary, hostname=EXIM_HOSTNAME, dir=self.dir, port=self.port,
-            loopback=LOOPBACK, proxy_setting=setting, domain=EXIM_DOMAIN, user=EXIM_USER))
+            loopback=LOOPBACK, proxy_setting=setting + "\n" + self.extra, domain=EXIM_DOMAIN,
+            user=EXIM_USER))
         self.config.chmod(0o644)
 
     def start(self) -> None:

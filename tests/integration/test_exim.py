@@ -423,6 +423,71 @@ def test_exim_to_proxy_to_exim_with_pipeconnect(exim, proxy, pki, mode, request)
     assert " L* " in deliveries[1], deliveries[1]
 
 
+# --------------------------------------------------------------------------- per-client capabilities
+
+
+@pytest.fixture
+def exim_no_chunking_for_client(exim_pair, request) -> Iterator[Exim]:
+    """An Exim that offers CHUNKING to every host but the test client (127.0.0.2)."""
+    e = Exim(exim_pair[0].binary, LOOPBACK,
+             extra=f"chunking_advertise_hosts = !{CLIENT_ADDR} : *")
+    attach_log(request, lambda: ("Exim (no CHUNKING for 127.0.0.2) mainlog", tail(e.mainlog)))
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: in proxy-v2 mode a plaintext client's EHLO is answered from the probe's EHLO, which "
+    "Exim computed for the proxy's own address (127.0.0.1), not for the client: Exim's "
+    "per-host *_advertise_hosts (here chunking_advertise_hosts) do not apply, the client is "
+    "offered CHUNKING, and its BDAT gets Exim's '503 BDAT command used when CHUNKING not "
+    "advertised' (the reply to the replayed EHLO, which has no CHUNKING, is discarded)"))
+def test_plaintext_client_is_offered_what_exim_offers_it(exim_no_chunking_for_client, proxy):
+    e = exim_no_chunking_for_client
+    # The premise, asked of Exim directly: CHUNKING for 127.0.0.1, none for 127.0.0.2.
+    assert "CHUNKING" in exim_ehlo_as(e, LOOPBACK)
+    assert "CHUNKING" not in exim_ehlo_as(e, CLIENT_ADDR)
+    p = proxy_v2(proxy, e)
+    wait_for_probe(p)
+    to = e.new_address()
+    body = simple_message(unique("m"), to)
+    with client(p, "plaintext") as c:
+        assert c.greeting().code == 220
+        ehlo = c.ehlo()
+        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
+        assert c.command(f"RCPT TO:<{to}>").code == 250
+        if "CHUNKING" in ehlo.keywords():
+            c.send(f"BDAT {len(body)} LAST\r\n".encode() + body)
+        else:
+            assert c.command("DATA").code == 354
+            c.send(body + b".\r\n")
+        r = c.read_reply()
+        assert r.code == 250, (ehlo, r)
+    e.wait_delivered(to)
+
+
+def exim_ehlo_as(e: Exim, source: str) -> str:
+    """Exim's EHLO reply to a connection whose PROXY v2 header names `source` as the client."""
+    header = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+              + socket.inet_aton(source) + socket.inet_aton(LOOPBACK)
+              + struct.pack("!HH", 40000, 25))
+    with socket.create_connection((LOOPBACK, e.port), timeout=IO_TIMEOUT) as s:
+        s.sendall(header)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"EHLO premise.test\r\n")
+        lines = []
+        while True:
+            line = f.readline().decode()
+            assert line[:3] == "250", line
+            lines.append(line)
+            if line[3] == " ":
+                break
+        s.sendall(b"QUIT\r\n")
+    return "".join(lines)
+
+
 # --------------------------------------------------------------------------- IPv6
 
 
