@@ -18,7 +18,9 @@ Every read has a timeout and every test runs under conftest's watchdog.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import resource
 import socket
 import ssl
 import struct
@@ -584,3 +586,67 @@ def test_smuggling_attempt_never_makes_two_messages(postfix, proxy, mode, termin
     log = postfix.log()
     assert f"from=<{smuggler}" not in log
     assert f"<{smuggler}@example.org>" not in log.replace(f"<{token}@example.org>", "")
+
+
+# --------------------------------------------------------------------------- SIGPIPE, EMFILE
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "implicit"])
+def test_clients_resetting_while_replies_are_written_do_not_kill_the_proxy(smtp_sink, proxy,
+                                                                           tls):
+    """Forty clients each pipeline a burst of commands whose replies the proxy must write
+    (EHLO and NOOPs), and reset the connection at once: the proxy writes into dead sockets
+    (EPIPE/ECONNRESET, SIGPIPE if it were not ignored) and must keep serving. (Writes into a
+    dead MTA connection: the DyingMta tests above.)"""
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    port = p.tls_port if tls else p.plain_port
+    burst = b"EHLO client.test\r\n" + b"NOOP\r\n" * 50
+    for _ in range(40):
+        with contextlib.suppress(OSError):
+            c = SmtpClient(port, tls=tls)
+            c.send(burst)
+            reset(c.sock)
+    assert p.alive(), p.stderr()
+    with session(port, tls=tls) as c:
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.command("QUIT"), 221)
+
+
+def proxy_cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_running_out_of_file_descriptors_backs_off_and_recovers(smtp_sink, proxy):
+    """RLIMIT_NOFILE lowered to 64 on the running proxy (prlimit), then 60 clients connect
+    and stay: past the limit accept() fails with EMFILE. The proxy must not spin on it (its
+    CPU time over 2 s stays small), must not crash, and once the clients leave it serves a
+    new one."""
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none")
+    resource.prlimit(p.proc.pid, resource.RLIMIT_NOFILE, (64, 64))
+    held = []
+    try:
+        for _ in range(60):
+            with contextlib.suppress(OSError):
+                held.append(connect_from(p.plain_port, timeout=2))
+        time.sleep(0.5)  # the proxy takes what it can, then hits EMFILE
+        before = proxy_cpu_seconds(p.proc.pid)
+        time.sleep(2.0)
+        spent = proxy_cpu_seconds(p.proc.pid) - before
+        assert spent < 0.5, f"the proxy used {spent:.2f}s of CPU in 2s while out of descriptors"
+        assert p.alive(), p.stderr()
+    finally:
+        for s in held:
+            reset(s)
+    deadline = time.monotonic() + 10
+    while True:  # the refused connections were queued: the proxy works through them first
+        try:
+            next_client_served(p.plain_port)
+            break
+        except (AssertionError, OSError, ConnectionClosed):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert p.alive(), p.stderr()
