@@ -52,7 +52,16 @@ asio::awaitable<void> HttpEndpoint::accept_loop() {
     auto socket = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
     if (ec == asio::error::operation_aborted) co_return;
     if (ec) continue;
-    if (connections_ >= kMaxConnections) continue;  // closing the socket refuses it
+    if (connections_ >= kMaxConnections) {
+      // Make room by closing the connection that has waited longest without a request: idle
+      // connections must never lock out Prometheus or a liveness probe.
+      if (awaiting_request_.empty()) continue;  // all busy answering: closing refuses this one
+      const auto oldest = awaiting_request_.front();
+      awaiting_request_.pop_front();
+      *oldest.evicted = true;
+      error_code ignored;
+      oldest.socket->close(ignored);
+    }
     ++connections_;
     asio::co_spawn(acceptor_.get_executor(), serve(std::move(socket)),
                    [this](std::exception_ptr) { --connections_; });
@@ -65,8 +74,12 @@ asio::awaitable<void> HttpEndpoint::serve(tcp::socket socket) {
   http::request_parser<http::empty_body> parser;
   parser.header_limit(kMaxRequestBytes);
   stream.expires_after(kRequestTimeout);
+  bool evicted = false;  // set by the acceptor, which then took us off the list
+  const auto waiting =
+      awaiting_request_.insert(awaiting_request_.end(), {&stream.socket(), &evicted});
   error_code ec;
   co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  if (!evicted) awaiting_request_.erase(waiting);
   if (ec) co_return;
   const auto& request = parser.get();
 

@@ -3,7 +3,9 @@
 // answered its last probe, 503 otherwise).
 //
 // Trusts nothing from its clients: one small request per connection (8 KiB at most, 10 s
-// at most), GET or HEAD only, at most 64 connections at once; the reply always closes.
+// at most), GET or HEAD only, at most 64 connections at once; the reply always closes. When
+// all 64 are taken, the one that has waited longest for its request is closed to make room,
+// so idle connections cannot lock out Prometheus or a liveness probe.
 #pragma once
 
 #include "metrics/metrics.hpp"
@@ -14,6 +16,7 @@
 
 #include <atomic>
 #include <functional>
+#include <list>
 
 namespace stp::metrics {
 
@@ -33,7 +36,13 @@ class HttpEndpoint {
   boost::asio::ip::tcp::acceptor acceptor_;
   Metrics& metrics_;
   std::function<bool()> ready_;
-  unsigned connections_ = 0;  // touched only on the acceptor's io_context
+  // Touched only on the acceptor's io_context (one thread).
+  unsigned connections_ = 0;
+  struct AwaitingRequest {
+    boost::asio::ip::tcp::socket* socket;
+    bool* evicted;
+  };
+  std::list<AwaitingRequest> awaiting_request_;  // connections with no request yet, oldest first
 };
 
 }  // namespace stp::metrics

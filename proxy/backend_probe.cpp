@@ -90,19 +90,40 @@ asio::awaitable<bool> BackendProbe::probe_once() {
       co_return false;
     }
     if (proxy_v2) {
+      // An MTA that does not expect the header reads it as SMTP lines (its signature even
+      // holds a QUIT) and answers those first: only a 250 to our EHLO shows it was taken.
       buffer.erase(0, greeting.length);
       const std::string ehlo = "EHLO " + config_.hostname + "\r\n";
       co_await asio::async_write(socket, asio::buffer(ehlo), asio::use_awaitable);
       const auto reply = co_await read_reply(buffer);
-      if (reply.status == smtp::ReplyScan::Status::complete && reply.code == 250) {
-        ehlo_cache_.store(std::make_shared<const std::string>(buffer.substr(0, reply.length)));
+      if (reply.status != smtp::ReplyScan::Status::complete || reply.code != 250) {
+        if (!header_refusal_logged_) {
+          header_refusal_logged_ = true;
+          spdlog::error(
+              "mail server {}:{} did not take the PROXY v2 header (it answered \"{}\"): let it "
+              "expect one from this proxy (Exim hosts_proxy, Postfix "
+              "smtpd_upstream_proxy_protocol = haproxy)",
+              config_.backend_host, config_.backend_port, log::escape(buffer, 120));
+        }
+        co_return false;
       }
+      header_refusal_logged_ = false;
+      ehlo_cache_.store(std::make_shared<const std::string>(buffer.substr(0, reply.length)));
     }
     co_await asio::async_write(socket, asio::buffer("QUIT\r\n", 6), asio::use_awaitable);
     co_return true;
   };
+  // A refused or reset connection is an answer: it must not wait for the deadline (the race
+  // below waits for the first operation that *succeeds*, so failures are results here).
+  auto answer = [&]() -> asio::awaitable<bool> {
+    try {
+      co_return co_await attempt();
+    } catch (const boost::system::system_error&) {
+      co_return false;
+    }
+  };
   try {
-    auto result = co_await (attempt() || deadline.async_wait(asio::use_awaitable));
+    auto result = co_await (answer() || deadline.async_wait(asio::use_awaitable));
     co_return result.index() == 0 && std::get<0>(result);
   } catch (const std::exception&) {
     co_return false;

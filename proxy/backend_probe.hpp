@@ -4,7 +4,8 @@
 // With --backend-metadata proxy-v2 the connection starts with a PROXY header naming the
 // proxy itself (an MTA that expects the header accepts nothing else), and the probe also
 // sends EHLO and keeps the MTA's reply: sessions answer their clients' EHLO from it until
-// they know whether the client will use TLS.
+// they know whether the client will use TLS. The MTA is up only if that EHLO got 250: an MTA
+// not told to expect the header reads it as SMTP lines and answers them instead.
 //
 // Trusts nothing the MTA sends beyond a bounded greeting; runs on one io_context.
 #pragma once
@@ -40,6 +41,7 @@ class BackendProbe {
   boost::asio::steady_timer timer_;
   std::atomic<bool> mta_up_{false};
   bool stopped_ = false;
+  bool header_refusal_logged_ = false;  // proxy-v2: said once until the MTA takes it again
 };
 
 }  // namespace stp

@@ -565,7 +565,8 @@ std::vector<Flag> flag_table() {
        .help = "refused or failed commands in a session before 421 4.7.0 and close",
        .apply =
            [](Config& c, const Values& v) {
-             c.max_errors = static_cast<unsigned>(number_in_range(v.front(), 1, 100000, "a number"));
+             c.max_errors =
+                 static_cast<unsigned>(number_in_range(v.front(), 1, 100000, "a number"));
            }},
       {.name = "max-pipelined-commands",
        .argument = "N",

@@ -58,10 +58,10 @@ struct Config {
   std::string tls_dhparam;                    // empty, a PEM file, or ffdhe2048..ffdhe8192
 
   // Client certificates (Exim semantics) and what is passed on about TLS.
-  acl::HostList tls_verify_hosts;          // must present a certificate that verifies
-  acl::HostList tls_try_verify_hosts;      // asked for one; the outcome is recorded
-  std::string tls_verify_certificates;     // PEM file, hashed directory, or "system"
-  std::string tls_crl;                     // PEM file of CRLs
+  acl::HostList tls_verify_hosts;       // must present a certificate that verifies
+  acl::HostList tls_try_verify_hosts;   // asked for one; the outcome is recorded
+  std::string tls_verify_certificates;  // PEM file, hashed directory, or "system"
+  std::string tls_crl;                  // PEM file of CRLs
   unsigned tls_verify_depth = 9;
   PeerDnFormat tls_peerdn_format = PeerDnFormat::rfc2253;
   bool received_header = true;
@@ -86,8 +86,8 @@ struct Config {
   unsigned max_connections_per_host = 50;  // per address; per /64 for IPv6
   unsigned max_errors = 20;
   std::size_t max_pipelined_commands = 100;
-  std::string user;                        // switch to this user after binding
-  acl::HostList proxy_protocol_hosts;      // must send a PROXY v1/v2 header first
+  std::string user;                    // switch to this user after binding
+  acl::HostList proxy_protocol_hosts;  // must send a PROXY v1/v2 header first
 
   // Operations.
   std::optional<boost::asio::ip::tcp::endpoint> metrics_listen;  // empty: no HTTP endpoint

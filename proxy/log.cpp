@@ -12,7 +12,8 @@ class JsonMessage : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& message, const std::tm&,
               spdlog::memory_buf_t& destination) override {
-    const auto escaped = json_escape(std::string_view(message.payload.data(), message.payload.size()));
+    const auto escaped =
+        json_escape(std::string_view(message.payload.data(), message.payload.size()));
     destination.append(escaped.data(), escaped.data() + escaped.size());
   }
   std::unique_ptr<custom_flag_formatter> clone() const override {

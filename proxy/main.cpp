@@ -39,10 +39,21 @@ void switch_user(const std::string& name) {
 int main(int argc, char** argv) {
   // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
   std::signal(SIGPIPE, SIG_IGN);
+  // Once logging is set up, a failure is a log line like any other (a JSON line with
+  // --log-format json); before that, the flags could not be read and it is plain text.
+  bool logging = false;
+  auto report = [&](std::string_view prefix, const char* what) {
+    if (logging) {
+      spdlog::critical("{}{}", prefix, what);
+    } else {
+      std::cerr << "smtp-tls-proxy: " << prefix << what << "\n";
+    }
+  };
   try {
     const auto config = stp::parse_config(argc, argv, stp::process_environment(), std::cout);
     if (!config) return 0;
     stp::log::init(config->log_level, config->log_format == stp::LogFormat::json);
+    logging = true;
     auto tls = stp::tls::ServerContext::create(*config);
     if (tls->self_signed()) {
       spdlog::warn(
@@ -61,10 +72,10 @@ int main(int argc, char** argv) {
     }
     return server.run();
   } catch (const stp::ConfigError& e) {
-    std::cerr << "smtp-tls-proxy: " << e.what() << "\n";
+    report("", e.what());
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "smtp-tls-proxy: fatal: " << e.what() << "\n";
+    report("fatal: ", e.what());
     return 1;
   }
 }

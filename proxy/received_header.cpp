@@ -25,8 +25,8 @@ std::string_view with_protocol(bool extended_helo, bool tls, bool authenticated)
 std::string rfc5322_date(std::time_t when) {
   static constexpr std::array<const char*, 7> kDays = {"Sun", "Mon", "Tue", "Wed",
                                                        "Thu", "Fri", "Sat"};
-  static constexpr std::array<const char*, 12> kMonths = {
-      "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  static constexpr std::array<const char*, 12> kMonths = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   std::tm tm{};
   gmtime_r(&when, &tm);
   char buffer[64];
@@ -34,6 +34,12 @@ std::string rfc5322_date(std::time_t when) {
                 tm.tm_mday, kMonths[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
                 tm.tm_sec);
   return buffer;
+}
+
+std::optional<bool> starts_with_continuation(std::string_view content, bool dot_stuffed) {
+  const std::size_t first = dot_stuffed && !content.empty() && content[0] == '.' ? 1 : 0;
+  if (content.size() <= first) return std::nullopt;
+  return content[first] == ' ' || content[first] == '\t';
 }
 
 std::string build_received_header(const ReceivedFields& f) {
@@ -58,9 +64,9 @@ std::string build_received_header(const ReceivedFields& f) {
     if (!details.empty()) h += "\r\n\t" + details;
     h += ")\r\n";
     if (t.peer) {
-      h += "\t(Client CN \"" + sanitize_for_header(t.peer->common_name, 64, Spaces::keep) + "\", Issuer \"" +
-           sanitize_for_header(t.peer->issuer_common_name, 64, Spaces::keep) + "\" (" +
-           (t.verified ? "verified OK" : "not verified") + "))\r\n";
+      h += "\t(Client CN \"" + sanitize_for_header(t.peer->common_name, 64, Spaces::keep) +
+           "\", Issuer \"" + sanitize_for_header(t.peer->issuer_common_name, 64, Spaces::keep) +
+           "\" (" + (t.verified ? "verified OK" : "not verified") + "))\r\n";
     } else if (t.request != tls::ClientCertificateRequest::none) {
       h += "\t(Client did not present a certificate)\r\n";
     } else {

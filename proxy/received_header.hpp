@@ -18,6 +18,7 @@
 #include <boost/asio/ip/address.hpp>
 
 #include <ctime>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,6 +37,13 @@ struct ReceivedFields {
 };
 
 std::string build_received_header(const ReceivedFields& fields);
+
+// Whether message content starts with a space or a tab: put behind a header, such a first line
+// would continue that header. The header must then be followed by an empty line, as Postfix's
+// smtpd does for its own Received header (the whole message becomes body, as it would without
+// the proxy). `dot_stuffed`: DATA content as the client sent it, whose leading dot the MTA
+// removes. nullopt: too few bytes to tell yet.
+std::optional<bool> starts_with_continuation(std::string_view content, bool dot_stuffed);
 
 // RFC 3848's "with" keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (and SMTPS for HELO + TLS).
 std::string_view with_protocol(bool extended_helo, bool tls, bool authenticated);

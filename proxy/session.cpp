@@ -863,16 +863,17 @@ Session::GroupEnd Session::on_command(std::string_view line) {
       }
       bdat_ = *arguments;
       discard_bdat_chunk_ = false;
-      if (config_.received_header && !in_bdat_message_) {
-        // The trace header goes in front of the message's first chunk, which grows by it.
-        const std::string header = received_header();
-        forward(fmt::format("BDAT {}{}", bdat_.size + header.size(), bdat_.last ? " LAST" : ""),
-                verb, bdat_.last);
-        to_mta_ += header;
+      // The trace header goes in front of the message's first chunk that has content (or is
+      // the last), which grows by it; relay_bdat_chunk() writes that command.
+      bdat_header_due_ =
+          config_.received_header && !in_bdat_message_ && (bdat_.size > 0 || bdat_.last);
+      if (bdat_header_due_) {
+        pending_.push_back({PendingReply::Kind::mta, verb, bdat_.last});
+        in_bdat_message_ = !bdat_.last;
       } else {
-        forward(line, verb, arguments->last);
+        forward(line, verb, bdat_.last);
+        if (bdat_.last) in_bdat_message_ = false;
       }
-      in_bdat_message_ = !bdat_.last;
       return GroupEnd::bdat;
     }
     case Verb::quit:
@@ -1034,11 +1035,15 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
   // The trace header leads the first piece of content sent.
   std::string header = config_.received_header ? received_header() : std::string();
   while (true) {
-    if (client_in_.empty() && !co_await read_client(client, false)) {
+    const auto continuation =
+        header.empty() ? std::optional(false) : starts_with_continuation(client_in_.view(), true);
+    if ((client_in_.empty() || !continuation) && !co_await read_client(client, false)) {
       co_return false;  // the MTA never sees an end: finish() abandons its transaction
     }
+    if (!continuation) continue;
     out.clear();
     if (!header.empty()) {
+      if (*continuation) header += "\r\n";
       out.swap(header);
       header.clear();
     }
@@ -1103,6 +1108,17 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
     return n;
   };
   const bool relay = !discard_bdat_chunk_;
+  if (bdat_header_due_) {
+    bdat_header_due_ = false;
+    // The header's end depends on the chunk's first byte (starts_with_continuation).
+    while (remaining > 0 && client_in_.empty()) {
+      if (!co_await read_client(client, false)) co_return false;
+    }
+    std::string header = received_header();
+    if (remaining > 0 && *starts_with_continuation(client_in_.view(), false)) header += "\r\n";
+    to_mta_ += fmt::format("BDAT {}{}\r\n", bdat_.size + header.size(), bdat_.last ? " LAST" : "");
+    to_mta_ += header;
+  }
   // The BDAT line (and any commands before it) go out with the start of the chunk.
   const auto first = take_buffered();
   if (relay) to_mta_.append(client_in_.view().substr(0, first));

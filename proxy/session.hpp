@@ -207,7 +207,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool backend_attached_ = false;    // connected to the MTA (proxy-v2 mode defers it)
   std::string replay_helo_;          // proxy-v2: the client's HELO/EHLO, for the MTA
   bool authenticated_ = false;       // the MTA accepted AUTH
-  bool in_bdat_message_ = false;     // a BDAT chunk of the current message went out
+  bool in_bdat_message_ = false;     // the current BDAT message's header went out
+  bool bdat_header_due_ = false;     // this BDAT chunk carries the header: command not yet sent
   bool discard_bdat_chunk_ = false;  // the BDAT was refused here: swallow its chunk
   tls::ClientCertificateRequest certificate_request_ = tls::ClientCertificateRequest::none;
   std::optional<tls::SessionFacts> tls_facts_;

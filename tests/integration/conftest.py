@@ -293,6 +293,9 @@ inet_interfaces = loopback-only
 inet_protocols = all
 mynetworks = 127.0.0.0/8
 smtpd_authorized_xclient_hosts = 127.0.0.0/8
+# As the README's set-up: the connecting address is the proxy's, so no client counts as local
+# for header rewriting (Message-Id/Date/From added, addresses qualified).
+local_header_rewrite_clients =
 smtpd_banner = $myhostname ESMTP Postfix
 smtpd_peername_lookup = no
 smtp_host_lookup = native

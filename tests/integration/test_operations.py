@@ -407,11 +407,6 @@ def test_healthz_and_readyz_follow_the_mta_probe(smtp_sink, proxy):
         assert c.command("QUIT").code == 221
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a refused MTA probe is only reported when the 5 s probe timeout expires "
-    "(BackendProbe::probe_once races attempt() || deadline; asio's operator|| waits for one "
-    "*success*, so an attempt that throws waits for the deadline): /readyz turns 503 5-6 s "
-    "after the MTA goes away even with --backend-probe-interval 1s"))
 def test_readyz_notices_a_refusing_mta_within_a_few_probe_intervals(smtp_sink, proxy):
     """Connection refused is an immediate answer: with a probe every second, /readyz should
     say 503 within about two intervals, not after the probe's own timeout."""
@@ -425,12 +420,6 @@ def test_readyz_notices_a_refusing_mta_within_a_few_probe_intervals(smtp_sink, p
     wait_for_status(mport, "/readyz", 503, timeout=4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (robustness): the metrics endpoint serves at most 64 connections and gives each 10 s "
-    "to send its request (metrics/http_endpoint.cpp kMaxConnections, kRequestTimeout); past "
-    "that it closes new connections unanswered, so 64 idle TCP connections to 9225 (bound to "
-    "0.0.0.0 by default) make /healthz and /metrics fail for as long as they are held: "
-    "liveness probes fail and Kubernetes restarts a proxy that serves mail fine"))
 def test_healthz_answers_while_idle_connections_hold_the_metrics_port(smtp_sink, proxy):
     sink = smtp_sink(xclient=False)
     mport = free_port()
@@ -1013,10 +1002,6 @@ def test_log_level_warn_leaves_out_info_lines(postfix, proxy):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with --log-format json, a start-up failure after logging is set up (a --listen port "
-    "in use) is written by main() to std::cerr as plain text "
-    "(`smtp-tls-proxy: --listen 127.0.0.1:N: Address already in use`), not as a JSON line"))
 def test_json_start_up_failure_is_a_json_line(pki):
     """A log collector reading JSON must see why the proxy did not start."""
     with socket.socket() as busy:

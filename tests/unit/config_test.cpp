@@ -183,17 +183,50 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
   for (std::string line; std::getline(lines, line);) {
     if (line.starts_with("  --")) listed.push_back(line.substr(4, line.find(' ', 4) - 4));
   }
-  const std::vector<std::string> expected = {
-      "help", "version", "config", "listen", "tls-on-connect-ports", "tls-on-connect", "backend",
-      "backend-metadata", "hostname", "tls-certificate", "tls-privatekey", "tls-advertise-hosts",
-      "tls-require-ciphers", "tls-ciphersuites", "tls-min-protocol", "tls-dhparam",
-      "tls-verify-hosts", "tls-try-verify-hosts", "tls-verify-certificates", "tls-crl",
-      "tls-verify-depth", "tls-peerdn-format", "received-header", "tls-require-ports",
-      "tls-require-hosts", "tls-require-verified-hosts", "client-name-lookup",
-      "smtp-receive-timeout", "tls-handshake-timeout", "max-line-length", "bare-lf", "threads",
-      "max-connections", "max-connections-per-host", "max-errors", "max-pipelined-commands",
-      "user", "proxy-protocol-hosts", "log-level", "log-format", "metrics-listen", "shutdown-grace", "backend-probe-interval",
-      "reload-check-interval"};
+  const std::vector<std::string> expected = {"help",
+                                             "version",
+                                             "config",
+                                             "listen",
+                                             "tls-on-connect-ports",
+                                             "tls-on-connect",
+                                             "backend",
+                                             "backend-metadata",
+                                             "hostname",
+                                             "tls-certificate",
+                                             "tls-privatekey",
+                                             "tls-advertise-hosts",
+                                             "tls-require-ciphers",
+                                             "tls-ciphersuites",
+                                             "tls-min-protocol",
+                                             "tls-dhparam",
+                                             "tls-verify-hosts",
+                                             "tls-try-verify-hosts",
+                                             "tls-verify-certificates",
+                                             "tls-crl",
+                                             "tls-verify-depth",
+                                             "tls-peerdn-format",
+                                             "received-header",
+                                             "tls-require-ports",
+                                             "tls-require-hosts",
+                                             "tls-require-verified-hosts",
+                                             "client-name-lookup",
+                                             "smtp-receive-timeout",
+                                             "tls-handshake-timeout",
+                                             "max-line-length",
+                                             "bare-lf",
+                                             "threads",
+                                             "max-connections",
+                                             "max-connections-per-host",
+                                             "max-errors",
+                                             "max-pipelined-commands",
+                                             "user",
+                                             "proxy-protocol-hosts",
+                                             "log-level",
+                                             "log-format",
+                                             "metrics-listen",
+                                             "shutdown-grace",
+                                             "backend-probe-interval",
+                                             "reload-check-interval"};
   EXPECT_EQ(listed, expected);
 
   const std::map<std::string, std::string> defaults = {
@@ -477,8 +510,7 @@ TEST(Config, TlsDhparam) {
 TEST(Config, BackendMetadata) {
   EXPECT_EQ(parse({"--backend-metadata", "none"}).backend_metadata, BackendMetadata::none);
   EXPECT_EQ(parse({"--backend-metadata", "xclient"}).backend_metadata, BackendMetadata::xclient);
-  EXPECT_EQ(parse({"--backend-metadata", "proxy-v2"}).backend_metadata,
-            BackendMetadata::proxy_v2);
+  EXPECT_EQ(parse({"--backend-metadata", "proxy-v2"}).backend_metadata, BackendMetadata::proxy_v2);
   EXPECT_EQ(error_of({"--backend-metadata", "proxy"}),
             "--backend-metadata: must be one of xclient, proxy-v2, none (proxy)");
 }

@@ -363,5 +363,22 @@ TEST(Rfc5322Date, IndependentOfTheLocalTimeZone) {
   EXPECT_EQ(date, "Thu, 01 Jan 1970 00:00:00 +0000");
 }
 
+TEST(StartsWithContinuation, SpaceOrTabFirst) {
+  EXPECT_EQ(starts_with_continuation(" indented\r\n", false), true);
+  EXPECT_EQ(starts_with_continuation("\tx", false), true);
+  EXPECT_EQ(starts_with_continuation("Subject: x\r\n", false), false);
+  EXPECT_EQ(starts_with_continuation("\r\nbody", false), false);
+  EXPECT_EQ(starts_with_continuation("", false), std::nullopt);
+}
+
+TEST(StartsWithContinuation, DotStuffedContentLosesItsLeadingDot) {
+  EXPECT_EQ(starts_with_continuation(". x\r\n", true), true);    // the MTA reads " x"
+  EXPECT_EQ(starts_with_continuation(". x\r\n", false), false);  // BDAT: no stuffing
+  EXPECT_EQ(starts_with_continuation("..x", true), false);
+  EXPECT_EQ(starts_with_continuation(".\r\n", true), false);  // an empty message
+  EXPECT_EQ(starts_with_continuation(".", true), std::nullopt);
+  EXPECT_EQ(starts_with_continuation(" ", true), true);
+}
+
 }  // namespace
 }  // namespace stp

@@ -16,5 +16,7 @@ postconf -M# 10025/inet 2>/dev/null || true
 postconf -M "$POSTFIX_BACKEND_LISTEN/inet=$POSTFIX_BACKEND_LISTEN inet n - n - - smtpd"
 postconf -P "$POSTFIX_BACKEND_LISTEN/inet/smtpd_authorized_xclient_hosts=$POSTFIX_XCLIENT_HOSTS"
 postconf -P "$POSTFIX_BACKEND_LISTEN/inet/syslog_name=postfix/from-proxy"
+# Decided on the connecting address (the proxy's): no client's headers are rewritten as local.
+postconf -P "$POSTFIX_BACKEND_LISTEN/inet/local_header_rewrite_clients="
 postfix check
 exec postfix start-fg
