@@ -378,6 +378,15 @@ std::vector<Flag> flag_table() {
                                   : mode == "proxy-v2" ? BackendMetadata::proxy_v2
                                                        : BackendMetadata::none;
            }},
+      {.name = "proxy-v2-max-header",
+       .argument = "BYTES",
+       .defaults = {"232"},
+       .help = "longest PROXY v2 header sent to the MTA; TLVs that do not fit are left out "
+               "(Exim 4.96 reads 232 bytes at most, Postfix 536)",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.proxy_v2_max_header = number_in_range(v.front(), 64, 536, "a number of bytes");
+           }},
       {.name = "hostname",
        .argument = "NAME",
        .defaults = {machine_name()},

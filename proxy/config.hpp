@@ -46,6 +46,7 @@ struct Config {
   std::string backend_host = "127.0.0.1";
   std::uint16_t backend_port = 10025;
   BackendMetadata backend_metadata = BackendMetadata::xclient;
+  std::size_t proxy_v2_max_header = 232;  // Exim 4.96 reads no more
 
   std::string hostname;  // defaults to the machine's name
 

@@ -1,6 +1,7 @@
 // PROXY protocol encoding and decoding; see proxy_protocol.hpp.
 #include "proxy/proxy_protocol.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -15,9 +16,10 @@ constexpr std::array<unsigned char, 12> kV2Signature = {0x0D, 0x0A, 0x0D, 0x0A, 
 constexpr std::size_t kV1MaxLength = 107;  // the spec's bound, CRLF included
 constexpr std::size_t kV2MaxPayload = 65535;
 
-// The longest value sent in each TLV. They keep the whole header within 536 bytes, the bound
-// the spec advises and Postfix enforces (HAPROXY_HEADER_MAX_LEN), and far from the 16-bit
+// The longest value sent in each TLV. All of them together fit in 536 bytes, the bound the
+// spec advises and Postfix enforces (HAPROXY_HEADER_MAX_LEN), and stay far from the 16-bit
 // length fields: a longer value (a hostile client certificate's CN) is left out, never cut.
+// encode_v2's budget may leave out more.
 constexpr std::size_t kMaxAuthority = 253;  // a DNS name
 constexpr std::size_t kMaxClientCn = 64;    // X.509's upper bound for a common name
 constexpr std::size_t kMaxVersion = 16;     // "TLSv1.3"
@@ -25,7 +27,7 @@ constexpr std::size_t kMaxCipher = 40;      // OpenSSL's names, e.g. "TLS_AES_25
 constexpr std::size_t kMaxAlgorithm = 40;   // e.g. "ecdsa-with-SHA256", "RSA4096"
 static_assert(16 + 36 + (3 + kMaxAuthority) + (3 + 5) + (3 + kMaxVersion) + (3 + kMaxClientCn) +
                   (3 + kMaxCipher) + 2 * (3 + kMaxAlgorithm) <=
-              536);
+              kPostfixMaxHeader);
 
 void put16(std::string& out, std::size_t value) {
   out += static_cast<char>((value >> 8) & 0xff);
@@ -159,7 +161,7 @@ Decoded decode_v2(std::string_view input) {
 
 }  // namespace
 
-std::string encode_v2(const V2Header& header) {
+std::string encode_v2(const V2Header& header, std::size_t max_length) {
   const auto source = unmapped(header.source.address());
   const auto destination = unmapped(header.destination.address());
   const bool v4 = source.is_v4() && destination.is_v4();
@@ -179,30 +181,53 @@ std::string encode_v2(const V2Header& header) {
   put16(addresses, header.source.port());
   put16(addresses, header.destination.port());
 
-  std::string tlvs;
-  auto fits = [](std::string_view value, std::size_t limit) {
+  // What is left of the budget after the fixed part and the addresses; each TLV takes
+  // 3 bytes of type and length besides its value.
+  const std::size_t budget = std::clamp(max_length, kMinHeaderBudget, kPostfixMaxHeader);
+  std::size_t room = budget - 16 - addresses.size();
+  auto wanted = [](std::string_view value, std::size_t limit) {
     return !value.empty() && value.size() <= limit;
   };
-  if (fits(header.authority, kMaxAuthority)) put_tlv(tlvs, kTypeAuthority, header.authority);
+  auto take = [&room](std::string_view value) {
+    if (3 + value.size() > room) return false;
+    room -= 3 + value.size();
+    return true;
+  };
+
+  std::string ssl_tlv;
+  std::string authority;
   if (header.ssl) {
     const auto& ssl = *header.ssl;
-    std::string value;
     std::uint8_t client = kClientSsl;
     if (ssl.certificate_presented) client |= kClientCertConn | kClientCertSess;
-    value += static_cast<char>(client);
+    ssl_tlv += static_cast<char>(client);
     // verify: zero only when a certificate was presented and verified.
     const std::uint32_t verify = ssl.certificate_presented && ssl.certificate_verified ? 0 : 1;
     for (int shift = 24; shift >= 0; shift -= 8)
-      value += static_cast<char>((verify >> shift) & 0xff);
-    if (ssl.version.size() <= kMaxVersion) put_tlv(value, kSubtypeSslVersion, ssl.version);
-    if (ssl.certificate_presented && fits(ssl.client_cn, kMaxClientCn)) {
-      put_tlv(value, kSubtypeSslCn, ssl.client_cn);
+      ssl_tlv += static_cast<char>((verify >> shift) & 0xff);
+    room -= 3 + ssl_tlv.size();  // kMinHeaderBudget holds it
+    // Chosen in order of value to a receiver, written in the order of their type numbers.
+    auto fits = [&](std::string_view value, std::size_t limit) {
+      return wanted(value, limit) && take(value);
+    };
+    const bool version = fits(ssl.version, kMaxVersion);
+    const bool cipher = fits(ssl.cipher, kMaxCipher);
+    const bool cn = ssl.certificate_presented && fits(ssl.client_cn, kMaxClientCn);
+    if (fits(header.authority, kMaxAuthority)) {
+      put_tlv(authority, kTypeAuthority, header.authority);
     }
-    if (ssl.cipher.size() <= kMaxCipher) put_tlv(value, kSubtypeSslCipher, ssl.cipher);
-    if (fits(ssl.sig_alg, kMaxAlgorithm)) put_tlv(value, kSubtypeSslSigAlg, ssl.sig_alg);
-    if (fits(ssl.key_alg, kMaxAlgorithm)) put_tlv(value, kSubtypeSslKeyAlg, ssl.key_alg);
-    put_tlv(tlvs, kTypeSsl, value);
+    const bool sig_alg = fits(ssl.sig_alg, kMaxAlgorithm);
+    const bool key_alg = fits(ssl.key_alg, kMaxAlgorithm);
+    if (version) put_tlv(ssl_tlv, kSubtypeSslVersion, ssl.version);
+    if (cn) put_tlv(ssl_tlv, kSubtypeSslCn, ssl.client_cn);
+    if (cipher) put_tlv(ssl_tlv, kSubtypeSslCipher, ssl.cipher);
+    if (sig_alg) put_tlv(ssl_tlv, kSubtypeSslSigAlg, ssl.sig_alg);
+    if (key_alg) put_tlv(ssl_tlv, kSubtypeSslKeyAlg, ssl.key_alg);
+  } else if (wanted(header.authority, kMaxAuthority) && take(header.authority)) {
+    put_tlv(authority, kTypeAuthority, header.authority);
   }
+  std::string tlvs = authority;
+  if (header.ssl) put_tlv(tlvs, kTypeSsl, ssl_tlv);
 
   std::string out(reinterpret_cast<const char*>(kV2Signature.data()), kV2Signature.size());
   out += static_cast<char>(0x21);              // version 2, PROXY

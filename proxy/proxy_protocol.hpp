@@ -44,10 +44,20 @@ struct V2Header {
   std::string authority = {};                  // SNI; empty: no AUTHORITY TLV
 };
 
-// The binary header. Mixed families are sent as IPv6 (IPv4 addresses v4-mapped). It never
-// exceeds 536 bytes (what Postfix accepts): a TLV value longer than its bound (authority 253,
-// client CN 64, version 16, cipher and algorithms 40 bytes) is left out, never cut.
-std::string encode_v2(const V2Header& header);
+// The longest header a receiver reads: Postfix 536 bytes, Exim 4.96 232 (16 + 216).
+inline constexpr std::size_t kPostfixMaxHeader = 536;
+inline constexpr std::size_t kEximMaxHeader = 232;
+// The smallest budget that always holds the addresses and the SSL TLV's flags.
+inline constexpr std::size_t kMinHeaderBudget = 16 + 36 + 3 + 5;
+
+// The binary header. Mixed families are sent as IPv6 (IPv4 addresses v4-mapped). A TLV value
+// longer than its bound (authority 253, client CN 64, version 16, cipher and algorithms 40
+// bytes) is left out, never cut. The header never exceeds `max_length` (at least
+// kMinHeaderBudget, at most kPostfixMaxHeader): the addresses and the SSL TLV's client flags
+// and verify result always go; then, while they fit and in this order, the TLS version, the
+// cipher, the client certificate's CN, the SNI (AUTHORITY), the signature and key algorithms.
+// A receiver that reads less than the header sends fails the whole session.
+std::string encode_v2(const V2Header& header, std::size_t max_length = kPostfixMaxHeader);
 
 struct Decoded {
   enum class Status { need_more, complete, invalid } status = Status::need_more;

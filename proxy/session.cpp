@@ -510,24 +510,32 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     co_return false;
   }
   if (config_.backend_metadata != BackendMetadata::xclient) {
-    const bool ok = !greet_client ||
-                    co_await write_client(client, backend_in_.view().substr(0, greeting.length));
+    const std::string greeting_text(backend_in_.view().substr(0, greeting.length));
     backend_in_.consume(greeting.length);
-    if (!greet_client && !replay_helo_.empty()) {
-      // The client already greeted us (in the clear): greet the MTA the same way.
-      if (!co_await write_mta(replay_helo_))
-        co_return co_await refuse("mail server lost", unavailable);
+    if (config_.backend_metadata == BackendMetadata::proxy_v2) {
+      // An MTA not told to expect the header reads it as SMTP lines (its signature even holds
+      // a QUIT) and answers those first: the first reply after the greeting shows whether it
+      // took the header. The client's own greeting (HELO/EHLO, sent in the clear) serves when
+      // there is one; otherwise a NOOP. Until then the client has heard nothing of the MTA.
+      const std::string_view check =
+          replay_helo_.empty() ? std::string_view("NOOP\r\n") : std::string_view(replay_helo_);
+      if (!co_await write_mta(check)) co_return co_await refuse("mail server lost", unavailable);
       const auto reply = co_await read_mta_reply();
-      if (reply.status != smtp::ReplyScan::Status::complete) {
-        co_return co_await refuse("mail server lost", unavailable);
-      }
-      if (reply.code / 100 != 2) {
-        spdlog::warn("{} mail server answered the client's greeting with \"{}\"", id_,
-                     log::escape(backend_in_.view().substr(0, reply.length), 200));
+      if (reply.status != smtp::ReplyScan::Status::complete || reply.code / 100 != 2) {
+        spdlog::error(
+            "{} mail server answered \"{}\" right after the PROXY header: it does not take the "
+            "header from this proxy (Exim hosts_proxy, Postfix smtpd_upstream_proxy_protocol) "
+            "or refused {}; refusing {}",
+            id_, log::escape(backend_in_.view().substr(0, reply.length), 200),
+            replay_helo_.empty() ? "NOOP" : "the client's greeting", client_label_);
+        co_return co_await refuse("mail server refused client identity",
+                                  metrics::Rejection::identity_refused);
       }
       backend_in_.consume(reply.length);
     }
-    co_return ok;
+    // (No co_await inside || or ?: here: GCC 12 miscompiles it in coroutines.)
+    if (!greet_client) co_return true;
+    co_return co_await write_client(client, greeting_text);
   }
   backend_in_.consume(greeting.length);
 
@@ -1170,7 +1178,7 @@ std::string Session::proxy_v2_header() const {
     header.ssl = std::move(ssl);
     header.authority = t.sni;
   }
-  return proxy_protocol::encode_v2(header);
+  return proxy_protocol::encode_v2(header, config_.proxy_v2_max_header);
 }
 
 std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view line, Verb verb) {

@@ -214,6 +214,92 @@ TEST(EncodeV2, EmptyOptionalSslFieldsAreLeftOut) {
   expect_bytes(header, expected);
 }
 
+// The sub-TLV types present in a header's SSL TLV, and whether AUTHORITY is there: read by
+// walking the TLVs as the spec lays them out.
+struct TlvsSeen {
+  bool authority = false;
+  std::string ssl_subtypes;  // one byte per sub-TLV, in order
+};
+TlvsSeen tlvs_of(std::string_view header, std::size_t address_bytes) {
+  TlvsSeen seen;
+  std::size_t at = 16 + address_bytes;
+  while (at + 3 <= header.size()) {
+    const auto type = static_cast<unsigned char>(header[at]);
+    const std::size_t length = (static_cast<unsigned char>(header[at + 1]) << 8) |
+                               static_cast<unsigned char>(header[at + 2]);
+    if (type == kTypeAuthority) seen.authority = true;
+    if (type == kTypeSsl) {
+      for (std::size_t sub = at + 3 + 5; sub + 3 <= at + 3 + length;) {
+        seen.ssl_subtypes += header[sub];
+        sub += 3 + ((static_cast<unsigned char>(header[sub + 1]) << 8) |
+                    static_cast<unsigned char>(header[sub + 2]));
+      }
+    }
+    at += 3 + length;
+  }
+  EXPECT_EQ(at, header.size());
+  return seen;
+}
+
+// An ordinary session that Exim 4.96 could not read whole: an IPv6 client with a verified
+// certificate whose CN is 64 bytes, and a 48-byte SNI (241 bytes in all without a budget).
+V2Header long_ipv6_session() {
+  return {
+      .source = endpoint("2001:db8::1", 40000),
+      .destination = endpoint("2001:db8::25", 465),
+      .ssl = SslInfo{.certificate_presented = true,
+                     .certificate_verified = true,
+                     .version = "TLSv1.3",
+                     .cipher = "TLS_AES_256_GCM_SHA384",
+                     .sig_alg = "ecdsa-with-SHA256",
+                     .key_alg = "EC256",
+                     .client_cn = std::string(64, 'c')},
+      .authority = "mx-inbound-eu-west-1.mail-protection.example.com",
+  };
+}
+
+TEST(EncodeV2, WithinPostfixsLimitEverythingGoes) {
+  const auto header = encode_v2(long_ipv6_session());
+  EXPECT_EQ(header.size(), 241u);
+  const auto seen = tlvs_of(header, 36);
+  EXPECT_TRUE(seen.authority);
+  EXPECT_EQ(seen.ssl_subtypes, "\x21\x22\x23\x24\x25");
+}
+
+TEST(EncodeV2, EximsLimitLeavesOutTheLeastUsefulTlvs) {
+  const auto header = encode_v2(long_ipv6_session(), kEximMaxHeader);
+  EXPECT_LE(header.size(), kEximMaxHeader);
+  // 16 + 36 + SSL (3 + 5 + 10 + 25 + 67) + AUTHORITY 51 = 213; SIG_ALG (20) no longer fits,
+  // KEY_ALG (8) still does.
+  EXPECT_EQ(header.size(), 221u);
+  const auto seen = tlvs_of(header, 36);
+  EXPECT_TRUE(seen.authority);
+  EXPECT_EQ(seen.ssl_subtypes, "\x21\x22\x23\x25");
+  // The length field says what follows.
+  EXPECT_EQ((static_cast<unsigned char>(header[14]) << 8 | static_cast<unsigned char>(header[15])),
+            header.size() - 16);
+}
+
+TEST(EncodeV2, SmallestBudgetKeepsAddressesAndTheSslFlags) {
+  const auto header = encode_v2(long_ipv6_session(), 0);  // raised to kMinHeaderBudget
+  EXPECT_EQ(header.size(), kMinHeaderBudget);
+  const auto seen = tlvs_of(header, 36);
+  EXPECT_FALSE(seen.authority);
+  EXPECT_EQ(seen.ssl_subtypes, "");
+  const auto decoded = decode(header);
+  ASSERT_EQ(decoded.status, Status::complete);
+  EXPECT_EQ(decoded.source, endpoint("2001:db8::1", 40000));
+}
+
+TEST(EncodeV2, EveryBudgetIsRespected) {
+  for (std::size_t budget = kMinHeaderBudget; budget <= kPostfixMaxHeader; ++budget) {
+    const auto header = encode_v2(long_ipv6_session(), budget);
+    ASSERT_LE(header.size(), budget) << budget;
+    ASSERT_EQ(decode(header).status, Status::complete) << budget;
+    tlvs_of(header, 36);
+  }
+}
+
 TEST(EncodeV2, AuthorityWithoutTls) {
   const std::string header = encode_v2({.source = endpoint("192.0.2.7", 1),
                                         .destination = endpoint("192.0.2.25", 2),
