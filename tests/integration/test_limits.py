@@ -212,7 +212,9 @@ def test_unknown_user_stops_start_up(tmp_path):
                           "--user", "no-such-user-stp", "--metrics-listen", ""],
                          capture_output=True, text=True, timeout=20, cwd=tmp_path)
     assert out.returncode == 2, out
-    assert 'smtp-tls-proxy: --user: no user named "no-such-user-stp"' in out.stderr, out
+    # Logging is set up by then: the reason is a log line (critical), like any other.
+    assert re.search(r'^\S+ critical --user: no user named "no-such-user-stp"$', out.stderr,
+                     re.M), out
 
 
 def test_running_as_root_without_user_warns(postfix, proxy):
