@@ -86,7 +86,7 @@ integration() { # integration BUILD_DIR WHAT
   mkdir -p "$reports"
   local wrapper started=$SECONDS status=0
   wrapper=$(make_wrapper "$repo/$1/smtp-tls-proxy" "$reports")
-  STP_BINARY=$wrapper /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+  STP_BINARY=$wrapper STP_SANITIZER=$2 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
     --basetemp="$work/pytest-$2" "${extra_pytest[@]}" tests/integration || status=$?
   echo "sanitize.sh: integration tests under $2 took $((SECONDS - started)) s"
   check_reports "$reports" "$2" || status=1

@@ -67,6 +67,18 @@ LOGS_KEY = pytest.StashKey[list]()  # per test: callables returning (title, text
 TIMINGS: dict[str, float] = {}  # shown at the end of the run
 
 
+# scripts/sanitize.sh sets STP_SANITIZER for its runs. Two kinds of test measure what a
+# sanitizer changes: memory bounds (ASan's quarantine and shadow memory grow RSS by tens of MB)
+# and running out of file descriptors (the runtime's own memory checks open a pipe(), and report
+# false positives when none is left).
+UNDER_SANITIZER = os.environ.get("STP_SANITIZER", "")
+skip_memory_bound_under_sanitizer = pytest.mark.skipif(
+    bool(UNDER_SANITIZER), reason=f"RSS is the sanitizer's under {UNDER_SANITIZER}")
+skip_fd_exhaustion_under_sanitizer = pytest.mark.skipif(
+    bool(UNDER_SANITIZER),
+    reason=f"{UNDER_SANITIZER}'s runtime needs descriptors of its own (pipe()) for its checks")
+
+
 def proxy_binary() -> Path:
     path = Path(os.environ.get("STP_BINARY", "build/smtp-tls-proxy"))
     return path if path.is_absolute() else REPO_ROOT / path
