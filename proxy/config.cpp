@@ -29,6 +29,24 @@
 #endif
 
 namespace stp {
+
+ConfigError::ConfigError(std::string_view message)
+    : std::runtime_error([message] {
+        static constexpr char kHex[] = "0123456789abcdef";
+        std::string line;
+        line.reserve(message.size());
+        for (const char ch : message) {
+          const auto c = static_cast<unsigned char>(ch);
+          if (c >= 0x20 && c != 0x7f) {
+            line += ch;
+          } else {
+            line += "\\x";
+            line += kHex[c >> 4];
+            line += kHex[c & 0x0f];
+          }
+        }
+        return line;
+      }()) {}
 namespace {
 
 namespace po = boost::program_options;
@@ -272,6 +290,8 @@ acl::HostList host_list(const Values& values) {
 
 void apply_backend(Config& config, const Values& values) {
   const std::string& value = values.front();
+  // make_address() would read only what comes before a NUL.
+  if (value.find('\0') != std::string::npos) bad("contains a NUL byte", value);
   const auto [host, port] = split_host_port(value);
   boost::system::error_code error;
   ip::make_address(host, error);
@@ -763,10 +783,11 @@ po::options_description describe(const std::vector<Flag>& table, unsigned source
   return description;
 }
 
-// `e`'s option as the user wrote it, or the flag's name with `--`.
+// `e`'s option as the user wrote it, or the flag's name with `--`. "--=x" names none.
 std::string option_of(const po::error_with_option_name& e) {
   std::string name = e.get_option_name();
-  if (!name.empty() && name.front() != '-') name = "--" + name;
+  if (name.empty() || name == "--") return "--: an option name is missing before '=';";
+  if (name.front() != '-') name = "--" + name;
   return name;
 }
 

@@ -23,9 +23,11 @@
 
 namespace stp {
 
+// Names the flag; the operator's text in it has its control bytes written as \xHH, so the
+// message is one printable line wherever it is shown.
 class ConfigError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit ConfigError(std::string_view message);
 };
 
 enum class BackendMetadata { xclient, proxy_v2, none };

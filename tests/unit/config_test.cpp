@@ -883,5 +883,24 @@ TEST(OperationsFlags, MetricsListenDefaultsAndCanBeTurnedOff) {
   EXPECT_THROW(parse_config(3, bad, no_env, out), ConfigError);
 }
 
+TEST(ConfigErrors, OperatorTextIsOnePrintableLine) {
+  // An option name with a control byte, as a config file or a hostile wrapper could pass it.
+  const std::string message = error_of({"--x\x01=1"});
+  EXPECT_EQ(message.find('\x01'), std::string::npos) << message;
+  EXPECT_NE(message.find("\\x01"), std::string::npos) << message;
+}
+
+TEST(ConfigErrors, AnOptionWithoutANameIsSaidSo) {
+  const std::string message = error_of({"--="});
+  EXPECT_TRUE(message.starts_with("--: an option name is missing")) << message;
+}
+
+TEST(ConfigErrors, BackendWithANulIsRefused) {
+  const std::string message =
+      error_of({}, {{"SMTP_TLS_PROXY_BACKEND", std::string("127.0.0.1\0evil.example:10025", 28)}});
+  EXPECT_TRUE(message.starts_with("--backend: contains a NUL byte")) << message;
+  EXPECT_EQ(message.find('\0'), std::string::npos);
+}
+
 }  // namespace
 }  // namespace stp
