@@ -67,16 +67,26 @@ LOGS_KEY = pytest.StashKey[list]()  # per test: callables returning (title, text
 TIMINGS: dict[str, float] = {}  # shown at the end of the run
 
 
-# scripts/sanitize.sh sets STP_SANITIZER for its runs. Two kinds of test measure what a
-# sanitizer changes: memory bounds (ASan's quarantine and shadow memory grow RSS by tens of MB)
-# and running out of file descriptors (the runtime's own memory checks open a pipe(), and report
-# false positives when none is left).
+# scripts/sanitize.sh sets STP_SANITIZER for its runs. Tests marked `measures_process` measure
+# what a sanitizer changes, and are skipped there: memory bounds (ASan's quarantine and shadow
+# memory grow RSS by tens of MB) and running out of file descriptors (the runtime's own memory
+# checks open a pipe(), and report false positives when none is left). scripts/test.sh runs
+# them against the release build (`-m measures_process`).
 UNDER_SANITIZER = os.environ.get("STP_SANITIZER", "")
-skip_memory_bound_under_sanitizer = pytest.mark.skipif(
-    bool(UNDER_SANITIZER), reason=f"RSS is the sanitizer's under {UNDER_SANITIZER}")
-skip_fd_exhaustion_under_sanitizer = pytest.mark.skipif(
-    bool(UNDER_SANITIZER),
-    reason=f"{UNDER_SANITIZER}'s runtime needs descriptors of its own (pipe()) for its checks")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "measures_process: measures the proxy's RSS or descriptors; not under a sanitizer")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not UNDER_SANITIZER:
+        return
+    skip = pytest.mark.skip(reason=f"measures the process, which {UNDER_SANITIZER} changes")
+    for item in items:
+        if "measures_process" in item.keywords:
+            item.add_marker(skip)
 
 
 def proxy_binary() -> Path:

@@ -30,8 +30,7 @@ import pytest
 
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER,
                       ConnectionClosed, Reply, SmtpClient, TRACE_HEADER, client_content,
-                      connect_from, simple_message, skip_fd_exhaustion_under_sanitizer,
-                      unique)
+                      connect_from, simple_message, unique)
 from fault_mta import DyingMta
 
 # --------------------------------------------------------------------------- helpers
@@ -619,7 +618,7 @@ def proxy_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@skip_fd_exhaustion_under_sanitizer
+@pytest.mark.measures_process
 def test_running_out_of_file_descriptors_backs_off_and_recovers(smtp_sink, proxy):
     """RLIMIT_NOFILE lowered to 64 on the running proxy (prlimit), then 60 clients connect
     and stay: past the limit accept() fails with EMFILE. The proxy must not spin on it (its

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import (CLIENT_ADDR, LOOPBACK, START_TIMEOUT, SmtpClient,
                       connect_from, free_port, listening_ports, proxy_binary, simple_message, stop_process,
-                      unique, skip_memory_bound_under_sanitizer)
+                      unique)
 
 SENDER = "sender@example.org"
 OTHER_CLIENT = "127.0.0.3"
@@ -156,7 +156,7 @@ def rss_kib(pid: int) -> int:
     return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
 
 
-@skip_memory_bound_under_sanitizer
+@pytest.mark.measures_process
 def test_a_client_that_never_reads_is_not_buffered_without_bound(smtp_sink, proxy):
     """A client that pipelines forever and reads nothing: the proxy stops reading, so the
     client's writes block once the kernel's buffers are full, and the proxy does not grow.

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (TIMINGS, SmtpClient, simple_message, skip_fd_exhaustion_under_sanitizer,
-                      skip_memory_bound_under_sanitizer, unique)
+from conftest import SmtpClient, TIMINGS, simple_message, unique
 from prop_trickle import Tricklers
 
 TRICKLERS = int(os.environ.get("STP_TRICKLERS", "5000"))
@@ -89,7 +88,7 @@ def deliver_timed(port: int, pki, sink_token: str) -> float:
     return time.monotonic() - began
 
 
-@skip_memory_bound_under_sanitizer
+@pytest.mark.measures_process
 def test_5000_trickling_clients_neither_block_a_normal_client_nor_grow_memory(
         many_fds, smtp_sink, proxy, pki):
     sink = smtp_sink(xclient=False, extra=("-m", "20000"))
@@ -192,7 +191,7 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-@skip_fd_exhaustion_under_sanitizer
+@pytest.mark.measures_process
 def test_out_of_file_descriptors_logs_backs_off_and_recovers(postfix, proxy):
     p = proxy(postfix.strict_backend)
     pid = p.proc.pid
