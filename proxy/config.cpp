@@ -30,23 +30,31 @@
 
 namespace stp {
 
+namespace {
+
+// Control bytes as \xHH; everything else as it is.
+std::string escape_control_bytes(std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string result;
+  result.reserve(text.size());
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7F) {
+      result += "\\x";
+      result += kHex[byte >> 4];
+      result += kHex[byte & 0xF];
+    } else {
+      result += c;
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
 ConfigError::ConfigError(std::string_view message)
-    : std::runtime_error([message] {
-        static constexpr char kHex[] = "0123456789abcdef";
-        std::string line;
-        line.reserve(message.size());
-        for (const char ch : message) {
-          const auto c = static_cast<unsigned char>(ch);
-          if (c >= 0x20 && c != 0x7f) {
-            line += ch;
-          } else {
-            line += "\\x";
-            line += kHex[c >> 4];
-            line += kHex[c & 0x0f];
-          }
-        }
-        return line;
-      }()) {}
+    : std::runtime_error(escape_control_bytes(message)) {}
+
 namespace {
 
 namespace po = boost::program_options;
@@ -720,21 +728,11 @@ std::string env_name(std::string_view flag) {
   return name;
 }
 
-// Operator text inside a message: control bytes escaped, long values cut.
+// Operator text inside a message: control bytes escaped (ConfigError does it again, to no
+// effect, for the whole message), long values cut.
 std::string printable(std::string_view text) {
   constexpr std::size_t kLimit = 200;
-  std::string result;
-  for (const char c : text.substr(0, kLimit)) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte < 0x20 || byte == 0x7F) {
-      constexpr char kHex[] = "0123456789abcdef";
-      result += "\\x";
-      result += kHex[byte >> 4];
-      result += kHex[byte & 0xF];
-    } else {
-      result += c;
-    }
-  }
+  std::string result = escape_control_bytes(text.substr(0, kLimit));
   if (text.size() > kLimit) result += "...";
   return result;
 }
