@@ -210,8 +210,9 @@ std::string encode_v2(const V2Header& header, std::size_t max_length) {
     auto fits = [&](std::string_view value, std::size_t limit) {
       return wanted(value, limit) && take(value);
     };
-    const bool version = fits(ssl.version, kMaxVersion);
-    const bool cipher = fits(ssl.cipher, kMaxCipher);
+    // VERSION and CIPHER go even when empty, as the spec has them on every TLS session.
+    const bool version = ssl.version.size() <= kMaxVersion && take(ssl.version);
+    const bool cipher = ssl.cipher.size() <= kMaxCipher && take(ssl.cipher);
     const bool cn = ssl.certificate_presented && fits(ssl.client_cn, kMaxClientCn);
     if (fits(header.authority, kMaxAuthority)) {
       put_tlv(authority, kTypeAuthority, header.authority);

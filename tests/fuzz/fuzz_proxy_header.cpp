@@ -32,6 +32,7 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -287,6 +288,12 @@ void check_round_trip(FuzzedDataProvider& in) {
     ssl.client_cn = consume_string(in);
     h.ssl = std::move(ssl);
   }
+
+  // Any budget (--proxy-v2-max-header) is kept, and the header stays readable.
+  const auto budget = in.ConsumeIntegralInRange<std::size_t>(0, 600);
+  const std::string small = pp::encode_v2(h, budget);
+  FUZZ_CHECK(small.size() <= std::clamp(budget, pp::kMinHeaderBudget, kMaxHeader), small);
+  FUZZ_CHECK(pp::decode(small).status == Status::complete, small);
 
   const std::string header = pp::encode_v2(h);
   const std::string& shown = header;  // fail() escapes it
