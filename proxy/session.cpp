@@ -201,6 +201,8 @@ asio::awaitable<void> Session::run() {
         // The MTA saw the plaintext part of the session: make it forget any transaction.
         reset_mta_after_tls_ = true;
         co_await serve(*tls_);
+      } else if (config_.backend_metadata != BackendMetadata::proxy_v2) {
+        co_await serve(*tls_);  // connects at the first command that needs the MTA
       } else if (co_await attach_backend(*tls_, false)) {  // proxy-v2: now the header can tell
         co_await serve(*tls_);
       }
@@ -470,12 +472,16 @@ asio::awaitable<bool> Session::connect_backend() {
 
 template <class Stream>
 asio::awaitable<bool> Session::open_backend(Stream& client) {
-  if (config_.backend_metadata == BackendMetadata::proxy_v2 && !tls_active_) {
-    // The PROXY header must say whether the client uses TLS, which is not known yet: greet
-    // the client ourselves and connect when it starts TLS or goes on without it.
-    co_return co_await write_client(client, services_.reply_greeting);
+  if (config_.backend_metadata == BackendMetadata::proxy_v2 && tls_active_) {
+    // Implicit TLS: the PROXY header can tell everything now, and Exim wants it promptly.
+    co_return co_await attach_backend(client, true);
   }
-  co_return co_await attach_backend(client, true);
+  // The proxy greets the client itself and connects to the MTA at the first command that
+  // needs it (flush_group): a client that connects and then trickles, or says nothing, costs
+  // the MTA no connection (no smtpd process), only this session's own small state. In
+  // proxy-v2 mode the PROXY header must also say whether the client uses TLS, which is not
+  // known yet.
+  co_return co_await write_client(client, services_.reply_greeting);
 }
 
 template <class Stream>
@@ -541,11 +547,11 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
 
   // Identify the client with XCLIENT, or refuse it: an MTA that took its mail as coming
   // from the proxy's own address may relay for anyone.
-  to_mta_ = "EHLO " + config_.hostname + "\r\n";
-  if (!co_await write_mta(to_mta_)) {
+  // (to_mta_ may hold the client's first commands, which go once the MTA knows the client.)
+  const std::string ehlo_command = "EHLO " + config_.hostname + "\r\n";
+  if (!co_await write_mta(ehlo_command)) {
     co_return co_await refuse("mail server lost", unavailable);
   }
-  to_mta_.clear();
   const auto ehlo = co_await read_mta_reply();
   if (ehlo.status != smtp::ReplyScan::Status::complete) {
     co_return co_await refuse("mail server lost", unavailable);
@@ -579,15 +585,11 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     co_return co_await refuse("mail server refused client identity",
                               metrics::Rejection::identity_refused);
   }
-  // After XCLIENT the MTA greets anew (220); that greeting is the client's.
-  bool ok;
-  if (accepted.code == 220) {
-    ok = co_await write_client(client, reply);
-  } else {
-    ok = co_await write_client(client, "220 " + config_.hostname + " ESMTP\r\n");
-  }
+  // After XCLIENT the MTA greets anew (220); the client was greeted by the proxy already.
   backend_in_.consume(accepted.length);
-  co_return ok;
+  if (!greet_client) co_return true;
+  co_return co_await write_client(
+      client, accepted.code == 220 ? std::string(reply) : services_.reply_greeting);
 }
 
 asio::awaitable<smtp::ReplyScan> Session::read_mta_reply() {
@@ -1116,6 +1118,8 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
     return n;
   };
   const bool relay = !discard_bdat_chunk_;
+  // A chunk goes straight to the MTA, before flush_group() would connect.
+  if (relay && !backend_attached_ && !co_await attach_backend(client, false)) co_return false;
   if (bdat_header_due_) {
     bdat_header_due_ = false;
     // The header's end depends on the chunk's first byte (starts_with_continuation).
@@ -1185,6 +1189,9 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
   auto answer = [&](std::string text) {
     pending_.push_back({PendingReply::Kind::local, verb, false, {}, std::move(text)});
   };
+  const bool greeting = verb == Verb::ehlo || verb == Verb::helo;
+  // XCLIENT (or no metadata): the client's greeting is the MTA's to answer, so it connects.
+  if (greeting && config_.backend_metadata != BackendMetadata::proxy_v2) return std::nullopt;
   switch (verb) {
     case Verb::ehlo: {
       const auto cached = services_.mta_ehlo_reply.load();

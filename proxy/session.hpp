@@ -2,6 +2,10 @@
 // STARTTLS; or TLS from the first byte), the connection to the MTA, their buffers, the SMTP
 // state the proxy needs, and the timer that bounds every wait.
 //
+// The proxy greets the client itself; the MTA connection is made at the first command that
+// needs the MTA (in proxy-v2 mode once the TLS outcome is known), so idle and trickling clients
+// cost the MTA nothing.
+//
 // The protocol loop is written once, templated on the client stream type. Commands the client
 // pipelined are taken as a group: the proxy answers what it must answer itself (STARTTLS,
 // refused commands) and forwards the rest in one write; it then collects the MTA's replies and

@@ -123,19 +123,22 @@ def dying_mta(request):
 # --------------------------------------------------------------------------- a slow MTA
 
 
-def test_mta_slow_to_greet_client_gets_the_mtas_greeting(smtp_sink, proxy):
-    """smtp-sink waits 2 s before its greeting (and before answering each EHLO): well inside
-    the proxy's limits, so the client gets the sink's own greeting, late."""
+def test_mta_slow_to_greet_client_waits_for_its_ehlo_reply(smtp_sink, proxy):
+    """smtp-sink waits 2 s before its greeting: well inside the proxy's limits. The proxy
+    greets at once (it connects to the MTA at the client's first command), and the client's
+    EHLO is answered with the sink's own reply once the sink has greeted the proxy."""
     sink = smtp_sink(xclient=False, extra=("-W", "CONNECT:2", "-h", "slow-sink.test"))
     p = proxy(sink.backend, "--backend-metadata", "none")
     began = time.monotonic()
     with SmtpClient(p.plain_port) as c:
-        greeting = c.greeting()
-        waited = time.monotonic() - began
-        assert_reply(greeting, 220)
-        assert "slow-sink.test" in greeting.text, greeting
-        assert waited >= 1.5, f"greeting after {waited:.1f}s, before the sink gave one"
-        assert_reply(c.ehlo(), 250)
+        assert_reply(c.greeting(), 220)
+        assert time.monotonic() - began < 1.0, "the proxy's greeting waited for the MTA"
+        asked = time.monotonic()
+        ehlo = c.ehlo()
+        waited = time.monotonic() - asked
+        assert_reply(ehlo, 250)
+        assert "slow-sink.test" in ehlo.lines[0], ehlo
+        assert waited >= 1.5, f"EHLO answered after {waited:.1f}s, before the sink greeted"
         assert_reply(c.command("QUIT"), 221)
 
 
@@ -278,14 +281,16 @@ def test_mta_dying_inside_the_message_content_client_gets_4xx(dying_mta, proxy, 
 
 
 def test_mta_refusing_connections_gives_421_4_3_2_then_recovers(smtp_sink, proxy):
-    """Nothing listens on the MTA's port: 421 4.3.2 at connect; once smtp-sink listens there,
-    the very next client is served, without restarting the proxy."""
+    """Nothing listens on the MTA's port: the client's first command gets 421 4.3.2 and the
+    connection closes; once smtp-sink listens there, the very next client is served, without
+    restarting the proxy."""
     sink = smtp_sink(xclient=False)
     sink.stop()
     p = proxy(sink.backend, "--backend-metadata", "none")
     for _ in range(2):
         with SmtpClient(p.plain_port) as c:
-            assert_reply(c.greeting(), 421, "4.3.2")
+            assert_reply(c.greeting(), 220)
+            assert_reply(c.ehlo(), 421, "4.3.2")
             assert c.read_until_closed() == b""
     wait_proxy_log(p, r'session client=\[127\.0\.0\.2\].* end="mail server unreachable"')
     sink.start()
@@ -306,7 +311,8 @@ def test_mta_restarting_between_sessions(smtp_sink, proxy, pki):
         sink.wait_for_dump(token)
         sink.stop()
         with SmtpClient(p.plain_port) as c:  # down: refused politely
-            assert_reply(c.greeting(), 421, "4.3.2")
+            assert_reply(c.greeting(), 220)
+            assert_reply(c.ehlo(), 421, "4.3.2")
         sink.start()
 
 
