@@ -101,10 +101,19 @@ class SetupError(Exception):
 # ------------------------------------------------------------------------------ helpers
 
 
+_ports_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never the same twice in a run: the kernel may hand
+    out a just-closed port again, and one server's two listeners must differ."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def listening_ports() -> set[int]:

@@ -179,10 +179,19 @@ def tail(path: Path, max_bytes: int = 12000, start: int = 0) -> str:
 # --------------------------------------------------------------------------- ports, processes
 
 
+_ports_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never the same twice in a test run: the kernel may
+    hand out a just-closed port again, and one proxy's listeners must differ."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def listening_ports() -> set[int]:
