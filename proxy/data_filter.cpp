@@ -5,6 +5,35 @@
 
 namespace stp {
 
+namespace {
+
+const char* find_byte(const char* from, const char* end, char c) {
+  const void* hit = std::memchr(from, c, static_cast<std::size_t>(end - from));
+  return hit ? static_cast<const char*>(hit) : end;
+}
+
+struct ScanStop {
+  const char* at;
+  bool at_line_start;  // `at` follows a CRLF and is the end or a '.', CR or LF
+};
+
+// From inside a line, skips every byte that passes unchanged: the rest of this line and whole
+// CRLF-ended lines after it that start with an ordinary byte. Stops at a CR or LF that is not
+// part of a plain CRLF, at the start of a line beginning with '.', CR or LF, or at the end.
+// Two memchr() per line instead of a test per byte: this is where a message's time goes.
+ScanStop scan_clean_lines(const char* p, const char* end) {
+  while (p < end) {
+    const char* lf = find_byte(p, end, '\n');
+    const char* cr = find_byte(p, lf, '\r');
+    if (lf == end || cr != lf - 1) return {cr < lf ? cr : lf, false};
+    p = lf + 1;
+    if (p == end || *p == '.' || *p == '\r' || *p == '\n') return {p, true};
+  }
+  return {p, false};
+}
+
+}  // namespace
+
 DataFilter::Result DataFilter::feed(std::string_view input, std::string& out) {
   Result result;
   const char* p = input.data();
@@ -24,11 +53,15 @@ DataFilter::Result DataFilter::feed(std::string_view input, std::string& out) {
   while (p < end) {
     switch (state_) {
       case State::middle: {
-        // Fast path: copy the run up to the next CR or LF.
-        const char* q = p;
-        while (q < end && *q != '\r' && *q != '\n') ++q;
-        out.append(p, static_cast<std::size_t>(q - p));
-        p = q;
+        // Fast path: the bytes up to the first one that needs a decision go out as one run.
+        const ScanStop stop = scan_clean_lines(p, end);
+        out.append(p, static_cast<std::size_t>(stop.at - p));
+        p = stop.at;
+        if (stop.at_line_start) {
+          state_ = State::line_start;
+          canonical_start_ = true;
+          break;
+        }
         if (p == end) break;
         if (*p == '\r') {
           state_ = State::cr;
