@@ -102,16 +102,6 @@ asio::awaitable<std::size_t> TlsStream::read_some(asio::mutable_buffer buffer, e
     std::size_t n = 0;
     const int r = SSL_read_ex(ssl_, buffer.data(), buffer.size(), &n);
     if (r == 1) {
-      // Records that read-ahead already holds come out in the same call (no system call), so a
-      // bulk transfer is filtered and forwarded in buffer-sized pieces, not record-sized ones.
-      // An error here stays in the session's state and is reported by the next call.
-      auto* data = static_cast<unsigned char*>(buffer.data());
-      std::size_t more = 0;
-      while (n < buffer.size() && SSL_has_pending(ssl_) &&
-             SSL_read_ex(ssl_, data + n, buffer.size() - n, &more) == 1) {
-        n += more;
-      }
-      ERR_clear_error();
       ec = {};
       co_return n;
     }
