@@ -33,7 +33,7 @@ case "$tool" in
     event=cpu-clock
     perf stat -e instructions true 2>&1 | grep -q 'not supported' || event=cycles
     wrap=(perf record -e "$event" -g -o "$out/perf.data") ;;
-  strace) wrap=(strace -c -f -o "$out/strace.txt") ;;
+  strace) wrap=(strace ${STP_STRACE_ARGS:--c} -f -o "$out/strace.txt") ;;
   heaptrack) wrap=(heaptrack -o "$out/heaptrack") ;;
   *) echo "unknown tool $tool" >&2; exit 2 ;;
 esac
@@ -49,7 +49,7 @@ for _ in $(seq 600); do
 done
 
 case "$load" in
-  handshake) args=(--sessions 300 --concurrency 10) ;;
+  handshake) args=(--sessions ${STP_PROFILE_SESSIONS:-300} --concurrency 10) ;;
   bulk) args=(--sessions 1 --concurrency 1 --msgs-per-session 100 --msg-size 102400) ;;
   *) echo "unknown load $load" >&2; exit 2 ;;
 esac

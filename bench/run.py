@@ -262,6 +262,11 @@ class Sink:
         stop(self.proc)
 
 
+# Single-valued flags of Proxy's defaults that extra flags may replace.
+REPLACEABLE = {"--threads", "--backend-metadata", "--client-name-lookup", "--max-connections",
+               "--max-connections-per-host", "--metrics-listen", "--hostname"}
+
+
 class Proxy:
     def __init__(self, d: Path, binary: Path, pki: dict, sink: Sink, server_mode: str | None,
                  extra: list[str] = ()):
@@ -288,6 +293,11 @@ class Proxy:
         if server_mode == "verify":
             self.argv += ["--tls-verify-hosts", "*", "--tls-verify-certificates",
                           str(pki["ca"])]
+        # An extra flag replaces a default of the same name (the proxy refuses repeats of
+        # single-valued flags): "--threads 1" for an A/B run.
+        for flag in {a.split("=", 1)[0] for a in extra if a.startswith("--")} & REPLACEABLE:
+            i = self.argv.index(flag)
+            del self.argv[i:i + 2]
         self.argv += list(extra)
         self.proc: subprocess.Popen | None = None
 
