@@ -1,6 +1,6 @@
-// smtp-tls-proxy: reads the configuration, builds the TLS context, binds the ports, drops root
-// (--user), and serves until told to stop. Configuration errors end start-up with exit code 2
-// and a message naming the flag.
+// smtp-tls-proxy: reads the configuration, builds the TLS context, fits the descriptor limit to
+// --max-connections, binds the ports, drops root (--user), and serves until told to stop.
+// Configuration errors end start-up with exit code 2 and a message naming the flag.
 #include "proxy/config.hpp"
 #include "proxy/log.hpp"
 #include "proxy/server.hpp"
@@ -8,8 +8,10 @@
 
 #include <grp.h>
 #include <pwd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -32,6 +34,45 @@ void switch_user(const std::string& name) {
     throw stp::ConfigError("--user " + name + ": " + std::strerror(errno));
   }
   if (uid != 0 && setuid(0) == 0) throw stp::ConfigError("--user: root could be regained");
+}
+
+// Each session holds two descriptors (client and MTA); the rest is listeners, the metrics
+// port's connections (at most 64), the log and resolver sockets.
+constexpr rlim_t kDescriptorsPerSession = 2;
+constexpr rlim_t kDescriptorsReserved = 128;
+
+// Before the ports are bound and root is dropped: let the process open as many descriptors as
+// --max-connections needs. The soft limit goes up towards the hard one (the usual soft 1024
+// would cap the proxy at about 450 sessions); as root, the hard limit too when it is lower.
+// What is still short is a warning with the numbers: past it accept() fails with EMFILE and
+// backs off, and sessions get 421 for an MTA connection that cannot be opened.
+void fit_descriptor_limit(std::size_t max_connections) {
+  const rlim_t needed = kDescriptorsPerSession * max_connections + kDescriptorsReserved;
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= needed) return;
+  const rlim_t before = limit.rlim_cur;
+  if (limit.rlim_max < needed && geteuid() == 0) {
+    const rlimit raised{needed, needed};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;  // fails above fs.nr_open
+  }
+  if (limit.rlim_cur < needed) {
+    const rlimit raised{std::min(needed, limit.rlim_max), limit.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur != before) {
+    spdlog::info("descriptor limit (RLIMIT_NOFILE) raised from {} to {} for --max-connections {}",
+                 before, limit.rlim_cur, max_connections);
+  }
+  if (limit.rlim_cur < needed) {
+    const rlim_t sessions = limit.rlim_cur > kDescriptorsReserved
+                                ? (limit.rlim_cur - kDescriptorsReserved) / kDescriptorsPerSession
+                                : 0;
+    spdlog::warn(
+        "descriptor limit (RLIMIT_NOFILE) {} is enough for about {} sessions, fewer than "
+        "--max-connections {} ({} needed): raise it (ulimit -n, LimitNOFILE=, docker --ulimit "
+        "nofile=) or lower --max-connections",
+        limit.rlim_cur, sessions, max_connections, needed);
+  }
 }
 
 }  // namespace
@@ -62,6 +103,7 @@ int main(int argc, char** argv) {
           "run like this in production.",
           config->hostname);
     }
+    fit_descriptor_limit(config->max_connections);
     stp::Server server(*config, std::move(tls));
     if (!config->user.empty()) {
       switch_user(config->user);

@@ -643,8 +643,11 @@ asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
   arm(config_.smtp_receive_timeout);
   waiting_for_command_ = idle;
   if (idle && client_in_.empty()) {
-    // Between commands a session holds no buffer of its own: wait, then read.
+    // Between commands a session holds no buffer of its own: wait, then read. (The MTA's
+    // reply buffer too: every reply has been read by now, and an idle session touched a page
+    // of it for the EHLO reply.)
     client_in_.release_if_empty();
+    backend_in_.release_if_empty();
     co_await client.wait_readable(ec);
   }
   std::size_t n = 0;

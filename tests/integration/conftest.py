@@ -688,8 +688,9 @@ def smtp_sink(request) -> Iterator[Callable[..., SmtpSink]]:
 
 class Proxy:
     def __init__(self, directory: Path, backend: str, args: list[str], plain: bool,
-                 implicit: bool):
+                 implicit: bool, preexec_fn: Callable[[], None] | None = None):
         self.dir = directory
+        self.preexec_fn = preexec_fn
         self.backend = backend
         self.plain_port = free_port() if plain else None
         self.tls_port = free_port() if implicit else None
@@ -734,7 +735,7 @@ class Proxy:
             self.argv = self.command_line(pki, optional_flags)
             err = open(self.stderr_path, "ab")
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
-                                         stderr=err, cwd=self.dir)
+                                         stderr=err, cwd=self.dir, preexec_fn=self.preexec_fn)
             err.close()
             want = {p for p in (self.plain_port, self.tls_port) if p is not None}
             deadline = time.monotonic() + START_TIMEOUT
@@ -778,7 +779,8 @@ def proxy_optional_flags() -> set[str]:
 
 @pytest.fixture
 def proxy(tmp_path, pki, proxy_optional_flags, request) -> Iterator[Callable[..., Proxy]]:
-    """Factory: proxy(backend, *flags, plain=True, implicit=True) starts the proxy.
+    """Factory: proxy(backend, *flags, plain=True, implicit=True, preexec_fn=None) starts the
+    proxy (preexec_fn runs in the child before the exec, e.g. to set a resource limit).
 
     It listens on a free port for plain SMTP (`.plain_port`, STARTTLS) and one for implicit
     TLS (`.tls_port`); defaults for --backend/--hostname/--tls-*/--client-name-lookup off are
@@ -786,10 +788,11 @@ def proxy(tmp_path, pki, proxy_optional_flags, request) -> Iterator[Callable[...
     """
     started: list[Proxy] = []
 
-    def start(backend: str, *flags: str, plain: bool = True, implicit: bool = True) -> Proxy:
+    def start(backend: str, *flags: str, plain: bool = True, implicit: bool = True,
+              preexec_fn: Callable[[], None] | None = None) -> Proxy:
         d = tmp_path / f"proxy{len(started)}"
         d.mkdir()
-        p = Proxy(d, backend, list(flags), plain, implicit)
+        p = Proxy(d, backend, list(flags), plain, implicit, preexec_fn)
         started.append(p)
         attach_log(request, lambda: (f"proxy stderr ({' '.join(p.argv[1:])})", p.stderr()))
         p.start(pki, proxy_optional_flags)

@@ -1,8 +1,9 @@
 """Abuse limits and trusted load balancers (issue 6), against the built proxy.
 
---max-connections, --max-connections-per-host, --max-errors, --max-pipelined-commands and
---user, and PROXY protocol input from --proxy-protocol-hosts with a real HAProxy (Debian's) in
-front of the proxy, sending v1 and v2 headers to its STARTTLS and implicit-TLS ports. The MTA is
+--max-connections, --max-connections-per-host, --max-errors, --max-pipelined-commands, --user,
+the descriptor limit fitted to --max-connections, and PROXY protocol input from
+--proxy-protocol-hosts with a real HAProxy (Debian's) in front of the proxy, sending v1 and v2
+headers to its STARTTLS and implicit-TLS ports. The MTA is
 the real private Postfix, so what the proxy learned from a PROXY header is checked where it
 matters: in the XCLIENT the MTA believed and in the Received header it wrote.
 
@@ -11,13 +12,16 @@ Trusts the fixtures of conftest.py; everything runs on loopback with ephemeral p
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shutil
 import socket
 import struct
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -223,6 +227,67 @@ def test_running_as_root_without_user_warns(postfix, proxy):
         pytest.skip("needs root")
     p = proxy(postfix.backend)
     wait_for_log(p, r"warning running as root: use --user")
+
+
+# --------------------------------------------------------------------------- descriptor limit
+
+
+def descriptor_limit(soft: int, hard: int) -> Callable[[], None]:
+    """A preexec_fn: RLIMIT_NOFILE of the proxy's process as it starts."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    soft, hard = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.M).groups()
+    return int(soft), int(hard)
+
+
+def can_raise_hard_limits() -> bool:
+    """Root with CAP_SYS_RESOURCE (a container may run as root without it)."""
+    caps = re.search(r"^CapEff:\s+([0-9a-f]+)", Path("/proc/self/status").read_text(), re.M)
+    return os.geteuid() == 0 and bool(int(caps.group(1), 16) & (1 << 24))
+
+
+def test_descriptor_limit_is_raised_for_max_connections(smtp_sink, proxy):
+    """Soft limit 256, hard 4096: 1000 sessions need 2 x 1000 + 128 descriptors, so the proxy
+    raises its soft limit to that (not further), says so, and serves."""
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none", "--max-connections", "1000",
+              preexec_fn=descriptor_limit(256, 4096))
+    assert open_files_limit(p.proc.pid) == (2128, 4096)
+    wait_for_log(p, r"info descriptor limit \(RLIMIT_NOFILE\) raised from 256 to 2128 "
+                    r"for --max-connections 1000")
+    assert "warning descriptor limit" not in p.stderr()
+    with SmtpClient(p.plain_port) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+
+
+def test_descriptor_limit_as_root_raises_the_hard_limit(smtp_sink, proxy):
+    if not can_raise_hard_limits():
+        pytest.skip("needs root with CAP_SYS_RESOURCE")
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none", "--max-connections", "1000",
+              preexec_fn=descriptor_limit(256, 256))
+    assert open_files_limit(p.proc.pid) == (2128, 2128)
+    assert "warning descriptor limit" not in p.stderr()
+
+
+def test_descriptor_limit_that_cannot_be_met_is_a_warning_with_the_numbers(smtp_sink, proxy):
+    """2 x 1 000 000 sessions is past the kernel's fs.nr_open (1048576 by default) even for
+    root: the proxy takes what it can get, warns with the figures, and still serves."""
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    if nr_open >= 2_000_128:
+        pytest.skip(f"fs.nr_open is {nr_open}: 1 000 000 sessions fit")
+    sink = smtp_sink(xclient=False)
+    p = proxy(sink.backend, "--backend-metadata", "none", "--max-connections", "1000000",
+              preexec_fn=descriptor_limit(256, 4096))
+    assert open_files_limit(p.proc.pid) == (4096, 4096)
+    wait_for_log(p, r"warning descriptor limit \(RLIMIT_NOFILE\) 4096 is enough for about 1984 "
+                    r"sessions, fewer than --max-connections 1000000 \(2000128 needed\)")
+    with SmtpClient(p.plain_port) as c:
+        assert c.greeting().code == 220
 
 
 # --------------------------------------------------------------------------- PROXY protocol in
