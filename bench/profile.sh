@@ -6,8 +6,9 @@
 #   bench/profile.sh TOOL LOAD OUT_DIR
 #     TOOL: callgrind (valgrind --tool=callgrind), perf (perf record -g, cpu-clock when the
 #           hardware counters are missing), strace (syscall counts, strace -c -f) or heaptrack
-#     LOAD: handshake (STARTTLS, ECDSA, 1 KiB message, 300 sessions) or bulk (STARTTLS, one
-#           session of 100 x 100 KiB messages)
+#     LOAD: handshake (STARTTLS, ECDSA, 1 KiB message, 300 sessions), bulk (STARTTLS, one
+#           session of 100 x 100 KiB messages) or idle (2000 STARTTLS sessions held past EHLO
+#           for 3 s: with heaptrack, the peak is what idle sessions hold)
 #   STP_BINARY / STP_LOADGEN: the binaries (default: build/smtp-tls-proxy, build/bench/loadgen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ proxy_port=$(port)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/key.pem" \
   -out "$out/cert.pem" -days 7 -subj /CN=bench.example 2>/dev/null
 
-smtp-sink -u nobody -m 2000 -t 600 "127.0.0.1:$sink_port" 1024 &
+smtp-sink -u nobody -m 2100 -t 600 "127.0.0.1:$sink_port" 1024 &
 sink_pid=$!
 case "$tool" in
   callgrind) wrap=(valgrind --tool=callgrind "--callgrind-out-file=$out/callgrind.out") ;;
@@ -51,6 +52,7 @@ done
 case "$load" in
   handshake) args=(--sessions ${STP_PROFILE_SESSIONS:-300} --concurrency 10) ;;
   bulk) args=(--sessions 1 --concurrency 1 --msgs-per-session 100 --msg-size 102400) ;;
+  idle) args=(--hold 2000 --hold-seconds 3 --concurrency 100) ;;
   *) echo "unknown load $load" >&2; exit 2 ;;
 esac
 "$loadgen" --mode starttls --port "$proxy_port" --tls-sigalgs ECDSA+SHA256 --time-limit 900 \
@@ -66,6 +68,6 @@ case "$tool" in
     callgrind_annotate --inclusive=yes "$out/callgrind.out" >"$out/inclusive.txt" 2>/dev/null
     callgrind_annotate "$out/callgrind.out" >"$out/exclusive.txt" 2>/dev/null ;;
   perf) perf report -i "$out/perf.data" --no-children --stdio >"$out/report.txt" 2>/dev/null ;;
-  heaptrack) heaptrack_print "$out"/heaptrack.*.zst >"$out/heaptrack.txt" 2>/dev/null || true ;;
+  heaptrack) heaptrack_print "$out"/heaptrack*.zst >"$out/heaptrack.txt" 2>/dev/null || true ;;
 esac
 echo "bench/profile.sh: results in $out"
