@@ -747,11 +747,14 @@ def main() -> int:
     # Servers and the load generator inherit this. 10 000 sessions held through the proxy need
     # 20 000 descriptors and some (client and MTA connection each; nginx holds only the client
     # one before RCPT): raise the hard limit where allowed (CAP_SYS_RESOURCE), else take it.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 65536), max(hard, 65536)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 65536:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+            hard = 65536
+        except (ValueError, OSError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     work = Path(tempfile.mkdtemp(prefix="stp-bench-"))
     work.chmod(0o755)

@@ -18,7 +18,6 @@ using asio::ip::tcp;
 using boost::system::error_code;
 
 namespace {
-constexpr unsigned kMaxConnections = 64;
 constexpr std::size_t kMaxRequestBytes = 8 * 1024;
 constexpr auto kRequestTimeout = std::chrono::seconds(10);
 }  // namespace

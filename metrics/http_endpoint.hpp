@@ -22,6 +22,9 @@ namespace stp::metrics {
 
 class HttpEndpoint {
  public:
+  // Connections served at once (the process's descriptor budget counts them too).
+  static constexpr unsigned kMaxConnections = 64;
+
   // Binds at once; throws ConfigError naming --metrics-listen when it cannot.
   HttpEndpoint(boost::asio::io_context& io, const boost::asio::ip::tcp::endpoint& endpoint,
                Metrics& metrics, std::function<bool()> ready);

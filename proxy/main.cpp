@@ -1,6 +1,7 @@
 // smtp-tls-proxy: reads the configuration, builds the TLS context, fits the descriptor limit to
 // --max-connections, binds the ports, drops root (--user), and serves until told to stop.
 // Configuration errors end start-up with exit code 2 and a message naming the flag.
+#include "metrics/http_endpoint.hpp"
 #include "proxy/config.hpp"
 #include "proxy/log.hpp"
 #include "proxy/server.hpp"
@@ -36,10 +37,10 @@ void switch_user(const std::string& name) {
   if (uid != 0 && setuid(0) == 0) throw stp::ConfigError("--user: root could be regained");
 }
 
-// Each session holds two descriptors (client and MTA); the rest is listeners, the metrics
-// port's connections (at most 64), the log and resolver sockets.
+// Each session holds two descriptors (client and MTA); beyond them: the metrics port's
+// connections, and 64 for listeners, the log, resolver sockets and the event loops' own.
 constexpr rlim_t kDescriptorsPerSession = 2;
-constexpr rlim_t kDescriptorsReserved = 128;
+constexpr rlim_t kDescriptorsReserved = stp::metrics::HttpEndpoint::kMaxConnections + 64;
 
 // Before the ports are bound and root is dropped: let the process open as many descriptors as
 // --max-connections needs. The soft limit goes up towards the hard one (the usual soft 1024

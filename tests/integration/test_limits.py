@@ -21,7 +21,6 @@ import struct
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -232,9 +231,12 @@ def test_running_as_root_without_user_warns(postfix, proxy):
 # --------------------------------------------------------------------------- descriptor limit
 
 
-def descriptor_limit(soft: int, hard: int) -> Callable[[], None]:
-    """A preexec_fn: RLIMIT_NOFILE of the proxy's process as it starts."""
-    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+def proxy_with_descriptor_limit(smtp_sink, proxy, max_connections: int, soft: int, hard: int):
+    """The proxy in front of smtp-sink, started with RLIMIT_NOFILE (soft, hard)."""
+    sink = smtp_sink(xclient=False)
+    return proxy(sink.backend, "--backend-metadata", "none", "--max-connections",
+                 str(max_connections),
+                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
@@ -252,9 +254,7 @@ def can_raise_hard_limits() -> bool:
 def test_descriptor_limit_is_raised_for_max_connections(smtp_sink, proxy):
     """Soft limit 256, hard 4096: 1000 sessions need 2 x 1000 + 128 descriptors, so the proxy
     raises its soft limit to that (not further), says so, and serves."""
-    sink = smtp_sink(xclient=False)
-    p = proxy(sink.backend, "--backend-metadata", "none", "--max-connections", "1000",
-              preexec_fn=descriptor_limit(256, 4096))
+    p = proxy_with_descriptor_limit(smtp_sink, proxy, 1000, soft=256, hard=4096)
     assert open_files_limit(p.proc.pid) == (2128, 4096)
     wait_for_log(p, r"info descriptor limit \(RLIMIT_NOFILE\) raised from 256 to 2128 "
                     r"for --max-connections 1000")
@@ -267,9 +267,7 @@ def test_descriptor_limit_is_raised_for_max_connections(smtp_sink, proxy):
 def test_descriptor_limit_as_root_raises_the_hard_limit(smtp_sink, proxy):
     if not can_raise_hard_limits():
         pytest.skip("needs root with CAP_SYS_RESOURCE")
-    sink = smtp_sink(xclient=False)
-    p = proxy(sink.backend, "--backend-metadata", "none", "--max-connections", "1000",
-              preexec_fn=descriptor_limit(256, 256))
+    p = proxy_with_descriptor_limit(smtp_sink, proxy, 1000, soft=256, hard=256)
     assert open_files_limit(p.proc.pid) == (2128, 2128)
     assert "warning descriptor limit" not in p.stderr()
 
@@ -280,9 +278,7 @@ def test_descriptor_limit_that_cannot_be_met_is_a_warning_with_the_numbers(smtp_
     nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
     if nr_open >= 2_000_128:
         pytest.skip(f"fs.nr_open is {nr_open}: 1 000 000 sessions fit")
-    sink = smtp_sink(xclient=False)
-    p = proxy(sink.backend, "--backend-metadata", "none", "--max-connections", "1000000",
-              preexec_fn=descriptor_limit(256, 4096))
+    p = proxy_with_descriptor_limit(smtp_sink, proxy, 1_000_000, soft=256, hard=4096)
     assert open_files_limit(p.proc.pid) == (4096, 4096)
     wait_for_log(p, r"warning descriptor limit \(RLIMIT_NOFILE\) 4096 is enough for about 1984 "
                     r"sessions, fewer than --max-connections 1000000 \(2000128 needed\)")
