@@ -28,6 +28,7 @@ OpenSSL's server handshake cost, in memory, one JSON line out.
   --sigalgs LIST       signature algorithms the client offers (selects the certificate)
   --tickets N          TLS 1.3 tickets the server sends per handshake (default: OpenSSL's, 2)
   --resume             resume each handshake with a ticket from the previous one
+  --stateful-tickets   TLS 1.3 tickets name a session kept in the server's cache (SSL_OP_NO_TICKET)
   --client-cert FILE   client certificate the server requests and verifies against --ca
   --client-key FILE    its key
   --ca FILE            CA file for client certificates
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
   long count = 2000;
   long tickets = -1;
   bool resume = false;
+  bool stateful = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view flag = argv[i];
     auto value = [&]() -> std::string {
@@ -70,6 +72,8 @@ int main(int argc, char** argv) {
       tickets = std::strtol(value().c_str(), nullptr, 10);
     } else if (flag == "--resume") {
       resume = true;
+    } else if (flag == "--stateful-tickets") {
+      stateful = true;
     } else if (flag == "--client-cert") {
       client_cert = value();
     } else if (flag == "--client-key") {
@@ -94,6 +98,10 @@ int main(int argc, char** argv) {
     die("cannot load " + cert + " / " + key, 2);
   }
   if (tickets >= 0) SSL_CTX_set_num_tickets(server, static_cast<size_t>(tickets));
+  if (stateful) {
+    SSL_CTX_set_options(server, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(server, SSL_SESS_CACHE_SERVER);
+  }
   if (!sigalgs.empty() && SSL_CTX_set1_sigalgs_list(client, sigalgs.c_str()) != 1) {
     die("--sigalgs rejected", 2);
   }

@@ -156,6 +156,13 @@ Metrics::Metrics(const std::vector<Listener>& listeners)
                               {ClientCertificate::absent, "absent"},
                               {ClientCertificate::rejected, "rejected"}},
                              client_cert_);
+  auto& verify_cache = BuildCounter()
+                           .Name("smtp_tls_proxy_client_certificate_verify_cache_total")
+                           .Help("Client certificate chains whose verification result was reused "
+                                 "(hit) or computed (miss)")
+                           .Register(r);
+  add_all<VerifyCache>(verify_cache, "result",
+                       {{VerifyCache::hit, "hit"}, {VerifyCache::miss, "miss"}}, verify_cache_);
   verify_failures_ = &BuildCounter()
                           .Name("smtp_tls_proxy_client_certificate_verify_failures_total")
                           .Help("Client certificates that did not verify, by reason")

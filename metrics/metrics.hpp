@@ -51,6 +51,7 @@ enum class Violation {
   count_
 };
 enum class Reload { success, failure, count_ };
+enum class VerifyCache { hit, miss, count_ };
 
 std::string_view name(Violation v);
 std::string_view name(Rejection r);
@@ -79,6 +80,7 @@ class Metrics {
   prometheus::Counter& rejected(Rejection r) { return *rejected_[index(r)]; }
   prometheus::Counter& violation(Violation v) { return *violations_[index(v)]; }
   prometheus::Counter& reload(Reload r) { return *reloads_[index(r)]; }
+  prometheus::Counter& verify_cache(VerifyCache r) { return *verify_cache_[index(r)]; }
 
   // Counted once per handshake; protocol is OpenSSL's name ("TLSv1.3"), or "none" on failure.
   void handshake(Handshake result, std::string_view protocol, double seconds);
@@ -109,6 +111,7 @@ class Metrics {
   ByEnum<prometheus::Counter, Rejection> rejected_{};
   ByEnum<prometheus::Counter, Violation> violations_{};
   ByEnum<prometheus::Counter, Reload> reloads_{};
+  ByEnum<prometheus::Counter, VerifyCache> verify_cache_{};
 
   prometheus::Family<prometheus::Counter>* handshakes_;
   prometheus::Histogram* handshake_duration_;

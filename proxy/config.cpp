@@ -260,6 +260,12 @@ std::chrono::seconds duration_value(const std::string& text) {
   }
 }
 
+// For the settings where zero means "off".
+std::chrono::seconds duration_or_zero(const std::string& text) {
+  if (text == "0" || text == "0s" || text == "0m" || text == "0h") return std::chrono::seconds(0);
+  return duration_value(text);
+}
+
 void apply_listen(Config& config, const Values& values) {
   if (values.empty()) bad("at least one address is needed", "");
   config.listeners.clear();
@@ -503,6 +509,13 @@ std::vector<Flag> flag_table() {
              c.tls_verify_depth =
                  static_cast<unsigned>(number_in_range(v.front(), 0, 100, "a number"));
            }},
+      {.name = "tls-verify-cache-time",
+       .argument = "DURATION",
+       .defaults = {"60s"},
+       .help = "how long a client certificate chain's verification result is reused for the "
+               "same chain (0 turns it off); a change to the CA or CRL files starts afresh",
+       .apply = [](Config& c,
+                   const Values& v) { c.tls_verify_cache_time = duration_or_zero(v.front()); }},
       {.name = "tls-peerdn-format",
        .argument = "openssl|rfc2253",
        .defaults = {"rfc2253"},

@@ -66,6 +66,7 @@ struct Config {
   std::string tls_verify_certificates;  // PEM file, hashed directory, or "system"
   std::string tls_crl;                  // PEM file of CRLs
   unsigned tls_verify_depth = 9;
+  std::chrono::seconds tls_verify_cache_time{60};  // 0: every chain verified afresh
   PeerDnFormat tls_peerdn_format = PeerDnFormat::rfc2253;
   bool received_header = true;
 

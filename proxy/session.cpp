@@ -5,6 +5,7 @@
 #include "proxy/log.hpp"
 #include "proxy/proxy_protocol.hpp"
 #include "proxy/received_header.hpp"
+#include "tls/verify_cache.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/read.hpp>
@@ -79,6 +80,20 @@ bool is_proxy_header_line(std::string_view line) {
 std::string session_id(std::uint64_t n) {
   // Twelve hex digits: unique within a process, short enough to grep for.
   return fmt::format("{:012X}", n & 0xFFFFFFFFFFFFull);
+}
+
+// Whether the client's chain was judged afresh or its verdict reused (tls/verify_cache.hpp).
+void count_verification(metrics::Metrics& metrics, const SSL* ssl) {
+  switch (tls::VerifyCache::outcome(ssl)) {
+    case tls::VerifyCache::Outcome::hit:
+      metrics.verify_cache(metrics::VerifyCache::hit).Increment();
+      break;
+    case tls::VerifyCache::Outcome::miss:
+      metrics.verify_cache(metrics::VerifyCache::miss).Increment();
+      break;
+    case tls::VerifyCache::Outcome::none:
+      break;
+  }
 }
 
 }  // namespace
@@ -381,6 +396,7 @@ void Session::record_handshake_failure(const error_code& ec) {
     // A client that must verify: say why it did not. When verification fails OpenSSL keeps
     // no peer certificate, but the verify result tells that one was presented.
     SSL* ssl = tls_->native_handle();
+    count_verification(services_.metrics, ssl);
     const long result = SSL_get_verify_result(ssl);
     const bool presented = result != X509_V_OK || SSL_get0_peer_certificate(ssl) != nullptr;
     services_.metrics.client_certificate(metrics::ClientCertificate::rejected).Increment();
@@ -400,6 +416,7 @@ void Session::record_tls_session() {
   const auto& t = *tls_facts_;
   services_.metrics.tls_session(t.protocol, t.cipher, t.resumed);
   if (t.request != tls::ClientCertificateRequest::none) {
+    count_verification(services_.metrics, ssl);
     if (!t.peer) {
       services_.metrics.client_certificate(metrics::ClientCertificate::absent).Increment();
     } else if (t.verified) {

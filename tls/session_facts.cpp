@@ -126,6 +126,12 @@ std::string format_dn(const X509_NAME* name, PeerDnFormat format) {
 }  // namespace
 
 void request_client_certificate(SSL* ssl, ClientCertificateRequest request) {
+  // Where the context keeps sessions (it does when it verifies client certificates), a
+  // session that may carry one resumes from that cache rather than from a stateless ticket.
+  const long cache_mode = SSL_CTX_get_session_cache_mode(SSL_get_SSL_CTX(ssl));
+  if (request != ClientCertificateRequest::none && (cache_mode & SSL_SESS_CACHE_SERVER) != 0) {
+    SSL_set_options(ssl, SSL_OP_NO_TICKET);
+  }
   switch (request) {
     case ClientCertificateRequest::none:
       SSL_set_verify(ssl, SSL_VERIFY_NONE, nullptr);

@@ -1,6 +1,8 @@
 // Server TLS context set-up; see tls_context.hpp.
 #include "tls/tls_context.hpp"
 
+#include "tls/verify_cache.hpp"
+
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -10,14 +12,21 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <memory>
+#include <optional>
 #include <string_view>
 
 namespace stp::tls {
 namespace {
 
 // TLS 1.2 suites when the operator sets none: AEAD with forward secrecy only.
+// Distinct client certificate chains whose verification results are kept: a few per
+// minute is the usual; each holds one reference to its chain (a few KiB).
+constexpr std::size_t kVerifyCacheCapacity = 1024;
+
 constexpr const char* kDefaultCipherList =
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
@@ -149,9 +158,26 @@ std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
   return out;
 }
 
-void use_client_verification(SSL_CTX* ctx, const Config& config) {
+// Sessions that ask for a client certificate resume from the server's own cache, their
+// TLS 1.3 tickets naming a session it keeps (SSL_OP_NO_TICKET, set per session by
+// request_client_certificate): a stateless ticket carries the client's certificate, and
+// OpenSSL 3.0 decodes it again to write each one, a quarter of such a handshake's CPU.
+// Bounded: at most this many such sessions, each for the session timeout, oldest dropped.
+constexpr long kCachedCertificateSessions = 2048;
+
+// OpenSSL offers each new session here; the internal store is off so that only the sessions
+// above are kept (TLS 1.2 clients without certificates would fill it otherwise).
+int keep_certificate_session(SSL* ssl, SSL_SESSION* session) {
+  if ((SSL_get_options(ssl) & SSL_OP_NO_TICKET) != 0) {
+    SSL_CTX_add_session(SSL_get_SSL_CTX(ssl), session);
+  }
+  return 0;  // not kept here: the cache took its own reference
+}
+
+// Returns the earliest next update of the CRLs loaded (no verification result outlives it).
+std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& config) {
   const std::string& path = config.tls_verify_certificates;
-  if (path.empty()) return;
+  if (path.empty()) return std::nullopt;
   if (path == "system") {
     if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
       fail("--tls-verify-certificates", "cannot load the system CA certificates");
@@ -174,14 +200,23 @@ void use_client_verification(SSL_CTX* ctx, const Config& config) {
     }
   }
   SSL_CTX_set_verify_depth(ctx, static_cast<int>(config.tls_verify_depth));
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_cache_size(ctx, kCachedCertificateSessions);
+  SSL_CTX_sess_set_new_cb(ctx, keep_certificate_session);
 
-  if (config.tls_crl.empty()) return;
+  if (config.tls_crl.empty()) return std::nullopt;
+  std::optional<std::time_t> horizon;
   Owned<BIO> bio(BIO_new_file(config.tls_crl.c_str(), "r"));
   if (!bio) fail("--tls-crl", "cannot read " + config.tls_crl);
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
   int loaded = 0;
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
     const ASN1_TIME* next_update = X509_CRL_get0_nextUpdate(crl);
+    std::tm tm{};
+    if (next_update && ASN1_TIME_to_tm(next_update, &tm) == 1) {
+      const std::time_t t = timegm(&tm);
+      horizon = horizon ? std::min(*horizon, t) : t;
+    }
     if (next_update && X509_cmp_current_time(next_update) < 0) {
       char issuer[256] = "";
       X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
@@ -197,6 +232,7 @@ void use_client_verification(SSL_CTX* ctx, const Config& config) {
   if (loaded == 0) fail("--tls-crl", "no CRL in " + config.tls_crl);
   // As Exim does: every certificate of the chain below the trust anchor is checked.
   X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+  return horizon;
 }
 
 }  // namespace
@@ -213,7 +249,7 @@ std::string take_openssl_errors() {
 }
 
 ServerContext::~ServerContext() {
-  SSL_CTX_free(ctx_);
+  SSL_CTX_free(ctx_);  // before the verification cache its callback points at
 }
 
 std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
@@ -234,9 +270,10 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>("smtp-tls-proxy"), 14);
   // Read whole flights in one system call rather than a record header and then its body.
   SSL_CTX_set_read_ahead(ctx, 1);
-  // Resumption by stateless tickets only: one ticket per handshake (a client resumes one
-  // session at a time; OpenSSL's default of two costs a second encryption and write), and no
-  // server-side cache that grows with every TLS 1.2 client.
+  // Resumption by stateless tickets: one ticket per handshake (a client resumes one session
+  // at a time; OpenSSL's default of two costs a second encryption and write), and no
+  // server-side cache that grows with every TLS 1.2 client (sessions with a client
+  // certificate are the exception, see use_client_verification).
   SSL_CTX_set_num_tickets(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 
@@ -261,7 +298,12 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
       load_certificate_pair(ctx, certificate, key);
     }
   }
-  use_client_verification(ctx, config);
+  const std::optional<std::time_t> horizon = use_client_verification(ctx, config);
+  if (!config.tls_verify_certificates.empty() && config.tls_verify_cache_time.count() > 0) {
+    self->verify_cache_ = std::make_unique<VerifyCache>(config.tls_verify_cache_time,
+                                                        kVerifyCacheCapacity, horizon);
+    SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
+  }
   self->certificates_ = describe_certificates(ctx);
   return self;
 }

@@ -845,11 +845,13 @@ class SmtpClient:
 
     def __init__(self, port: int, source: str | None = CLIENT_ADDR, tls: bool = False,
                  context: ssl.SSLContext | None = None, server_hostname: str = PROXY_HOSTNAME,
-                 timeout: float = IO_TIMEOUT, host: str = LOOPBACK):
+                 timeout: float = IO_TIMEOUT, host: str = LOOPBACK,
+                 session: ssl.SSLSession | None = None):
         self.sock = connect_from(port, source, timeout, host)
         self.buf = b""
         self.context = context
         self.server_hostname = server_hostname
+        self.session = session  # a TLS session to resume
         self.tls = False
         if tls:
             self.wrap_tls()
@@ -859,7 +861,8 @@ class SmtpClient:
         if self.context is None:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_hostname)
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_hostname,
+                                    session=self.session)
         self.tls = True
 
     def settimeout(self, timeout: float) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime
 import email.utils
 import re
+import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -20,11 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from certs import (INTERMEDIATE_CN, ORG, ROOT_CN, UNKNOWN_CA_CN, CertPki, cert_pki,  # noqa: F401
-                   haproxy_postfix, haproxy_postfix_instance)
+from certs import (CA_CNF, EC_KEY, INTERMEDIATE_CN, ORG, ROOT_CN, UNKNOWN_CA_CN, Ca,  # noqa: F401
+                   CertPki, cert_pki, haproxy_postfix, haproxy_postfix_instance)
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER, ConnectionClosed,
                       Proxy, Reply, SmtpClient, bdat_content, client_content, free_port,
-                      simple_message, unique)
+                      run, simple_message, unique)
+from ops_support import scrape, value
+
+PREFIX = "smtp_tls_proxy_"
 
 OTHER_CLIENT = "127.0.0.3"  # a client outside the host lists that name 127.0.0.2
 MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
@@ -785,3 +790,125 @@ def test_peerdn_format_openssl(postfix, proxy, cert_pki):
     sid = line.split(" ", 1)[0]
     wait_for_proxy_log(p, rf'^{sid} client certificate subject="/O={ORG}/CN=client-valid\.test" '
                           rf'issuer="/O={ORG}/CN={INTERMEDIATE_CN}" ')
+
+
+# --------------------------------------------------------------------------- reuse: verdicts, sessions
+
+
+def private_intermediate(pki: CertPki, directory: Path) -> Ca:
+    """A copy of the intermediate CA and its database: a test may revoke with it without
+    touching the session's PKI."""
+    ca = Ca(directory / "intermediate")
+    shutil.copytree(pki.intermediate.dir, ca.dir)
+    ca.cnf.write_text(CA_CNF.format(dir=ca.dir, proxy_hostname=PROXY_HOSTNAME))
+    return ca
+
+
+def issue_client(pki: CertPki, ca: Ca, directory: Path, cn: str) -> tuple[Path, ssl.SSLContext]:
+    """A fresh client certificate from `ca`: its leaf file and a client context presenting it."""
+    key, csr, leaf = (directory / f"{cn}.{ext}" for ext in ("key", "csr", "leaf.pem"))
+    run(["openssl", "req", "-new", *EC_KEY, "-keyout", str(key), "-out", str(csr),
+         "-subj", f"/O={ORG}/CN={cn}"])
+    ca.sign(csr, leaf, "client")
+    chain = directory / f"{cn}.pem"
+    chain.write_bytes(leaf.read_bytes() + ca.cert.read_bytes())
+    ctx = pki.client_context(None)
+    ctx.load_cert_chain(str(chain), str(key))
+    return leaf, ctx
+
+
+def deliver_with(p: Proxy, ctx: ssl.SSLContext, box, session: ssl.SSLSession | None = None
+                 ) -> tuple[bool, ssl.SSLSession]:
+    """One message over STARTTLS with this client context (resuming `session` if given);
+    returns whether the TLS session was resumed, and the session to resume next time."""
+    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert_reply(c.ehlo(), 250)  # the TLS 1.3 ticket arrives before this reply
+        send_mail(c, box, unique("m"))
+        assert_reply(c.command("QUIT"), 221)
+        return c.sock.session_reused, c.sock.session
+
+
+def test_a_chain_verdict_is_reused_until_the_crl_changes(postfix, proxy, cert_pki, tmp_path):
+    """The second session with the same chain reuses the first one's verification (metrics:
+    one miss, one hit); revoking the certificate and reloading the CRL (SIGHUP) forgets it, so
+    a third session is refused as revoked rather than let in from the cache."""
+    ca = private_intermediate(cert_pki, tmp_path)
+    leaf, ctx = issue_client(cert_pki, ca, tmp_path, "client-reused.test")
+    crls = tmp_path / "crls.pem"
+
+    def publish_crls() -> None:
+        ca.gencrl(ca.crl)
+        crls.write_bytes(ca.crl.read_bytes() + cert_pki.root.crl.read_bytes())
+
+    publish_crls()
+    mport = free_port()
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki, crl=crls),
+              "--metrics-listen", f"{LOOPBACK}:{mport}", "--reload-check-interval", "1h")
+    box = postfix.new_mailbox()
+    for _ in range(2):
+        reused, _ = deliver_with(p, ctx, box)
+        assert not reused  # a full handshake each time: the chain is judged
+    assert len(box.wait(2)) == 2
+    samples = scrape(mport)
+    cache = PREFIX + "client_certificate_verify_cache_total"
+    assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (1, 1)
+    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
+
+    ca.revoke(leaf)
+    publish_crls()
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for_proxy_log(p, r"^TLS certificates reloaded")
+    c = SmtpClient(p.plain_port, context=ctx)
+    with c:
+        client_port = c.sock.getsockname()[1]
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+        error = tls_failure(c)
+    assert "SSLV3_ALERT_CERTIFICATE_REVOKED" in error, error
+    wait_for_proxy_log(p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: .*"
+                          r"; client certificate: certificate revoked$")
+    samples = scrape(mport)
+    assert value(samples, cache, result="miss") == 2
+
+
+def test_verdict_reuse_can_be_turned_off(postfix, proxy, cert_pki):
+    mport = free_port()
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki),
+              "--tls-verify-cache-time", "0", "--metrics-listen", f"{LOOPBACK}:{mport}")
+    box = postfix.new_mailbox()
+    for _ in range(2):
+        deliver_with(p, client_context(cert_pki, "valid"), box)
+    samples = scrape(mport)
+    cache = PREFIX + "client_certificate_verify_cache_total"
+    assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (0, 0)
+    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
+
+
+@pytest.mark.parametrize("mode", ["verify", "try-verify"])
+def test_client_certificate_sessions_resume_with_their_certificate(postfix, proxy, cert_pki,
+                                                                  mode):
+    """A session that presented a certificate resumes (its ticket names a session the proxy
+    keeps), and the resumed session still carries the certificate: verified in the Received
+    header, Trusted in the log, CV=yes, without judging the chain again."""
+    mport = free_port()
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki, mode=mode),
+              "--metrics-listen", f"{LOOPBACK}:{mport}")
+    box = postfix.new_mailbox()
+    ctx = client_context(cert_pki, "valid")
+    reused, session = deliver_with(p, ctx, box)
+    assert not reused
+    reused, _ = deliver_with(p, ctx, box, session=session)
+    assert reused, "the client could not resume its session"
+    comment = f"\t({certificate_comment(cert_pki, 'valid')})\n".encode()
+    for message in box.wait(2):
+        assert comment in message, message
+    wait_for_proxy_log(p, r"^Trusted TLS connection reused from \S+\[127\.0\.0\.2\] to ")
+    samples = scrape(mport)
+    assert value(samples, PREFIX + "tls_resumed_total") == 1
+    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
+    cache = PREFIX + "client_certificate_verify_cache_total"
+    assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (1, 0)

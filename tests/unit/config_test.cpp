@@ -205,6 +205,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "tls-verify-certificates",
                                              "tls-crl",
                                              "tls-verify-depth",
+                                             "tls-verify-cache-time",
                                              "tls-peerdn-format",
                                              "received-header",
                                              "tls-require-ports",
@@ -251,6 +252,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"tls-verify-certificates", "none"},
       {"tls-crl", "none"},
       {"tls-verify-depth", "9"},
+      {"tls-verify-cache-time", "60s"},
       {"tls-peerdn-format", "rfc2253"},
       {"received-header", "on"},
       {"tls-require-ports", "587"},
@@ -540,6 +542,17 @@ TEST(Config, ClientCertificateFlags) {
             "--tls-verify-hosts, --tls-try-verify-hosts or --tls-require-verified-hosts)");
   EXPECT_EQ(error_of({"--tls-verify-depth", "101"}),
             "--tls-verify-depth: must be a number from 0 to 100 (101)");
+}
+
+TEST(Config, VerifyCacheTimeTakesZeroForOff) {
+  using namespace std::chrono_literals;
+  EXPECT_EQ(parse({}).tls_verify_cache_time, 60s);
+  EXPECT_EQ(parse({"--tls-verify-cache-time", "5m"}).tls_verify_cache_time, 300s);
+  for (const char* off : {"0", "0s", "0m"}) {
+    EXPECT_EQ(parse({"--tls-verify-cache-time", off}).tls_verify_cache_time, 0s) << off;
+  }
+  EXPECT_NE(error_of({"--tls-verify-cache-time", "-1"}), "");
+  EXPECT_NE(error_of({"--tls-verify-cache-time", "00"}), "") << "zero is written 0";
 }
 
 TEST(Config, EncryptionPolicyFlags) {

@@ -120,6 +120,8 @@ const Expected kFamilies[] = {
      "Client certificates requested, by outcome"},
     {"smtp_tls_proxy_client_certificate_verify_failures_total", MetricType::Counter,
      "Client certificates that did not verify, by reason"},
+    {"smtp_tls_proxy_client_certificate_verify_cache_total", MetricType::Counter,
+     "Client certificate chains whose verification result was reused (hit) or computed (miss)"},
     {"smtp_tls_proxy_backend_connect_failures_total", MetricType::Counter,
      "Connections to the MTA that failed"},
     {"smtp_tls_proxy_backend_xclient_failures_total", MetricType::Counter,

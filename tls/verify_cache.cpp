@@ -1,0 +1,175 @@
+// Client-certificate verdict cache; see verify_cache.hpp.
+#include "tls/verify_cache.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace stp::tls {
+namespace {
+
+std::time_t system_now() {
+  return std::time(nullptr);
+}
+
+std::optional<std::time_t> unix_time(const ASN1_TIME* time) {
+  std::tm tm{};
+  if (!time || ASN1_TIME_to_tm(time, &tm) != 1) return std::nullopt;
+  return timegm(&tm);
+}
+
+bool digest_int(EVP_MD_CTX* md, std::uint64_t value) {
+  unsigned char bytes[8];
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(value >> (8 * i));
+  return EVP_DigestUpdate(md, bytes, sizeof bytes) == 1;
+}
+
+// Length-prefixed, so that no two different chains feed the same bytes.
+bool digest_certificate(EVP_MD_CTX* md, X509* certificate) {
+  unsigned char* der = nullptr;
+  const int length = i2d_X509(certificate, &der);
+  if (length <= 0) return false;
+  const bool ok = digest_int(md, static_cast<std::uint64_t>(length)) &&
+                  EVP_DigestUpdate(md, der, static_cast<std::size_t>(length)) == 1;
+  OPENSSL_free(der);
+  return ok;
+}
+
+// The SSL slot where a session's Outcome is left.
+int outcome_slot() {
+  static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
+}
+
+void set_outcome(SSL* ssl, VerifyCache::Outcome outcome) {
+  SSL_set_ex_data(ssl, outcome_slot(),
+                  reinterpret_cast<void*>(static_cast<std::intptr_t>(outcome)));
+}
+
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
+};
+
+}  // namespace
+
+std::size_t VerifyCache::KeyHash::operator()(const Key& key) const {
+  std::size_t out;  // the key is a SHA-256 already: any eight bytes of it are a good hash
+  std::memcpy(&out, key.data(), sizeof out);
+  return out;
+}
+
+VerifyCache::VerifyCache(std::chrono::seconds time_to_live, std::size_t capacity,
+                         std::optional<std::time_t> horizon)
+    : time_to_live_(time_to_live),
+      capacity_(std::max<std::size_t>(capacity, 1)),
+      horizon_(horizon),
+      sha256_(EVP_MD_fetch(nullptr, "SHA256", nullptr)),
+      clock_(&system_now) {}
+
+VerifyCache::~VerifyCache() {
+  for (auto& [key, verdict] : verdicts_) sk_X509_pop_free(verdict.chain, X509_free);
+  EVP_MD_free(sha256_);
+}
+
+int VerifyCache::verify(X509_STORE_CTX* store, void* cache) {
+  return static_cast<VerifyCache*>(cache)->check(store);
+}
+
+VerifyCache::Outcome VerifyCache::outcome(const SSL* ssl) {
+  return static_cast<Outcome>(reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, outcome_slot())));
+}
+
+int VerifyCache::check(X509_STORE_CTX* store) {
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  Key key;
+  const bool keyed = ssl && key_of(store, ssl, key);
+  const std::time_t now = clock_();
+  if (keyed) {
+    if (const std::optional<int> result = replay(key, store, now)) {
+      hits_.fetch_add(1, std::memory_order_relaxed);
+      set_outcome(ssl, Outcome::hit);
+      return *result;
+    }
+  }
+  misses_.fetch_add(1, std::memory_order_relaxed);
+  if (ssl) set_outcome(ssl, Outcome::miss);
+  const int result = X509_verify_cert(store);
+  // Below 0 is OpenSSL failing (memory, a bad argument), not a verdict on the chain.
+  if (keyed && result >= 0) remember(key, result, store, now);
+  return result;
+}
+
+bool VerifyCache::key_of(X509_STORE_CTX* store, SSL* ssl, Key& key) const {
+  X509* leaf = X509_STORE_CTX_get0_cert(store);
+  if (!leaf || !sha256_) return false;
+  std::unique_ptr<EVP_MD_CTX, MdCtxFree> md(EVP_MD_CTX_new());
+  if (!md || EVP_DigestInit_ex2(md.get(), sha256_, nullptr) != 1) return false;
+
+  // What else decides the verdict: the trust store and the CRLs belong to the context this
+  // cache lives and dies with; purpose and host checks are not set per session.
+  bool ok = digest_int(md.get(), static_cast<std::uint64_t>(SSL_get_verify_mode(ssl))) &&
+            digest_int(md.get(), static_cast<std::uint64_t>(SSL_get_verify_depth(ssl))) &&
+            digest_int(md.get(), reinterpret_cast<std::uintptr_t>(SSL_get_verify_callback(ssl))) &&
+            digest_certificate(md.get(), leaf);
+  const STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(store);
+  const int count = untrusted ? sk_X509_num(untrusted) : 0;
+  ok = ok && digest_int(md.get(), static_cast<std::uint64_t>(count));
+  for (int i = 0; ok && i < count; ++i) ok = digest_certificate(md.get(), sk_X509_value(untrusted, i));
+  unsigned int length = 0;
+  return ok && EVP_DigestFinal_ex(md.get(), key.data(), &length) == 1 && length == key.size();
+}
+
+std::optional<int> VerifyCache::replay(const Key& key, X509_STORE_CTX* store, std::time_t now) {
+  std::lock_guard lock(mutex_);
+  const auto it = verdicts_.find(key);
+  if (it == verdicts_.end() || it->second.expires <= now) return std::nullopt;
+  const Verdict& verdict = it->second;
+  // What X509_verify_cert leaves behind for the TLS library: the error, its depth and the
+  // verified chain (SSL_get0_verified_chain).
+  X509_STORE_CTX_set_error(store, verdict.error);
+  X509_STORE_CTX_set_error_depth(store, verdict.error_depth);
+  if (verdict.chain) X509_STORE_CTX_set0_verified_chain(store, X509_chain_up_ref(verdict.chain));
+  return verdict.result;
+}
+
+void VerifyCache::remember(const Key& key, int result, X509_STORE_CTX* store, std::time_t now) {
+  Verdict verdict;
+  verdict.result = result;
+  verdict.error = X509_STORE_CTX_get_error(store);
+  verdict.error_depth = X509_STORE_CTX_get_error_depth(store);
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
+  verdict.chain = chain ? X509_chain_up_ref(chain) : nullptr;
+  verdict.expires = now + time_to_live_.count();
+  if (result == 1 && verdict.error == X509_V_OK) {
+    // An acceptance must not outlive a certificate of the chain or the CRLs it was checked
+    // against; a refusal lasts its time to live (a not-yet-valid certificate waits that long).
+    if (horizon_) verdict.expires = std::min(verdict.expires, *horizon_);
+    for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
+      const auto not_after = unix_time(X509_get0_notAfter(sk_X509_value(chain, i)));
+      verdict.expires = not_after ? std::min(verdict.expires, *not_after) : now;
+    }
+  }
+
+  STACK_OF(X509)* replaced = nullptr;
+  std::vector<STACK_OF(X509)*> dropped;
+  {
+    std::lock_guard lock(mutex_);
+    auto [it, inserted] = verdicts_.try_emplace(key);
+    if (!inserted) replaced = it->second.chain;
+    it->second = verdict;
+    if (inserted) order_.push_back(key);
+    while (verdicts_.size() > capacity_) {
+      const auto oldest = verdicts_.find(order_.front());
+      dropped.push_back(oldest->second.chain);
+      verdicts_.erase(oldest);
+      order_.pop_front();
+    }
+  }
+  // Certificates are freed outside the lock.
+  sk_X509_pop_free(replaced, X509_free);
+  for (STACK_OF(X509)* old : dropped) sk_X509_pop_free(old, X509_free);
+}
+
+}  // namespace stp::tls

@@ -1,0 +1,85 @@
+// A short-lived memo of client-certificate chain verification. An MTA peer or a submission
+// client presents the same chain on every connection; verifying it (chain building, the CA's
+// signature, CRL look-ups) is a fifth of a client-certificate handshake's CPU, so OpenSSL's
+// verdict is kept for a while, keyed by a SHA-256 over everything the verdict depends on: the
+// presented chain's DER bytes and the session's verify mode, depth and callback.
+//
+// Trusts OpenSSL's X509_verify_cert for every verdict it stores; trusts nothing presented by
+// a client beyond its bytes. A verdict is forgotten at the earliest of: its time to live, the
+// earliest notAfter in the verified chain, and the horizon (the earliest nextUpdate of the
+// loaded CRLs). A change to the CA or CRL files reloads the TLS context, and with it comes a
+// new, empty cache. Thread-safe; bounded to `capacity` verdicts (oldest dropped first).
+#pragma once
+
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+namespace stp::tls {
+
+class VerifyCache {
+ public:
+  // `horizon`: no verdict outlives it (Unix time); nullopt when nothing bounds it.
+  VerifyCache(std::chrono::seconds time_to_live, std::size_t capacity,
+              std::optional<std::time_t> horizon);
+  ~VerifyCache();
+  VerifyCache(const VerifyCache&) = delete;
+  VerifyCache& operator=(const VerifyCache&) = delete;
+
+  // For SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, cache).
+  static int verify(X509_STORE_CTX* store, void* cache);
+
+  // How the chain of this TLS session was judged, for its metrics.
+  enum class Outcome { none, hit, miss };
+  static Outcome outcome(const SSL* ssl);
+
+  std::uint64_t hits() const { return hits_.load(std::memory_order_relaxed); }
+  std::uint64_t misses() const { return misses_.load(std::memory_order_relaxed); }
+
+  // The clock, for tests that age verdicts without waiting.
+  using Clock = std::time_t (*)();
+  void set_clock_for_test(Clock clock) { clock_ = clock; }
+
+ private:
+  using Key = std::array<unsigned char, 32>;
+  struct KeyHash {
+    std::size_t operator()(const Key& key) const;
+  };
+  struct Verdict {
+    int result = 0;  // X509_verify_cert's return: 1 accepted, 0 refused
+    int error = X509_V_OK;
+    int error_depth = 0;
+    STACK_OF(X509)* chain = nullptr;  // the verified chain, one reference held
+    std::time_t expires = 0;
+  };
+
+  int check(X509_STORE_CTX* store);
+  bool key_of(X509_STORE_CTX* store, SSL* ssl, Key& key) const;
+  std::optional<int> replay(const Key& key, X509_STORE_CTX* store, std::time_t now);
+  void remember(const Key& key, int result, X509_STORE_CTX* store, std::time_t now);
+
+  const std::chrono::seconds time_to_live_;
+  const std::size_t capacity_;
+  const std::optional<std::time_t> horizon_;
+  EVP_MD* sha256_ = nullptr;
+  Clock clock_;
+
+  std::mutex mutex_;
+  std::unordered_map<Key, Verdict, KeyHash> verdicts_;
+  std::deque<Key> order_;  // insertion order: the front is dropped first when full
+  std::atomic<std::uint64_t> hits_{0};
+  std::atomic<std::uint64_t> misses_{0};
+};
+
+}  // namespace stp::tls
