@@ -6,9 +6,10 @@
 #   bench/profile.sh TOOL LOAD OUT_DIR
 #     TOOL: callgrind (valgrind --tool=callgrind), perf (perf record -g, cpu-clock when the
 #           hardware counters are missing), strace (syscall counts, strace -c -f) or heaptrack
-#     LOAD: handshake (STARTTLS, ECDSA, 1 KiB message, 300 sessions), bulk (STARTTLS, one
-#           session of 100 x 100 KiB messages) or idle (2000 STARTTLS sessions held past EHLO
-#           for 3 s: with heaptrack, the peak is what idle sessions hold)
+#     LOAD: handshake (STARTTLS, ECDSA, 1 KiB message, 300 sessions), client-cert (the same,
+#           each client presenting an ECDSA certificate the proxy verifies), bulk (STARTTLS,
+#           one session of 100 x 100 KiB messages) or idle (2000 STARTTLS sessions held past
+#           EHLO for 3 s: with heaptrack, the peak is what idle sessions hold)
 #   STP_BINARY / STP_LOADGEN: the binaries (default: build/smtp-tls-proxy, build/bench/loadgen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,18 @@ proxy_port=$(port)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/key.pem" \
   -out "$out/cert.pem" -days 7 -subj /CN=bench.example 2>/dev/null
 
+verify=()
+client=()
+if [ "$load" = client-cert ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/ca.key" \
+    -out "$out/ca.pem" -days 7 -subj /CN=bench-ca 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/client.key" \
+    -out "$out/client.csr" -subj /CN=client.bench.example 2>/dev/null
+  openssl x509 -req -in "$out/client.csr" -CA "$out/ca.pem" -CAkey "$out/ca.key" \
+    -CAcreateserial -out "$out/client.pem" -days 7 2>/dev/null
+  verify=(--tls-verify-hosts '*' --tls-verify-certificates "$out/ca.pem")
+  client=(--client-cert "$out/client.pem" --client-key "$out/client.key")
+fi
 smtp-sink -u nobody -m 2100 -t 600 "127.0.0.1:$sink_port" 1024 &
 sink_pid=$!
 case "$tool" in
@@ -41,7 +54,8 @@ esac
 "${wrap[@]}" "$proxy" --listen "127.0.0.1:$proxy_port" --backend "127.0.0.1:$sink_port" \
   --backend-metadata none --hostname bench.example --tls-certificate "$out/cert.pem" \
   --tls-privatekey "$out/key.pem" --client-name-lookup off --metrics-listen "" \
-  --max-connections-per-host 10000 --shutdown-grace 2s --threads 2 2>"$out/proxy.log" &
+  --max-connections-per-host 10000 --shutdown-grace 2s --threads 2 ${verify[@]+"${verify[@]}"} \
+  2>"$out/proxy.log" &
 proxy_pid=$!
 trap 'kill $sink_pid 2>/dev/null; kill $proxy_pid 2>/dev/null; true' EXIT
 for _ in $(seq 600); do
@@ -50,13 +64,13 @@ for _ in $(seq 600); do
 done
 
 case "$load" in
-  handshake) args=(--sessions ${STP_PROFILE_SESSIONS:-300} --concurrency 10) ;;
+  handshake|client-cert) args=(--sessions ${STP_PROFILE_SESSIONS:-300} --concurrency 10) ;;
   bulk) args=(--sessions 1 --concurrency 1 --msgs-per-session 100 --msg-size 102400) ;;
   idle) args=(--hold 2000 --hold-seconds 3 --concurrency 100) ;;
   *) echo "unknown load $load" >&2; exit 2 ;;
 esac
 "$loadgen" --mode starttls --port "$proxy_port" --tls-sigalgs ECDSA+SHA256 --time-limit 900 \
-  "${args[@]}" | tee "$out/loadgen.json"
+  "${args[@]}" ${client[@]+"${client[@]}"} | tee "$out/loadgen.json"
 
 # The proxy's own pid is the tool's child (perf, strace, heaptrack) or the tool (valgrind).
 target=$(pgrep -P "$proxy_pid" -f smtp-tls-proxy || echo "$proxy_pid")
