@@ -158,8 +158,9 @@ Metrics::Metrics(const std::vector<Listener>& listeners)
                              client_cert_);
   auto& verify_cache = BuildCounter()
                            .Name("smtp_tls_proxy_client_certificate_verify_cache_total")
-                           .Help("Client certificate chains whose verification result was reused "
-                                 "(hit) or computed (miss)")
+                           .Help(
+                               "Client certificate chains whose verification result was reused "
+                               "(hit) or computed (miss)")
                            .Register(r);
   add_all<VerifyCache>(verify_cache, "result",
                        {{VerifyCache::hit, "hit"}, {VerifyCache::miss, "miss"}}, verify_cache_);

@@ -371,13 +371,19 @@ asio::awaitable<bool> Session::handshake() {
   error_code ec;
   co_await tls_->handshake(ec);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  SSL* ssl = tls_->native_handle();
+  if (!ec && certificate_request_ == tls::ClientCertificateRequest::verify &&
+      (!SSL_get0_peer_certificate(ssl) || SSL_get_verify_result(ssl) != X509_V_OK)) {
+    // OpenSSL enforces this on a full handshake, and a resumed session can only come from one
+    // made under the same policy (tls::request_client_certificate): a second lock on the door.
+    ec = make_error_code(boost::system::errc::permission_denied);
+  }
   if (ec) {
     services_.metrics.handshake(metrics::Handshake::failed, "none", seconds);
     record_handshake_failure(ec);
     co_return false;
   }
-  services_.metrics.handshake(metrics::Handshake::ok, SSL_get_version(tls_->native_handle()),
-                              seconds);
+  services_.metrics.handshake(metrics::Handshake::ok, SSL_get_version(ssl), seconds);
   tls_active_ = true;
   record_tls_session();
   // RFC 3207: everything learned from the client before TLS is forgotten.

@@ -21,11 +21,12 @@ enum class ClientCertificateRequest {
   verify,      // asked for; no certificate or a bad one ends the handshake
 };
 
-// Sets how this session asks for a client certificate (before the handshake).
+// Sets how this session asks for a client certificate (before the handshake), and with it
+// which earlier sessions it may resume: only those made under the same request.
 void request_client_certificate(SSL* ssl, ClientCertificateRequest request);
 
 struct PeerCertificate {
-  std::string subject;  // in the configured DN format
+  std::string subject;          // in the configured DN format
   std::string subject_openssl;  // "/C=../CN=.."
   std::string subject_rfc2253;  // "CN=..,C=.."
   std::string common_name;

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -22,11 +23,15 @@
 namespace stp::tls {
 namespace {
 
-// TLS 1.2 suites when the operator sets none: AEAD with forward secrecy only.
-// Distinct client certificate chains whose verification results are kept: a few per
-// minute is the usual; each holds one reference to its chain (a few KiB).
+// Distinct client certificate chains whose verification results are kept (a few integers
+// each, no certificate).
 constexpr std::size_t kVerifyCacheCapacity = 1024;
 
+// The largest client certificate chain taken (OpenSSL's default is 100 KiB): five RSA 4096
+// certificates are about 10 KiB.
+constexpr long kMaxClientChainBytes = 32 * 1024;
+
+// TLS 1.2 suites when the operator sets none: AEAD with forward secrecy only.
 constexpr const char* kDefaultCipherList =
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
@@ -165,12 +170,48 @@ std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
 // Bounded: at most this many such sessions, each for the session timeout, oldest dropped.
 constexpr long kCachedCertificateSessions = 2048;
 
+// The SSL_CTX slot holding the earliest next update of its CRLs (a std::time_t, 0: none).
+int horizon_slot() {
+  static const int slot = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
+}
+
+std::optional<std::time_t> unix_time(const ASN1_TIME* time) {
+  std::tm tm{};
+  if (!time || ASN1_TIME_to_tm(time, &tm) != 1) return std::nullopt;
+  return timegm(&tm);
+}
+
 // OpenSSL offers each new session here; the internal store is off so that only the sessions
-// above are kept (TLS 1.2 clients without certificates would fill it otherwise).
+// above are kept (TLS 1.2 clients without certificates would fill it otherwise), and of those
+// only the ones with a verified certificate: a client can make the others with any
+// certificate at all, and they resume no faster than a full handshake is worth.
+// A kept session is not resumed past the notAfter of its chain or the CRLs' next update.
 int keep_certificate_session(SSL* ssl, SSL_SESSION* session) {
-  if ((SSL_get_options(ssl) & SSL_OP_NO_TICKET) != 0) {
-    SSL_CTX_add_session(SSL_get_SSL_CTX(ssl), session);
+  X509* peer = SSL_SESSION_get0_peer(session);
+  if ((SSL_get_options(ssl) & SSL_OP_NO_TICKET) == 0 || !peer ||
+      SSL_get_verify_result(ssl) != X509_V_OK) {
+    return 0;
   }
+  const std::time_t now = std::time(nullptr);
+  std::time_t end = SSL_SESSION_get_time(session) + SSL_SESSION_get_timeout(session);
+  const auto bound = [&](const ASN1_TIME* time) {
+    const auto t = unix_time(time);
+    end = t ? std::min(end, *t) : now;
+  };
+  bound(X509_get0_notAfter(peer));
+  for (const STACK_OF(X509) * chain :
+       {SSL_get_peer_cert_chain(ssl), SSL_get0_verified_chain(ssl)}) {
+    for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
+      bound(X509_get0_notAfter(sk_X509_value(chain, i)));
+    }
+  }
+  SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
+  const auto horizon = reinterpret_cast<std::intptr_t>(SSL_CTX_get_ex_data(ctx, horizon_slot()));
+  if (horizon != 0) end = std::min(end, static_cast<std::time_t>(horizon));
+  if (end <= now) return 0;
+  SSL_SESSION_set_timeout(session, static_cast<long>(end - SSL_SESSION_get_time(session)));
+  SSL_CTX_add_session(ctx, session);
   return 0;  // not kept here: the cache took its own reference
 }
 
@@ -200,6 +241,7 @@ std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& c
     }
   }
   SSL_CTX_set_verify_depth(ctx, static_cast<int>(config.tls_verify_depth));
+  SSL_CTX_set_max_cert_list(ctx, kMaxClientChainBytes);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_cache_size(ctx, kCachedCertificateSessions);
   SSL_CTX_sess_set_new_cb(ctx, keep_certificate_session);
@@ -212,17 +254,14 @@ std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& c
   int loaded = 0;
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
     const ASN1_TIME* next_update = X509_CRL_get0_nextUpdate(crl);
-    std::tm tm{};
-    if (next_update && ASN1_TIME_to_tm(next_update, &tm) == 1) {
-      const std::time_t t = timegm(&tm);
-      horizon = horizon ? std::min(*horizon, t) : t;
-    }
+    if (const auto t = unix_time(next_update)) horizon = horizon ? std::min(*horizon, *t) : *t;
     if (next_update && X509_cmp_current_time(next_update) < 0) {
       char issuer[256] = "";
       X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
-      spdlog::warn("--tls-crl {}: the CRL of {} is past its next update; certificates it covers "
-                   "will not verify until it is renewed",
-                   config.tls_crl, issuer);
+      spdlog::warn(
+          "--tls-crl {}: the CRL of {} is past its next update; certificates it covers "
+          "will not verify until it is renewed",
+          config.tls_crl, issuer);
     }
     X509_STORE_add_crl(store, crl);
     X509_CRL_free(crl);
@@ -232,6 +271,10 @@ std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& c
   if (loaded == 0) fail("--tls-crl", "no CRL in " + config.tls_crl);
   // As Exim does: every certificate of the chain below the trust anchor is checked.
   X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+  if (horizon) {
+    SSL_CTX_set_ex_data(ctx, horizon_slot(),
+                        reinterpret_cast<void*>(static_cast<std::intptr_t>(*horizon)));
+  }
   return horizon;
 }
 
@@ -249,7 +292,9 @@ std::string take_openssl_errors() {
 }
 
 ServerContext::~ServerContext() {
-  SSL_CTX_free(ctx_);  // before the verification cache its callback points at
+  // Before the verification cache its callback points at. This is the last reference: every
+  // SSL made from the context is freed before the TlsStream that owns it lets go of this.
+  SSL_CTX_free(ctx_);
 }
 
 std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
@@ -300,8 +345,8 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   }
   const std::optional<std::time_t> horizon = use_client_verification(ctx, config);
   if (!config.tls_verify_certificates.empty() && config.tls_verify_cache_time.count() > 0) {
-    self->verify_cache_ = std::make_unique<VerifyCache>(config.tls_verify_cache_time,
-                                                        kVerifyCacheCapacity, horizon);
+    self->verify_cache_ =
+        std::make_unique<VerifyCache>(config.tls_verify_cache_time, kVerifyCacheCapacity, horizon);
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
   self->certificates_ = describe_certificates(ctx);

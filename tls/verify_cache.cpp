@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
-#include <vector>
 
 namespace stp::tls {
 namespace {
@@ -47,6 +46,38 @@ void set_outcome(SSL* ssl, VerifyCache::Outcome outcome) {
                   reinterpret_cast<void*>(static_cast<std::intptr_t>(outcome)));
 }
 
+// Refusals worth repeating: the chain itself is at fault, and asking again gives the same
+// answer until the files change. Anything else (memory, a CRL that could not be found or is
+// out of date, an unspecified failure) is judged afresh each time.
+bool lasting(int error) {
+  switch (error) {
+    case X509_V_OK:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_REVOKED:
+    case X509_V_ERR_CERT_CHAIN_TOO_LONG:
+    case X509_V_ERR_INVALID_CA:
+    case X509_V_ERR_PATH_LENGTH_EXCEEDED:
+    case X509_V_ERR_INVALID_PURPOSE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+    case X509_V_ERR_CERT_REJECTED:
+    case X509_V_ERR_KEYUSAGE_NO_CERTSIGN:
+    case X509_V_ERR_INVALID_EXTENSION:
+    case X509_V_ERR_EE_KEY_TOO_SMALL:
+    case X509_V_ERR_CA_KEY_TOO_SMALL:
+    case X509_V_ERR_CA_MD_TOO_WEAK:
+      return true;
+    default:
+      return false;
+  }
+}
+
 struct MdCtxFree {
   void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
 };
@@ -68,7 +99,6 @@ VerifyCache::VerifyCache(std::chrono::seconds time_to_live, std::size_t capacity
       clock_(&system_now) {}
 
 VerifyCache::~VerifyCache() {
-  for (auto& [key, verdict] : verdicts_) sk_X509_pop_free(verdict.chain, X509_free);
   EVP_MD_free(sha256_);
 }
 
@@ -77,7 +107,8 @@ int VerifyCache::verify(X509_STORE_CTX* store, void* cache) {
 }
 
 VerifyCache::Outcome VerifyCache::outcome(const SSL* ssl) {
-  return static_cast<Outcome>(reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, outcome_slot())));
+  return static_cast<Outcome>(
+      reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, outcome_slot())));
 }
 
 int VerifyCache::check(X509_STORE_CTX* store) {
@@ -107,16 +138,24 @@ bool VerifyCache::key_of(X509_STORE_CTX* store, SSL* ssl, Key& key) const {
   std::unique_ptr<EVP_MD_CTX, MdCtxFree> md(EVP_MD_CTX_new());
   if (!md || EVP_DigestInit_ex2(md.get(), sha256_, nullptr) != 1) return false;
 
-  // What else decides the verdict: the trust store and the CRLs belong to the context this
-  // cache lives and dies with; purpose and host checks are not set per session.
-  bool ok = digest_int(md.get(), static_cast<std::uint64_t>(SSL_get_verify_mode(ssl))) &&
-            digest_int(md.get(), static_cast<std::uint64_t>(SSL_get_verify_depth(ssl))) &&
-            digest_int(md.get(), reinterpret_cast<std::uintptr_t>(SSL_get_verify_callback(ssl))) &&
-            digest_certificate(md.get(), leaf);
+  // What else decides the verdict. The trust store (with its CRLs) is the one of the context
+  // this cache lives and dies with (each SSL_CTX has its own callback argument); the
+  // parameters X509_verify_cert reads are keyed; host and e-mail checks are never set on the
+  // server side.
+  const X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(store);
+  const auto number = [&](auto value) {
+    return digest_int(md.get(), static_cast<std::uint64_t>(value));
+  };
+  bool ok = number(SSL_get_verify_mode(ssl)) &&
+            number(reinterpret_cast<std::uintptr_t>(SSL_get_verify_callback(ssl))) &&
+            number(X509_VERIFY_PARAM_get_depth(param)) &&
+            number(X509_VERIFY_PARAM_get_flags(param)) &&
+            number(X509_VERIFY_PARAM_get_auth_level(param)) && digest_certificate(md.get(), leaf);
   const STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(store);
   const int count = untrusted ? sk_X509_num(untrusted) : 0;
   ok = ok && digest_int(md.get(), static_cast<std::uint64_t>(count));
-  for (int i = 0; ok && i < count; ++i) ok = digest_certificate(md.get(), sk_X509_value(untrusted, i));
+  for (int i = 0; ok && i < count; ++i)
+    ok = digest_certificate(md.get(), sk_X509_value(untrusted, i));
   unsigned int length = 0;
   return ok && EVP_DigestFinal_ex(md.get(), key.data(), &length) == 1 && length == key.size();
 }
@@ -126,11 +165,11 @@ std::optional<int> VerifyCache::replay(const Key& key, X509_STORE_CTX* store, st
   const auto it = verdicts_.find(key);
   if (it == verdicts_.end() || it->second.expires <= now) return std::nullopt;
   const Verdict& verdict = it->second;
-  // What X509_verify_cert leaves behind for the TLS library: the error, its depth and the
-  // verified chain (SSL_get0_verified_chain).
+  // What the TLS library reads of X509_verify_cert's work: the error (the session's verify
+  // result and its alert) and its depth. The verified chain is not kept, so a replayed
+  // session has none (SSL_get0_verified_chain); nothing here reads it.
   X509_STORE_CTX_set_error(store, verdict.error);
   X509_STORE_CTX_set_error_depth(store, verdict.error_depth);
-  if (verdict.chain) X509_STORE_CTX_set0_verified_chain(store, X509_chain_up_ref(verdict.chain));
   return verdict.result;
 }
 
@@ -139,37 +178,27 @@ void VerifyCache::remember(const Key& key, int result, X509_STORE_CTX* store, st
   verdict.result = result;
   verdict.error = X509_STORE_CTX_get_error(store);
   verdict.error_depth = X509_STORE_CTX_get_error_depth(store);
-  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
-  verdict.chain = chain ? X509_chain_up_ref(chain) : nullptr;
+  if (!lasting(verdict.error)) return;
   verdict.expires = now + time_to_live_.count();
   if (result == 1 && verdict.error == X509_V_OK) {
     // An acceptance must not outlive a certificate of the chain or the CRLs it was checked
     // against; a refusal lasts its time to live (a not-yet-valid certificate waits that long).
     if (horizon_) verdict.expires = std::min(verdict.expires, *horizon_);
+    const STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
     for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
       const auto not_after = unix_time(X509_get0_notAfter(sk_X509_value(chain, i)));
       verdict.expires = not_after ? std::min(verdict.expires, *not_after) : now;
     }
   }
 
-  STACK_OF(X509)* replaced = nullptr;
-  std::vector<STACK_OF(X509)*> dropped;
-  {
-    std::lock_guard lock(mutex_);
-    auto [it, inserted] = verdicts_.try_emplace(key);
-    if (!inserted) replaced = it->second.chain;
-    it->second = verdict;
-    if (inserted) order_.push_back(key);
-    while (verdicts_.size() > capacity_) {
-      const auto oldest = verdicts_.find(order_.front());
-      dropped.push_back(oldest->second.chain);
-      verdicts_.erase(oldest);
-      order_.pop_front();
-    }
+  std::lock_guard lock(mutex_);
+  auto [it, inserted] = verdicts_.try_emplace(key);
+  it->second = verdict;
+  if (inserted) order_.push_back(key);
+  while (verdicts_.size() > capacity_) {
+    verdicts_.erase(order_.front());
+    order_.pop_front();
   }
-  // Certificates are freed outside the lock.
-  sk_X509_pop_free(replaced, X509_free);
-  for (STACK_OF(X509)* old : dropped) sk_X509_pop_free(old, X509_free);
 }
 
 }  // namespace stp::tls

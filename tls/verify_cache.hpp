@@ -2,13 +2,16 @@
 // client presents the same chain on every connection; verifying it (chain building, the CA's
 // signature, CRL look-ups) is a fifth of a client-certificate handshake's CPU, so OpenSSL's
 // verdict is kept for a while, keyed by a SHA-256 over everything the verdict depends on: the
-// presented chain's DER bytes and the session's verify mode, depth and callback.
+// presented chain's DER bytes and the verify settings (mode, depth, callback, flags, security
+// level). One cache per TLS context, so one trust store.
 //
-// Trusts OpenSSL's X509_verify_cert for every verdict it stores; trusts nothing presented by
-// a client beyond its bytes. A verdict is forgotten at the earliest of: its time to live, the
-// earliest notAfter in the verified chain, and the horizon (the earliest nextUpdate of the
-// loaded CRLs). A change to the CA or CRL files reloads the TLS context, and with it comes a
-// new, empty cache. Thread-safe; bounded to `capacity` verdicts (oldest dropped first).
+// Trusts OpenSSL's X509_verify_cert for every verdict it stores; keeps nothing a client sent
+// but a hash (a verdict is a few integers: no certificate is held, whatever its size). A
+// verdict is forgotten at the earliest of: its time to live, the earliest notAfter in the
+// verified chain, and the horizon (the earliest nextUpdate of the loaded CRLs); errors that
+// may not repeat (out of memory, a CRL missing or out of date) are not kept at all. A change
+// to the CA or CRL files reloads the TLS context, and with it comes a new, empty cache.
+// Thread-safe; bounded to `capacity` verdicts (oldest dropped first).
 #pragma once
 
 #include <openssl/evp.h>
@@ -60,7 +63,6 @@ class VerifyCache {
     int result = 0;  // X509_verify_cert's return: 1 accepted, 0 refused
     int error = X509_V_OK;
     int error_depth = 0;
-    STACK_OF(X509)* chain = nullptr;  // the verified chain, one reference held
     std::time_t expires = 0;
   };
 

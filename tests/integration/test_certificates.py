@@ -912,3 +912,85 @@ def test_client_certificate_sessions_resume_with_their_certificate(postfix, prox
     assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
     cache = PREFIX + "client_certificate_verify_cache_total"
     assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (1, 0)
+
+
+def tls_session_of(port: int, ctx: ssl.SSLContext, source: str) -> ssl.SSLSession:
+    """A TLS session (with its ticket, TLS 1.3, or its session ID, TLS 1.2) got from `source`
+    over STARTTLS, without sending mail."""
+    with SmtpClient(port, source=source, context=ctx) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command("QUIT"), 221)
+        return c.sock.session
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_a_session_made_without_a_certificate_does_not_resume_for_verify_hosts(
+        postfix, proxy, cert_pki, version):
+    """A session made where no certificate is asked for (or where one is only asked for) is
+    not resumed by a client of --tls-verify-hosts: it gets a full handshake, which asks for a
+    certificate, and without one it is dropped."""
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki),
+              "--tls-try-verify-hosts", "127.0.0.4")
+    ctx = client_context(cert_pki, None)
+    ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    for maker in (OTHER_CLIENT, "127.0.0.4"):  # not asked; asked, presented none
+        session = tls_session_of(p.plain_port, ctx, maker)
+        with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+            client_port = c.sock.getsockname()[1]
+            assert_reply(c.greeting(), 220)
+            assert_reply(c.ehlo(), 250)
+            assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+            error = tls_failure(c)
+        assert "ALERT" in error, error
+        failure = wait_for_proxy_log(
+            p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
+        assert failure.endswith("; client certificate: none presented"), failure
+    assert not any(re.search(r"TLS connection reused from \S+\[127\.0\.0\.2\]", m)
+                   for _, m in proxy_log(p)), p.stderr()
+
+
+def test_an_unverified_certificate_session_is_not_kept_for_resumption(postfix, proxy,
+                                                                      cert_pki):
+    """Sessions are kept only for verified certificates (a client can make any number of the
+    others with certificates of its own): an unverified one gets a full handshake again."""
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki),
+              *verify_flags(cert_pki, mode="try-verify"))
+    ctx = client_context(cert_pki, "unknown_ca")
+    session = tls_session_of(p.plain_port, ctx, CLIENT_ADDR)
+    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert not c.sock.session_reused
+        assert_reply(c.ehlo(), 250)
+
+
+def test_an_oversized_client_chain_is_refused(postfix, proxy, cert_pki, tmp_path):
+    """A client certificate chain over 32 KiB is not taken (OpenSSL's default would be 100
+    KiB, kept with the session): the handshake fails and the proxy says so. The certificate
+    is a real one from the trusted intermediate, made big by 1500 DNS names."""
+    key, csr, leaf, ext = (tmp_path / n for n in ("big.key", "big.csr", "big.pem", "ext.cnf"))
+    run(["openssl", "req", "-new", *EC_KEY, "-keyout", str(key), "-out", str(csr),
+         "-subj", f"/O={ORG}/CN=client-big.test"])
+    names = "\n".join(f"DNS.{i} = host-{i:04d}.client-big.example.org" for i in range(1, 1501))
+    ext.write_text(f"extendedKeyUsage = clientAuth\nsubjectAltName = @names\n[names]\n{names}\n")
+    inter = cert_pki.intermediate
+    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(inter.cert), "-CAkey",
+         str(inter.key), "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(leaf)])
+    leaf.write_bytes(leaf.read_bytes() + inter.cert.read_bytes())
+    ctx = cert_pki.client_context(None)
+    ctx.load_cert_chain(str(leaf), str(key))
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki))
+    with SmtpClient(p.plain_port, context=ctx) as c:
+        client_port = c.sock.getsockname()[1]
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+        error = tls_failure(c)
+    assert "ALERT" in error or "EOF" in error or "reset" in error, error
+    failure = wait_for_proxy_log(
+        p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
+    assert "excessive message size" in failure, failure

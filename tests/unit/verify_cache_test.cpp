@@ -126,7 +126,7 @@ TEST_F(VerifyCacheTest, AcceptanceIsReplayedWithoutVerifyingAgain) {
   const Result again = check(cache, empty_.get(), client.get());
   EXPECT_EQ(again.result, 1);
   EXPECT_EQ(again.error, X509_V_OK);
-  EXPECT_EQ(again.chain_length, 2) << "the verified chain comes back with the verdict";
+  EXPECT_EQ(again.chain_length, 0) << "no certificate is kept with the verdict";
   EXPECT_EQ(VerifyCache::outcome(ssl_.get()), VerifyCache::Outcome::hit);
   EXPECT_EQ(cache.hits(), 1u);
   EXPECT_EQ(cache.misses(), 1u);
@@ -150,6 +150,21 @@ TEST_F(VerifyCacheTest, RefusalIsReplayedWithItsError) {
   EXPECT_EQ(again.result, 0) << "the refusal is replayed even though this store would accept";
   EXPECT_EQ(again.error, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
   EXPECT_EQ(cache.hits(), 1u);
+}
+
+TEST_F(VerifyCacheTest, RefusalsThatMayNotRepeatAreNotKept) {
+  // CRL checking with no CRL loaded: "unable to get certificate CRL", which a CRL file
+  // appearing would change.
+  VerifyCache cache(60s, 16, std::nullopt);
+  X509_STORE_set_flags(trusting_.get(), X509_V_FLAG_CRL_CHECK);
+  const auto client = leaf("client");
+  for (int i = 0; i < 2; ++i) {
+    const Result r = check(cache, trusting_.get(), client.get());
+    EXPECT_EQ(r.result, 0);
+    EXPECT_EQ(r.error, X509_V_ERR_UNABLE_TO_GET_CRL);
+  }
+  EXPECT_EQ(cache.hits(), 0u);
+  EXPECT_EQ(cache.misses(), 2u);
 }
 
 TEST_F(VerifyCacheTest, AnotherChainIsVerifiedAfresh) {
