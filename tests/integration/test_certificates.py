@@ -989,8 +989,7 @@ def test_an_oversized_client_chain_is_refused(postfix, proxy, cert_pki, tmp_path
         assert_reply(c.greeting(), 220)
         assert_reply(c.ehlo(), 250)
         assert_reply(c.command("STARTTLS"), 220, "2.0.0")
-        error = tls_failure(c)
-    assert "ALERT" in error or "EOF" in error or "reset" in error, error
+        tls_failure(c)  # an alert, or a broken pipe while the client is still sending it
     failure = wait_for_proxy_log(
         p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
     assert "excessive message size" in failure, failure
