@@ -182,6 +182,18 @@ std::optional<std::time_t> unix_time(const ASN1_TIME* time) {
   return timegm(&tm);
 }
 
+// The SSL_SESSION slot with a kept session's end (a std::time_t). OpenSSL copies it into the
+// session a TLS 1.3 resumption makes, so a renewed session ends no later than the first:
+// a client that keeps resuming still comes back for a full verification in time.
+int session_end_slot() {
+  static const int slot = SSL_SESSION_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
+}
+
+// The certificates a kept session may carry (the client's own and the chain it sent): a
+// session holds them all, verified path or not.
+constexpr int kMaxKeptChainBytes = 8 * 1024;
+
 // OpenSSL offers each new session here; the internal store is off so that only the sessions
 // above are kept (TLS 1.2 clients without certificates would fill it otherwise), and of those
 // only the ones with a verified certificate: a client can make the others with any
@@ -193,6 +205,14 @@ int keep_certificate_session(SSL* ssl, SSL_SESSION* session) {
       SSL_get_verify_result(ssl) != X509_V_OK) {
     return 0;
   }
+  const STACK_OF(X509)* sent = SSL_get_peer_cert_chain(ssl);  // without the client's own
+  int bytes = i2d_X509(peer, nullptr);
+  for (int i = 0; bytes > 0 && sent && i < sk_X509_num(sent); ++i) {
+    const int n = i2d_X509(sk_X509_value(sent, i), nullptr);
+    bytes = n > 0 ? bytes + n : -1;
+  }
+  if (bytes <= 0 || bytes > kMaxKeptChainBytes) return 0;
+
   const std::time_t now = std::time(nullptr);
   std::time_t end = SSL_SESSION_get_time(session) + SSL_SESSION_get_timeout(session);
   const auto bound = [&](const ASN1_TIME* time) {
@@ -200,17 +220,26 @@ int keep_certificate_session(SSL* ssl, SSL_SESSION* session) {
     end = t ? std::min(end, *t) : now;
   };
   bound(X509_get0_notAfter(peer));
-  for (const STACK_OF(X509) * chain :
-       {SSL_get_peer_cert_chain(ssl), SSL_get0_verified_chain(ssl)}) {
+  // The trust anchor's date is in the verified chain, or with the verdict when it was reused.
+  const STACK_OF(X509)* verified = SSL_get0_verified_chain(ssl);
+  for (const STACK_OF(X509) * chain : {sent, verified}) {
     for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
       bound(X509_get0_notAfter(sk_X509_value(chain, i)));
     }
   }
+  if (const auto t = VerifyCache::chain_not_after(ssl)) end = std::min(end, *t);
   SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
   const auto horizon = reinterpret_cast<std::intptr_t>(SSL_CTX_get_ex_data(ctx, horizon_slot()));
   if (horizon != 0) end = std::min(end, static_cast<std::time_t>(horizon));
+  if (SSL_session_reused(ssl)) {
+    const auto first =
+        reinterpret_cast<std::intptr_t>(SSL_SESSION_get_ex_data(session, session_end_slot()));
+    end = first != 0 ? std::min(end, static_cast<std::time_t>(first)) : now;
+  }
   if (end <= now) return 0;
   SSL_SESSION_set_timeout(session, static_cast<long>(end - SSL_SESSION_get_time(session)));
+  SSL_SESSION_set_ex_data(session, session_end_slot(),
+                          reinterpret_cast<void*>(static_cast<std::intptr_t>(end)));
   SSL_CTX_add_session(ctx, session);
   return 0;  // not kept here: the cache took its own reference
 }
@@ -344,9 +373,13 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
     }
   }
   const std::optional<std::time_t> horizon = use_client_verification(ctx, config);
-  if (!config.tls_verify_certificates.empty() && config.tls_verify_cache_time.count() > 0) {
-    self->verify_cache_ =
-        std::make_unique<VerifyCache>(config.tls_verify_cache_time, kVerifyCacheCapacity, horizon);
+  const std::string& cas = config.tls_verify_certificates;
+  if (!cas.empty() && config.tls_verify_cache_time.count() > 0) {
+    struct stat st {};
+    const bool store_reads_files =
+        cas == "system" || (stat(cas.c_str(), &st) == 0 && S_ISDIR(st.st_mode));
+    self->verify_cache_ = std::make_unique<VerifyCache>(
+        config.tls_verify_cache_time, kVerifyCacheCapacity, horizon, store_reads_files);
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
   self->certificates_ = describe_certificates(ctx);

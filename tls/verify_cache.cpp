@@ -41,24 +41,71 @@ int outcome_slot() {
   return slot;
 }
 
+// The SSL slot for chain_not_after (a std::time_t; 0: none).
+int chain_end_slot() {
+  static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
+}
+
+void set_chain_end(SSL* ssl, std::time_t t) {
+  SSL_set_ex_data(ssl, chain_end_slot(), reinterpret_cast<void*>(static_cast<std::intptr_t>(t)));
+}
+
 void set_outcome(SSL* ssl, VerifyCache::Outcome outcome) {
   SSL_set_ex_data(ssl, outcome_slot(),
                   reinterpret_cast<void*>(static_cast<std::intptr_t>(outcome)));
 }
 
+// The earliest notAfter in the verified chain; 0 when a date cannot be read.
+std::time_t earliest_not_after(const STACK_OF(X509) * chain) {
+  std::optional<std::time_t> earliest;
+  for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
+    const auto t = unix_time(X509_get0_notAfter(sk_X509_value(chain, i)));
+    if (!t) return 0;
+    earliest = earliest ? std::min(*earliest, *t) : *t;
+  }
+  return earliest.value_or(0);
+}
+
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
+};
+
+}  // namespace
+
+std::size_t VerifyCache::KeyHash::operator()(const Key& key) const {
+  std::size_t out;  // the key is a SHA-256 already: any eight bytes of it are a good hash
+  std::memcpy(&out, key.data(), sizeof out);
+  return out;
+}
+
+VerifyCache::VerifyCache(std::chrono::seconds time_to_live, std::size_t capacity,
+                         std::optional<std::time_t> horizon, bool store_reads_files)
+    : time_to_live_(time_to_live),
+      capacity_(std::max<std::size_t>(capacity, 1)),
+      horizon_(horizon),
+      store_reads_files_(store_reads_files),
+      sha256_(EVP_MD_fetch(nullptr, "SHA256", nullptr)),
+      clock_(&system_now) {}
+
+VerifyCache::~VerifyCache() {
+  EVP_MD_free(sha256_);
+}
+
 // Refusals worth repeating: the chain itself is at fault, and asking again gives the same
-// answer until the files change. Anything else (memory, a CRL that could not be found or is
-// out of date, an unspecified failure) is judged afresh each time.
-bool lasting(int error) {
+// answer until the files change (which brings a new cache). Anything else (memory, a CRL
+// that could not be found or is out of date, a signature check that failed inside OpenSSL, a
+// certificate not valid yet) is judged afresh each time.
+bool VerifyCache::lasting(int error) const {
   switch (error) {
-    case X509_V_OK:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+      // A CA looked up on disk may be missing because the file could not be read just then.
+      return !store_reads_files_;
+    case X509_V_OK:
     case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
-    case X509_V_ERR_CERT_NOT_YET_VALID:
     case X509_V_ERR_CERT_HAS_EXPIRED:
     case X509_V_ERR_CERT_REVOKED:
     case X509_V_ERR_CERT_CHAIN_TOO_LONG:
@@ -78,30 +125,6 @@ bool lasting(int error) {
   }
 }
 
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
-};
-
-}  // namespace
-
-std::size_t VerifyCache::KeyHash::operator()(const Key& key) const {
-  std::size_t out;  // the key is a SHA-256 already: any eight bytes of it are a good hash
-  std::memcpy(&out, key.data(), sizeof out);
-  return out;
-}
-
-VerifyCache::VerifyCache(std::chrono::seconds time_to_live, std::size_t capacity,
-                         std::optional<std::time_t> horizon)
-    : time_to_live_(time_to_live),
-      capacity_(std::max<std::size_t>(capacity, 1)),
-      horizon_(horizon),
-      sha256_(EVP_MD_fetch(nullptr, "SHA256", nullptr)),
-      clock_(&system_now) {}
-
-VerifyCache::~VerifyCache() {
-  EVP_MD_free(sha256_);
-}
-
 int VerifyCache::verify(X509_STORE_CTX* store, void* cache) {
   return static_cast<VerifyCache*>(cache)->check(store);
 }
@@ -111,6 +134,12 @@ VerifyCache::Outcome VerifyCache::outcome(const SSL* ssl) {
       reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, outcome_slot())));
 }
 
+std::optional<std::time_t> VerifyCache::chain_not_after(const SSL* ssl) {
+  const auto t = reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, chain_end_slot()));
+  if (t == 0) return std::nullopt;
+  return static_cast<std::time_t>(t);
+}
+
 int VerifyCache::check(X509_STORE_CTX* store) {
   auto* ssl =
       static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
@@ -118,7 +147,7 @@ int VerifyCache::check(X509_STORE_CTX* store) {
   const bool keyed = ssl && key_of(store, ssl, key);
   const std::time_t now = clock_();
   if (keyed) {
-    if (const std::optional<int> result = replay(key, store, now)) {
+    if (const std::optional<int> result = replay(key, store, ssl, now)) {
       hits_.fetch_add(1, std::memory_order_relaxed);
       set_outcome(ssl, Outcome::hit);
       return *result;
@@ -127,8 +156,13 @@ int VerifyCache::check(X509_STORE_CTX* store) {
   misses_.fetch_add(1, std::memory_order_relaxed);
   if (ssl) set_outcome(ssl, Outcome::miss);
   const int result = X509_verify_cert(store);
+  std::time_t chain_end = 0;
+  if (result == 1 && X509_STORE_CTX_get_error(store) == X509_V_OK) {
+    chain_end = earliest_not_after(X509_STORE_CTX_get0_chain(store));
+    if (ssl) set_chain_end(ssl, chain_end);
+  }
   // Below 0 is OpenSSL failing (memory, a bad argument), not a verdict on the chain.
-  if (keyed && result >= 0) remember(key, result, store, now);
+  if (keyed && result >= 0) remember(key, result, store, now, chain_end);
   return result;
 }
 
@@ -160,7 +194,8 @@ bool VerifyCache::key_of(X509_STORE_CTX* store, SSL* ssl, Key& key) const {
   return ok && EVP_DigestFinal_ex(md.get(), key.data(), &length) == 1 && length == key.size();
 }
 
-std::optional<int> VerifyCache::replay(const Key& key, X509_STORE_CTX* store, std::time_t now) {
+std::optional<int> VerifyCache::replay(const Key& key, X509_STORE_CTX* store, SSL* ssl,
+                                       std::time_t now) {
   std::lock_guard lock(mutex_);
   const auto it = verdicts_.find(key);
   if (it == verdicts_.end() || it->second.expires <= now) return std::nullopt;
@@ -170,10 +205,12 @@ std::optional<int> VerifyCache::replay(const Key& key, X509_STORE_CTX* store, st
   // session has none (SSL_get0_verified_chain); nothing here reads it.
   X509_STORE_CTX_set_error(store, verdict.error);
   X509_STORE_CTX_set_error_depth(store, verdict.error_depth);
+  if (verdict.chain_not_after != 0) set_chain_end(ssl, verdict.chain_not_after);
   return verdict.result;
 }
 
-void VerifyCache::remember(const Key& key, int result, X509_STORE_CTX* store, std::time_t now) {
+void VerifyCache::remember(const Key& key, int result, X509_STORE_CTX* store, std::time_t now,
+                           std::time_t chain_not_after) {
   Verdict verdict;
   verdict.result = result;
   verdict.error = X509_STORE_CTX_get_error(store);
@@ -182,13 +219,10 @@ void VerifyCache::remember(const Key& key, int result, X509_STORE_CTX* store, st
   verdict.expires = now + time_to_live_.count();
   if (result == 1 && verdict.error == X509_V_OK) {
     // An acceptance must not outlive a certificate of the chain or the CRLs it was checked
-    // against; a refusal lasts its time to live (a not-yet-valid certificate waits that long).
+    // against; a refusal lasts its time to live.
     if (horizon_) verdict.expires = std::min(verdict.expires, *horizon_);
-    const STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store);
-    for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
-      const auto not_after = unix_time(X509_get0_notAfter(sk_X509_value(chain, i)));
-      verdict.expires = not_after ? std::min(verdict.expires, *not_after) : now;
-    }
+    verdict.expires = chain_not_after != 0 ? std::min(verdict.expires, chain_not_after) : now;
+    verdict.chain_not_after = chain_not_after;
   }
 
   std::lock_guard lock(mutex_);

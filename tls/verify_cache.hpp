@@ -34,8 +34,10 @@ namespace stp::tls {
 class VerifyCache {
  public:
   // `horizon`: no verdict outlives it (Unix time); nullopt when nothing bounds it.
+  // `store_reads_files`: the trust store looks CAs up on disk during verification (a hashed
+  // directory, the system's), where "issuer not found" may be a passing failure to read.
   VerifyCache(std::chrono::seconds time_to_live, std::size_t capacity,
-              std::optional<std::time_t> horizon);
+              std::optional<std::time_t> horizon, bool store_reads_files = false);
   ~VerifyCache();
   VerifyCache(const VerifyCache&) = delete;
   VerifyCache& operator=(const VerifyCache&) = delete;
@@ -46,6 +48,10 @@ class VerifyCache {
   // How the chain of this TLS session was judged, for its metrics.
   enum class Outcome { none, hit, miss };
   static Outcome outcome(const SSL* ssl);
+  // The earliest notAfter of the chain this session's certificate was accepted with (the
+  // trust anchor included), when this cache judged it; SSL_get0_verified_chain is empty
+  // when the verdict was replayed.
+  static std::optional<std::time_t> chain_not_after(const SSL* ssl);
 
   std::uint64_t hits() const { return hits_.load(std::memory_order_relaxed); }
   std::uint64_t misses() const { return misses_.load(std::memory_order_relaxed); }
@@ -64,16 +70,20 @@ class VerifyCache {
     int error = X509_V_OK;
     int error_depth = 0;
     std::time_t expires = 0;
+    std::time_t chain_not_after = 0;  // accepted verdicts: the verified chain's earliest
   };
 
   int check(X509_STORE_CTX* store);
   bool key_of(X509_STORE_CTX* store, SSL* ssl, Key& key) const;
-  std::optional<int> replay(const Key& key, X509_STORE_CTX* store, std::time_t now);
-  void remember(const Key& key, int result, X509_STORE_CTX* store, std::time_t now);
+  std::optional<int> replay(const Key& key, X509_STORE_CTX* store, SSL* ssl, std::time_t now);
+  void remember(const Key& key, int result, X509_STORE_CTX* store, std::time_t now,
+                std::time_t chain_not_after);
+  bool lasting(int error) const;
 
   const std::chrono::seconds time_to_live_;
   const std::size_t capacity_;
   const std::optional<std::time_t> horizon_;
+  const bool store_reads_files_;
   EVP_MD* sha256_ = nullptr;
   Clock clock_;
 

@@ -888,30 +888,63 @@ def test_verdict_reuse_can_be_turned_off(postfix, proxy, cert_pki):
     assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
 @pytest.mark.parametrize("mode", ["verify", "try-verify"])
 def test_client_certificate_sessions_resume_with_their_certificate(postfix, proxy, cert_pki,
-                                                                  mode):
-    """A session that presented a certificate resumes (its ticket names a session the proxy
-    keeps), and the resumed session still carries the certificate: verified in the Received
-    header, Trusted in the log, CV=yes, without judging the chain again."""
+                                                                  mode, version):
+    """A session that presented a certificate resumes (TLS 1.3: its ticket names a session the
+    proxy keeps; TLS 1.2: by session ID), again from the resumed one, and a resumed session
+    still carries the certificate: verified in the Received header, Trusted in the log,
+    without judging the chain again."""
     mport = free_port()
     p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki, mode=mode),
               "--metrics-listen", f"{LOOPBACK}:{mport}")
     box = postfix.new_mailbox()
     ctx = client_context(cert_pki, "valid")
+    ctx.maximum_version = getattr(ssl.TLSVersion, version)
     reused, session = deliver_with(p, ctx, box)
     assert not reused
-    reused, _ = deliver_with(p, ctx, box, session=session)
-    assert reused, "the client could not resume its session"
+    for attempt in range(2):
+        reused, session = deliver_with(p, ctx, box, session=session)
+        assert reused, f"the client could not resume its session (attempt {attempt + 1})"
     comment = f"\t({certificate_comment(cert_pki, 'valid')})\n".encode()
-    for message in box.wait(2):
+    for message in box.wait(3):
         assert comment in message, message
-    wait_for_proxy_log(p, r"^Trusted TLS connection reused from \S+\[127\.0\.0\.2\] to ")
+    wait_for_proxy_log(p, r"^Trusted TLS connection reused from \S+\[127\.0\.0\.2\][ :]")
     samples = scrape(mport)
-    assert value(samples, PREFIX + "tls_resumed_total") == 1
-    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
+    assert value(samples, PREFIX + "tls_resumed_total") == 2
+    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 3
     cache = PREFIX + "client_certificate_verify_cache_total"
     assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (1, 0)
+
+
+def test_a_session_does_not_resume_past_its_certificate(postfix, proxy, cert_pki, tmp_path):
+    """A kept session ends with its certificate's notAfter (not OpenSSL's two hours): once the
+    certificate has expired, the client gets a full handshake and is refused as expired."""
+    ca = private_intermediate(cert_pki, tmp_path)
+    key, csr, leaf = (tmp_path / f"short.{ext}" for ext in ("key", "csr", "leaf.pem"))
+    run(["openssl", "req", "-new", *EC_KEY, "-keyout", str(key), "-out", str(csr),
+         "-subj", f"/O={ORG}/CN=client-short.test"])
+    not_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
+    ca.sign(csr, leaf, "client", "-enddate", not_after.strftime("%Y%m%d%H%M%SZ"))
+    chain = tmp_path / "short.pem"
+    chain.write_bytes(leaf.read_bytes() + ca.cert.read_bytes())
+    ctx = cert_pki.client_context(None)
+    ctx.load_cert_chain(str(chain), str(key))
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki))
+    reused, session = deliver_with(p, ctx, postfix.new_mailbox())
+    assert not reused
+    time.sleep(max(0.0, (not_after - datetime.datetime.now(datetime.timezone.utc))
+                   .total_seconds()) + 1.5)
+    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+        client_port = c.sock.getsockname()[1]
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+        tls_failure(c)
+    failure = wait_for_proxy_log(
+        p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
+    assert failure.endswith("; client certificate: certificate has expired"), failure
 
 
 def tls_session_of(port: int, ctx: ssl.SSLContext, source: str) -> ssl.SSLSession:
@@ -950,6 +983,31 @@ def test_a_session_made_without_a_certificate_does_not_resume_for_verify_hosts(
         assert failure.endswith("; client certificate: none presented"), failure
     assert not any(re.search(r"TLS connection reused from \S+\[127\.0\.0\.2\]", m)
                    for _, m in proxy_log(p)), p.stderr()
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_a_try_verify_session_is_not_resumed_by_a_verify_host(postfix, proxy, cert_pki, version):
+    """Sessions are kept per certificate policy: one made (and verified) where a certificate is
+    only asked for gets a full handshake from a --tls-verify-hosts client, whose own
+    verification then decides."""
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki),
+              "--tls-try-verify-hosts", "127.0.0.4")
+    ctx = client_context(cert_pki, "valid")
+    ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    session = tls_session_of(p.plain_port, ctx, "127.0.0.4")
+    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert not c.sock.session_reused
+        assert_reply(c.ehlo(), 250)
+    # The same session does resume where it was made (the test can tell the difference).
+    with SmtpClient(p.plain_port, source="127.0.0.4", context=ctx, session=session) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert c.sock.session_reused
+        assert_reply(c.ehlo(), 250)
 
 
 def test_an_unverified_certificate_session_is_not_kept_for_resumption(postfix, proxy,

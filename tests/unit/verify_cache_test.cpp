@@ -167,6 +167,32 @@ TEST_F(VerifyCacheTest, RefusalsThatMayNotRepeatAreNotKept) {
   EXPECT_EQ(cache.misses(), 2u);
 }
 
+TEST_F(VerifyCacheTest, IssuerNotFoundIsNotKeptWhenTheStoreReadsFiles) {
+  // A hashed directory or the system's store: the CA file may just not have been readable.
+  VerifyCache cache(60s, 16, std::nullopt, true);
+  const auto client = leaf("client");
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(check(cache, empty_.get(), client.get()).result, 0);
+  EXPECT_EQ(cache.hits(), 0u);
+  EXPECT_EQ(check(cache, trusting_.get(), client.get()).result, 1);
+  EXPECT_EQ(check(cache, trusting_.get(), client.get()).result, 1);
+  EXPECT_EQ(cache.hits(), 1u) << "acceptances are still kept";
+}
+
+TEST_F(VerifyCacheTest, TheChainsNotAfterIsLeftForTheSession) {
+  VerifyCache cache(60s, 16, std::nullopt);
+  const auto client = leaf("client", 3600);
+  EXPECT_EQ(check(cache, trusting_.get(), client.get()).result, 1);
+  const auto fresh = VerifyCache::chain_not_after(ssl_.get());
+  ASSERT_TRUE(fresh.has_value());
+  EXPECT_NEAR(static_cast<double>(*fresh), static_cast<double>(std::time(nullptr) + 3600), 5);
+  ssl_.reset(SSL_new(ctx_.get()));
+  SSL_set_verify(ssl_.get(), SSL_VERIFY_PEER, nullptr);
+  EXPECT_FALSE(VerifyCache::chain_not_after(ssl_.get()).has_value());
+  EXPECT_EQ(check(cache, empty_.get(), client.get()).result, 1);
+  EXPECT_EQ(VerifyCache::outcome(ssl_.get()), VerifyCache::Outcome::hit);
+  EXPECT_EQ(VerifyCache::chain_not_after(ssl_.get()), fresh) << "replayed with the verdict";
+}
+
 TEST_F(VerifyCacheTest, AnotherChainIsVerifiedAfresh) {
   VerifyCache cache(60s, 16, std::nullopt);
   const auto first = leaf("first");
