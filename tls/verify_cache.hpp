@@ -1,9 +1,9 @@
 // A short-lived memo of client-certificate chain verification. An MTA peer or a submission
 // client presents the same chain on every connection; verifying it (chain building, the CA's
-// signature, CRL look-ups) is a fifth of a client-certificate handshake's CPU, so OpenSSL's
-// verdict is kept for a while, keyed by a SHA-256 over everything the verdict depends on: the
-// presented chain's DER bytes and the verify settings (mode, depth, callback, flags, security
-// level). One cache per TLS context, so one trust store.
+// signature, CRL look-ups) is 15 % of a client-certificate session's CPU (bench/README.md,
+// run 5), so OpenSSL's verdict is kept for a while, keyed by a SHA-256 over everything the verdict
+// depends on: the presented chain's DER bytes and the verify settings (mode, depth, callback,
+// flags, security level). One cache per TLS context, so one trust store.
 //
 // Trusts OpenSSL's X509_verify_cert for every verdict it stores; keeps nothing a client sent
 // but a hash (a verdict is a few integers: no certificate is held, whatever its size). A
