@@ -1197,7 +1197,7 @@ std::string Session::proxy_v2_header() const {
   if (tls_facts_) {
     const auto& t = *tls_facts_;
     proxy_protocol::SslInfo ssl{
-        .certificate_presented = t.peer.has_value(),
+        .certificate_presented = t.peer != nullptr,
         .certificate_verified = t.verified,
         .version = t.protocol,
         .cipher = t.cipher,

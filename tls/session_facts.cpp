@@ -248,7 +248,7 @@ SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
     p.not_after = asn1_time_text(X509_get0_notAfter(peer));
     const char* algorithm = OBJ_nid2sn(EVP_PKEY_get_base_id(X509_get0_pubkey(peer)));
     p.key_algorithm = algorithm ? algorithm : "unknown";
-    facts.peer = std::move(p);
+    facts.peer = std::make_unique<PeerCertificate>(std::move(p));
     X509_free(peer);
 
     const long result = SSL_get_verify_result(ssl);

@@ -10,7 +10,7 @@
 
 #include <openssl/ssl.h>
 
-#include <optional>
+#include <memory>
 #include <string>
 
 namespace stp::tls {
@@ -53,7 +53,9 @@ struct SessionFacts {
   bool resumed = false;
 
   ClientCertificateRequest request = ClientCertificateRequest::none;
-  std::optional<PeerCertificate> peer;
+  // Null when none was presented; held apart, since most sessions have none and it is a
+  // dozen strings (every idle session keeps its facts).
+  std::unique_ptr<PeerCertificate> peer;
   bool verified = false;      // a certificate was presented and verified
   std::string verify_error;   // OpenSSL's reason when one was presented and did not verify
   std::string verify_reason;  // short label for metrics: expired, revoked, unknown_ca, ...

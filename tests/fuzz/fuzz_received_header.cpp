@@ -151,7 +151,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     facts.server_digest = digest;
     facts.verified = verified;
     if (peer == 2) {
-      facts.peer.emplace();
+      facts.peer = std::make_unique<stp::tls::PeerCertificate>();
       facts.peer->common_name = cn;
       facts.peer->issuer_common_name = issuer;
     }

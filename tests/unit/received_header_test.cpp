@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -26,7 +27,7 @@ tls::SessionFacts tls13_verified() {
   t.server_signature = "ECDSA (P-256)";
   t.server_digest = "SHA256";
   t.request = tls::ClientCertificateRequest::verify;
-  t.peer = tls::PeerCertificate{};
+  t.peer = std::make_unique<tls::PeerCertificate>();
   t.peer->common_name = "alice";
   t.peer->issuer_common_name = "ExampleCA";
   t.verified = true;
@@ -96,7 +97,7 @@ TEST(ReceivedHeader, Tls13WithDetailsAndVerifiedCertificate) {
 TEST(ReceivedHeader, Tls12HasNoDetailsLine) {
   auto t = tls12_no_request();
   t.request = tls::ClientCertificateRequest::try_verify;
-  t.peer = tls::PeerCertificate{};
+  t.peer = std::make_unique<tls::PeerCertificate>();
   t.peer->common_name = "bob";
   t.peer->issuer_common_name = "ExampleCA";
   t.verified = true;
