@@ -252,18 +252,13 @@ unsigned default_threads() {
   return std::clamp(std::thread::hardware_concurrency(), 1u, 256u);
 }
 
-std::chrono::seconds duration_value(const std::string& text) {
+std::chrono::seconds duration_value(const std::string& text,
+                                    ZeroDuration zero = ZeroDuration::refused) {
   try {
-    return parse_duration(text);
+    return parse_duration(text, zero);
   } catch (const std::invalid_argument& e) {
     bad(e.what(), text);
   }
-}
-
-// For the settings where zero means "off".
-std::chrono::seconds duration_or_zero(const std::string& text) {
-  if (text == "0" || text == "0s" || text == "0m" || text == "0h") return std::chrono::seconds(0);
-  return duration_value(text);
 }
 
 void apply_listen(Config& config, const Values& values) {
@@ -515,7 +510,7 @@ std::vector<Flag> flag_table() {
        .help = "how long a client certificate chain's verification result is reused for the "
                "same chain (0 turns it off); a change to the CA or CRL files starts afresh",
        .apply = [](Config& c,
-                   const Values& v) { c.tls_verify_cache_time = duration_or_zero(v.front()); }},
+                   const Values& v) { c.tls_verify_cache_time = duration_value(v.front(), ZeroDuration::allowed); }},
       {.name = "tls-peerdn-format",
        .argument = "openssl|rfc2253",
        .defaults = {"rfc2253"},
@@ -984,7 +979,7 @@ std::optional<Config> parse_config(int argc, const char* const argv[], const Env
   return config;
 }
 
-std::chrono::seconds parse_duration(std::string_view text) {
+std::chrono::seconds parse_duration(std::string_view text, ZeroDuration zero) {
   constexpr std::uint64_t kMaxSeconds = 365ull * 24 * 3600;  // timers stay far from overflow
   const std::size_t digits = text.find_first_not_of("0123456789");
   const std::string_view number_text = text.substr(0, digits);
@@ -1007,7 +1002,9 @@ std::chrono::seconds parse_duration(std::string_view text) {
   if (ec == std::errc::result_out_of_range || number > kMaxSeconds / unit) {
     throw std::invalid_argument("too long: at most 8760h (a year)");
   }
-  if (number == 0) throw std::invalid_argument("must be more than zero");
+  if (number == 0 && zero == ZeroDuration::refused) {
+    throw std::invalid_argument("must be more than zero");
+  }
   return std::chrono::seconds(static_cast<std::int64_t>(number * unit));
 }
 

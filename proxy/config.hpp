@@ -109,7 +109,10 @@ EnvLookup process_environment();
 std::optional<Config> parse_config(int argc, const char* const argv[], const EnvLookup& env,
                                    std::ostream& out);
 
-// "300", "300s", "5m", "1h" -> seconds. Throws std::invalid_argument.
-std::chrono::seconds parse_duration(std::string_view text);
+// "300", "300s", "5m", "1h" -> seconds. Throws std::invalid_argument, for zero too unless
+// the setting takes zero (as "off").
+enum class ZeroDuration { refused, allowed };
+std::chrono::seconds parse_duration(std::string_view text,
+                                    ZeroDuration zero = ZeroDuration::refused);
 
 }  // namespace stp

@@ -548,11 +548,12 @@ TEST(Config, VerifyCacheTimeTakesZeroForOff) {
   using namespace std::chrono_literals;
   EXPECT_EQ(parse({}).tls_verify_cache_time, 60s);
   EXPECT_EQ(parse({"--tls-verify-cache-time", "5m"}).tls_verify_cache_time, 300s);
-  for (const char* off : {"0", "0s", "0m"}) {
+  for (const char* off : {"0", "0s", "0m", "00"}) {
     EXPECT_EQ(parse({"--tls-verify-cache-time", off}).tls_verify_cache_time, 0s) << off;
   }
   EXPECT_NE(error_of({"--tls-verify-cache-time", "-1"}), "");
-  EXPECT_NE(error_of({"--tls-verify-cache-time", "00"}), "") << "zero is written 0";
+  EXPECT_NE(error_of({"--tls-verify-cache-time", "0x"}), "");
+  EXPECT_NE(error_of({"--smtp-receive-timeout", "0"}), "") << "zero stays refused elsewhere";
 }
 
 TEST(Config, EncryptionPolicyFlags) {
@@ -620,6 +621,8 @@ TEST(ParseDuration, AcceptsSecondsAndSuffixes) {
   EXPECT_EQ(parse_duration("007"), 7s);
   EXPECT_EQ(parse_duration("8760h"), 8760h);
   EXPECT_EQ(parse_duration("31536000"), 31536000s);
+  EXPECT_EQ(parse_duration("0", ZeroDuration::allowed), 0s);
+  EXPECT_EQ(parse_duration("00m", ZeroDuration::allowed), 0s);
 }
 
 TEST(ParseDuration, RejectsZeroNegativeGarbageAndOverflow) {
