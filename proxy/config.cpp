@@ -509,8 +509,10 @@ std::vector<Flag> flag_table() {
        .defaults = {"60s"},
        .help = "how long a client certificate chain's verification result is reused for the "
                "same chain (0 turns it off); a change to the CA or CRL files starts afresh",
-       .apply = [](Config& c,
-                   const Values& v) { c.tls_verify_cache_time = duration_value(v.front(), ZeroDuration::allowed); }},
+       .apply =
+           [](Config& c, const Values& v) {
+             c.tls_verify_cache_time = duration_value(v.front(), ZeroDuration::allowed);
+           }},
       {.name = "tls-peerdn-format",
        .argument = "openssl|rfc2253",
        .defaults = {"rfc2253"},

@@ -372,6 +372,9 @@ asio::awaitable<bool> Session::handshake() {
   co_await tls_->handshake(ec);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   SSL* ssl = tls_->native_handle();
+  if (ssl && certificate_request_ != tls::ClientCertificateRequest::none) {
+    count_verification(services_.metrics, ssl);  // whatever became of the handshake
+  }
   if (!ec && certificate_request_ == tls::ClientCertificateRequest::verify &&
       (!SSL_get0_peer_certificate(ssl) || SSL_get_verify_result(ssl) != X509_V_OK)) {
     // OpenSSL enforces this on a full handshake, and a resumed session can only come from one
@@ -402,7 +405,6 @@ void Session::record_handshake_failure(const error_code& ec) {
     // A client that must verify: say why it did not. When verification fails OpenSSL keeps
     // no peer certificate, but the verify result tells that one was presented.
     SSL* ssl = tls_->native_handle();
-    count_verification(services_.metrics, ssl);
     const long result = SSL_get_verify_result(ssl);
     const bool presented = result != X509_V_OK || SSL_get0_peer_certificate(ssl) != nullptr;
     services_.metrics.client_certificate(metrics::ClientCertificate::rejected).Increment();
@@ -422,7 +424,6 @@ void Session::record_tls_session() {
   const auto& t = *tls_facts_;
   services_.metrics.tls_session(t.protocol, t.cipher, t.resumed);
   if (t.request != tls::ClientCertificateRequest::none) {
-    count_verification(services_.metrics, ssl);
     if (!t.peer) {
       services_.metrics.client_certificate(metrics::ClientCertificate::absent).Increment();
     } else if (t.verified) {

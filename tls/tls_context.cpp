@@ -1,6 +1,7 @@
 // Server TLS context set-up; see tls_context.hpp.
 #include "tls/tls_context.hpp"
 
+#include "tls/openssl_values.hpp"
 #include "tls/verify_cache.hpp"
 
 #include <openssl/core_names.h>
@@ -154,10 +155,9 @@ std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
     if (!certificate) continue;
     char cn[256] = "";
     X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn, sizeof cn);
-    std::tm tm{};
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(certificate), &tm) != 1) continue;
-    out.push_back(
-        {std::string(cn) + " " + key_type(certificate), static_cast<double>(timegm(&tm))});
+    const auto not_after = unix_time(X509_get0_notAfter(certificate));
+    if (!not_after) continue;
+    out.push_back({std::string(cn) + " " + key_type(certificate), static_cast<double>(*not_after)});
   }
   ERR_clear_error();
   return out;
@@ -174,12 +174,6 @@ constexpr long kCachedCertificateSessions = 2048;
 int horizon_slot() {
   static const int slot = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return slot;
-}
-
-std::optional<std::time_t> unix_time(const ASN1_TIME* time) {
-  std::tm tm{};
-  if (!time || ASN1_TIME_to_tm(time, &tm) != 1) return std::nullopt;
-  return timegm(&tm);
 }
 
 // The SSL_SESSION slot with a kept session's end (a std::time_t). OpenSSL copies it into the
@@ -213,42 +207,43 @@ int keep_certificate_session(SSL* ssl, SSL_SESSION* session) {
   }
   if (bytes <= 0 || bytes > kMaxKeptChainBytes) return 0;
 
-  const std::time_t now = std::time(nullptr);
-  std::time_t end = SSL_SESSION_get_time(session) + SSL_SESSION_get_timeout(session);
-  const auto bound = [&](const ASN1_TIME* time) {
-    const auto t = unix_time(time);
-    end = t ? std::min(end, *t) : now;
-  };
-  bound(X509_get0_notAfter(peer));
-  // The trust anchor's date is in the verified chain, or with the verdict when it was reused.
-  const STACK_OF(X509)* verified = SSL_get0_verified_chain(ssl);
-  for (const STACK_OF(X509) * chain : {sent, verified}) {
-    for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
-      bound(X509_get0_notAfter(sk_X509_value(chain, i)));
-    }
-  }
-  if (const auto t = VerifyCache::chain_not_after(ssl)) end = std::min(end, *t);
-  SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
-  const auto horizon = reinterpret_cast<std::intptr_t>(SSL_CTX_get_ex_data(ctx, horizon_slot()));
-  if (horizon != 0) end = std::min(end, static_cast<std::time_t>(horizon));
+  // When the verified chain (trust anchor included) stops being valid: from this handshake's
+  // verification (its chain, or the reused verdict's date when the cache answered), or, for a
+  // TLS 1.3 renewal, the end of the session it renews, which already holds every bound.
+  std::optional<std::time_t> chain_end;
   if (SSL_session_reused(ssl)) {
-    const auto first =
-        reinterpret_cast<std::intptr_t>(SSL_SESSION_get_ex_data(session, session_end_slot()));
-    end = first != 0 ? std::min(end, static_cast<std::time_t>(first)) : now;
+    const std::intptr_t first =
+        number_in_ex_data(SSL_SESSION_get_ex_data(session, session_end_slot()));
+    if (first != 0) chain_end = first;
+  } else {
+    chain_end = VerifyCache::chain_not_after(ssl);
+    if (!chain_end) chain_end = earliest_not_after(SSL_get0_verified_chain(ssl));
   }
-  if (end <= now) return 0;
+  if (!chain_end) return 0;
+  SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
+  std::time_t end =
+      std::min(SSL_SESSION_get_time(session) + SSL_SESSION_get_timeout(session), *chain_end);
+  const std::intptr_t horizon = number_in_ex_data(SSL_CTX_get_ex_data(ctx, horizon_slot()));
+  if (horizon != 0) end = std::min(end, static_cast<std::time_t>(horizon));
+  if (end <= std::time(nullptr)) return 0;
   SSL_SESSION_set_timeout(session, static_cast<long>(end - SSL_SESSION_get_time(session)));
-  SSL_SESSION_set_ex_data(session, session_end_slot(),
-                          reinterpret_cast<void*>(static_cast<std::intptr_t>(end)));
+  SSL_SESSION_set_ex_data(session, session_end_slot(), ex_data_number(end));
   SSL_CTX_add_session(ctx, session);
   return 0;  // not kept here: the cache took its own reference
 }
 
-// Returns the earliest next update of the CRLs loaded (no verification result outlives it).
-std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& config) {
+// What the verification cache needs to know of the trust store.
+struct TrustStore {
+  bool reads_files = false;                // CAs looked up on disk (a directory, the system's)
+  std::optional<std::time_t> crl_horizon;  // the earliest next update of the CRLs loaded
+};
+
+TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
+  TrustStore trust;
   const std::string& path = config.tls_verify_certificates;
-  if (path.empty()) return std::nullopt;
+  if (path.empty()) return trust;
   if (path == "system") {
+    trust.reads_files = true;
     if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
       fail("--tls-verify-certificates", "cannot load the system CA certificates");
     }
@@ -257,6 +252,7 @@ std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& c
     if (stat(path.c_str(), &st) != 0) fail("--tls-verify-certificates", "cannot read " + path);
     if (S_ISDIR(st.st_mode)) {
       // A hashed directory: looked up by name during verification; no CA names are sent.
+      trust.reads_files = true;
       if (SSL_CTX_load_verify_locations(ctx, nullptr, path.c_str()) != 1) {
         fail("--tls-verify-certificates", "cannot use directory " + path);
       }
@@ -275,8 +271,8 @@ std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& c
   SSL_CTX_sess_set_cache_size(ctx, kCachedCertificateSessions);
   SSL_CTX_sess_set_new_cb(ctx, keep_certificate_session);
 
-  if (config.tls_crl.empty()) return std::nullopt;
-  std::optional<std::time_t> horizon;
+  if (config.tls_crl.empty()) return trust;
+  std::optional<std::time_t>& horizon = trust.crl_horizon;
   Owned<BIO> bio(BIO_new_file(config.tls_crl.c_str(), "r"));
   if (!bio) fail("--tls-crl", "cannot read " + config.tls_crl);
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
@@ -300,11 +296,8 @@ std::optional<std::time_t> use_client_verification(SSL_CTX* ctx, const Config& c
   if (loaded == 0) fail("--tls-crl", "no CRL in " + config.tls_crl);
   // As Exim does: every certificate of the chain below the trust anchor is checked.
   X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
-  if (horizon) {
-    SSL_CTX_set_ex_data(ctx, horizon_slot(),
-                        reinterpret_cast<void*>(static_cast<std::intptr_t>(*horizon)));
-  }
-  return horizon;
+  if (horizon) SSL_CTX_set_ex_data(ctx, horizon_slot(), ex_data_number(*horizon));
+  return trust;
 }
 
 }  // namespace
@@ -372,14 +365,10 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
       load_certificate_pair(ctx, certificate, key);
     }
   }
-  const std::optional<std::time_t> horizon = use_client_verification(ctx, config);
-  const std::string& cas = config.tls_verify_certificates;
-  if (!cas.empty() && config.tls_verify_cache_time.count() > 0) {
-    struct stat st {};
-    const bool store_reads_files =
-        cas == "system" || (stat(cas.c_str(), &st) == 0 && S_ISDIR(st.st_mode));
+  const TrustStore trust = use_client_verification(ctx, config);
+  if (!config.tls_verify_certificates.empty() && config.tls_verify_cache_time.count() > 0) {
     self->verify_cache_ = std::make_unique<VerifyCache>(
-        config.tls_verify_cache_time, kVerifyCacheCapacity, horizon, store_reads_files);
+        config.tls_verify_cache_time, kVerifyCacheCapacity, trust.crl_horizon, trust.reads_files);
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
   self->certificates_ = describe_certificates(ctx);

@@ -38,15 +38,12 @@ class ServerContext {
   // The server certificates in use, one per key type.
   const std::vector<Certificate>& certificates() const { return certificates_; }
 
-  // The client-certificate verification cache; null when off or nothing is verified.
-  const VerifyCache* verify_cache() const { return verify_cache_.get(); }
-
  private:
   ServerContext() = default;
   SSL_CTX* ctx_ = nullptr;
   bool self_signed_ = false;
   std::vector<Certificate> certificates_;
-  std::unique_ptr<VerifyCache> verify_cache_;
+  std::unique_ptr<VerifyCache> verify_cache_;  // null when off or nothing is verified
 };
 
 // The OpenSSL error queue as one line (and cleared), for logs and error messages.

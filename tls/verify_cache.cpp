@@ -1,6 +1,8 @@
 // Client-certificate verdict cache; see verify_cache.hpp.
 #include "tls/verify_cache.hpp"
 
+#include "tls/openssl_values.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -10,12 +12,6 @@ namespace {
 
 std::time_t system_now() {
   return std::time(nullptr);
-}
-
-std::optional<std::time_t> unix_time(const ASN1_TIME* time) {
-  std::tm tm{};
-  if (!time || ASN1_TIME_to_tm(time, &tm) != 1) return std::nullopt;
-  return timegm(&tm);
 }
 
 bool digest_int(EVP_MD_CTX* md, std::uint64_t value) {
@@ -48,23 +44,11 @@ int chain_end_slot() {
 }
 
 void set_chain_end(SSL* ssl, std::time_t t) {
-  SSL_set_ex_data(ssl, chain_end_slot(), reinterpret_cast<void*>(static_cast<std::intptr_t>(t)));
+  SSL_set_ex_data(ssl, chain_end_slot(), ex_data_number(t));
 }
 
 void set_outcome(SSL* ssl, VerifyCache::Outcome outcome) {
-  SSL_set_ex_data(ssl, outcome_slot(),
-                  reinterpret_cast<void*>(static_cast<std::intptr_t>(outcome)));
-}
-
-// The earliest notAfter in the verified chain; 0 when a date cannot be read.
-std::time_t earliest_not_after(const STACK_OF(X509) * chain) {
-  std::optional<std::time_t> earliest;
-  for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
-    const auto t = unix_time(X509_get0_notAfter(sk_X509_value(chain, i)));
-    if (!t) return 0;
-    earliest = earliest ? std::min(*earliest, *t) : *t;
-  }
-  return earliest.value_or(0);
+  SSL_set_ex_data(ssl, outcome_slot(), ex_data_number(static_cast<std::intptr_t>(outcome)));
 }
 
 struct MdCtxFree {
@@ -130,12 +114,11 @@ int VerifyCache::verify(X509_STORE_CTX* store, void* cache) {
 }
 
 VerifyCache::Outcome VerifyCache::outcome(const SSL* ssl) {
-  return static_cast<Outcome>(
-      reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, outcome_slot())));
+  return static_cast<Outcome>(number_in_ex_data(SSL_get_ex_data(ssl, outcome_slot())));
 }
 
 std::optional<std::time_t> VerifyCache::chain_not_after(const SSL* ssl) {
-  const auto t = reinterpret_cast<std::intptr_t>(SSL_get_ex_data(ssl, chain_end_slot()));
+  const std::intptr_t t = number_in_ex_data(SSL_get_ex_data(ssl, chain_end_slot()));
   if (t == 0) return std::nullopt;
   return static_cast<std::time_t>(t);
 }
@@ -148,18 +131,16 @@ int VerifyCache::check(X509_STORE_CTX* store) {
   const std::time_t now = clock_();
   if (keyed) {
     if (const std::optional<int> result = replay(key, store, ssl, now)) {
-      hits_.fetch_add(1, std::memory_order_relaxed);
       set_outcome(ssl, Outcome::hit);
       return *result;
     }
   }
-  misses_.fetch_add(1, std::memory_order_relaxed);
   if (ssl) set_outcome(ssl, Outcome::miss);
   const int result = X509_verify_cert(store);
-  std::time_t chain_end = 0;
+  std::time_t chain_end = 0;  // unknown: an acceptance is then not kept
   if (result == 1 && X509_STORE_CTX_get_error(store) == X509_V_OK) {
-    chain_end = earliest_not_after(X509_STORE_CTX_get0_chain(store));
-    if (ssl) set_chain_end(ssl, chain_end);
+    chain_end = earliest_not_after(X509_STORE_CTX_get0_chain(store)).value_or(0);
+    if (ssl && chain_end != 0) set_chain_end(ssl, chain_end);
   }
   // Below 0 is OpenSSL failing (memory, a bad argument), not a verdict on the chain.
   if (keyed && result >= 0) remember(key, result, store, now, chain_end);
@@ -185,11 +166,15 @@ bool VerifyCache::key_of(X509_STORE_CTX* store, SSL* ssl, Key& key) const {
             number(X509_VERIFY_PARAM_get_depth(param)) &&
             number(X509_VERIFY_PARAM_get_flags(param)) &&
             number(X509_VERIFY_PARAM_get_auth_level(param)) && digest_certificate(md.get(), leaf);
+  // The rest of what was presented; OpenSSL's TLS code puts the leaf first in it too, which
+  // is hashed once (the count tells the two layouts apart).
   const STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(store);
   const int count = untrusted ? sk_X509_num(untrusted) : 0;
-  ok = ok && digest_int(md.get(), static_cast<std::uint64_t>(count));
-  for (int i = 0; ok && i < count; ++i)
+  const int first = count > 0 && sk_X509_value(untrusted, 0) == leaf ? 1 : 0;
+  ok = ok && number(first) && number(count);
+  for (int i = first; ok && i < count; ++i) {
     ok = digest_certificate(md.get(), sk_X509_value(untrusted, i));
+  }
   unsigned int length = 0;
   return ok && EVP_DigestFinal_ex(md.get(), key.data(), &length) == 1 && length == key.size();
 }

@@ -19,7 +19,6 @@
 #include <openssl/x509.h>
 
 #include <array>
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -52,9 +51,6 @@ class VerifyCache {
   // trust anchor included), when this cache judged it; SSL_get0_verified_chain is empty
   // when the verdict was replayed.
   static std::optional<std::time_t> chain_not_after(const SSL* ssl);
-
-  std::uint64_t hits() const { return hits_.load(std::memory_order_relaxed); }
-  std::uint64_t misses() const { return misses_.load(std::memory_order_relaxed); }
 
   // The clock, for tests that age verdicts without waiting.
   using Clock = std::time_t (*)();
@@ -90,8 +86,6 @@ class VerifyCache {
   std::mutex mutex_;
   std::unordered_map<Key, Verdict, KeyHash> verdicts_;
   std::deque<Key> order_;  // insertion order: the front is dropped first when full
-  std::atomic<std::uint64_t> hits_{0};
-  std::atomic<std::uint64_t> misses_{0};
 };
 
 }  // namespace stp::tls

@@ -804,12 +804,14 @@ def private_intermediate(pki: CertPki, directory: Path) -> Ca:
     return ca
 
 
-def issue_client(pki: CertPki, ca: Ca, directory: Path, cn: str) -> tuple[Path, ssl.SSLContext]:
-    """A fresh client certificate from `ca`: its leaf file and a client context presenting it."""
+def issue_client(pki: CertPki, ca: Ca, directory: Path, cn: str, *dates: str
+                 ) -> tuple[Path, ssl.SSLContext]:
+    """A fresh client certificate from `ca` (`openssl ca` date flags if given): its leaf file
+    and a client context presenting it with `ca`'s certificate."""
     key, csr, leaf = (directory / f"{cn}.{ext}" for ext in ("key", "csr", "leaf.pem"))
     run(["openssl", "req", "-new", *EC_KEY, "-keyout", str(key), "-out", str(csr),
          "-subj", f"/O={ORG}/CN={cn}"])
-    ca.sign(csr, leaf, "client")
+    ca.sign(csr, leaf, "client", *dates)
     chain = directory / f"{cn}.pem"
     chain.write_bytes(leaf.read_bytes() + ca.cert.read_bytes())
     ctx = pki.client_context(None)
@@ -817,18 +819,43 @@ def issue_client(pki: CertPki, ca: Ca, directory: Path, cn: str) -> tuple[Path, 
     return leaf, ctx
 
 
-def deliver_with(p: Proxy, ctx: ssl.SSLContext, box, session: ssl.SSLSession | None = None
-                 ) -> tuple[bool, ssl.SSLSession]:
-    """One message over STARTTLS with this client context (resuming `session` if given);
-    returns whether the TLS session was resumed, and the session to resume next time."""
-    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+def starttls_session(p: Proxy, ctx: ssl.SSLContext, source: str = CLIENT_ADDR,
+                     session: ssl.SSLSession | None = None, box=None
+                     ) -> tuple[bool, ssl.SSLSession]:
+    """A STARTTLS session with this client context from `source` (resuming `session` if
+    given; one message to `box` if given); returns whether the TLS session was resumed, and
+    the session to resume next time."""
+    with SmtpClient(p.plain_port, source=source, context=ctx, session=session) as c:
         assert_reply(c.greeting(), 220)
         assert_reply(c.ehlo(), 250)
         assert_reply(c.starttls(), 220, "2.0.0")
         assert_reply(c.ehlo(), 250)  # the TLS 1.3 ticket arrives before this reply
-        send_mail(c, box, unique("m"))
+        if box is not None:
+            send_mail(c, box, unique("m"))
         assert_reply(c.command("QUIT"), 221)
         return c.sock.session_reused, c.sock.session
+
+
+def refused_starttls(p: Proxy, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+                     ) -> tuple[str, str]:
+    """A STARTTLS handshake from CLIENT_ADDR that the proxy must refuse: the error the client
+    saw, and why the proxy says it failed (its log line)."""
+    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
+        client_port = c.sock.getsockname()[1]
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
+        error = tls_failure(c)
+    failure = wait_for_proxy_log(
+        p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
+    return error, failure
+
+
+def verify_cache_counts(mport: int) -> tuple[float | None, float | None]:
+    """(misses, hits) of the verification cache, from /metrics."""
+    samples = scrape(mport)
+    name = PREFIX + "client_certificate_verify_cache_total"
+    return value(samples, name, result="miss"), value(samples, name, result="hit")
 
 
 def test_a_chain_verdict_is_reused_until_the_crl_changes(postfix, proxy, cert_pki, tmp_path):
@@ -849,30 +876,20 @@ def test_a_chain_verdict_is_reused_until_the_crl_changes(postfix, proxy, cert_pk
               "--metrics-listen", f"{LOOPBACK}:{mport}", "--reload-check-interval", "1h")
     box = postfix.new_mailbox()
     for _ in range(2):
-        reused, _ = deliver_with(p, ctx, box)
+        reused, _ = starttls_session(p, ctx, box=box)
         assert not reused  # a full handshake each time: the chain is judged
     assert len(box.wait(2)) == 2
-    samples = scrape(mport)
-    cache = PREFIX + "client_certificate_verify_cache_total"
-    assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (1, 1)
-    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
+    assert verify_cache_counts(mport) == (1, 1)
+    assert value(scrape(mport), PREFIX + "client_certificates_total", result="verified") == 2
 
     ca.revoke(leaf)
     publish_crls()
     p.proc.send_signal(signal.SIGHUP)
     wait_for_proxy_log(p, r"^TLS certificates reloaded")
-    c = SmtpClient(p.plain_port, context=ctx)
-    with c:
-        client_port = c.sock.getsockname()[1]
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
-        error = tls_failure(c)
+    error, failure = refused_starttls(p, ctx)
     assert "SSLV3_ALERT_CERTIFICATE_REVOKED" in error, error
-    wait_for_proxy_log(p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: .*"
-                          r"; client certificate: certificate revoked$")
-    samples = scrape(mport)
-    assert value(samples, cache, result="miss") == 2
+    assert failure.endswith("; client certificate: certificate revoked"), failure
+    assert verify_cache_counts(mport)[0] == 2
 
 
 def test_verdict_reuse_can_be_turned_off(postfix, proxy, cert_pki):
@@ -881,11 +898,9 @@ def test_verdict_reuse_can_be_turned_off(postfix, proxy, cert_pki):
               "--tls-verify-cache-time", "0", "--metrics-listen", f"{LOOPBACK}:{mport}")
     box = postfix.new_mailbox()
     for _ in range(2):
-        deliver_with(p, client_context(cert_pki, "valid"), box)
-    samples = scrape(mport)
-    cache = PREFIX + "client_certificate_verify_cache_total"
-    assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (0, 0)
-    assert value(samples, PREFIX + "client_certificates_total", result="verified") == 2
+        starttls_session(p, client_context(cert_pki, "valid"), box=box)
+    assert verify_cache_counts(mport) == (0, 0)
+    assert value(scrape(mport), PREFIX + "client_certificates_total", result="verified") == 2
 
 
 @pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
@@ -902,10 +917,10 @@ def test_client_certificate_sessions_resume_with_their_certificate(postfix, prox
     box = postfix.new_mailbox()
     ctx = client_context(cert_pki, "valid")
     ctx.maximum_version = getattr(ssl.TLSVersion, version)
-    reused, session = deliver_with(p, ctx, box)
+    reused, session = starttls_session(p, ctx, box=box)
     assert not reused
     for attempt in range(2):
-        reused, session = deliver_with(p, ctx, box, session=session)
+        reused, session = starttls_session(p, ctx, session=session, box=box)
         assert reused, f"the client could not resume its session (attempt {attempt + 1})"
     comment = f"\t({certificate_comment(cert_pki, 'valid')})\n".encode()
     for message in box.wait(3):
@@ -914,49 +929,23 @@ def test_client_certificate_sessions_resume_with_their_certificate(postfix, prox
     samples = scrape(mport)
     assert value(samples, PREFIX + "tls_resumed_total") == 2
     assert value(samples, PREFIX + "client_certificates_total", result="verified") == 3
-    cache = PREFIX + "client_certificate_verify_cache_total"
-    assert (value(samples, cache, result="miss"), value(samples, cache, result="hit")) == (1, 0)
+    assert verify_cache_counts(mport) == (1, 0)
 
 
 def test_a_session_does_not_resume_past_its_certificate(postfix, proxy, cert_pki, tmp_path):
     """A kept session ends with its certificate's notAfter (not OpenSSL's two hours): once the
     certificate has expired, the client gets a full handshake and is refused as expired."""
     ca = private_intermediate(cert_pki, tmp_path)
-    key, csr, leaf = (tmp_path / f"short.{ext}" for ext in ("key", "csr", "leaf.pem"))
-    run(["openssl", "req", "-new", *EC_KEY, "-keyout", str(key), "-out", str(csr),
-         "-subj", f"/O={ORG}/CN=client-short.test"])
     not_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
-    ca.sign(csr, leaf, "client", "-enddate", not_after.strftime("%Y%m%d%H%M%SZ"))
-    chain = tmp_path / "short.pem"
-    chain.write_bytes(leaf.read_bytes() + ca.cert.read_bytes())
-    ctx = cert_pki.client_context(None)
-    ctx.load_cert_chain(str(chain), str(key))
+    _, ctx = issue_client(cert_pki, ca, tmp_path, "client-short.test",
+                          "-enddate", not_after.strftime("%Y%m%d%H%M%SZ"))
     p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki))
-    reused, session = deliver_with(p, ctx, postfix.new_mailbox())
+    reused, session = starttls_session(p, ctx, box=postfix.new_mailbox())
     assert not reused
     time.sleep(max(0.0, (not_after - datetime.datetime.now(datetime.timezone.utc))
                    .total_seconds()) + 1.5)
-    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
-        client_port = c.sock.getsockname()[1]
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
-        tls_failure(c)
-    failure = wait_for_proxy_log(
-        p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
+    _, failure = refused_starttls(p, ctx, session=session)
     assert failure.endswith("; client certificate: certificate has expired"), failure
-
-
-def tls_session_of(port: int, ctx: ssl.SSLContext, source: str) -> ssl.SSLSession:
-    """A TLS session (with its ticket, TLS 1.3, or its session ID, TLS 1.2) got from `source`
-    over STARTTLS, without sending mail."""
-    with SmtpClient(port, source=source, context=ctx) as c:
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.starttls(), 220, "2.0.0")
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.command("QUIT"), 221)
-        return c.sock.session
 
 
 @pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
@@ -970,16 +959,9 @@ def test_a_session_made_without_a_certificate_does_not_resume_for_verify_hosts(
     ctx = client_context(cert_pki, None)
     ctx.maximum_version = getattr(ssl.TLSVersion, version)
     for maker in (OTHER_CLIENT, "127.0.0.4"):  # not asked; asked, presented none
-        session = tls_session_of(p.plain_port, ctx, maker)
-        with SmtpClient(p.plain_port, context=ctx, session=session) as c:
-            client_port = c.sock.getsockname()[1]
-            assert_reply(c.greeting(), 220)
-            assert_reply(c.ehlo(), 250)
-            assert_reply(c.command("STARTTLS"), 220, "2.0.0")
-            error = tls_failure(c)
+        _, session = starttls_session(p, ctx, source=maker)
+        error, failure = refused_starttls(p, ctx, session=session)
         assert "ALERT" in error, error
-        failure = wait_for_proxy_log(
-            p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
         assert failure.endswith("; client certificate: none presented"), failure
     assert not any(re.search(r"TLS connection reused from \S+\[127\.0\.0\.2\]", m)
                    for _, m in proxy_log(p)), p.stderr()
@@ -994,20 +976,10 @@ def test_a_try_verify_session_is_not_resumed_by_a_verify_host(postfix, proxy, ce
               "--tls-try-verify-hosts", "127.0.0.4")
     ctx = client_context(cert_pki, "valid")
     ctx.maximum_version = getattr(ssl.TLSVersion, version)
-    session = tls_session_of(p.plain_port, ctx, "127.0.0.4")
-    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.starttls(), 220, "2.0.0")
-        assert not c.sock.session_reused
-        assert_reply(c.ehlo(), 250)
+    _, session = starttls_session(p, ctx, source="127.0.0.4")
+    assert not starttls_session(p, ctx, session=session)[0]
     # The same session does resume where it was made (the test can tell the difference).
-    with SmtpClient(p.plain_port, source="127.0.0.4", context=ctx, session=session) as c:
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.starttls(), 220, "2.0.0")
-        assert c.sock.session_reused
-        assert_reply(c.ehlo(), 250)
+    assert starttls_session(p, ctx, source="127.0.0.4", session=session)[0]
 
 
 def test_an_unverified_certificate_session_is_not_kept_for_resumption(postfix, proxy,
@@ -1017,13 +989,8 @@ def test_an_unverified_certificate_session_is_not_kept_for_resumption(postfix, p
     p = proxy(postfix.backend, *server_cert_flags(cert_pki),
               *verify_flags(cert_pki, mode="try-verify"))
     ctx = client_context(cert_pki, "unknown_ca")
-    session = tls_session_of(p.plain_port, ctx, CLIENT_ADDR)
-    with SmtpClient(p.plain_port, context=ctx, session=session) as c:
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.starttls(), 220, "2.0.0")
-        assert not c.sock.session_reused
-        assert_reply(c.ehlo(), 250)
+    _, session = starttls_session(p, ctx)
+    assert not starttls_session(p, ctx, session=session)[0]
 
 
 def test_an_oversized_client_chain_is_refused(postfix, proxy, cert_pki, tmp_path):
@@ -1042,12 +1009,6 @@ def test_an_oversized_client_chain_is_refused(postfix, proxy, cert_pki, tmp_path
     ctx = cert_pki.client_context(None)
     ctx.load_cert_chain(str(leaf), str(key))
     p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki))
-    with SmtpClient(p.plain_port, context=ctx) as c:
-        client_port = c.sock.getsockname()[1]
-        assert_reply(c.greeting(), 220)
-        assert_reply(c.ehlo(), 250)
-        assert_reply(c.command("STARTTLS"), 220, "2.0.0")
-        tls_failure(c)  # an alert, or a broken pipe while the client is still sending it
-    failure = wait_for_proxy_log(
-        p, rf"TLS handshake with \[127\.0\.0\.2\]:{client_port} failed: (.*)$").group(1)
+    # The client sees an alert, or a broken pipe while it is still sending its certificate.
+    _, failure = refused_starttls(p, ctx)
     assert "excessive message size" in failure, failure

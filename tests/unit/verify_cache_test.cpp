@@ -80,12 +80,15 @@ class VerifyCacheTest : public ::testing::Test {
     int result;
     int error;
     int chain_length;
+    VerifyCache::Outcome outcome;
   };
-  // One verification of `certificate` (presented alone) as OpenSSL's TLS code asks for it.
-  Result check(VerifyCache& cache, X509_STORE* store, X509* certificate) {
+  // One verification of `certificate` (presented alone, or followed by `also`) as OpenSSL's
+  // TLS code asks for it: the leaf is the first of the presented chain.
+  Result check(VerifyCache& cache, X509_STORE* store, X509* certificate, X509* also = nullptr) {
     X509_STORE_CTX* store_ctx = X509_STORE_CTX_new();
     STACK_OF(X509)* presented = sk_X509_new_null();
     sk_X509_push(presented, certificate);
+    if (also) sk_X509_push(presented, also);
     X509_STORE_CTX_init(store_ctx, store, certificate, presented);
     X509_STORE_CTX_set_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx(), ssl_.get());
     if (auto callback = SSL_get_verify_callback(ssl_.get())) {
@@ -99,6 +102,7 @@ class VerifyCacheTest : public ::testing::Test {
     r.error = X509_STORE_CTX_get_error(store_ctx);
     const STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store_ctx);
     r.chain_length = chain ? sk_X509_num(chain) : 0;
+    r.outcome = VerifyCache::outcome(ssl_.get());
     X509_STORE_CTX_free(store_ctx);
     sk_X509_free(presented);
     return r;
@@ -120,16 +124,14 @@ TEST_F(VerifyCacheTest, AcceptanceIsReplayedWithoutVerifyingAgain) {
   EXPECT_EQ(first.result, 1);
   EXPECT_EQ(first.error, X509_V_OK);
   EXPECT_EQ(first.chain_length, 2);
-  EXPECT_EQ(VerifyCache::outcome(ssl_.get()), VerifyCache::Outcome::miss);
+  EXPECT_EQ(first.outcome, VerifyCache::Outcome::miss);
 
   fake_now += 59;
   const Result again = check(cache, empty_.get(), client.get());
   EXPECT_EQ(again.result, 1);
   EXPECT_EQ(again.error, X509_V_OK);
   EXPECT_EQ(again.chain_length, 0) << "no certificate is kept with the verdict";
-  EXPECT_EQ(VerifyCache::outcome(ssl_.get()), VerifyCache::Outcome::hit);
-  EXPECT_EQ(cache.hits(), 1u);
-  EXPECT_EQ(cache.misses(), 1u);
+  EXPECT_EQ(again.outcome, VerifyCache::Outcome::hit);
 }
 
 TEST_F(VerifyCacheTest, WithoutTheCacheTheEmptyStoreRefuses) {
@@ -149,7 +151,7 @@ TEST_F(VerifyCacheTest, RefusalIsReplayedWithItsError) {
   const Result again = check(cache, trusting_.get(), client.get());
   EXPECT_EQ(again.result, 0) << "the refusal is replayed even though this store would accept";
   EXPECT_EQ(again.error, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
-  EXPECT_EQ(cache.hits(), 1u);
+  EXPECT_EQ(again.outcome, VerifyCache::Outcome::hit);
 }
 
 TEST_F(VerifyCacheTest, RefusalsThatMayNotRepeatAreNotKept) {
@@ -162,20 +164,20 @@ TEST_F(VerifyCacheTest, RefusalsThatMayNotRepeatAreNotKept) {
     const Result r = check(cache, trusting_.get(), client.get());
     EXPECT_EQ(r.result, 0);
     EXPECT_EQ(r.error, X509_V_ERR_UNABLE_TO_GET_CRL);
+    EXPECT_EQ(r.outcome, VerifyCache::Outcome::miss);
   }
-  EXPECT_EQ(cache.hits(), 0u);
-  EXPECT_EQ(cache.misses(), 2u);
 }
 
 TEST_F(VerifyCacheTest, IssuerNotFoundIsNotKeptWhenTheStoreReadsFiles) {
   // A hashed directory or the system's store: the CA file may just not have been readable.
   VerifyCache cache(60s, 16, std::nullopt, true);
   const auto client = leaf("client");
-  for (int i = 0; i < 2; ++i) EXPECT_EQ(check(cache, empty_.get(), client.get()).result, 0);
-  EXPECT_EQ(cache.hits(), 0u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(check(cache, empty_.get(), client.get()).outcome, VerifyCache::Outcome::miss);
+  }
   EXPECT_EQ(check(cache, trusting_.get(), client.get()).result, 1);
-  EXPECT_EQ(check(cache, trusting_.get(), client.get()).result, 1);
-  EXPECT_EQ(cache.hits(), 1u) << "acceptances are still kept";
+  EXPECT_EQ(check(cache, trusting_.get(), client.get()).outcome, VerifyCache::Outcome::hit)
+      << "acceptances are still kept";
 }
 
 TEST_F(VerifyCacheTest, TheChainsNotAfterIsLeftForTheSession) {
@@ -198,8 +200,18 @@ TEST_F(VerifyCacheTest, AnotherChainIsVerifiedAfresh) {
   const auto first = leaf("first");
   const auto second = leaf("second");
   EXPECT_EQ(check(cache, trusting_.get(), first.get()).result, 1);
-  EXPECT_EQ(check(cache, empty_.get(), second.get()).result, 0);
-  EXPECT_EQ(cache.hits(), 0u);
+  const Result r = check(cache, empty_.get(), second.get());
+  EXPECT_EQ(r.result, 0);
+  EXPECT_EQ(r.outcome, VerifyCache::Outcome::miss);
+}
+
+TEST_F(VerifyCacheTest, TheRestOfThePresentedChainIsPartOfTheKey) {
+  VerifyCache cache(60s, 16, std::nullopt);
+  const auto client = leaf("client");
+  EXPECT_EQ(check(cache, trusting_.get(), client.get()).outcome, VerifyCache::Outcome::miss);
+  EXPECT_EQ(check(cache, empty_.get(), client.get(), ca_.get()).outcome,
+            VerifyCache::Outcome::miss);
+  EXPECT_EQ(check(cache, empty_.get(), client.get()).outcome, VerifyCache::Outcome::hit);
 }
 
 TEST_F(VerifyCacheTest, VerifySettingsArePartOfTheKey) {
@@ -215,7 +227,7 @@ TEST_F(VerifyCacheTest, VerifySettingsArePartOfTheKey) {
   const Result lenient = check(cache, empty_.get(), client.get());
   EXPECT_EQ(lenient.result, 1) << "another callback, which accepts anything";
   EXPECT_NE(lenient.error, X509_V_OK);
-  EXPECT_EQ(cache.hits(), 0u);
+  EXPECT_EQ(lenient.outcome, VerifyCache::Outcome::miss);
 }
 
 TEST_F(VerifyCacheTest, VerdictsEndWithTheirTimeToLive) {
