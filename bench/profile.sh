@@ -11,6 +11,8 @@
 #           one session of 100 x 100 KiB messages) or idle (2000 STARTTLS sessions held past
 #           EHLO for 3 s: with heaptrack, the peak is what idle sessions hold)
 #   STP_BINARY / STP_LOADGEN: the binaries (default: build/smtp-tls-proxy, build/bench/loadgen)
+#   STP_PROFILE_SESSIONS / STP_PROFILE_CONCURRENCY: a longer load (handshake, client-cert: 300
+#           sessions at concurrency 10; bulk: 1 session)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tool=${1:?tool}
@@ -21,9 +23,12 @@ loadgen=${STP_LOADGEN:-build/bench/loadgen}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sink_port=$(port)
-proxy_port=$(port)
+# Both ports from one process, both sockets open at once: two separate picks may get the same one.
+read -r sink_port proxy_port < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/key.pem" \
   -out "$out/cert.pem" -days 7 -subj /CN=bench.example 2>/dev/null
 
@@ -64,8 +69,10 @@ for _ in $(seq 600); do
 done
 
 case "$load" in
-  handshake|client-cert) args=(--sessions ${STP_PROFILE_SESSIONS:-300} --concurrency 10) ;;
-  bulk) args=(--sessions 1 --concurrency 1 --msgs-per-session 100 --msg-size 102400) ;;
+  handshake|client-cert)
+    args=(--sessions ${STP_PROFILE_SESSIONS:-300} --concurrency ${STP_PROFILE_CONCURRENCY:-10}) ;;
+  bulk) args=(--sessions ${STP_PROFILE_SESSIONS:-1} --concurrency ${STP_PROFILE_CONCURRENCY:-1}
+    --msgs-per-session 100 --msg-size 102400) ;;
   idle) args=(--hold 2000 --hold-seconds 3 --concurrency 100) ;;
   *) echo "unknown load $load" >&2; exit 2 ;;
 esac

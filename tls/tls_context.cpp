@@ -1,6 +1,7 @@
 // Server TLS context set-up; see tls_context.hpp.
 #include "tls/tls_context.hpp"
 
+#include "tls/library_context.hpp"
 #include "tls/openssl_values.hpp"
 #include "tls/verify_cache.hpp"
 
@@ -64,13 +65,14 @@ void load_certificate_pair(SSL_CTX* ctx, const std::string& certificate_file,
   if (SSL_CTX_use_certificate_chain_file(ctx, certificate_file.c_str()) != 1) {
     fail("--tls-certificate", "cannot load certificate chain from " + certificate_file);
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-    fail(key_file == certificate_file ? "--tls-certificate" : "--tls-privatekey",
-         "cannot load private key from " + key_file);
-  }
-  if (SSL_CTX_check_private_key(ctx) != 1) {
-    fail("--tls-privatekey",
-         "key in " + key_file + " does not match certificate " + certificate_file);
+  // Read in OpenSSL's default context: the TLS context's own decodes public keys only.
+  const char* key_flag = key_file == certificate_file ? "--tls-certificate" : "--tls-privatekey";
+  Owned<BIO> bio(BIO_new_file(key_file.c_str(), "r"));
+  if (!bio) fail(key_flag, "cannot load private key from " + key_file);
+  Owned<EVP_PKEY> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (!key) fail(key_flag, "cannot load private key from " + key_file);
+  if (SSL_CTX_use_PrivateKey(ctx, key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+    fail(key_flag, "key in " + key_file + " does not match certificate " + certificate_file);
   }
 }
 
@@ -242,9 +244,12 @@ TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
   TrustStore trust;
   const std::string& path = config.tls_verify_certificates;
   if (path.empty()) return trust;
+  // CA files are read in OpenSSL's default context, as everything but public keys is (a CA
+  // file may hold other things; see library_context.hpp).
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
   if (path == "system") {
     trust.reads_files = true;
-    if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+    if (X509_STORE_set_default_paths(store) != 1) {
       fail("--tls-verify-certificates", "cannot load the system CA certificates");
     }
   } else {
@@ -253,11 +258,11 @@ TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
     if (S_ISDIR(st.st_mode)) {
       // A hashed directory: looked up by name during verification; no CA names are sent.
       trust.reads_files = true;
-      if (SSL_CTX_load_verify_locations(ctx, nullptr, path.c_str()) != 1) {
+      if (X509_STORE_load_path(store, path.c_str()) != 1) {
         fail("--tls-verify-certificates", "cannot use directory " + path);
       }
     } else {
-      if (SSL_CTX_load_verify_locations(ctx, path.c_str(), nullptr) != 1) {
+      if (X509_STORE_load_file(store, path.c_str()) != 1) {
         fail("--tls-verify-certificates", "no CA certificate in " + path);
       }
       // The CA names go into the certificate request, so clients pick the right certificate.
@@ -275,7 +280,6 @@ TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
   std::optional<std::time_t>& horizon = trust.crl_horizon;
   Owned<BIO> bio(BIO_new_file(config.tls_crl.c_str(), "r"));
   if (!bio) fail("--tls-crl", "cannot read " + config.tls_crl);
-  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
   int loaded = 0;
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
     const ASN1_TIME* next_update = X509_CRL_get0_nextUpdate(crl);
@@ -322,7 +326,7 @@ ServerContext::~ServerContext() {
 std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
   std::shared_ptr<ServerContext> self(new ServerContext);
   ERR_clear_error();
-  self->ctx_ = SSL_CTX_new(TLS_server_method());
+  self->ctx_ = SSL_CTX_new_ex(certificate_library_context(), nullptr, TLS_server_method());
   SSL_CTX* ctx = self->ctx_;
   if (!ctx) fail("--tls-certificate", "cannot create a TLS context");
 
