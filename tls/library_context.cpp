@@ -6,6 +6,8 @@
 #include <openssl/provider.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cctype>
 #include <string_view>
 #include <vector>
 
@@ -15,25 +17,54 @@ namespace {
 constexpr const char* kProviderName = "smtp-tls-proxy-default";
 constexpr std::string_view kKeptDecoderStructure = "structure=SubjectPublicKeyInfo";
 
+// The ciphers libssl fetches from its context, by one of their names: the record ciphers of
+// its TLS 1.2 and 1.3 suites (ssl_ciph.c's table, the composite CBC-HMAC ones included) and
+// AES-256-CBC for session tickets. The default provider lacks the rest of that table (DES,
+// RC4, IDEA, SEED, GOST), as it did before. The provider's own code (the random generator's
+// AES-256-CTR, say) fetches in the default provider's context, which has them all.
+constexpr std::string_view kKeptCiphers[] = {"AES-128-GCM",
+                                             "AES-256-GCM",
+                                             "CHACHA20-POLY1305",
+                                             "AES-128-CCM",
+                                             "AES-256-CCM",
+                                             "AES-128-CBC",
+                                             "AES-256-CBC",
+                                             "AES-128-CBC-HMAC-SHA1",
+                                             "AES-256-CBC-HMAC-SHA1",
+                                             "AES-128-CBC-HMAC-SHA256",
+                                             "AES-256-CBC-HMAC-SHA256",
+                                             "ARIA-128-GCM",
+                                             "ARIA-256-GCM",
+                                             "CAMELLIA-128-CBC",
+                                             "CAMELLIA-256-CBC",
+                                             "DES-EDE3-CBC",
+                                             "NULL"};
+
 // The default provider, loaded into a context of its own, that this provider passes on, and
-// the decoders it keeps (null-terminated, as OpenSSL reads it). Set once, before the provider
-// is first initialised, and never changed.
+// the decoders and ciphers it keeps of it (each null-terminated, as OpenSSL reads them). Set
+// once, before the provider is first initialised, and never changed.
 struct Inner {
   OSSL_PROVIDER* provider = nullptr;
   std::vector<OSSL_ALGORITHM> decoders;
+  std::vector<OSSL_ALGORITHM> ciphers;
 };
 Inner inner;
 
 const OSSL_ALGORITHM* query_operation(void*, int operation, int* no_cache) {
-  if (operation == OSSL_OP_DECODER) {
-    *no_cache = 0;
-    return inner.decoders.data();
+  switch (operation) {
+    case OSSL_OP_DECODER:
+      *no_cache = 0;
+      return inner.decoders.data();
+    case OSSL_OP_CIPHER:
+      *no_cache = 0;
+      return inner.ciphers.data();
+    default:
+      return OSSL_PROVIDER_query_operation(inner.provider, operation, no_cache);
   }
-  return OSSL_PROVIDER_query_operation(inner.provider, operation, no_cache);
 }
 
 void unquery_operation(void*, int operation, const OSSL_ALGORITHM* algorithms) {
-  if (operation != OSSL_OP_DECODER) {
+  if (operation != OSSL_OP_DECODER && operation != OSSL_OP_CIPHER) {
     OSSL_PROVIDER_unquery_operation(inner.provider, operation, algorithms);
   }
 }
@@ -72,20 +103,48 @@ int initialise(const OSSL_CORE_HANDLE*, const OSSL_DISPATCH*, const OSSL_DISPATC
   return 1;
 }
 
-// The default provider's decoders that read a SubjectPublicKeyInfo (one per key type, and the
-// generic one that names the type), in its order; empty if it has none.
-std::vector<OSSL_ALGORITHM> public_key_decoders(const OSSL_PROVIDER* provider) {
+// The algorithms of one operation of `provider` that `keep` accepts, in its order, followed by
+// the null entry that ends such an array. The array OpenSSL gives is static in the default
+// provider (its no_cache is 0), so the entries copied stay valid after it is handed back.
+template <class Keep>
+std::vector<OSSL_ALGORITHM> algorithms_kept(const OSSL_PROVIDER* provider, int operation,
+                                            Keep keep) {
   std::vector<OSSL_ALGORITHM> kept;
   int no_cache = 0;
-  const OSSL_ALGORITHM* all = OSSL_PROVIDER_query_operation(provider, OSSL_OP_DECODER, &no_cache);
+  const OSSL_ALGORITHM* all = OSSL_PROVIDER_query_operation(provider, operation, &no_cache);
   for (const OSSL_ALGORITHM* a = all; a && a->algorithm_names; ++a) {
-    const std::string_view properties = a->property_definition ? a->property_definition : "";
-    if (properties.find(kKeptDecoderStructure) != std::string_view::npos) kept.push_back(*a);
+    if (keep(*a)) kept.push_back(*a);
   }
-  // The array OpenSSL gave is static in the default provider (its no_cache is 0), so the
-  // entries copied stay valid after it is handed back.
-  OSSL_PROVIDER_unquery_operation(provider, OSSL_OP_DECODER, all);
+  OSSL_PROVIDER_unquery_operation(provider, operation, all);
+  kept.push_back({nullptr, nullptr, nullptr, nullptr});
   return kept;
+}
+
+// The decoders that read a SubjectPublicKeyInfo: one per key type, and the generic one that
+// finds the type.
+bool reads_public_key(const OSSL_ALGORITHM& decoder) {
+  const std::string_view properties =
+      decoder.property_definition ? decoder.property_definition : "";
+  return properties.find(kKeptDecoderStructure) != std::string_view::npos;
+}
+
+bool used_by_tls(const OSSL_ALGORITHM& cipher) {
+  // algorithm_names is "NAME:ALIAS:...", matched without regard to case as OpenSSL does.
+  std::string_view names = cipher.algorithm_names;
+  while (!names.empty()) {
+    const auto end = std::min(names.find(':'), names.size());
+    const std::string_view name = names.substr(0, end);
+    for (const std::string_view kept : kKeptCiphers) {
+      if (name.size() == kept.size() &&
+          std::equal(name.begin(), name.end(), kept.begin(), [](char a, char b) {
+            return std::toupper(static_cast<unsigned char>(a)) == b;
+          })) {
+        return true;
+      }
+    }
+    names.remove_prefix(std::min(end + 1, names.size()));
+  }
+  return false;
 }
 
 // Whether the default context offers the default provider and nothing that would do its work
@@ -113,9 +172,11 @@ OSSL_LIB_CTX* build() {
   OSSL_LIB_CTX* provider_home = OSSL_LIB_CTX_new();
   OSSL_LIB_CTX* context = OSSL_LIB_CTX_new();
   inner.provider = provider_home ? OSSL_PROVIDER_load(provider_home, "default") : nullptr;
-  if (inner.provider) inner.decoders = public_key_decoders(inner.provider);
-  const bool found = !inner.decoders.empty();
-  inner.decoders.push_back({nullptr, nullptr, nullptr, nullptr});
+  if (inner.provider) {
+    inner.decoders = algorithms_kept(inner.provider, OSSL_OP_DECODER, reads_public_key);
+    inner.ciphers = algorithms_kept(inner.provider, OSSL_OP_CIPHER, used_by_tls);
+  }
+  const bool found = inner.decoders.size() > 1 && inner.ciphers.size() > 1;
   if (!context || !found || OSSL_PROVIDER_add_builtin(context, kProviderName, &initialise) != 1 ||
       OSSL_PROVIDER_load(context, kProviderName) == nullptr) {
     ERR_clear_error();
@@ -128,7 +189,7 @@ OSSL_LIB_CTX* build() {
 
 }  // namespace
 
-OSSL_LIB_CTX* certificate_library_context() {
+OSSL_LIB_CTX* tls_library_context() {
   static OSSL_LIB_CTX* const context = build();  // thread-safe once, as a local static
   return context;
 }

@@ -326,7 +326,7 @@ ServerContext::~ServerContext() {
 std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
   std::shared_ptr<ServerContext> self(new ServerContext);
   ERR_clear_error();
-  self->ctx_ = SSL_CTX_new_ex(certificate_library_context(), nullptr, TLS_server_method());
+  self->ctx_ = SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method());
   SSL_CTX* ctx = self->ctx_;
   if (!ctx) fail("--tls-certificate", "cannot create a TLS context");
 

@@ -1,7 +1,8 @@
-// tls::certificate_library_context and the TLS context built in it: a certificate's public key
-// of any type decodes there as in OpenSSL's default context, only such decoders are offered
-// there (so the cut is real), and the files the operator gives load as before: a key in the
-// certificate's file, a CA file that also holds a private key, a key that does not match.
+// tls::tls_library_context and the TLS context built in it: a certificate's public key of any
+// type decodes there as in OpenSSL's default context, only such decoders are offered there (so
+// the cut is real), every TLS suite of the default context is offered there too, and the files
+// the operator gives load as before: a key in the certificate's file, a CA file that also
+// holds a private key, a key that does not match.
 #include "tls/library_context.hpp"
 #include "tls/tls_context.hpp"
 
@@ -9,6 +10,7 @@
 #include <openssl/decoder.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <unistd.h>
 
@@ -76,12 +78,12 @@ Owned<EVP_PKEY> rsa_pss_key() {
 
 TEST(LibraryContext, IsSetUpWhereOpenSslHasOnlyItsDefaultProvider) {
   // Debian's openssl.cnf, as on the machines the tests run on, configures no other provider.
-  ASSERT_NE(certificate_library_context(), nullptr);
-  EXPECT_EQ(certificate_library_context(), certificate_library_context());
+  ASSERT_NE(tls_library_context(), nullptr);
+  EXPECT_EQ(tls_library_context(), tls_library_context());
 }
 
 TEST(LibraryContext, DecodesACertificatesKeyOfEveryTypeAsTheDefaultContextDoes) {
-  OSSL_LIB_CTX* context = certificate_library_context();
+  OSSL_LIB_CTX* context = tls_library_context();
   ASSERT_NE(context, nullptr);
   Owned<EVP_PKEY> ec_signer(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
   const std::vector<Owned<EVP_PKEY>> keys = [] {
@@ -131,13 +133,39 @@ std::vector<std::string> decoder_structures(OSSL_LIB_CTX* context) {
 }
 
 TEST(LibraryContext, OffersOnlyTheDecodersOfACertificatesKey) {
-  const auto kept = decoder_structures(certificate_library_context());
+  const auto kept = decoder_structures(tls_library_context());
   const auto all = decoder_structures(nullptr);
   EXPECT_GE(kept.size(), 8u);  // RSA, RSA-PSS, EC, Ed25519, Ed448, X25519, X448, DSA, ...
   EXPECT_LT(kept.size(), all.size());
   for (const auto& structure : kept) EXPECT_EQ(structure.substr(0, 20), "SubjectPublicKeyInfo");
   EXPECT_EQ(std::count(all.begin(), all.end(), "SubjectPublicKeyInfo"),
             std::count(kept.begin(), kept.end(), "SubjectPublicKeyInfo"));
+}
+
+// The TLS 1.2 and 1.3 suites a server context offers when asked for every one OpenSSL has.
+std::vector<std::string> every_suite_in(OSSL_LIB_CTX* context) {
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(
+      SSL_CTX_new_ex(context, nullptr, TLS_server_method()), &SSL_CTX_free);
+  std::vector<std::string> names;
+  if (!ctx || SSL_CTX_set_cipher_list(ctx.get(), "ALL:COMPLEMENTOFALL:@SECLEVEL=0") != 1 ||
+      SSL_CTX_set_ciphersuites(ctx.get(),
+                               "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                               "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
+                               "TLS_AES_128_CCM_8_SHA256") != 1) {
+    return names;
+  }
+  const STACK_OF(SSL_CIPHER)* suites = SSL_CTX_get_ciphers(ctx.get());
+  for (int i = 0; i < sk_SSL_CIPHER_num(suites); ++i) {
+    names.emplace_back(SSL_CIPHER_get_name(sk_SSL_CIPHER_value(suites, i)));
+  }
+  return names;
+}
+
+TEST(LibraryContext, OffersTheSameTlsSuitesAsTheDefaultContext) {
+  const auto here = every_suite_in(tls_library_context());
+  const auto by_default = every_suite_in(nullptr);
+  EXPECT_GT(by_default.size(), 60u);  // CAMELLIA, ARIA, 3DES, CCM, NULL suites among them
+  EXPECT_EQ(here, by_default);
 }
 
 // PEM files for one test, removed after it.
