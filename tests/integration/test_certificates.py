@@ -1012,3 +1012,38 @@ def test_an_oversized_client_chain_is_refused(postfix, proxy, cert_pki, tmp_path
     # The client sees an alert, or a broken pipe while it is still sending its certificate.
     _, failure = refused_starttls(p, ctx)
     assert "excessive message size" in failure, failure
+
+
+OPENSSL_CONF_WITH_LEGACY = """\
+openssl_conf = init
+[init]
+providers = providers
+[providers]
+default = activated
+legacy = activated
+[activated]
+activate = 1
+"""
+OWN_CONTEXT_DECLINED = "OpenSSL's configuration loads providers besides the default one"
+
+
+@pytest.mark.parametrize("openssl_conf", ["system", "with legacy provider"])
+def test_client_certificates_verify_in_either_library_context(postfix, proxy, cert_pki, tmp_path,
+                                                              monkeypatch, openssl_conf):
+    """With Debian's openssl.cnf the TLS context gets its own library context (see
+    tls/library_context.hpp); with another provider configured, OpenSSL's default one, said at
+    start. Either way a valid certificate verifies and delivers and a revoked one is refused."""
+    if openssl_conf != "system":
+        conf = tmp_path / "openssl.cnf"
+        conf.write_text(OPENSSL_CONF_WITH_LEGACY)
+        monkeypatch.setenv("OPENSSL_CONF", str(conf))
+    p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki))
+    wait_for_mta(p)
+    assert (OWN_CONTEXT_DECLINED in p.stderr()) == (openssl_conf != "system"), p.stderr()
+    box = postfix.new_mailbox()
+    starttls_session(p, client_context(cert_pki, "valid"), box=box)
+    (message,) = box.wait(1)
+    assert f"({certificate_comment(cert_pki, 'valid')})".encode() in message
+    error, failure = refused_starttls(p, client_context(cert_pki, "revoked"))
+    assert REFUSAL["revoked"][1] in error, error
+    assert failure.endswith(f"; client certificate: {REFUSAL['revoked'][0]}"), failure
