@@ -2,7 +2,9 @@
 #include "tls/library_context.hpp"
 
 #include <openssl/core_dispatch.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/provider.h>
 #include <spdlog/spdlog.h>
 
@@ -43,12 +45,13 @@ constexpr std::string_view kKeptCiphers[] = {"AES-128-GCM",
 // The default provider, loaded into a context of its own, that this provider passes on, and
 // the decoders and ciphers it keeps of it (each null-terminated, as OpenSSL reads them). Set
 // once, before the provider is first initialised, and never changed.
+// Never destroyed: OpenSSL keeps pointers into these arrays for the life of the process.
 struct Inner {
   OSSL_PROVIDER* provider = nullptr;
   std::vector<OSSL_ALGORITHM> decoders;
   std::vector<OSSL_ALGORITHM> ciphers;
 };
-Inner inner;
+Inner& inner = *new Inner;
 
 const OSSL_ALGORITHM* query_operation(void*, int operation, int* no_cache) {
   switch (operation) {
@@ -104,19 +107,19 @@ int initialise(const OSSL_CORE_HANDLE*, const OSSL_DISPATCH*, const OSSL_DISPATC
 }
 
 // The algorithms of one operation of `provider` that `keep` accepts, in its order, followed by
-// the null entry that ends such an array. The array OpenSSL gives is static in the default
-// provider (its no_cache is 0), so the entries copied stay valid after it is handed back.
+// the null entry that ends such an array; empty if there are none or if the provider does not
+// promise the array stays (no_cache set): the entries copied point into it.
 template <class Keep>
 std::vector<OSSL_ALGORITHM> algorithms_kept(const OSSL_PROVIDER* provider, int operation,
                                             Keep keep) {
   std::vector<OSSL_ALGORITHM> kept;
   int no_cache = 0;
   const OSSL_ALGORITHM* all = OSSL_PROVIDER_query_operation(provider, operation, &no_cache);
-  for (const OSSL_ALGORITHM* a = all; a && a->algorithm_names; ++a) {
+  for (const OSSL_ALGORITHM* a = all; a && a->algorithm_names && no_cache == 0; ++a) {
     if (keep(*a)) kept.push_back(*a);
   }
   OSSL_PROVIDER_unquery_operation(provider, operation, all);
-  kept.push_back({nullptr, nullptr, nullptr, nullptr});
+  if (!kept.empty()) kept.push_back({nullptr, nullptr, nullptr, nullptr});
   return kept;
 }
 
@@ -147,8 +150,10 @@ bool used_by_tls(const OSSL_ALGORITHM& cipher) {
   return false;
 }
 
-// Whether the default context offers the default provider and nothing that would do its work
-// differently (a FIPS provider, say).
+// Whether OpenSSL's default context does its work with OpenSSL's own default provider and
+// nothing else: no other provider (FIPS, legacy) is loaded, the FIPS property is not asked for,
+// and a digest and a cipher fetched there come from that provider. (A configuration that sets
+// other default properties this way also fails the fetches.)
 bool default_provider_alone() {
   bool alone = true;
   OSSL_PROVIDER_do_all(
@@ -159,14 +164,32 @@ bool default_provider_alone() {
         return 1;
       },
       &alone);
-  return alone && OSSL_PROVIDER_available(nullptr, "default");
+  if (!alone || EVP_default_properties_is_fips_enabled(nullptr)) return false;
+  const auto from_openssl_default = [](const OSSL_PROVIDER* provider) {
+    const char* name = nullptr;
+    OSSL_PARAM request[] = {
+        OSSL_PARAM_construct_utf8_ptr(OSSL_PROV_PARAM_NAME, const_cast<char**>(&name), 0),
+        OSSL_PARAM_construct_end()};
+    return provider && std::string_view(OSSL_PROVIDER_get0_name(provider)) == "default" &&
+           OSSL_PROVIDER_get_params(provider, request) == 1 && name &&
+           std::string_view(name) == "OpenSSL Default Provider";
+  };
+  EVP_MD* digest = EVP_MD_fetch(nullptr, "SHA2-256", nullptr);
+  EVP_CIPHER* cipher = EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr);
+  const bool ok = from_openssl_default(digest ? EVP_MD_get0_provider(digest) : nullptr) &&
+                  from_openssl_default(cipher ? EVP_CIPHER_get0_provider(cipher) : nullptr);
+  EVP_MD_free(digest);
+  EVP_CIPHER_free(cipher);
+  ERR_clear_error();
+  return ok;
 }
 
 OSSL_LIB_CTX* build() {
   if (!default_provider_alone()) {
     spdlog::info(
-        "OpenSSL's configuration loads providers besides the default one: TLS uses OpenSSL's "
-        "default library context (client certificates cost more to read)");
+        "OpenSSL's configuration loads providers besides the default one or sets their "
+        "properties: TLS uses OpenSSL's default library context (client certificates cost "
+        "more to read)");
     return nullptr;
   }
   OSSL_LIB_CTX* provider_home = OSSL_LIB_CTX_new();
@@ -176,7 +199,7 @@ OSSL_LIB_CTX* build() {
     inner.decoders = algorithms_kept(inner.provider, OSSL_OP_DECODER, reads_public_key);
     inner.ciphers = algorithms_kept(inner.provider, OSSL_OP_CIPHER, used_by_tls);
   }
-  const bool found = inner.decoders.size() > 1 && inner.ciphers.size() > 1;
+  const bool found = !inner.decoders.empty() && !inner.ciphers.empty();
   if (!context || !found || OSSL_PROVIDER_add_builtin(context, kProviderName, &initialise) != 1 ||
       OSSL_PROVIDER_load(context, kProviderName) == nullptr) {
     ERR_clear_error();

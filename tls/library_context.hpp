@@ -12,11 +12,15 @@
 // unchanged: the decoders kept are the only ones that can read a SubjectPublicKeyInfo, and the
 // TLS suites on offer are the same (a unit test compares them with the default context's).
 //
-// Not read in this context: private keys, DH parameters and CA files, which are read in
-// OpenSSL's default context as before and handed to the TLS context as objects. What it
-// trusts: OpenSSL's own default provider. It is used only when OpenSSL's configuration has the
-// default provider alone (a FIPS or other provider set in openssl.cnf keeps the default
-// context, so the operator's choice of provider is never bypassed).
+// Read in OpenSSL's default context instead, as before, and handed to the TLS context as
+// objects: private keys, DH parameters, a CA file and the system's CA file. (CAs in a hashed
+// directory, the system's included, are read when a verification looks them up, in this
+// context, as certificates.) What it trusts: OpenSSL's own default provider. It is used only
+// when OpenSSL's configuration leaves the default provider alone (no FIPS or other provider,
+// no FIPS property; see default_provider_alone); otherwise the default context is kept, so the
+// operator's choice of provider is not bypassed. openssl.cnf's other settings for the default
+// context, such as a [random] section, do not reach this one; its system_default TLS settings
+// (protocols, security level) do, as they apply to every TLS context.
 #pragma once
 
 #include <openssl/types.h>

@@ -71,7 +71,11 @@ void load_certificate_pair(SSL_CTX* ctx, const std::string& certificate_file,
   if (!bio) fail(key_flag, "cannot load private key from " + key_file);
   Owned<EVP_PKEY> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
   if (!key) fail(key_flag, "cannot load private key from " + key_file);
-  if (SSL_CTX_use_PrivateKey(ctx, key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+  if (SSL_CTX_use_PrivateKey(ctx, key.get()) != 1) {  // OpenSSL says why: a mismatch, say
+    fail(key_flag,
+         "the key in " + key_file + " cannot be used with the certificate in " + certificate_file);
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
     fail(key_flag, "key in " + key_file + " does not match certificate " + certificate_file);
   }
 }
@@ -244,8 +248,8 @@ TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
   TrustStore trust;
   const std::string& path = config.tls_verify_certificates;
   if (path.empty()) return trust;
-  // CA files are read in OpenSSL's default context, as everything but public keys is (a CA
-  // file may hold other things; see library_context.hpp).
+  // A CA file is read in OpenSSL's default context, as it always was (see
+  // library_context.hpp); a directory's CAs are read as verifications look them up.
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
   if (path == "system") {
     trust.reads_files = true;

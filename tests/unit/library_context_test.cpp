@@ -8,10 +8,12 @@
 
 #include <gtest/gtest.h>
 #include <openssl/decoder.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,7 +35,7 @@ template <class T>
 using Owned = std::unique_ptr<T, Free>;
 
 // A certificate for `key`, signed by `signer` (an EC key when `key` cannot sign).
-Owned<X509> certificate_for(EVP_PKEY* key, EVP_PKEY* signer) {
+Owned<X509> certificate_for(EVP_PKEY* key, EVP_PKEY* signer, bool ca = false) {
   Owned<X509> x(X509_new());
   X509_set_version(x.get(), 2);
   ASN1_INTEGER_set(X509_get_serialNumber(x.get()), 1);
@@ -44,6 +46,12 @@ Owned<X509> certificate_for(EVP_PKEY* key, EVP_PKEY* signer) {
                              reinterpret_cast<const unsigned char*>("test"), -1, -1, 0);
   X509_set_issuer_name(x.get(), name);
   X509_set_pubkey(x.get(), key);
+  if (ca) {
+    X509_EXTENSION* constraints =
+        X509V3_EXT_conf_nid(nullptr, nullptr, NID_basic_constraints, "critical,CA:TRUE");
+    X509_add_ext(x.get(), constraints, -1);
+    X509_EXTENSION_free(constraints);
+  }
   const bool digestless = EVP_PKEY_is_a(signer, "ED25519") || EVP_PKEY_is_a(signer, "ED448");
   EXPECT_GT(X509_sign(x.get(), signer, digestless ? nullptr : EVP_sha256()), 0);
   return x;
@@ -168,6 +176,156 @@ TEST(LibraryContext, OffersTheSameTlsSuitesAsTheDefaultContext) {
   EXPECT_EQ(here, by_default);
 }
 
+TEST(LibraryContext, FetchesEveryCipherLibsslAsksForThatTheDefaultContextHas) {
+  // The names of libssl 3.0's cipher table (ssl_ciph.c), its composite CBC-HMAC ciphers, the
+  // NULL cipher and the ticket's AES-256-CBC: what a handshake may fetch from its context.
+  for (const char* name : {"DES-CBC",
+                           "DES-EDE3-CBC",
+                           "RC4",
+                           "RC2-CBC",
+                           "IDEA-CBC",
+                           "NULL",
+                           "AES-128-CBC",
+                           "AES-256-CBC",
+                           "CAMELLIA-128-CBC",
+                           "CAMELLIA-256-CBC",
+                           "SEED-CBC",
+                           "AES-128-GCM",
+                           "AES-256-GCM",
+                           "AES-128-CCM",
+                           "AES-256-CCM",
+                           "ChaCha20-Poly1305",
+                           "ARIA-128-GCM",
+                           "ARIA-256-GCM",
+                           "AES-128-CBC-HMAC-SHA1",
+                           "AES-256-CBC-HMAC-SHA1",
+                           "AES-128-CBC-HMAC-SHA256",
+                           "AES-256-CBC-HMAC-SHA256"}) {
+    EVP_CIPHER* by_default = EVP_CIPHER_fetch(nullptr, name, nullptr);
+    EVP_CIPHER* here = EVP_CIPHER_fetch(tls_library_context(), name, nullptr);
+    EXPECT_EQ(by_default != nullptr, here != nullptr) << name;
+    EVP_CIPHER_free(by_default);
+    EVP_CIPHER_free(here);
+  }
+  ERR_clear_error();
+}
+
+// One TLS connection over memory BIOs, server in `server`, client in `client`.
+class Connection {
+ public:
+  Connection(SSL_CTX* server, SSL_CTX* client, SSL_SESSION* resume = nullptr)
+      : server_(SSL_new(server)), client_(SSL_new(client)) {
+    BIO* a = nullptr;
+    BIO* b = nullptr;
+    BIO_new_bio_pair(&a, 0, &b, 0);
+    SSL_set_bio(server_, a, a);
+    SSL_set_bio(client_, b, b);
+    SSL_set_accept_state(server_);
+    SSL_set_connect_state(client_);
+    if (resume) SSL_set_session(client_, resume);
+  }
+  ~Connection() {
+    // A clean close: OpenSSL does not resume a session whose connection just stopped.
+    SSL_shutdown(client_);
+    SSL_shutdown(server_);
+    SSL_free(server_);
+    SSL_free(client_);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Handshakes, then sends a line each way (the TLS 1.3 tickets arrive with the server's).
+  bool exchange() {
+    for (int round = 0; round < 20; ++round) {
+      const int c = SSL_do_handshake(client_);
+      const int s = SSL_do_handshake(server_);
+      if (c == 1 && s == 1) break;
+      if (c <= 0 && SSL_get_error(client_, c) != SSL_ERROR_WANT_READ) return false;
+      if (s <= 0 && SSL_get_error(server_, s) != SSL_ERROR_WANT_READ) return false;
+    }
+    return echo(client_, server_) && echo(server_, client_);
+  }
+  SSL* client() const { return client_; }
+  SSL* server() const { return server_; }
+
+ private:
+  static bool echo(SSL* from, SSL* to) {
+    const std::string line = "250 OK\r\n";
+    char buffer[64];
+    std::size_t written = 0;
+    std::size_t read = 0;
+    return SSL_write_ex(from, line.data(), line.size(), &written) == 1 &&
+           SSL_read_ex(to, buffer, sizeof buffer, &read) == 1 && std::string(buffer, read) == line;
+  }
+  SSL* server_;
+  SSL* client_;
+};
+
+TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
+  Owned<EVP_PKEY> key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  const auto certificate = certificate_for(key.get(), key.get());
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> server(
+      SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method()), &SSL_CTX_free);
+  ASSERT_NE(server, nullptr);
+  // The key was made in OpenSSL's default context, as the proxy reads its keys.
+  ASSERT_EQ(SSL_CTX_use_certificate(server.get(), certificate.get()), 1);
+  ASSERT_EQ(SSL_CTX_use_PrivateKey(server.get(), key.get()), 1);
+  ASSERT_EQ(SSL_CTX_set_ciphersuites(server.get(),
+                                     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                     "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
+                                     "TLS_AES_128_CCM_8_SHA256"),
+            1);
+  struct Case {
+    const char* suites;  // TLS 1.3 suite, or TLS 1.2 cipher list
+    bool tls13;
+    bool encrypt_then_mac;
+  };
+  const Case cases[] = {
+      {"TLS_AES_128_GCM_SHA256", true, true},
+      {"TLS_AES_256_GCM_SHA384", true, true},
+      {"TLS_CHACHA20_POLY1305_SHA256", true, true},
+      {"TLS_AES_128_CCM_SHA256", true, true},
+      {"TLS_AES_128_CCM_8_SHA256", true, true},
+      {"ECDHE-ECDSA-AES256-GCM-SHA384", false, true},
+      {"ECDHE-ECDSA-CHACHA20-POLY1305", false, true},
+      {"ECDHE-ECDSA-AES128-CCM8", false, true},
+      {"ECDHE-ECDSA-ARIA128-GCM-SHA256", false, true},
+      {"ECDHE-ECDSA-CAMELLIA256-SHA384", false, true},
+      {"ECDHE-ECDSA-AES128-SHA", false, true},
+      {"ECDHE-ECDSA-AES128-SHA", false, false},  // the composite CBC-HMAC cipher
+      {"ECDHE-ECDSA-AES256-SHA384", false, false},
+      {"ECDHE-ECDSA-NULL-SHA", false, true},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.suites);
+    std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> client(SSL_CTX_new(TLS_client_method()),
+                                                             &SSL_CTX_free);
+    SSL_CTX_set_security_level(client.get(), 0);
+    SSL_CTX_set_security_level(server.get(), 0);
+    if (c.tls13) {
+      SSL_CTX_set_min_proto_version(client.get(), TLS1_3_VERSION);
+      ASSERT_EQ(SSL_CTX_set_ciphersuites(client.get(), c.suites), 1);
+    } else {
+      SSL_CTX_set_max_proto_version(client.get(), TLS1_2_VERSION);
+      ASSERT_EQ(SSL_CTX_set_cipher_list(client.get(), c.suites), 1);
+      ASSERT_EQ(SSL_CTX_set_cipher_list(server.get(), "ALL:COMPLEMENTOFALL"), 1);
+    }
+    if (!c.encrypt_then_mac) SSL_CTX_set_options(client.get(), SSL_OP_NO_ENCRYPT_THEN_MAC);
+    SSL_SESSION* session = nullptr;
+    {
+      Connection first(server.get(), client.get());
+      ASSERT_TRUE(first.exchange()) << take_openssl_errors();
+      EXPECT_STREQ(SSL_CIPHER_get_name(SSL_get_current_cipher(first.server())), c.suites);
+      session = SSL_get1_session(first.client());
+      EXPECT_EQ(SSL_SESSION_is_resumable(session), 1);
+    }
+    Connection again(server.get(), client.get(), session);
+    EXPECT_TRUE(again.exchange()) << take_openssl_errors();
+    EXPECT_EQ(SSL_session_reused(again.client()), 1);
+    SSL_SESSION_free(session);
+  }
+}
+
 // PEM files for one test, removed after it.
 class ServerContextFiles : public ::testing::Test {
  protected:
@@ -176,7 +334,7 @@ class ServerContextFiles : public ::testing::Test {
                  ("stp-library-context-test-" + std::to_string(::getpid()));
     std::filesystem::create_directories(directory_);
     key_.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
-    certificate_ = certificate_for(key_.get(), key_.get());
+    certificate_ = certificate_for(key_.get(), key_.get(), true);  // serves as a CA too
     config_.hostname = "mx.example.org";
   }
   void TearDown() override { std::filesystem::remove_all(directory_); }
@@ -210,8 +368,12 @@ TEST_F(ServerContextFiles, RefusesAKeyThatDoesNotMatchTheCertificate) {
     ServerContext::create(config_);
     ADD_FAILURE() << "no ConfigError";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("--tls-privatekey"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("does not match"), std::string::npos) << e.what();
+    const std::string what = e.what();
+    EXPECT_EQ(what.find("--tls-privatekey: the key in " + config_.tls_privatekeys[0] +
+                        " cannot be used with the certificate in "),
+              0u)
+        << what;
+    EXPECT_NE(what.find("key values mismatch"), std::string::npos) << what;  // OpenSSL's why
   }
 }
 
@@ -227,11 +389,35 @@ TEST_F(ServerContextFiles, RefusesAFileWithoutAKey) {
   }
 }
 
-TEST_F(ServerContextFiles, TakesACaFileThatAlsoHoldsAPrivateKey) {
-  // The file is read whole, key included, as it always was: in OpenSSL's default context.
+TEST_F(ServerContextFiles, VerifiesAgainstACaFileThatAlsoHoldsAPrivateKey) {
+  // The file is read whole, key included, as it always was: in OpenSSL's default context. A
+  // certificate the CA signed, read as libssl reads a client's, verifies against it there.
   config_.tls_certificates = {write("both.pem", certificate_.get(), key_.get())};
   config_.tls_verify_certificates = write("ca-and-key.pem", certificate_.get(), key_.get());
-  EXPECT_NO_THROW(ServerContext::create(config_));
+  const auto context = ServerContext::create(config_);
+  Owned<EVP_PKEY> client_key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  const auto signed_by_ca = [&](EVP_PKEY* signer) {
+    auto leaf = certificate_for(client_key.get(), signer);
+    X509_NAME* subject = X509_get_subject_name(leaf.get());
+    X509_NAME_delete_entry(subject, 0);
+    X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>("client"), -1, -1, 0);
+    X509_set_issuer_name(leaf.get(), X509_get_subject_name(certificate_.get()));
+    X509_sign(leaf.get(), signer, EVP_sha256());
+    return parse_in(tls_library_context(), der_of(leaf.get()));
+  };
+  const auto verifies = [&](X509* leaf) -> std::string {
+    X509_STORE_CTX* verification = X509_STORE_CTX_new_ex(tls_library_context(), nullptr);
+    X509_STORE_CTX_init(verification, SSL_CTX_get_cert_store(context->native_handle()), leaf,
+                        nullptr);
+    const int ok = X509_verify_cert(verification);
+    const std::string error = X509_verify_cert_error_string(X509_STORE_CTX_get_error(verification));
+    X509_STORE_CTX_free(verification);
+    return ok == 1 ? std::string("verified") : error;
+  };
+  EXPECT_EQ(verifies(signed_by_ca(key_.get()).get()), "verified");
+  EXPECT_EQ(verifies(signed_by_ca(client_key.get()).get()),  // the CA's name, not its key
+            "certificate signature failure");
 }
 
 }  // namespace
