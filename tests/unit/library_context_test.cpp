@@ -399,7 +399,7 @@ TEST_F(ServerContextFiles, VerifiesAgainstACaFileThatAlsoHoldsAPrivateKey) {
   const auto signed_by_ca = [&](EVP_PKEY* signer) {
     auto leaf = certificate_for(client_key.get(), signer);
     X509_NAME* subject = X509_get_subject_name(leaf.get());
-    X509_NAME_delete_entry(subject, 0);
+    X509_NAME_ENTRY_free(X509_NAME_delete_entry(subject, 0));
     X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC,
                                reinterpret_cast<const unsigned char*>("client"), -1, -1, 0);
     X509_set_issuer_name(leaf.get(), X509_get_subject_name(certificate_.get()));
