@@ -80,7 +80,7 @@ esac
   "${args[@]}" ${client[@]+"${client[@]}"} | tee "$out/loadgen.json"
 
 # The proxy's own pid is the tool's child (perf, strace, heaptrack) or the tool (valgrind).
-target=$(pgrep -P "$proxy_pid" -f smtp-tls-proxy || echo "$proxy_pid")
+target=$(pgrep -P "$proxy_pid" -f "$(basename "$proxy")" || echo "$proxy_pid")
 kill -TERM "$target"
 wait "$proxy_pid" || true
 kill "$sink_pid"
