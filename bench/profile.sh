@@ -13,6 +13,7 @@
 #   STP_BINARY / STP_LOADGEN: the binaries (default: build/smtp-tls-proxy, build/bench/loadgen)
 #   STP_PROFILE_SESSIONS / STP_PROFILE_CONCURRENCY: a longer load (handshake, client-cert: 300
 #           sessions at concurrency 10; bulk: 1 session)
+#   STP_PROXY_ARGS: more flags for the proxy, split on spaces (--tls-ciphersuites X, say)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tool=${1:?tool}
@@ -59,7 +60,7 @@ esac
 "${wrap[@]}" "$proxy" --listen "127.0.0.1:$proxy_port" --backend "127.0.0.1:$sink_port" \
   --backend-metadata none --hostname bench.example --tls-certificate "$out/cert.pem" \
   --tls-privatekey "$out/key.pem" --client-name-lookup off --metrics-listen "" \
-  --max-connections-per-host 10000 --shutdown-grace 2s --threads 2 ${verify[@]+"${verify[@]}"} \
+  --max-connections-per-host 10000 --shutdown-grace 2s --threads 2 ${verify[@]+"${verify[@]}"} ${STP_PROXY_ARGS:-} \
   2>"$out/proxy.log" &
 proxy_pid=$!
 trap 'kill $sink_pid 2>/dev/null; kill $proxy_pid 2>/dev/null; true' EXIT

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -18,6 +19,17 @@ namespace {
 
 constexpr const char* kProviderName = "smtp-tls-proxy-default";
 constexpr std::string_view kKeptDecoderStructure = "structure=SubjectPublicKeyInfo";
+
+// Key types no certificate or CertificateVerify is signed with: a chain or a peer's
+// certificate that holds such a key fails the handshake whether the key is read or not (its
+// key is of no use to verify anything), and the key exchange sets these keys from raw bytes,
+// never through a decoder. Their decoders only lengthen every certificate read (2.4 % of a
+// client-certificate session's instructions for these four).
+constexpr std::string_view kUnreadKeyTypes[] = {"DH", "DHX", "X25519", "X448"};
+
+// Keys of MACs and KDFs libssl never makes (its HMAC, TLS1-PRF and HKDF keys stay): each
+// public-key decode walks every key manager of the context.
+constexpr std::string_view kUnusedKeyManagers[] = {"CMAC", "POLY1305", "SIPHASH", "SCRYPT"};
 
 // The ciphers libssl fetches from its context, by one of their names: the record ciphers of
 // its TLS 1.2 and 1.3 suites (ssl_ciph.c's table, the composite CBC-HMAC ones included) and
@@ -43,33 +55,41 @@ constexpr std::string_view kKeptCiphers[] = {"AES-128-GCM",
                                              "NULL"};
 
 // The default provider, loaded into a context of its own, that this provider passes on, and
-// the decoders and ciphers it keeps of it (each null-terminated, as OpenSSL reads them). Set
-// once, before the provider is first initialised, and never changed.
+// the decoders, ciphers and key managers it keeps of it (each null-terminated, as OpenSSL
+// reads them). Set once, before the provider is first initialised, and never changed.
 // Never destroyed: OpenSSL keeps pointers into these arrays for the life of the process.
 struct Inner {
   OSSL_PROVIDER* provider = nullptr;
   std::vector<OSSL_ALGORITHM> decoders;
   std::vector<OSSL_ALGORITHM> ciphers;
+  std::vector<OSSL_ALGORITHM> key_managers;
 };
 Inner& inner = *new Inner;
 
-const OSSL_ALGORITHM* query_operation(void*, int operation, int* no_cache) {
+// The cut list of an operation; nullptr for those passed through whole.
+const std::vector<OSSL_ALGORITHM>* kept_for(int operation) {
   switch (operation) {
     case OSSL_OP_DECODER:
-      *no_cache = 0;
-      return inner.decoders.data();
+      return &inner.decoders;
     case OSSL_OP_CIPHER:
-      *no_cache = 0;
-      return inner.ciphers.data();
+      return &inner.ciphers;
+    case OSSL_OP_KEYMGMT:
+      return &inner.key_managers;
     default:
-      return OSSL_PROVIDER_query_operation(inner.provider, operation, no_cache);
+      return nullptr;
   }
 }
 
-void unquery_operation(void*, int operation, const OSSL_ALGORITHM* algorithms) {
-  if (operation != OSSL_OP_DECODER && operation != OSSL_OP_CIPHER) {
-    OSSL_PROVIDER_unquery_operation(inner.provider, operation, algorithms);
+const OSSL_ALGORITHM* query_operation(void*, int operation, int* no_cache) {
+  if (const auto* kept = kept_for(operation)) {
+    *no_cache = 0;
+    return kept->data();
   }
+  return OSSL_PROVIDER_query_operation(inner.provider, operation, no_cache);
+}
+
+void unquery_operation(void*, int operation, const OSSL_ALGORITHM* algorithms) {
+  if (!kept_for(operation)) OSSL_PROVIDER_unquery_operation(inner.provider, operation, algorithms);
 }
 
 int get_capabilities(void*, const char* capability, OSSL_CALLBACK* callback, void* argument) {
@@ -123,23 +143,16 @@ std::vector<OSSL_ALGORITHM> algorithms_kept(const OSSL_PROVIDER* provider, int o
   return kept;
 }
 
-// The decoders that read a SubjectPublicKeyInfo: one per key type, and the generic one that
-// finds the type.
-bool reads_public_key(const OSSL_ALGORITHM& decoder) {
-  const std::string_view properties =
-      decoder.property_definition ? decoder.property_definition : "";
-  return properties.find(kKeptDecoderStructure) != std::string_view::npos;
-}
-
-bool used_by_tls(const OSSL_ALGORITHM& cipher) {
-  // algorithm_names is "NAME:ALIAS:...", matched without regard to case as OpenSSL does.
-  std::string_view names = cipher.algorithm_names;
+// Whether one of an algorithm's names is in `list` (written in capitals). algorithm_names is
+// "NAME:ALIAS:...", matched without regard to case as OpenSSL does.
+bool named_in(const OSSL_ALGORITHM& algorithm, std::span<const std::string_view> list) {
+  std::string_view names = algorithm.algorithm_names;
   while (!names.empty()) {
     const auto end = std::min(names.find(':'), names.size());
     const std::string_view name = names.substr(0, end);
-    for (const std::string_view kept : kKeptCiphers) {
-      if (name.size() == kept.size() &&
-          std::equal(name.begin(), name.end(), kept.begin(), [](char a, char b) {
+    for (const std::string_view listed : list) {
+      if (name.size() == listed.size() &&
+          std::equal(name.begin(), name.end(), listed.begin(), [](char a, char b) {
             return std::toupper(static_cast<unsigned char>(a)) == b;
           })) {
         return true;
@@ -148,6 +161,23 @@ bool used_by_tls(const OSSL_ALGORITHM& cipher) {
     names.remove_prefix(std::min(end + 1, names.size()));
   }
   return false;
+}
+
+// The decoders that read a SubjectPublicKeyInfo of a key that can sign: one per key type, and
+// the generic one that finds the type.
+bool reads_public_key(const OSSL_ALGORITHM& decoder) {
+  const std::string_view properties =
+      decoder.property_definition ? decoder.property_definition : "";
+  return properties.find(kKeptDecoderStructure) != std::string_view::npos &&
+         !named_in(decoder, kUnreadKeyTypes);
+}
+
+bool used_by_tls(const OSSL_ALGORITHM& cipher) {
+  return named_in(cipher, kKeptCiphers);
+}
+
+bool may_be_made_by_tls(const OSSL_ALGORITHM& key_manager) {
+  return !named_in(key_manager, kUnusedKeyManagers);
 }
 
 // Whether OpenSSL's default context does its work with OpenSSL's own default provider and
@@ -198,8 +228,10 @@ OSSL_LIB_CTX* build() {
   if (inner.provider) {
     inner.decoders = algorithms_kept(inner.provider, OSSL_OP_DECODER, reads_public_key);
     inner.ciphers = algorithms_kept(inner.provider, OSSL_OP_CIPHER, used_by_tls);
+    inner.key_managers = algorithms_kept(inner.provider, OSSL_OP_KEYMGMT, may_be_made_by_tls);
   }
-  const bool found = !inner.decoders.empty() && !inner.ciphers.empty();
+  const bool found =
+      !inner.decoders.empty() && !inner.ciphers.empty() && !inner.key_managers.empty();
   if (!context || !found || OSSL_PROVIDER_add_builtin(context, kProviderName, &initialise) != 1 ||
       OSSL_PROVIDER_load(context, kProviderName) == nullptr) {
     ERR_clear_error();

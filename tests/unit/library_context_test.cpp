@@ -1,8 +1,9 @@
 // tls::tls_library_context and the TLS context built in it: a certificate's public key of any
-// type decodes there as in OpenSSL's default context, only such decoders are offered there (so
-// the cut is real), every TLS suite of the default context is offered there too, and the files
-// the operator gives load as before: a key in the certificate's file, a CA file that also
-// holds a private key, a key that does not match.
+// type that signs decodes there as in OpenSSL's default context, and one of a key that cannot
+// sign reads without its key; only such decoders are offered there, and none of the cut key
+// managers (so the cuts are real); every TLS suite and key-exchange group of the default
+// context works there too; and the files the operator gives load as before: a key in the
+// certificate's file, a CA file that also holds a private key, a key that does not match.
 #include "tls/library_context.hpp"
 #include "tls/tls_context.hpp"
 
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace stp::tls {
@@ -90,10 +92,22 @@ TEST(LibraryContext, IsSetUpWhereOpenSslHasOnlyItsDefaultProvider) {
   EXPECT_EQ(tls_library_context(), tls_library_context());
 }
 
-TEST(LibraryContext, DecodesACertificatesKeyOfEveryTypeAsTheDefaultContextDoes) {
+Owned<EVP_PKEY> dh_key() {
+  EVP_PKEY* key = nullptr;
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "DH", nullptr);
+  const OSSL_PARAM group[] = {
+      OSSL_PARAM_construct_utf8_string("group", const_cast<char*>("ffdhe2048"), 0),
+      OSSL_PARAM_construct_end()};
+  if (ctx && EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_params(ctx, group) == 1) {
+    EVP_PKEY_keygen(ctx, &key);
+  }
+  EVP_PKEY_CTX_free(ctx);
+  return Owned<EVP_PKEY>(key);
+}
+
+TEST(LibraryContext, DecodesACertificatesKeyOfEverySigningTypeAsTheDefaultContextDoes) {
   OSSL_LIB_CTX* context = tls_library_context();
   ASSERT_NE(context, nullptr);
-  Owned<EVP_PKEY> ec_signer(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
   const std::vector<Owned<EVP_PKEY>> keys = [] {
     std::vector<Owned<EVP_PKEY>> k;
     k.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048}));
@@ -103,25 +117,47 @@ TEST(LibraryContext, DecodesACertificatesKeyOfEveryTypeAsTheDefaultContextDoes) 
     k.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-521"));
     k.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
     k.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED448"));
-    k.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "X25519"));
     return k;
   }();
   for (const auto& key : keys) {
     ASSERT_NE(key, nullptr);
     const std::string type = EVP_PKEY_get0_type_name(key.get());
     SCOPED_TRACE(type);
-    const bool signs = type != "X25519";
-    const auto certificate = certificate_for(key.get(), signs ? key.get() : ec_signer.get());
+    const auto certificate = certificate_for(key.get(), key.get());
     const auto parsed = parse_in(context, der_of(certificate.get()));
     ASSERT_NE(parsed, nullptr);
     EVP_PKEY* decoded = X509_get0_pubkey(parsed.get());
     ASSERT_NE(decoded, nullptr);
     EXPECT_EQ(EVP_PKEY_eq(decoded, key.get()), 1);
     EXPECT_TRUE(EVP_PKEY_is_a(decoded, type.c_str()));
-    // The key works for what TLS does with it: checking the certificate's own signature.
-    if (signs) {
-      EXPECT_EQ(X509_verify(parsed.get(), decoded), 1);
-    }
+    // The key works for what TLS does with it: checking a certificate's signature.
+    EXPECT_EQ(X509_verify(parsed.get(), decoded), 1);
+  }
+}
+
+TEST(LibraryContext, ReadsACertificateOfAKeyThatCannotSignWithoutItsKey) {
+  // Such a certificate is of no use to a handshake (its key can neither sign the
+  // CertificateVerify nor a certificate below it), so its key's decoder is cut; the
+  // certificate itself still reads, and its issuer's signature on it still checks.
+  OSSL_LIB_CTX* context = tls_library_context();
+  ASSERT_NE(context, nullptr);
+  Owned<EVP_PKEY> issuer(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  std::vector<Owned<EVP_PKEY>> keys;
+  keys.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "X25519"));
+  keys.emplace_back(EVP_PKEY_Q_keygen(nullptr, nullptr, "X448"));
+  keys.emplace_back(dh_key());
+  for (const auto& key : keys) {
+    ASSERT_NE(key, nullptr);
+    SCOPED_TRACE(EVP_PKEY_get0_type_name(key.get()));
+    const auto der = der_of(certificate_for(key.get(), issuer.get()).get());
+    const auto by_default = parse_in(nullptr, der);
+    ASSERT_NE(by_default, nullptr);
+    EXPECT_NE(X509_get0_pubkey(by_default.get()), nullptr);  // the cut is real
+    const auto parsed = parse_in(context, der);
+    ASSERT_NE(parsed, nullptr);
+    EXPECT_EQ(X509_get0_pubkey(parsed.get()), nullptr);
+    EXPECT_EQ(X509_verify(parsed.get(), issuer.get()), 1);
+    ERR_clear_error();
   }
 }
 
@@ -140,14 +176,35 @@ std::vector<std::string> decoder_structures(OSSL_LIB_CTX* context) {
   return structures;
 }
 
-TEST(LibraryContext, OffersOnlyTheDecodersOfACertificatesKey) {
+TEST(LibraryContext, OffersOnlyTheDecodersOfACertificatesSigningKey) {
   const auto kept = decoder_structures(tls_library_context());
   const auto all = decoder_structures(nullptr);
-  EXPECT_GE(kept.size(), 8u);  // RSA, RSA-PSS, EC, Ed25519, Ed448, X25519, X448, DSA, ...
+  EXPECT_GE(kept.size(), 8u);  // RSA, RSA-PSS, EC, Ed25519, Ed448, DSA, SM2, the generic one
   EXPECT_LT(kept.size(), all.size());
   for (const auto& structure : kept) EXPECT_EQ(structure.substr(0, 20), "SubjectPublicKeyInfo");
-  EXPECT_EQ(std::count(all.begin(), all.end(), "SubjectPublicKeyInfo"),
+  // All of the default context's but DH, DHX, X25519 and X448.
+  EXPECT_EQ(std::count(all.begin(), all.end(), "SubjectPublicKeyInfo") - 4,
             std::count(kept.begin(), kept.end(), "SubjectPublicKeyInfo"));
+}
+
+TEST(LibraryContext, ManagesEveryKindOfKeyLibsslMakesAndNotTheMacsItNeverDoes) {
+  OSSL_LIB_CTX* context = tls_library_context();
+  ASSERT_NE(context, nullptr);
+  for (const char* kept : {"RSA", "RSA-PSS", "EC", "X25519", "X448", "ED25519", "ED448", "DH",
+                           "DHX", "DSA", "SM2", "HMAC", "HKDF", "TLS1-PRF"}) {
+    EVP_KEYMGMT* here = EVP_KEYMGMT_fetch(context, kept, nullptr);
+    EXPECT_NE(here, nullptr) << kept;
+    EVP_KEYMGMT_free(here);
+  }
+  for (const char* cut : {"CMAC", "POLY1305", "SIPHASH", "SCRYPT"}) {
+    EVP_KEYMGMT* by_default = EVP_KEYMGMT_fetch(nullptr, cut, nullptr);
+    EVP_KEYMGMT* here = EVP_KEYMGMT_fetch(context, cut, nullptr);
+    EXPECT_NE(by_default, nullptr) << cut;
+    EXPECT_EQ(here, nullptr) << cut;
+    EVP_KEYMGMT_free(by_default);
+    EVP_KEYMGMT_free(here);
+  }
+  ERR_clear_error();
 }
 
 // The TLS 1.2 and 1.3 suites a server context offers when asked for every one OpenSSL has.
@@ -261,15 +318,58 @@ class Connection {
   SSL* client_;
 };
 
-TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
+using OwnedContext = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
+
+// A server context in the TLS library context with an ECDSA P-256 certificate, its key made
+// in OpenSSL's default context, as the proxy reads its keys.
+OwnedContext server_in_library_context() {
   Owned<EVP_PKEY> key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
   const auto certificate = certificate_for(key.get(), key.get());
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> server(
-      SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method()), &SSL_CTX_free);
+  OwnedContext server(SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method()),
+                      &SSL_CTX_free);
+  if (!server || SSL_CTX_use_certificate(server.get(), certificate.get()) != 1 ||
+      SSL_CTX_use_PrivateKey(server.get(), key.get()) != 1) {
+    return OwnedContext(nullptr, &SSL_CTX_free);
+  }
+  return server;
+}
+
+TEST(LibraryContext, AgreesOnEveryKeyExchangeGroup) {
+  const auto server = server_in_library_context();
   ASSERT_NE(server, nullptr);
-  // The key was made in OpenSSL's default context, as the proxy reads its keys.
-  ASSERT_EQ(SSL_CTX_use_certificate(server.get(), certificate.get()), 1);
-  ASSERT_EQ(SSL_CTX_use_PrivateKey(server.get(), key.get()), 1);
+  ASSERT_EQ(
+      SSL_CTX_set1_groups_list(server.get(), "X25519:X448:P-256:P-384:P-521:ffdhe2048:ffdhe3072"),
+      1);
+  struct Group {
+    const char* name;  // as a groups list names it
+    int nid;           // as SSL_get_negotiated_group reports it
+  };
+  const Group groups[] = {{"X25519", NID_X25519},          {"X448", NID_X448},
+                          {"P-256", NID_X9_62_prime256v1}, {"P-384", NID_secp384r1},
+                          {"P-521", NID_secp521r1},        {"ffdhe2048", NID_ffdhe2048}};
+  for (const int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    for (const Group& group : groups) {
+      if (version == TLS1_2_VERSION && group.nid == NID_ffdhe2048) continue;  // TLS 1.3 only
+      SCOPED_TRACE(std::string(group.name) + (version == TLS1_3_VERSION ? " TLS 1.3" : " TLS 1.2"));
+      OwnedContext client(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+      SSL_CTX_set_min_proto_version(client.get(), version);
+      SSL_CTX_set_max_proto_version(client.get(), version);
+      // TLS 1.2 uses an ECDSA certificate only for a client that lists its curve, P-256; the
+      // group the client lists first is the one agreed.
+      const bool add_p256 = version == TLS1_2_VERSION && group.nid != NID_X9_62_prime256v1;
+      const std::string list = std::string(group.name) + (add_p256 ? ":P-256" : "");
+      ASSERT_EQ(SSL_CTX_set1_groups_list(client.get(), list.c_str()), 1);
+      Connection connection(server.get(), client.get());
+      ASSERT_TRUE(connection.exchange()) << take_openssl_errors();
+      EXPECT_EQ(SSL_version(connection.server()), version);
+      EXPECT_EQ(SSL_get_negotiated_group(connection.server()), group.nid);
+    }
+  }
+}
+
+TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
+  const auto server = server_in_library_context();
+  ASSERT_NE(server, nullptr);
   ASSERT_EQ(SSL_CTX_set_ciphersuites(server.get(),
                                      "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                                      "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
@@ -298,8 +398,7 @@ TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.suites);
-    std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> client(SSL_CTX_new(TLS_client_method()),
-                                                             &SSL_CTX_free);
+    OwnedContext client(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
     SSL_CTX_set_security_level(client.get(), 0);
     SSL_CTX_set_security_level(server.get(), 0);
     if (c.tls13) {
