@@ -516,7 +516,8 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     const bool identity = why == metrics::Rejection::identity_refused;
     if (identity) services_.metrics.backend_xclient_failures().Increment();
     co_await write_client(
-        client, identity ? services_.reply_identity_refused : services_.reply_service_unavailable);
+        client, identity ? services_.reply_identity_refused : services_.reply_service_unavailable,
+        true);
     co_return false;
   };
   constexpr auto unavailable = metrics::Rejection::mta_unavailable;
@@ -536,7 +537,7 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     spdlog::warn("{} mail server greeted with \"{}\"", id_,
                  log::escape(backend_in_.view().substr(0, greeting.length), 200));
     end_reason_ = "mail server refused connection";
-    co_await write_client(client, backend_in_.view().substr(0, greeting.length));
+    co_await write_client(client, backend_in_.view().substr(0, greeting.length), true);
     co_return false;
   }
   if (config_.backend_metadata != BackendMetadata::xclient) {
@@ -687,14 +688,14 @@ asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
     end_reason_ = "shutdown";
     timed_out_ = false;
     arm(kFinalWriteTimeout);
-    co_await write_client(client, services_.reply_shutdown);
+    co_await write_client(client, services_.reply_shutdown, true);
   } else if (timed_out_) {
     timed_out_ = false;
     violation(metrics::Violation::timeout);
     end_reason_ = "timeout";
     spdlog::info("{} client {} timed out", id_, client_label_);
     arm(kFinalWriteTimeout);
-    co_await write_client(client, services_.reply_timeout);
+    co_await write_client(client, services_.reply_timeout, true);
   } else if (ec == asio::error::eof) {
     end_reason_ = "client closed";
   } else {
@@ -705,11 +706,15 @@ asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
 }
 
 template <class Stream>
-asio::awaitable<bool> Session::write_client(Stream& client, std::string_view bytes) {
+asio::awaitable<bool> Session::write_client(Stream& client, std::string_view bytes, bool last) {
   if (timed_out_) co_return false;
   arm(std::max<Clock::duration>(config_.smtp_receive_timeout, kFinalWriteTimeout));
   error_code ec;
-  co_await client.write(asio::buffer(bytes), ec);
+  if (last) {
+    co_await client.write_and_close(asio::buffer(bytes), ec);
+  } else {
+    co_await client.write(asio::buffer(bytes), ec);
+  }
   if (ec) {
     end_reason_ = timed_out_ ? "timeout writing to client" : "client connection error";
     timed_out_ = false;
@@ -729,14 +734,14 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
   while (true) {
     if (should_stop_before_command()) {
       end_reason_ = "shutdown";
-      co_await write_client(client, services_.reply_shutdown);
+      co_await write_client(client, services_.reply_shutdown, true);
       co_return Outcome::close;
     }
     if (errors_ >= config_.max_errors) {
       violation(metrics::Violation::too_many_errors);
       end_reason_ = "too many errors";
       spdlog::info("{} {} reached {} errors (--max-errors); closing", id_, client_label_, errors_);
-      co_await write_client(client, services_.reply_too_many_errors);
+      co_await write_client(client, services_.reply_too_many_errors, true);
       co_return Outcome::close;
     }
     auto frame = framer_.next(client_in_.view());
@@ -985,7 +990,9 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
     }
   }
   pending_.clear();
-  if (!to_client_.empty() && !co_await write_client(client, to_client_)) co_return false;
+  if (!to_client_.empty() && !co_await write_client(client, to_client_, closing_)) {
+    co_return false;
+  }
   co_return !closing_;
 }
 
@@ -1110,7 +1117,7 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
     ++messages_rejected_;
     services_.metrics.message(metrics::Message::rejected).Increment();
     end_reason_ = "bare line ending";
-    co_await write_client(client, kReplyBareLineEnding);
+    co_await write_client(client, kReplyBareLineEnding, true);
     co_return false;
   }
   if (stuffed_bare_line_ending_) {
@@ -1125,13 +1132,14 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
     services_.metrics.message(metrics::Message::tempfailed).Increment();
     end_reason_ = terminating_ ? "shutdown" : "mail server lost";
     co_await write_client(client,
-                          terminating_ ? services_.reply_shutdown : services_.reply_mta_lost);
+                          terminating_ ? services_.reply_shutdown : services_.reply_mta_lost, true);
     co_return false;
   }
   count_message(scan.code);
   if (scan.code >= 400) ++errors_;
   const bool ok =
-      co_await write_client(client, backend_in_.view().substr(0, scan.length)) && scan.code != 421;
+      co_await write_client(client, backend_in_.view().substr(0, scan.length), scan.code == 421) &&
+      scan.code != 421;
   backend_in_.consume(scan.length);
   co_return ok;
 }

@@ -126,8 +126,10 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<bool> relay_bdat_chunk(Stream& client);
   template <class Stream>
   boost::asio::awaitable<bool> read_client(Stream& client, bool idle);
+  // `last`: the session closes after these bytes (with TLS, close_notify goes with them).
   template <class Stream>
-  boost::asio::awaitable<bool> write_client(Stream& client, std::string_view bytes);
+  boost::asio::awaitable<bool> write_client(Stream& client, std::string_view bytes,
+                                            bool last = false);
 
   boost::asio::awaitable<bool> read_proxy_header();
   boost::asio::awaitable<bool> admit();

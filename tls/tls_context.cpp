@@ -348,7 +348,8 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   // Resumption by stateless tickets: one ticket per handshake (a client resumes one session
   // at a time; OpenSSL's default of two costs a second encryption and write), and no
   // server-side cache that grows with every TLS 1.2 client (sessions with a client
-  // certificate are the exception, see use_client_verification).
+  // certificate are the exception, see use_client_verification). TlsStream holds a TLS 1.3
+  // ticket back until the session's first reply, so the two share a segment.
   SSL_CTX_set_num_tickets(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 

@@ -3,12 +3,14 @@
 
 #include "tls/tls_context.hpp"
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace stp::tls {
@@ -22,19 +24,81 @@ error_code openssl_error(unsigned long e) {
   return {static_cast<int>(e), asio::error::get_ssl_category()};
 }
 
+// What the queue holds at most before OpenSSL is told to wait (SSL_ERROR_WANT_WRITE) while
+// it is sent: four full records.
+constexpr std::size_t kQueueLimit = 4 * (16384 + 256);
+// What it starts with: room for a handshake flight, or a ticket and a reply.
+constexpr std::size_t kQueueStart = 4096;
+
 }  // namespace
+
+// OpenSSL's write side: a BIO that appends every record to the stream's queue. Flushing is a
+// no-op for OpenSSL (the stream sends the queue when the operation ends or must wait).
+struct RecordQueue {
+  static int write(BIO* bio, const char* data, std::size_t size, std::size_t* written) {
+    BIO_clear_retry_flags(bio);
+    auto* stream = static_cast<TlsStream*>(BIO_get_data(bio));
+    if (stream->queue_.size() >= kQueueLimit) {
+      BIO_set_retry_write(bio);
+      *written = 0;
+      return 0;
+    }
+    auto& queue = stream->queue_;
+    if (queue.empty()) queue.reserve(std::max(size, kQueueStart));  // one allocation, usually
+    const auto* bytes = reinterpret_cast<const unsigned char*>(data);
+    queue.insert(queue.end(), bytes, bytes + size);
+    *written = size;
+    return 1;
+  }
+  static long control(BIO* bio, int command, long, void*) {
+    switch (command) {
+      case BIO_CTRL_FLUSH:
+        return 1;
+      case BIO_CTRL_WPENDING:
+        return static_cast<long>(static_cast<TlsStream*>(BIO_get_data(bio))->queue_.size());
+      default:
+        return 0;
+    }
+  }
+  static int create(BIO* bio) {
+    BIO_set_init(bio, 1);
+    return 1;
+  }
+  static const BIO_METHOD* method() {
+    static BIO_METHOD* const m = [] {
+      BIO_METHOD* made =
+          BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "smtp-tls-proxy record queue");
+      if (made &&
+          (BIO_meth_set_write_ex(made, &write) != 1 || BIO_meth_set_ctrl(made, &control) != 1 ||
+           BIO_meth_set_create(made, &create) != 1)) {
+        BIO_meth_free(made);
+        made = nullptr;
+      }
+      return made;
+    }();
+    return m;
+  }
+};
 
 TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const ServerContext> context)
     : socket_(socket), context_(std::move(context)) {
   error_code ec;
   socket_.non_blocking(true, ec);
   if (ec) return;
-  ssl_ = SSL_new(context_->native_handle());
-  if (ssl_ && SSL_set_fd(ssl_, static_cast<int>(socket_.native_handle())) != 1) {
+  const BIO_METHOD* queue_method = RecordQueue::method();
+  ssl_ = queue_method ? SSL_new(context_->native_handle()) : nullptr;
+  BIO* queue = ssl_ ? BIO_new(queue_method) : nullptr;
+  if (queue) BIO_set_data(queue, this);
+  if (ssl_ && (!queue || SSL_set_rfd(ssl_, static_cast<int>(socket_.native_handle())) != 1)) {
+    BIO_free(queue);
     SSL_free(ssl_);
     ssl_ = nullptr;
+    return;
   }
-  if (ssl_) SSL_set_accept_state(ssl_);
+  if (ssl_) {
+    SSL_set0_wbio(ssl_, queue);  // the SSL owns it from here
+    SSL_set_accept_state(ssl_);
+  }
 }
 
 TlsStream::~TlsStream() {
@@ -45,18 +109,31 @@ asio::awaitable<bool> TlsStream::wait_for(int ssl_result, error_code& ec) {
   const int saved_errno = errno;
   const int reason = SSL_get_error(ssl_, ssl_result);
   switch (reason) {
-    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_READ: {
+      // What OpenSSL wrote goes first (a handshake flight, an alert the peer waits for).
+      // (The result is named: GCC 12 mis-resumes a co_await inside a condition here.)
+      const bool sent = co_await send_unless_only_ticket(ec);
+      if (!sent) co_return false;
       co_await socket_.async_wait(asio::socket_base::wait_read,
                                   asio::redirect_error(asio::use_awaitable, ec));
       co_return !ec;
-    case SSL_ERROR_WANT_WRITE:
-      co_await socket_.async_wait(asio::socket_base::wait_write,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-      co_return !ec;
+    }
+    case SSL_ERROR_WANT_WRITE: {
+      // The queue is full: send it, then OpenSSL goes on.
+      if (queue_.empty()) {
+        co_await socket_.async_wait(asio::socket_base::wait_write,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        co_return !ec;
+      }
+      const bool sent = co_await send_queue(ec);
+      co_return sent;
+    }
     case SSL_ERROR_ZERO_RETURN:
+      send_queue_now();
       ec = asio::error::eof;
       co_return false;
     case SSL_ERROR_SYSCALL: {
+      send_queue_now();
       const unsigned long e = ERR_get_error();
       if (e != 0) {
         ec = openssl_error(e);
@@ -68,10 +145,42 @@ asio::awaitable<bool> TlsStream::wait_for(int ssl_result, error_code& ec) {
       co_return false;
     }
     default:
+      send_queue_now();  // the alert that says why
       ec = openssl_error(ERR_get_error());
       ERR_clear_error();
       co_return false;
   }
+}
+
+asio::awaitable<bool> TlsStream::send_queue(error_code& ec) {
+  if (queue_.empty()) co_return true;
+  // Most often the socket takes it all at once: one send(), no Asio operation to set up.
+  const std::size_t sent = socket_.send(asio::buffer(queue_), 0, ec);  // non-blocking
+  if (ec == asio::error::would_block) ec = {};
+  if (!ec && sent < queue_.size()) {
+    co_await asio::async_write(socket_, asio::buffer(queue_.data() + sent, queue_.size() - sent),
+                               asio::redirect_error(asio::use_awaitable, ec));
+  }
+  drop_queue();
+  co_return !ec;
+}
+
+asio::awaitable<bool> TlsStream::send_unless_only_ticket(error_code& ec) {
+  if (queue_.size() == held_ticket_) co_return true;
+  const bool sent = co_await send_queue(ec);
+  co_return sent;
+}
+
+void TlsStream::send_queue_now() noexcept {
+  if (queue_.empty()) return;
+  error_code ignored;
+  socket_.send(asio::buffer(queue_), 0, ignored);  // non-blocking: what it takes now
+  drop_queue();
+}
+
+void TlsStream::drop_queue() noexcept {
+  std::vector<unsigned char>().swap(queue_);  // an idle session holds no buffer
+  held_ticket_ = 0;
 }
 
 asio::awaitable<void> TlsStream::handshake(error_code& ec) {
@@ -84,6 +193,15 @@ asio::awaitable<void> TlsStream::handshake(error_code& ec) {
     errno = 0;
     const int r = SSL_do_handshake(ssl_);
     if (r == 1) {
+      if (SSL_version(ssl_) == TLS1_3_VERSION) {
+        // What is queued now is the session ticket, written after the client's Finished: the
+        // client needs it for no step of its own, so it waits for the first reply.
+        held_ticket_ = queue_.size();
+      } else {
+        // TLS 1.2: the server's last flight, which the client waits for.
+        const bool sent = co_await send_queue(ec);
+        if (!sent) co_return;
+      }
       ec = {};
       co_return;
     }
@@ -110,6 +228,15 @@ asio::awaitable<std::size_t> TlsStream::read_some(asio::mutable_buffer buffer, e
 }
 
 asio::awaitable<void> TlsStream::write(asio::const_buffer buffer, error_code& ec) {
+  return write_records(buffer, false, ec);
+}
+
+asio::awaitable<void> TlsStream::write_and_close(asio::const_buffer buffer, error_code& ec) {
+  return write_records(buffer, true, ec);
+}
+
+asio::awaitable<void> TlsStream::write_records(asio::const_buffer buffer, bool close,
+                                               error_code& ec) {
   if (!ssl_) {
     ec = asio::error::no_memory;
     co_return;
@@ -129,20 +256,31 @@ asio::awaitable<void> TlsStream::write(asio::const_buffer buffer, error_code& ec
     }
     if (!co_await wait_for(r, ec)) co_return;
   }
+  if (close) {
+    ERR_clear_error();
+    SSL_shutdown(ssl_);  // queues close_notify; the peer's is never waited for
+    ERR_clear_error();
+  }
+  co_await send_queue(ec);
 }
 
 asio::awaitable<void> TlsStream::wait_readable(error_code& ec) {
   ec = {};
   if (ssl_ && SSL_has_pending(ssl_)) co_return;
+  const bool sent = co_await send_unless_only_ticket(ec);
+  if (!sent) co_return;
   co_await socket_.async_wait(asio::socket_base::wait_read,
                               asio::redirect_error(asio::use_awaitable, ec));
 }
 
 void TlsStream::shutdown() noexcept {
   if (!ssl_) return;
-  ERR_clear_error();
-  SSL_shutdown(ssl_);  // one attempt; a peer that does not read it loses nothing
-  ERR_clear_error();
+  if ((SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) == 0) {
+    ERR_clear_error();
+    SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
+  send_queue_now();  // one attempt; a peer that does not read it loses nothing
 }
 
 asio::awaitable<std::size_t> PlainStream::read_some(asio::mutable_buffer buffer, error_code& ec) {

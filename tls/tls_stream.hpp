@@ -1,7 +1,10 @@
-// TLS on a connected TCP socket, driven directly: OpenSSL reads and writes the socket's file
-// descriptor itself and the session waits for readiness through Asio only when OpenSSL asks.
-// Unlike asio::ssl::stream this keeps no buffers of its own (OpenSSL's are released when a
-// session is idle) and copies nothing twice.
+// TLS on a connected TCP socket, driven directly: OpenSSL reads the socket's file descriptor
+// itself, and writes its records into a small queue this stream sends with one system call
+// per operation; the session waits for readiness through Asio only when OpenSSL asks. So the
+// first reply and the TLS 1.3 session ticket before it, and the last reply and the
+// close_notify after it, each leave in a single TCP segment. Unlike asio::ssl::stream this keeps no
+// buffers of its own while idle (the queue is empty between operations, and OpenSSL's are
+// released) and copies received data only once.
 //
 // Used by one coroutine at a time (a session never reads and writes its client at once).
 // Trusts nothing from the peer; every failure is an error_code whose message() is OpenSSL's
@@ -15,6 +18,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 namespace stp::tls {
 
@@ -32,22 +36,43 @@ class TlsStream {
   boost::asio::awaitable<void> handshake(boost::system::error_code& ec);
   boost::asio::awaitable<std::size_t> read_some(boost::asio::mutable_buffer buffer,
                                                 boost::system::error_code& ec);
+  // Sends `buffer` whole (after the session's ticket, the first time).
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
                                      boost::system::error_code& ec);
+  // The same, followed in the same segment by close_notify: the session's last words.
+  boost::asio::awaitable<void> write_and_close(boost::asio::const_buffer buffer,
+                                               boost::system::error_code& ec);
   // Waits until a read would not block (decrypted bytes pending, or the socket is readable).
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
-  // Sends close_notify if the socket takes it now; never waits for the peer's.
+  // Sends close_notify (unless sent) and whatever else is queued, if the socket takes it now;
+  // never waits for the peer's.
   void shutdown() noexcept;
 
   SSL* native_handle() const { return ssl_; }
 
+  // Bytes OpenSSL has written that are not sent yet (between operations: none).
+  std::size_t queued() const { return queue_.size(); }
+
  private:
+  friend struct RecordQueue;
+
+  boost::asio::awaitable<void> write_records(boost::asio::const_buffer buffer, bool close,
+                                             boost::system::error_code& ec);
   // Waits for what OpenSSL asked for; returns false (and sets ec) when the call failed.
   boost::asio::awaitable<bool> wait_for(int ssl_result, boost::system::error_code& ec);
+  // Sends the queue; false (and ec) when the socket failed.
+  boost::asio::awaitable<bool> send_queue(boost::system::error_code& ec);
+  // The same before waiting for the peer, unless all it holds is the held-back ticket.
+  boost::asio::awaitable<bool> send_unless_only_ticket(boost::system::error_code& ec);
+  // Sends what of the queue the socket takes now (an alert, close_notify) and drops the rest.
+  void send_queue_now() noexcept;
+  void drop_queue() noexcept;
 
   boost::asio::ip::tcp::socket& socket_;
   std::shared_ptr<const ServerContext> context_;
   SSL* ssl_ = nullptr;
+  std::vector<unsigned char> queue_;  // records written by OpenSSL, not yet sent
+  std::size_t held_ticket_ = 0;       // queue_ bytes that are the ticket, held for the reply
 };
 
 // The client side of a plain TCP connection, with the same interface as TlsStream, so the
@@ -60,6 +85,10 @@ class PlainStream {
                                                 boost::system::error_code& ec);
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
                                      boost::system::error_code& ec);
+  boost::asio::awaitable<void> write_and_close(boost::asio::const_buffer buffer,
+                                               boost::system::error_code& ec) {
+    return write(buffer, ec);  // the session closes the socket after it
+  }
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
 
  private:

@@ -16,6 +16,8 @@ import random
 import re
 import smtplib
 import socket
+import ssl
+import struct
 import subprocess
 import time
 
@@ -173,6 +175,58 @@ def test_implicit_tls_port_takes_smtp_ssl(postfix, proxy, pki):
     assert len(mine) == 1, xclient_lines(postfix.log())
     assert mine[0]["ADDR"] == CLIENT_ADDR
     assert mine[0].get("DESTPORT") == str(p.tls_port)  # the MTA can tell 465 from 25
+
+
+def data_segments_received(client: SmtpClient) -> int:
+    """TCP segments carrying data that the client's socket has received (Linux TCP_INFO
+    tcpi_data_segs_in, at byte 152 of struct tcp_info)."""
+    info = client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 152)[0]
+
+
+def assert_closed_with_close_notify(client: SmtpClient) -> None:
+    client.settimeout(IO_TIMEOUT)
+    # b"" only after a close_notify; a bare TCP close raises SSLEOFError here.
+    assert client.sock.recv(1024) == b""
+
+
+@pytest.mark.parametrize("version", ["TLSv1.3", "TLSv1.2"])
+def test_starttls_ticket_rides_with_the_first_reply_and_close_notify_with_the_last(
+        postfix, proxy, pki, version):
+    """Nothing arrives unasked after the handshake: TLS 1.3's session ticket comes in the same
+    TCP segment as the reply to the client's EHLO, and close_notify in the same one as the 221
+    to QUIT (a segment each fewer than OpenSSL writing them itself). Counted from the start:
+    greeting, EHLO reply, 220 to STARTTLS, then the server's flight (TLS 1.2: two)."""
+    p = proxy(postfix.backend)
+    context = pki.client_context()
+    context.maximum_version = getattr(ssl.TLSVersion, version.replace(".", "_"))
+    handshake_done = 4 if version == "TLSv1.3" else 5
+    with SmtpClient(p.plain_port, context=context) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert c.sock.version() == version
+        time.sleep(0.3)  # time for anything the proxy would send on its own
+        assert data_segments_received(c) == handshake_done
+        assert_reply(c.ehlo(), 250)
+        assert data_segments_received(c) == handshake_done + 1
+        assert c.sock.session is not None and c.sock.session.has_ticket
+        assert_reply(c.command("QUIT"), 221)
+        assert_closed_with_close_notify(c)
+        assert data_segments_received(c) == handshake_done + 2
+
+
+def test_implicit_tls_ticket_rides_with_the_greeting(postfix, proxy, pki):
+    """The server's flight, then the ticket with the greeting, then the 221 with close_notify."""
+    p = proxy(postfix.backend)
+    with SmtpClient(p.tls_port, tls=True, context=pki.client_context()) as c:
+        assert c.sock.version() == "TLSv1.3"
+        assert_reply(c.greeting(), 220)
+        assert data_segments_received(c) == 2
+        assert c.sock.session.has_ticket
+        assert_reply(c.command("QUIT"), 221)
+        assert_closed_with_close_notify(c)
+        assert data_segments_received(c) == 3
 
 
 def test_session_is_logged_on_one_line(postfix, proxy, pki):
