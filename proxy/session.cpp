@@ -990,8 +990,9 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
     }
   }
   pending_.clear();
-  if (!to_client_.empty() && !co_await write_client(client, to_client_, closing_)) {
-    co_return false;
+  if (!to_client_.empty()) {
+    const bool written = co_await write_client(client, to_client_, closing_);
+    if (!written) co_return false;
   }
   co_return !closing_;
 }

@@ -3,6 +3,7 @@
 
 #include "tls/library_context.hpp"
 #include "tls/openssl_values.hpp"
+#include "tls/tls_stream.hpp"
 #include "tls/verify_cache.hpp"
 
 #include <openssl/core_names.h>
@@ -332,7 +333,7 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   ERR_clear_error();
   self->ctx_ = SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method());
   SSL_CTX* ctx = self->ctx_;
-  if (!ctx) fail("--tls-certificate", "cannot create a TLS context");
+  if (!ctx || !TlsStream::prepare()) fail("--tls-certificate", "cannot create a TLS context");
 
   const int min_version = config.tls_min_protocol == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
   SSL_CTX_set_min_proto_version(ctx, min_version);

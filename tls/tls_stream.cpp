@@ -24,9 +24,13 @@ error_code openssl_error(unsigned long e) {
   return {static_cast<int>(e), asio::error::get_ssl_category()};
 }
 
-// What the queue holds at most before OpenSSL is told to wait (SSL_ERROR_WANT_WRITE) while
-// it is sent: four full records.
-constexpr std::size_t kQueueLimit = 4 * (16384 + 256);
+// Plaintext handed to one SSL_write: one full record.
+constexpr std::size_t kRecordPlaintext = 16384;
+// A write sends the queue whenever it reaches this (two records), so it stays near it.
+constexpr std::size_t kQueueSendAt = 2 * (kRecordPlaintext + 256);
+// Beyond this the queue takes nothing more and the operation fails: only a peer that makes
+// OpenSSL write without reading (it cannot, between the flushes above) would get here.
+constexpr std::size_t kQueueHardLimit = 256 * 1024;
 // What it starts with: room for a handshake flight, or a ticket and a reply.
 constexpr std::size_t kQueueStart = 4096;
 
@@ -35,18 +39,20 @@ constexpr std::size_t kQueueStart = 4096;
 // OpenSSL's write side: a BIO that appends every record to the stream's queue. Flushing is a
 // no-op for OpenSSL (the stream sends the queue when the operation ends or must wait).
 struct RecordQueue {
-  static int write(BIO* bio, const char* data, std::size_t size, std::size_t* written) {
+  // Takes every record (an alert or close_notify is never left behind), up to the hard
+  // limit; a failure here (no retry flag) fails the TLS operation. Never throws into OpenSSL.
+  static int write(BIO* bio, const char* data, std::size_t size, std::size_t* written) noexcept {
     BIO_clear_retry_flags(bio);
-    auto* stream = static_cast<TlsStream*>(BIO_get_data(bio));
-    if (stream->queue_.size() >= kQueueLimit) {
-      BIO_set_retry_write(bio);
-      *written = 0;
+    *written = 0;
+    auto& queue = static_cast<TlsStream*>(BIO_get_data(bio))->queue_;
+    if (queue.size() + size > kQueueHardLimit) return 0;
+    try {
+      if (queue.empty()) queue.reserve(std::max(size, kQueueStart));  // one allocation, usually
+      const auto* bytes = reinterpret_cast<const unsigned char*>(data);
+      queue.insert(queue.end(), bytes, bytes + size);
+    } catch (...) {  // out of memory
       return 0;
     }
-    auto& queue = stream->queue_;
-    if (queue.empty()) queue.reserve(std::max(size, kQueueStart));  // one allocation, usually
-    const auto* bytes = reinterpret_cast<const unsigned char*>(data);
-    queue.insert(queue.end(), bytes, bytes + size);
     *written = size;
     return 1;
   }
@@ -66,8 +72,10 @@ struct RecordQueue {
   }
   static const BIO_METHOD* method() {
     static BIO_METHOD* const m = [] {
+      const int index = BIO_get_new_index();
       BIO_METHOD* made =
-          BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "smtp-tls-proxy record queue");
+          index == -1 ? nullptr
+                      : BIO_meth_new(index | BIO_TYPE_SOURCE_SINK, "smtp-tls-proxy record queue");
       if (made &&
           (BIO_meth_set_write_ex(made, &write) != 1 || BIO_meth_set_ctrl(made, &control) != 1 ||
            BIO_meth_set_create(made, &create) != 1)) {
@@ -101,6 +109,10 @@ TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const Server
   }
 }
 
+bool TlsStream::prepare() {
+  return RecordQueue::method() != nullptr;
+}
+
 TlsStream::~TlsStream() {
   SSL_free(ssl_);
 }
@@ -119,14 +131,12 @@ asio::awaitable<bool> TlsStream::wait_for(int ssl_result, error_code& ec) {
       co_return !ec;
     }
     case SSL_ERROR_WANT_WRITE: {
-      // The queue is full: send it, then OpenSSL goes on.
-      if (queue_.empty()) {
-        co_await socket_.async_wait(asio::socket_base::wait_write,
-                                    asio::redirect_error(asio::use_awaitable, ec));
-        co_return !ec;
-      }
+      // (The queue never asks OpenSSL to retry; a write side it cannot see would.)
       const bool sent = co_await send_queue(ec);
-      co_return sent;
+      if (!sent) co_return false;
+      co_await socket_.async_wait(asio::socket_base::wait_write,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+      co_return !ec;
     }
     case SSL_ERROR_ZERO_RETURN:
       send_queue_now();
@@ -153,6 +163,10 @@ asio::awaitable<bool> TlsStream::wait_for(int ssl_result, error_code& ec) {
 }
 
 asio::awaitable<bool> TlsStream::send_queue(error_code& ec) {
+  if (broken_) {
+    ec = asio::error::broken_pipe;
+    co_return false;
+  }
   if (queue_.empty()) co_return true;
   // Most often the socket takes it all at once: one send(), no Asio operation to set up.
   const std::size_t sent = socket_.send(asio::buffer(queue_), 0, ec);  // non-blocking
@@ -161,6 +175,9 @@ asio::awaitable<bool> TlsStream::send_queue(error_code& ec) {
     co_await asio::async_write(socket_, asio::buffer(queue_.data() + sent, queue_.size() - sent),
                                asio::redirect_error(asio::use_awaitable, ec));
   }
+  // Cut short (an error, the session's timer): a record may have gone out in part, and
+  // nothing after it could be read, so nothing more is ever sent.
+  if (ec) broken_ = true;
   drop_queue();
   co_return !ec;
 }
@@ -172,9 +189,13 @@ asio::awaitable<bool> TlsStream::send_unless_only_ticket(error_code& ec) {
 }
 
 void TlsStream::send_queue_now() noexcept {
-  if (queue_.empty()) return;
-  error_code ignored;
-  socket_.send(asio::buffer(queue_), 0, ignored);  // non-blocking: what it takes now
+  if (queue_.empty() || broken_) {
+    drop_queue();
+    return;
+  }
+  error_code ec;
+  const std::size_t sent = socket_.send(asio::buffer(queue_), 0, ec);  // what it takes now
+  if (ec || sent < queue_.size()) broken_ = true;
   drop_queue();
 }
 
@@ -197,6 +218,7 @@ asio::awaitable<void> TlsStream::handshake(error_code& ec) {
         // What is queued now is the session ticket, written after the client's Finished: the
         // client needs it for no step of its own, so it waits for the first reply.
         held_ticket_ = queue_.size();
+        queue_.shrink_to_fit();  // held while the client's first command is awaited
       } else {
         // TLS 1.2: the server's last flight, which the client waits for.
         const bool sent = co_await send_queue(ec);
@@ -237,8 +259,8 @@ asio::awaitable<void> TlsStream::write_and_close(asio::const_buffer buffer, erro
 
 asio::awaitable<void> TlsStream::write_records(asio::const_buffer buffer, bool close,
                                                error_code& ec) {
-  if (!ssl_) {
-    ec = asio::error::no_memory;
+  if (!ssl_ || broken_) {
+    ec = ssl_ ? asio::error::broken_pipe : asio::error::no_memory;
     co_return;
   }
   const auto* data = static_cast<const char*>(buffer.data());
@@ -248,13 +270,17 @@ asio::awaitable<void> TlsStream::write_records(asio::const_buffer buffer, bool c
     ERR_clear_error();
     errno = 0;
     std::size_t n = 0;
-    const int r = SSL_write_ex(ssl_, data, left, &n);
-    if (r == 1) {
-      data += n;
-      left -= n;
+    const int r = SSL_write_ex(ssl_, data, std::min(left, kRecordPlaintext), &n);
+    if (r != 1) {
+      if (!co_await wait_for(r, ec)) co_return;
       continue;
     }
-    if (!co_await wait_for(r, ec)) co_return;
+    data += n;
+    left -= n;
+    if (queue_.size() >= kQueueSendAt) {  // a long reply: send as it goes
+      const bool sent = co_await send_queue(ec);
+      if (!sent) co_return;
+    }
   }
   if (close) {
     ERR_clear_error();
@@ -274,7 +300,7 @@ asio::awaitable<void> TlsStream::wait_readable(error_code& ec) {
 }
 
 void TlsStream::shutdown() noexcept {
-  if (!ssl_) return;
+  if (!ssl_ || broken_) return;
   if ((SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) == 0) {
     ERR_clear_error();
     SSL_shutdown(ssl_);

@@ -50,6 +50,10 @@ class TlsStream {
 
   SSL* native_handle() const { return ssl_; }
 
+  // Sets up, once, the write side all streams share; false when OpenSSL cannot (then no
+  // stream can work, so the caller refuses to start).
+  static bool prepare();
+
   // Bytes OpenSSL has written that are not sent yet (between operations: none).
   std::size_t queued() const { return queue_.size(); }
 
@@ -73,6 +77,7 @@ class TlsStream {
   SSL* ssl_ = nullptr;
   std::vector<unsigned char> queue_;  // records written by OpenSSL, not yet sent
   std::size_t held_ticket_ = 0;       // queue_ bytes that are the ticket, held for the reply
+  bool broken_ = false;               // a send was cut short: the byte stream is no longer whole
 };
 
 // The client side of a plain TCP connection, with the same interface as TlsStream, so the

@@ -849,12 +849,14 @@ class SmtpClient:
     def __init__(self, port: int, source: str | None = CLIENT_ADDR, tls: bool = False,
                  context: ssl.SSLContext | None = None, server_hostname: str = PROXY_HOSTNAME,
                  timeout: float = IO_TIMEOUT, host: str = LOOPBACK,
-                 session: ssl.SSLSession | None = None):
+                 session: ssl.SSLSession | None = None, suppress_ragged_eofs: bool = True):
         self.sock = connect_from(port, source, timeout, host)
         self.buf = b""
         self.context = context
         self.server_hostname = server_hostname
         self.session = session  # a TLS session to resume
+        # False: a TCP close without close_notify raises SSLEOFError instead of reading b"".
+        self.suppress_ragged_eofs = suppress_ragged_eofs
         self.tls = False
         if tls:
             self.wrap_tls()
@@ -865,7 +867,8 @@ class SmtpClient:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_hostname,
-                                    session=self.session)
+                                    session=self.session,
+                                    suppress_ragged_eofs=self.suppress_ragged_eofs)
         self.tls = True
 
     def settimeout(self, timeout: float) -> None:
