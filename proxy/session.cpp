@@ -710,11 +710,7 @@ asio::awaitable<bool> Session::write_client(Stream& client, std::string_view byt
   if (timed_out_) co_return false;
   arm(std::max<Clock::duration>(config_.smtp_receive_timeout, kFinalWriteTimeout));
   error_code ec;
-  if (last) {
-    co_await client.write_and_close(asio::buffer(bytes), ec);
-  } else {
-    co_await client.write(asio::buffer(bytes), ec);
-  }
+  co_await client.write(asio::buffer(bytes), ec, last);
   if (ec) {
     end_reason_ = timed_out_ ? "timeout writing to client" : "client connection error";
     timed_out_ = false;

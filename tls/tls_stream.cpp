@@ -31,8 +31,9 @@ constexpr std::size_t kQueueSendAt = 2 * (kRecordPlaintext + 256);
 // Beyond this the queue takes nothing more and the operation fails: only a peer that makes
 // OpenSSL write without reading (it cannot, between the flushes above) would get here.
 constexpr std::size_t kQueueHardLimit = 256 * 1024;
-// What it starts with: room for a handshake flight, or a ticket and a reply.
-constexpr std::size_t kQueueStart = 4096;
+// What it starts with: room for a ticket and a reply (small enough for malloc's per-thread
+// cache, as it is taken and given back once per reply); a handshake flight grows it.
+constexpr std::size_t kQueueStart = 512;
 
 }  // namespace
 
@@ -169,8 +170,7 @@ asio::awaitable<bool> TlsStream::send_queue(error_code& ec) {
   }
   if (queue_.empty()) co_return true;
   // Most often the socket takes it all at once: one send(), no Asio operation to set up.
-  const std::size_t sent = socket_.send(asio::buffer(queue_), 0, ec);  // non-blocking
-  if (ec == asio::error::would_block) ec = {};
+  const std::size_t sent = send_what_it_takes(ec);
   if (!ec && sent < queue_.size()) {
     co_await asio::async_write(socket_, asio::buffer(queue_.data() + sent, queue_.size() - sent),
                                asio::redirect_error(asio::use_awaitable, ec));
@@ -194,9 +194,14 @@ void TlsStream::send_queue_now() noexcept {
     return;
   }
   error_code ec;
-  const std::size_t sent = socket_.send(asio::buffer(queue_), 0, ec);  // what it takes now
-  if (ec || sent < queue_.size()) broken_ = true;
+  if (send_what_it_takes(ec) < queue_.size() || ec) broken_ = true;
   drop_queue();
+}
+
+std::size_t TlsStream::send_what_it_takes(error_code& ec) noexcept {
+  const std::size_t sent = socket_.send(asio::buffer(queue_), 0, ec);  // non-blocking socket
+  if (ec == asio::error::would_block) ec = {};
+  return sent;
 }
 
 void TlsStream::drop_queue() noexcept {
@@ -249,16 +254,7 @@ asio::awaitable<std::size_t> TlsStream::read_some(asio::mutable_buffer buffer, e
   }
 }
 
-asio::awaitable<void> TlsStream::write(asio::const_buffer buffer, error_code& ec) {
-  return write_records(buffer, false, ec);
-}
-
-asio::awaitable<void> TlsStream::write_and_close(asio::const_buffer buffer, error_code& ec) {
-  return write_records(buffer, true, ec);
-}
-
-asio::awaitable<void> TlsStream::write_records(asio::const_buffer buffer, bool close,
-                                               error_code& ec) {
+asio::awaitable<void> TlsStream::write(asio::const_buffer buffer, error_code& ec, bool close) {
   if (!ssl_ || broken_) {
     ec = ssl_ ? asio::error::broken_pipe : asio::error::no_memory;
     co_return;
@@ -313,7 +309,7 @@ asio::awaitable<std::size_t> PlainStream::read_some(asio::mutable_buffer buffer,
   co_return co_await socket_.async_read_some(buffer, asio::redirect_error(asio::use_awaitable, ec));
 }
 
-asio::awaitable<void> PlainStream::write(asio::const_buffer buffer, error_code& ec) {
+asio::awaitable<void> PlainStream::write(asio::const_buffer buffer, error_code& ec, bool) {
   co_await asio::async_write(socket_, buffer, asio::redirect_error(asio::use_awaitable, ec));
 }
 

@@ -36,12 +36,10 @@ class TlsStream {
   boost::asio::awaitable<void> handshake(boost::system::error_code& ec);
   boost::asio::awaitable<std::size_t> read_some(boost::asio::mutable_buffer buffer,
                                                 boost::system::error_code& ec);
-  // Sends `buffer` whole (after the session's ticket, the first time).
+  // Sends `buffer` whole (after the session's ticket, the first time); with `close`, followed
+  // in the same segment by close_notify: the session's last words.
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
-                                     boost::system::error_code& ec);
-  // The same, followed in the same segment by close_notify: the session's last words.
-  boost::asio::awaitable<void> write_and_close(boost::asio::const_buffer buffer,
-                                               boost::system::error_code& ec);
+                                     boost::system::error_code& ec, bool close = false);
   // Waits until a read would not block (decrypted bytes pending, or the socket is readable).
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
   // Sends close_notify (unless sent) and whatever else is queued, if the socket takes it now;
@@ -54,20 +52,17 @@ class TlsStream {
   // stream can work, so the caller refuses to start).
   static bool prepare();
 
-  // Bytes OpenSSL has written that are not sent yet (between operations: none).
-  std::size_t queued() const { return queue_.size(); }
-
  private:
   friend struct RecordQueue;
 
-  boost::asio::awaitable<void> write_records(boost::asio::const_buffer buffer, bool close,
-                                             boost::system::error_code& ec);
   // Waits for what OpenSSL asked for; returns false (and sets ec) when the call failed.
   boost::asio::awaitable<bool> wait_for(int ssl_result, boost::system::error_code& ec);
   // Sends the queue; false (and ec) when the socket failed.
   boost::asio::awaitable<bool> send_queue(boost::system::error_code& ec);
   // The same before waiting for the peer, unless all it holds is the held-back ticket.
   boost::asio::awaitable<bool> send_unless_only_ticket(boost::system::error_code& ec);
+  // Sends what of the queue the socket takes now, without waiting; how much it took.
+  std::size_t send_what_it_takes(boost::system::error_code& ec) noexcept;
   // Sends what of the queue the socket takes now (an alert, close_notify) and drops the rest.
   void send_queue_now() noexcept;
   void drop_queue() noexcept;
@@ -88,12 +83,9 @@ class PlainStream {
 
   boost::asio::awaitable<std::size_t> read_some(boost::asio::mutable_buffer buffer,
                                                 boost::system::error_code& ec);
+  // `close` changes nothing here: the session closes the socket after it.
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
-                                     boost::system::error_code& ec);
-  boost::asio::awaitable<void> write_and_close(boost::asio::const_buffer buffer,
-                                               boost::system::error_code& ec) {
-    return write(buffer, ec);  // the session closes the socket after it
-  }
+                                     boost::system::error_code& ec, bool close = false);
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
 
  private:
