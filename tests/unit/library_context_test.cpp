@@ -7,6 +7,8 @@
 #include "tls/library_context.hpp"
 #include "tls/tls_context.hpp"
 
+#include "test_certificates.hpp"
+
 #include <gtest/gtest.h>
 #include <openssl/decoder.h>
 #include <openssl/err.h>
@@ -28,35 +30,12 @@
 namespace stp::tls {
 namespace {
 
-struct Free {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-  void operator()(X509* p) const { X509_free(p); }
-  void operator()(BIO* p) const { BIO_free(p); }
-};
-template <class T>
-using Owned = std::unique_ptr<T, Free>;
+using test::Owned;
+using OwnedContext = Owned<SSL_CTX>;
 
-// A certificate for `key`, signed by `signer` (an EC key when `key` cannot sign).
+// A certificate named "test" for `key`, signed by `signer`.
 Owned<X509> certificate_for(EVP_PKEY* key, EVP_PKEY* signer, bool ca = false) {
-  Owned<X509> x(X509_new());
-  X509_set_version(x.get(), 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), 1);
-  X509_gmtime_adj(X509_getm_notBefore(x.get()), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x.get()), 86400);
-  X509_NAME* name = X509_get_subject_name(x.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("test"), -1, -1, 0);
-  X509_set_issuer_name(x.get(), name);
-  X509_set_pubkey(x.get(), key);
-  if (ca) {
-    X509_EXTENSION* constraints =
-        X509V3_EXT_conf_nid(nullptr, nullptr, NID_basic_constraints, "critical,CA:TRUE");
-    X509_add_ext(x.get(), constraints, -1);
-    X509_EXTENSION_free(constraints);
-  }
-  const bool digestless = EVP_PKEY_is_a(signer, "ED25519") || EVP_PKEY_is_a(signer, "ED448");
-  EXPECT_GT(X509_sign(x.get(), signer, digestless ? nullptr : EVP_sha256()), 0);
-  return x;
+  return test::make_certificate("test", key, nullptr, signer, 86400, ca);
 }
 
 std::vector<unsigned char> der_of(X509* x) {
@@ -209,8 +188,7 @@ TEST(LibraryContext, ManagesEveryKindOfKeyLibsslMakesAndNotTheMacsItNeverDoes) {
 
 // The TLS 1.2 and 1.3 suites a server context offers when asked for every one OpenSSL has.
 std::vector<std::string> every_suite_in(OSSL_LIB_CTX* context) {
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(
-      SSL_CTX_new_ex(context, nullptr, TLS_server_method()), &SSL_CTX_free);
+  OwnedContext ctx(SSL_CTX_new_ex(context, nullptr, TLS_server_method()));
   std::vector<std::string> names;
   if (!ctx || SSL_CTX_set_cipher_list(ctx.get(), "ALL:COMPLEMENTOFALL:@SECLEVEL=0") != 1 ||
       SSL_CTX_set_ciphersuites(ctx.get(),
@@ -318,18 +296,15 @@ class Connection {
   SSL* client_;
 };
 
-using OwnedContext = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
-
 // A server context in the TLS library context with an ECDSA P-256 certificate, its key made
 // in OpenSSL's default context, as the proxy reads its keys.
 OwnedContext server_in_library_context() {
   Owned<EVP_PKEY> key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
   const auto certificate = certificate_for(key.get(), key.get());
-  OwnedContext server(SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method()),
-                      &SSL_CTX_free);
+  OwnedContext server(SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method()));
   if (!server || SSL_CTX_use_certificate(server.get(), certificate.get()) != 1 ||
       SSL_CTX_use_PrivateKey(server.get(), key.get()) != 1) {
-    return OwnedContext(nullptr, &SSL_CTX_free);
+    return OwnedContext();
   }
   return server;
 }
@@ -351,7 +326,7 @@ TEST(LibraryContext, AgreesOnEveryKeyExchangeGroup) {
     for (const Group& group : groups) {
       if (version == TLS1_2_VERSION && group.nid == NID_ffdhe2048) continue;  // TLS 1.3 only
       SCOPED_TRACE(std::string(group.name) + (version == TLS1_3_VERSION ? " TLS 1.3" : " TLS 1.2"));
-      OwnedContext client(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+      OwnedContext client(SSL_CTX_new(TLS_client_method()));
       SSL_CTX_set_min_proto_version(client.get(), version);
       SSL_CTX_set_max_proto_version(client.get(), version);
       // TLS 1.2 uses an ECDSA certificate only for a client that lists its curve, P-256; the
@@ -398,7 +373,7 @@ TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.suites);
-    OwnedContext client(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+    OwnedContext client(SSL_CTX_new(TLS_client_method()));
     SSL_CTX_set_security_level(client.get(), 0);
     SSL_CTX_set_security_level(server.get(), 0);
     if (c.tls13) {
@@ -440,9 +415,7 @@ class ServerContextFiles : public ::testing::Test {
 
   std::string write(const std::string& name, X509* certificate, EVP_PKEY* key) {
     const auto path = (directory_ / name).string();
-    Owned<BIO> bio(BIO_new_file(path.c_str(), "w"));
-    if (certificate) PEM_write_bio_X509(bio.get(), certificate);
-    if (key) PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
+    test::write_pem(path, certificate, key);
     return path;
   }
 

@@ -4,6 +4,8 @@
 // records followed by the end, never a record cut short with another after it. A real OpenSSL
 // client on a loopback TCP connection, in a thread of its own.
 #include "tls/tls_stream.hpp"
+
+#include "test_certificates.hpp"
 #include "tls/tls_context.hpp"
 
 #include <gtest/gtest.h>
@@ -38,25 +40,11 @@ using namespace std::chrono_literals;
 // A server context for a fresh self-signed ECDSA certificate, written to a PEM file that is
 // removed again at once (the context holds what it read).
 std::shared_ptr<const ServerContext> server_context() {
-  EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
-  X509* certificate = X509_new();
-  X509_set_version(certificate, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(certificate), 1);
-  X509_gmtime_adj(X509_getm_notBefore(certificate), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(certificate), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(certificate), "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("mx.example.org"), -1, -1, 0);
-  X509_set_issuer_name(certificate, X509_get_subject_name(certificate));
-  X509_set_pubkey(certificate, key);
-  X509_sign(certificate, key, EVP_sha256());
+  const test::Owned<EVP_PKEY> key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  const auto certificate = test::make_certificate("mx.example.org", key.get());
   const auto path = std::filesystem::temp_directory_path() /
                     ("stp-tls-stream-test-" + std::to_string(::getpid()) + ".pem");
-  BIO* file = BIO_new_file(path.c_str(), "w");
-  PEM_write_bio_X509(file, certificate);
-  PEM_write_bio_PrivateKey(file, key, nullptr, nullptr, 0, nullptr, nullptr);
-  BIO_free(file);
-  X509_free(certificate);
-  EVP_PKEY_free(key);
+  test::write_pem(path.string(), certificate.get(), key.get());
   Config config;
   config.hostname = "mx.example.org";
   config.tls_certificates = {path.string()};

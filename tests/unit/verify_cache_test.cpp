@@ -5,6 +5,8 @@
 // that does not hold the CA: only a replayed verdict can then accept the chain.
 #include "tls/verify_cache.hpp"
 
+#include "test_certificates.hpp"
+
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -18,43 +20,12 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Free {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-  void operator()(X509* p) const { X509_free(p); }
-  void operator()(X509_STORE* p) const { X509_STORE_free(p); }
-  void operator()(SSL_CTX* p) const { SSL_CTX_free(p); }
-  void operator()(SSL* p) const { SSL_free(p); }
-};
-template <class T>
-using Owned = std::unique_ptr<T, Free>;
+using test::make_certificate;
+using test::Owned;
 
 std::time_t fake_now = 0;
 std::time_t fake_clock() {
   return fake_now;
-}
-
-Owned<X509> make_certificate(const std::string& cn, EVP_PKEY* key, X509* issuer,
-                             EVP_PKEY* issuer_key, long valid_seconds, bool ca) {
-  static long serial = 1;
-  Owned<X509> x(X509_new());
-  X509_set_version(x.get(), 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), serial++);
-  X509_gmtime_adj(X509_getm_notBefore(x.get()), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x.get()), valid_seconds);
-  X509_NAME* name = X509_get_subject_name(x.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-  X509_set_issuer_name(x.get(), issuer ? X509_get_subject_name(issuer) : name);
-  X509_set_pubkey(x.get(), key);
-  X509V3_CTX v3;
-  X509V3_set_ctx(&v3, issuer ? issuer : x.get(), x.get(), nullptr, nullptr, 0);
-  const char* constraints = ca ? "critical,CA:TRUE" : "CA:FALSE";
-  if (X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, NID_basic_constraints, constraints)) {
-    X509_add_ext(x.get(), ext, -1);
-    X509_EXTENSION_free(ext);
-  }
-  X509_sign(x.get(), issuer_key ? issuer_key : key, EVP_sha256());
-  return x;
 }
 
 class VerifyCacheTest : public ::testing::Test {
