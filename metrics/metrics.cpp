@@ -179,6 +179,13 @@ Metrics::Metrics(const std::vector<Listener>& listeners)
                                    .Help("Sessions refused because the MTA would not take XCLIENT")
                                    .Register(r)
                                    .Add({});
+  backend_idle_releases_ =
+      &BuildCounter()
+           .Name("smtp_tls_proxy_backend_idle_releases_total")
+           .Help("MTA connections closed because their client was idle outside a transaction "
+                 "(--backend-idle-timeout)")
+           .Register(r)
+           .Add({});
   backend_connect_duration_ = &BuildHistogram()
                                    .Name("smtp_tls_proxy_backend_connect_duration_seconds")
                                    .Help("Time to connect to the MTA")

@@ -92,6 +92,7 @@ class Metrics {
 
   prometheus::Counter& backend_connect_failures() { return *backend_connect_failures_; }
   prometheus::Counter& backend_xclient_failures() { return *backend_xclient_failures_; }
+  prometheus::Counter& backend_idle_releases() { return *backend_idle_releases_; }
   prometheus::Histogram& backend_connect_duration() { return *backend_connect_duration_; }
   prometheus::Counter& bytes_from_client() { return *bytes_from_client_; }
   prometheus::Counter& bytes_to_client() { return *bytes_to_client_; }
@@ -124,6 +125,7 @@ class Metrics {
 
   prometheus::Counter* backend_connect_failures_;
   prometheus::Counter* backend_xclient_failures_;
+  prometheus::Counter* backend_idle_releases_;
   prometheus::Histogram* backend_connect_duration_;
   prometheus::Counter* bytes_from_client_;
   prometheus::Counter* bytes_to_client_;

@@ -407,6 +407,16 @@ std::vector<Flag> flag_table() {
                                   : mode == "proxy-v2" ? BackendMetadata::proxy_v2
                                                        : BackendMetadata::none;
            }},
+      {.name = "backend-idle-timeout",
+       .argument = "DURATION",
+       .defaults = {"5s"},
+       .help = "close the MTA connection of a client idle this long outside a mail transaction "
+               "(and not authenticated); it is reopened, the client identified and its HELO "
+               "replayed, at the client's next command that needs the MTA (0: keep it)",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.backend_idle_timeout = duration_value(v.front(), ZeroDuration::allowed);
+           }},
       {.name = "proxy-v2-max-header",
        .argument = "BYTES",
        .defaults = {"232"},

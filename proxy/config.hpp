@@ -49,6 +49,9 @@ struct Config {
   std::uint16_t backend_port = 10025;
   BackendMetadata backend_metadata = BackendMetadata::xclient;
   std::size_t proxy_v2_max_header = 232;  // Exim 4.96 reads no more
+  // A session idle this long outside a mail transaction gives its MTA connection back
+  // (reopened at its next command that needs the MTA); 0: kept for the whole session.
+  std::chrono::seconds backend_idle_timeout{5};
 
   std::string hostname;  // defaults to the machine's name
 

@@ -392,6 +392,8 @@ asio::awaitable<bool> Session::handshake() {
   // RFC 3207: everything learned from the client before TLS is forgotten.
   helo_name_.clear();
   replay_helo_.clear();
+  helo_line_.clear();
+  helo_state_ = HeloState::none;
   extended_helo_ = false;
   framer_.reset();
   co_return true;
@@ -521,6 +523,24 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     co_return false;
   };
   constexpr auto unavailable = metrics::Rejection::mta_unavailable;
+  // A connection given back while the client idled (release_backend) is reopened as the
+  // client left it: identified again, and with the client's greeting replayed.
+  const bool resuming = std::exchange(reattaching_, false);
+  auto replay_greeting = [&]() -> asio::awaitable<bool> {
+    if (replay_helo_.empty()) co_return true;
+    if (!co_await write_mta(replay_helo_)) co_return false;
+    const auto reply = co_await read_mta_reply();
+    if (reply.status != smtp::ReplyScan::Status::complete) co_return false;
+    const bool accepted = reply.code / 100 == 2;
+    if (!accepted) {
+      spdlog::warn("{} mail server answered the replayed \"{}\" with \"{}\"", id_,
+                   log::escape(replay_helo_.substr(0, replay_helo_.size() - 2), 100),
+                   log::escape(backend_in_.view().substr(0, reply.length), 200));
+    }
+    backend_in_.consume(reply.length);
+    replay_helo_.clear();
+    co_return accepted;
+  };
   if (!co_await connect_backend()) {
     co_return co_await refuse("mail server unreachable", unavailable);
   }
@@ -536,6 +556,9 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
   if (greeting.code / 100 != 2) {  // the MTA turns clients away: let this one hear why
     spdlog::warn("{} mail server greeted with \"{}\"", id_,
                  log::escape(backend_in_.view().substr(0, greeting.length), 200));
+    // ...unless the client was greeted long ago: as the reply to a MAIL, a 5xx greeting would
+    // bounce its mail, while the same greeting at connection time only defers it.
+    if (resuming) co_return co_await refuse("mail server refused connection", unavailable);
     end_reason_ = "mail server refused connection";
     co_await write_client(client, backend_in_.view().substr(0, greeting.length), true);
     co_return false;
@@ -563,7 +586,11 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
                                   metrics::Rejection::identity_refused);
       }
       backend_in_.consume(reply.length);
+      replay_helo_.clear();
+    } else if (!co_await replay_greeting()) {
+      co_return co_await refuse("mail server refused the client's greeting", unavailable);
     }
+    if (resuming) spdlog::debug("{} mail server connection reopened", id_);
     // (No co_await inside || or ?: here: GCC 12 miscompiles it in coroutines.)
     if (!greet_client) co_return true;
     co_return co_await write_client(client, greeting_text);
@@ -611,10 +638,53 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
                               metrics::Rejection::identity_refused);
   }
   // After XCLIENT the MTA greets anew (220); the client was greeted by the proxy already.
+  const std::string mta_greeting =
+      greet_client && accepted.code == 220 ? std::string(reply) : std::string();
   backend_in_.consume(accepted.length);
+  if (!co_await replay_greeting()) {
+    co_return co_await refuse("mail server refused the client's greeting", unavailable);
+  }
+  if (resuming) spdlog::debug("{} mail server connection reopened", id_);
   if (!greet_client) co_return true;
   co_return co_await write_client(
-      client, accepted.code == 220 ? std::string(reply) : services_.reply_greeting);
+      client, mta_greeting.empty() ? services_.reply_greeting : mta_greeting);
+}
+
+// Whether the MTA connection holds nothing that reopening it would not restore: no mail
+// transaction or AUTH state, no command or reply in flight, a greeting the MTA accepted (or
+// none). The MTA then costs an idle client nothing (a Postfix has 100 smtpd processes).
+bool Session::backend_releasable() const {
+  return config_.backend_idle_timeout.count() > 0 && backend_attached_ && !mta_lost_ &&
+         !closing_ && !in_transaction_ && !data_accepted_ && !in_bdat_message_ &&
+         !authenticated_ && !auth_continuation_ && helo_state_ != HeloState::unknown &&
+         pending_.empty() && to_mta_.empty() && backend_in_.empty() &&
+         Clock::now() + config_.backend_idle_timeout < deadline_;
+}
+
+// QUIT, the MTA's reply (unread: it only lets the MTA close first), and close; bounded, and
+// leaves the client's own deadline where it was.
+asio::awaitable<void> Session::release_backend() {
+  const auto client_deadline = deadline_;
+  arm(kFinalWriteTimeout);
+  error_code ec;
+  co_await asio::async_write(backend_, asio::buffer(std::string_view("QUIT\r\n")),
+                             asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) {
+    co_await backend_.async_read_some(backend_in_.prepare(),
+                                      asio::redirect_error(asio::use_awaitable, ec));
+  }
+  error_code ignored;
+  backend_.close(ignored);
+  backend_in_.clear();
+  backend_in_.release_if_empty();
+  backend_attached_ = false;
+  reattaching_ = true;
+  reset_mta_after_tls_ = false;  // the next MTA session starts clean
+  replay_helo_ = helo_state_ == HeloState::accepted ? helo_line_ : std::string();
+  timed_out_ = false;
+  arm_at(client_deadline);
+  services_.metrics.backend_idle_releases().Increment();
+  spdlog::debug("{} mail server connection given back while {} is idle", id_, client_label_);
 }
 
 asio::awaitable<smtp::ReplyScan> Session::read_mta_reply() {
@@ -673,7 +743,21 @@ asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
     // of it for the EHLO reply.)
     client_in_.release_if_empty();
     backend_in_.release_if_empty();
-    co_await client.wait_readable(ec);
+    while (true) {
+      // Only the bare wait is woken for a release: a send inside it is never cut short.
+      if (backend_releasable() && !client.has_unsent()) {
+        arm_release(Clock::now() + config_.backend_idle_timeout);
+      }
+      co_await client.wait_readable(ec);
+      release_at_ = Clock::time_point::max();
+      if (!std::exchange(release_due_, false) || ec != asio::error::operation_aborted ||
+          terminating_ || draining_) {
+        break;
+      }
+      co_await release_backend();
+      if (terminating_ || draining_) break;  // stopped meanwhile: ec says aborted
+      ec = {};
+    }
   }
   std::size_t n = 0;
   if (!ec) n = co_await client.read_some(client_in_.prepare(), ec);
@@ -928,6 +1012,8 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     case Verb::ehlo:
       helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
       extended_helo_ = verb == Verb::ehlo;
+      helo_line_ = std::string(line) + "\r\n";
+      replay_helo_.clear();  // the MTA hears this one instead
       in_bdat_message_ = false;
       forward(line, verb);
       return GroupEnd::none;
@@ -1011,9 +1097,11 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       break;
     case Verb::helo:
       in_transaction_ = false;
+      helo_state_ = code / 100 == 2 ? HeloState::accepted : HeloState::unknown;
       break;
     case Verb::ehlo:
       in_transaction_ = false;
+      helo_state_ = code / 100 == 2 ? HeloState::accepted : HeloState::unknown;
       if (code == 250 && !tls_active_ && !starttls_counted_) {
         starttls_counted_ = true;
         services_.metrics
@@ -1235,7 +1323,8 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
       }
       helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
       extended_helo_ = true;
-      replay_helo_ = std::string(line) + "\r\n";
+      replay_helo_ = helo_line_ = std::string(line) + "\r\n";
+      helo_state_ = HeloState::accepted;
       auto reply = smtp::rewrite_ehlo_reply(
           *cached, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
       // The first line names the host: ours, as in our greeting.
@@ -1253,7 +1342,8 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
     case Verb::helo:
       helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
       extended_helo_ = false;
-      replay_helo_ = std::string(line) + "\r\n";
+      replay_helo_ = helo_line_ = std::string(line) + "\r\n";
+      helo_state_ = HeloState::accepted;
       answer("250 " + config_.hostname + "\r\n");
       return GroupEnd::none;
     case Verb::noop:
@@ -1321,10 +1411,19 @@ asio::awaitable<void> Session::wait_for_client_name() {
 // Deadlines: one timer per session, re-armed lazily. Arming only moves the deadline; the
 // timer, when it fires early, sleeps again until the deadline.
 
-void Session::arm(Clock::duration timeout) {
-  deadline_ = Clock::now() + timeout;
+void Session::arm(Clock::duration timeout) { arm_at(Clock::now() + timeout); }
+
+void Session::arm_at(Clock::time_point deadline) {
+  deadline_ = deadline;
   if (watchdog_pending_ && watchdog_.expiry() <= deadline_) return;
   watchdog_.expires_at(deadline_);  // cancels a later wait, if any
+  start_watchdog();
+}
+
+void Session::arm_release(Clock::time_point when) {
+  release_at_ = when;
+  if (watchdog_pending_ && watchdog_.expiry() <= when) return;
+  watchdog_.expires_at(when);
   start_watchdog();
 }
 
@@ -1338,8 +1437,14 @@ void Session::start_watchdog() {
 }
 
 void Session::on_deadline() {
-  if (Clock::now() < deadline_) {
-    watchdog_.expires_at(deadline_);
+  const auto now = Clock::now();
+  if (now >= release_at_ && now < deadline_) {  // set only while an idle client is awaited
+    release_at_ = Clock::time_point::max();
+    release_due_ = true;
+    wake();
+  }
+  if (now < deadline_) {
+    watchdog_.expires_at(std::min(deadline_, release_at_));
     start_watchdog();
     return;
   }

@@ -3,8 +3,10 @@
 // state the proxy needs, and the timer that bounds every wait.
 //
 // The proxy greets the client itself; the MTA connection is made at the first command that
-// needs the MTA (in proxy-v2 mode once the TLS outcome is known), so idle and trickling clients
-// cost the MTA nothing.
+// needs the MTA (in proxy-v2 mode once the TLS outcome is known), and given back when the
+// client idles outside a mail transaction (--backend-idle-timeout): it is reopened, the client
+// identified again and its HELO/EHLO replayed, at the next command that needs the MTA. So idle
+// and trickling clients cost the MTA nothing, before their greeting or after it.
 //
 // The protocol loop is written once, templated on the client stream type. Commands the client
 // pipelined are taken as a group: the proxy answers what it must answer itself (STARTTLS,
@@ -137,6 +139,8 @@ class Session : public std::enable_shared_from_this<Session> {
                     const boost::asio::ip::tcp::endpoint& local);
   boost::asio::awaitable<bool> handshake();
   boost::asio::awaitable<bool> connect_backend();
+  bool backend_releasable() const;
+  boost::asio::awaitable<void> release_backend();
   boost::asio::awaitable<smtp::ReplyScan> read_mta_reply();
   boost::asio::awaitable<bool> write_mta(std::string_view bytes);
   boost::asio::awaitable<void> wait_for_client_name();
@@ -159,6 +163,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void start_client_name_lookup();
   void arm(std::chrono::steady_clock::duration timeout);
+  void arm_at(std::chrono::steady_clock::time_point deadline);
+  void arm_release(std::chrono::steady_clock::time_point when);
   void start_watchdog();
   void on_deadline();
   void finish();
@@ -191,6 +197,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::chrono::steady_clock::time_point deadline_;
   bool watchdog_pending_ = false;
   bool timed_out_ = false;
+  // While the client is idle: when the MTA connection is given back (the watchdog wakes the
+  // wait for the client at it), and whether it woke it for that.
+  std::chrono::steady_clock::time_point release_at_ = std::chrono::steady_clock::time_point::max();
+  bool release_due_ = false;
 
   struct NameLookup;
   std::shared_ptr<NameLookup> name_lookup_;
@@ -210,8 +220,13 @@ class Session : public std::enable_shared_from_this<Session> {
   bool terminating_ = false;
   bool starttls_counted_ = false;
   bool extended_helo_ = false;       // the client's last greeting was EHLO
-  bool backend_attached_ = false;    // connected to the MTA (proxy-v2 mode defers it)
-  std::string replay_helo_;          // proxy-v2: the client's HELO/EHLO, for the MTA
+  bool backend_attached_ = false;    // connected to the MTA (deferred, or given back idle)
+  bool reattaching_ = false;         // the MTA connection was given back: the next one resumes
+  // The client's HELO/EHLO line, for an MTA connection that did not hear it (proxy-v2 before
+  // TLS; a reopened connection); and its last one with what the MTA made of it.
+  std::string replay_helo_;
+  std::string helo_line_;
+  enum class HeloState : std::uint8_t { none, accepted, unknown } helo_state_ = HeloState::none;
   bool authenticated_ = false;       // the MTA accepted AUTH
   bool in_bdat_message_ = false;     // the current BDAT message's header went out
   bool bdat_header_due_ = false;     // this BDAT chunk carries the header: command not yet sent

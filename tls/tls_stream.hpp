@@ -41,7 +41,11 @@ class TlsStream {
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
                                      boost::system::error_code& ec, bool close = false);
   // Waits until a read would not block (decrypted bytes pending, or the socket is readable).
+  // Sends first what OpenSSL queued on its own since the last write (has_unsent()).
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
+  // Whether wait_readable() would send before it waits: cancelling it then would cut a
+  // record short, while cancelling the bare wait loses nothing.
+  bool has_unsent() const { return queue_.size() > held_ticket_; }
   // Sends close_notify (unless sent) and whatever else is queued, if the socket takes it now;
   // never waits for the peer's.
   void shutdown() noexcept;
@@ -87,6 +91,7 @@ class PlainStream {
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
                                      boost::system::error_code& ec, bool close = false);
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
+  bool has_unsent() const { return false; }
 
  private:
   boost::asio::ip::tcp::socket& socket_;

@@ -191,6 +191,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "tls-on-connect",
                                              "backend",
                                              "backend-metadata",
+                                             "backend-idle-timeout",
                                              "proxy-v2-max-header",
                                              "hostname",
                                              "tls-certificate",
@@ -238,6 +239,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"tls-on-connect", "off"},
       {"backend", "127.0.0.1:10025"},
       {"backend-metadata", "xclient"},
+      {"backend-idle-timeout", "5s"},
       {"proxy-v2-max-header", "232"},
       {"hostname", "this machine's name, " + machine_name()},
       {"tls-certificate", "a generated self-signed certificate"},
@@ -542,6 +544,14 @@ TEST(Config, ClientCertificateFlags) {
             "--tls-verify-hosts, --tls-try-verify-hosts or --tls-require-verified-hosts)");
   EXPECT_EQ(error_of({"--tls-verify-depth", "101"}),
             "--tls-verify-depth: must be a number from 0 to 100 (101)");
+}
+
+TEST(Config, BackendIdleTimeoutTakesZeroForOff) {
+  using namespace std::chrono_literals;
+  EXPECT_EQ(parse({}).backend_idle_timeout, 5s);
+  EXPECT_EQ(parse({"--backend-idle-timeout", "2m"}).backend_idle_timeout, 120s);
+  EXPECT_EQ(parse({"--backend-idle-timeout", "0"}).backend_idle_timeout, 0s);
+  EXPECT_NE(error_of({"--backend-idle-timeout", "-5"}), "");
 }
 
 TEST(Config, VerifyCacheTimeTakesZeroForOff) {

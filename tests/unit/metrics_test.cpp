@@ -126,6 +126,9 @@ const Expected kFamilies[] = {
      "Connections to the MTA that failed"},
     {"smtp_tls_proxy_backend_xclient_failures_total", MetricType::Counter,
      "Sessions refused because the MTA would not take XCLIENT"},
+    {"smtp_tls_proxy_backend_idle_releases_total", MetricType::Counter,
+     "MTA connections closed because their client was idle outside a transaction "
+     "(--backend-idle-timeout)"},
     {"smtp_tls_proxy_backend_connect_duration_seconds", MetricType::Histogram,
      "Time to connect to the MTA"},
     {"smtp_tls_proxy_messages_total", MetricType::Counter,
@@ -252,7 +255,8 @@ TEST(Metrics, UnlabelledCountersStartAtZero) {
   Metrics m(listeners());
   for (const char* name :
        {"smtp_tls_proxy_tls_resumed_total", "smtp_tls_proxy_backend_connect_failures_total",
-        "smtp_tls_proxy_backend_xclient_failures_total"}) {
+        "smtp_tls_proxy_backend_xclient_failures_total",
+        "smtp_tls_proxy_backend_idle_releases_total"}) {
     EXPECT_EQ(value(m, name, {}), 0.0) << name;
   }
 }
@@ -348,10 +352,12 @@ TEST(Metrics, BytesAndBackendCounters) {
   m.bytes_to_client().Increment(25);
   m.backend_connect_failures().Increment();
   m.backend_xclient_failures().Increment(3);
+  m.backend_idle_releases().Increment(2);
   EXPECT_EQ(value(m, "smtp_tls_proxy_bytes_total", {{"direction", "from_client"}}), 1000.0);
   EXPECT_EQ(value(m, "smtp_tls_proxy_bytes_total", {{"direction", "to_client"}}), 25.0);
   EXPECT_EQ(value(m, "smtp_tls_proxy_backend_connect_failures_total", {}), 1.0);
   EXPECT_EQ(value(m, "smtp_tls_proxy_backend_xclient_failures_total", {}), 3.0);
+  EXPECT_EQ(value(m, "smtp_tls_proxy_backend_idle_releases_total", {}), 2.0);
 }
 
 TEST(Metrics, HandshakeCountsByResultAndProtocol) {

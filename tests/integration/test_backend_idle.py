@@ -1,0 +1,294 @@
+"""A client idle outside a mail transaction gives its MTA connection back (--backend-idle-timeout).
+
+The proxy connects to the MTA at the client's first command that needs it; when the client then
+idles (no transaction open, not authenticated) for --backend-idle-timeout, the proxy sends QUIT
+and closes the MTA connection. At the client's next command that needs the MTA it connects
+again, identifies the client again (XCLIENT or PROXY v2) and replays the client's HELO/EHLO, so
+the MTA's session is the one the client believes it has. So 100 clients idling after EHLO no
+longer hold a default Postfix's 100 smtpd processes.
+
+Against the real private Postfix (XCLIENT, and its PROXY-protocol service for proxy-v2): what
+Postfix logs (a `disconnect` while the client idles, the client's address and HELO name in the
+delivered message) and what the client hears. A hand-written MTA only for what Postfix does not
+do on demand: refusing the client on the second connection after accepting it on the first.
+
+Each test's client connects from an address of its own (127.0.77.N), so the Postfix log lines
+are its alone. Trusts conftest's fixtures. CI cost: about 20 s (the idle waits).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from certs import cert_pki, haproxy_postfix, haproxy_postfix_instance  # noqa: F401
+from conftest import (IO_TIMEOUT, LOOPBACK, SENDER, SmtpClient, free_port, simple_message,
+                      unique)
+from ops_support import scrape, value
+from test_certificates import (assert_reply, connect, header_fields, postfix_received,
+                               send_mail, server_cert_flags, wait_for_mta)
+
+IDLE = 1  # --backend-idle-timeout in these tests, seconds
+PAST_IDLE = IDLE + 1.0  # long enough for the release to have happened
+
+_sources = itertools.count(1)
+
+
+def fresh_source() -> str:
+    return f"127.0.77.{next(_sources)}"
+
+
+def disconnects(postfix, source: str) -> int:
+    """smtpd sessions Postfix has ended for this client address (after XCLIENT it logs the
+    client's address, not the proxy's)."""
+    return len(ended_sessions(postfix, source))
+
+
+def ended_sessions(postfix, source: str) -> list[str]:
+    """Postfix's summary line of each smtpd session for this client, e.g. `disconnect from
+    unknown[127.0.77.1] ehlo=2 xclient=0/1 mail=1 rcpt=1 data=1 quit=1 commands=6/7`."""
+    return re.findall(rf"disconnect from \S+\[{re.escape(source)}\].*", postfix.log())
+
+
+def wait_for_disconnects(postfix, source: str, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while disconnects(postfix, source) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert disconnects(postfix, source) == count, (
+        f"wanted {count} Postfix sessions ended for {source}:\n{postfix.log()[-3000:]}")
+
+
+def metrics_flags() -> tuple[list[str], int]:
+    port = free_port()
+    return ["--metrics-listen", f"{LOOPBACK}:{port}"], port
+
+
+def releases(metrics_port: int) -> float:
+    return value(scrape(metrics_port), "smtp_tls_proxy_backend_idle_releases_total")
+
+
+def starttls_session(port: int, source: str, helo: str) -> SmtpClient:
+    c = SmtpClient(port, source=source)
+    assert_reply(c.greeting(), 220)
+    assert_reply(c.ehlo(helo), 250)
+    assert_reply(c.starttls(), 220, "2.0.0")
+    assert_reply(c.ehlo(helo), 250)
+    return c
+
+
+def test_idle_client_gives_back_its_mta_connection_and_its_mail_still_arrives(postfix, proxy,
+                                                                                pki):
+    flags, metrics_port = metrics_flags()
+    p = proxy(postfix.backend, "--backend-idle-timeout", f"{IDLE}s", *flags)
+    source = fresh_source()
+    helo = unique("helo") + ".example"
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with starttls_session(p.plain_port, source, helo) as c:
+        assert disconnects(postfix, source) == 0
+        # Idle after EHLO: Postfix's smtpd session ends (QUIT from the proxy), the client's not.
+        wait_for_disconnects(postfix, source, 1, timeout=PAST_IDLE + 3)
+        assert re.search(rf"disconnect from \S+\[{re.escape(source)}\].* quit=1",
+                         postfix.log()), postfix.log()[-2000:]
+        assert releases(metrics_port) == 1
+        # The next command reconnects: XCLIENT again, the client's EHLO replayed.
+        send_mail(c, box, token)
+        assert_reply(c.command("QUIT"), 221)
+    message = box.wait()[0]
+    received = postfix_received(message)
+    assert f"from {helo} ".encode() in received, received  # the replayed HELO name
+    assert f"[{source}]".encode() in received, received  # XCLIENT on the new connection
+    # The proxy's own trace header still tells the TLS session, which never changed.
+    assert any(f.startswith(b"Received: from " + helo.encode()) and b"TLS" in f
+               for f in header_fields(message)[1:]), header_fields(message)
+    wait_for_disconnects(postfix, source, 2)
+    # Two smtpd sessions for the one client session, both ended by QUIT, the mail in the second.
+    first, second = ended_sessions(postfix, source)
+    assert "quit=1" in first and "mail=" not in first, first
+    assert "quit=1" in second and "mail=1" in second, second
+
+
+def test_open_transaction_keeps_the_mta_connection(postfix, proxy, pki):
+    p = proxy(postfix.backend, "--backend-idle-timeout", f"{IDLE}s")
+    source = fresh_source()
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with starttls_session(p.plain_port, source, "client.test") as c:
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        time.sleep(PAST_IDLE)
+        assert disconnects(postfix, source) == 0, postfix.log()[-2000:]
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        time.sleep(PAST_IDLE)
+        assert_reply(c.command("DATA"), 354)
+        c.send(simple_message(token, box.address) + b".\r\n")
+        assert_reply(c.read_reply(), 250, "2.0.0")
+        assert disconnects(postfix, source) == 0, postfix.log()[-2000:]
+        # The transaction is over: now the idle release applies again.
+        wait_for_disconnects(postfix, source, 1, timeout=PAST_IDLE + 3)
+        assert_reply(c.command("QUIT"), 221)  # answered by the proxy: no MTA to ask
+    assert box.wait()[0]
+    time.sleep(0.3)
+    assert disconnects(postfix, source) == 1
+
+
+def test_zero_keeps_the_mta_connection_for_the_whole_session(postfix, proxy, pki):
+    p = proxy(postfix.backend, "--backend-idle-timeout", "0")
+    source = fresh_source()
+    with starttls_session(p.plain_port, source, "client.test") as c:
+        time.sleep(PAST_IDLE + 1)
+        assert disconnects(postfix, source) == 0, postfix.log()[-2000:]
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    wait_for_disconnects(postfix, source, 1)
+
+
+def test_client_greeting_again_after_release_is_not_replayed_twice(postfix, proxy, pki):
+    """An EHLO after the release reconnects and goes to the MTA itself, not behind a replay of
+    the old one."""
+    p = proxy(postfix.backend, "--backend-idle-timeout", f"{IDLE}s")
+    source = fresh_source()
+    with starttls_session(p.plain_port, source, "first.example") as c:
+        wait_for_disconnects(postfix, source, 1, timeout=PAST_IDLE + 3)
+        ehlo = c.ehlo("second.example")
+        assert_reply(ehlo, 250)
+        assert "STARTTLS" not in ehlo.keywords(), ehlo  # TLS is on: still not offered
+        assert_reply(c.command("QUIT"), 221)
+    wait_for_disconnects(postfix, source, 2)
+    # The proxy's own EHLO (before XCLIENT) and the client's new one; a replay would be a third.
+    second = ended_sessions(postfix, source)[1]
+    assert re.search(r"\behlo=2\b", second), second
+
+
+def test_proxy_v2_reconnects_with_the_header_and_the_greeting(haproxy_postfix, proxy, cert_pki):
+    pf = haproxy_postfix
+    p = proxy(pf.haproxy_backend, *server_cert_flags(cert_pki), "--backend-metadata", "proxy-v2",
+              "--backend-probe-interval", "1s", "--backend-idle-timeout", f"{IDLE}s")
+    wait_for_mta(p)
+    source = fresh_source()
+    box = pf.new_mailbox()
+    token = unique("m")
+    helo = unique("helo") + ".example"
+    with connect(p.tls_port, cert_pki, None, True, source=source) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(helo), 250)
+        wait_for_disconnects(pf, source, 1, timeout=PAST_IDLE + 3)
+        send_mail(c, box, token)
+        assert_reply(c.command("QUIT"), 221)
+    received = postfix_received(box.wait()[0])
+    assert f"from {helo} ".encode() in received, received
+    assert f"[{source}]".encode() in received, received
+
+
+# --------------------------------------------------------------------------- a refusing MTA
+
+
+class ChangingMta:
+    """An ESMTP server with XCLIENT that, once `refusing` is set, greets with `later_greeting`
+    (or refuses XCLIENT with `later_xclient`). `sessions`: the commands of each connection."""
+
+    def __init__(self, later_greeting: bytes | None = None, later_xclient: bytes | None = None):
+        self.later_greeting = later_greeting
+        self.later_xclient = later_xclient
+        self.listener = socket.socket()
+        self.listener.bind((LOOPBACK, 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.refusing = False
+        self.sessions: list[list[bytes]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def backend(self) -> str:
+        return f"{LOOPBACK}:{self.listener.getsockname()[1]}"
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            commands: list[bytes] = []
+            self.sessions.append(commands)
+            threading.Thread(target=self._serve, args=(conn, self.refusing, commands),
+                             daemon=True).start()
+
+    def _serve(self, conn: socket.socket, later: bool, commands: list[bytes]) -> None:
+        conn.settimeout(IO_TIMEOUT)
+        with conn:
+            if later and self.later_greeting:
+                conn.sendall(self.later_greeting)
+            else:
+                conn.sendall(b"220 mta.test ESMTP\r\n")
+            buf = b""
+            while True:
+                try:
+                    chunk = conn.recv(4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    commands.append(line)
+                    verb = line.split(b" ", 1)[0].upper()
+                    if verb == b"EHLO":
+                        conn.sendall(b"250-mta.test\r\n250-PIPELINING\r\n"
+                                     b"250 XCLIENT ADDR NAME PORT HELO PROTO\r\n")
+                    elif verb == b"XCLIENT":
+                        conn.sendall(self.later_xclient if later and self.later_xclient
+                                     else b"220 mta.test ESMTP\r\n")
+                    elif verb == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        return
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+def released(mta: ChangingMta) -> bool:
+    return any(any(c.startswith(b"XCLIENT") for c in cmds) and b"QUIT" in cmds
+               for cmds in list(mta.sessions))
+
+
+@pytest.mark.parametrize("refusal", ["greeting", "xclient"])
+def test_mta_refusing_the_client_on_reconnection_gets_a_421_never_a_5xx(proxy, refusal):
+    """A 5xx greeting heard at connection time makes a client defer; the same words as the
+    reply to its MAIL would bounce the mail. So a refusal on reconnection is a 421."""
+    mta = ChangingMta(later_greeting=b"554 5.3.2 mta.test not now\r\n" if refusal == "greeting"
+                      else None,
+                      later_xclient=b"550 5.7.0 not authorised\r\n" if refusal == "xclient"
+                      else None)
+    try:
+        p = proxy(mta.backend, "--backend-idle-timeout", f"{IDLE}s")
+        with SmtpClient(p.plain_port) as c:
+            assert_reply(c.greeting(), 220)
+            assert_reply(c.ehlo("client.test"), 250)
+            # The client's MTA session (XCLIENT) ends with the proxy's QUIT while it idles.
+            deadline = time.monotonic() + PAST_IDLE + 3
+            while not released(mta) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert released(mta), mta.sessions
+            mta.refusing = True
+            before = len(mta.sessions)
+            reply = c.command(f"MAIL FROM:<{SENDER}>")
+            assert reply.code == 421, reply
+            assert reply.lines[-1][4:9] == ("4.3.2" if refusal == "greeting" else "4.7.0"), reply
+            assert c.read_until_closed() == b""
+        assert len(mta.sessions) > before  # it did try again
+        # Nothing of the client's mail reached any connection.
+        assert not any(cmd.startswith(b"MAIL") for cmds in mta.sessions for cmd in cmds), (
+            mta.sessions)
+    finally:
+        mta.stop()
