@@ -11,8 +11,8 @@
 namespace stp::acl {
 
 struct PolicyFacts {
-  bool port_requires_tls = false;      // the listener's port is in --tls-require-ports
-  bool host_requires_tls = false;      // the client is in --tls-require-hosts
+  bool port_requires_tls = false;       // the listener's port is in --tls-require-ports
+  bool host_requires_tls = false;       // the client is in --tls-require-hosts
   bool host_requires_verified = false;  // the client is in --tls-require-verified-hosts
   bool tls_active = false;
   bool certificate_verified = false;

@@ -182,8 +182,9 @@ Metrics::Metrics(const std::vector<Listener>& listeners)
   backend_idle_releases_ =
       &BuildCounter()
            .Name("smtp_tls_proxy_backend_idle_releases_total")
-           .Help("MTA connections closed because their client was idle outside a transaction "
-                 "(--backend-idle-timeout)")
+           .Help(
+               "MTA connections closed because their client was idle outside a transaction "
+               "(--backend-idle-timeout)")
            .Register(r)
            .Add({});
   backend_connect_duration_ = &BuildHistogram()

@@ -646,18 +646,18 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
   }
   if (resuming) spdlog::debug("{} mail server connection reopened", id_);
   if (!greet_client) co_return true;
-  co_return co_await write_client(
-      client, mta_greeting.empty() ? services_.reply_greeting : mta_greeting);
+  co_return co_await write_client(client,
+                                  mta_greeting.empty() ? services_.reply_greeting : mta_greeting);
 }
 
 // Whether the MTA connection holds nothing that reopening it would not restore: no mail
 // transaction or AUTH state, no command or reply in flight, a greeting the MTA accepted (or
 // none). The MTA then costs an idle client nothing (a Postfix has 100 smtpd processes).
 bool Session::backend_releasable() const {
-  return config_.backend_idle_timeout.count() > 0 && backend_attached_ && !mta_lost_ &&
-         !closing_ && !in_transaction_ && !data_accepted_ && !in_bdat_message_ &&
-         !authenticated_ && !auth_continuation_ && helo_state_ != HeloState::unknown &&
-         pending_.empty() && to_mta_.empty() && backend_in_.empty() &&
+  return config_.backend_idle_timeout.count() > 0 && backend_attached_ && !mta_lost_ && !closing_ &&
+         !in_transaction_ && !data_accepted_ && !in_bdat_message_ && !authenticated_ &&
+         !auth_continuation_ && helo_state_ != HeloState::unknown && pending_.empty() &&
+         to_mta_.empty() && backend_in_.empty() &&
          Clock::now() + config_.backend_idle_timeout < deadline_;
 }
 
@@ -1411,7 +1411,9 @@ asio::awaitable<void> Session::wait_for_client_name() {
 // Deadlines: one timer per session, re-armed lazily. Arming only moves the deadline; the
 // timer, when it fires early, sleeps again until the deadline.
 
-void Session::arm(Clock::duration timeout) { arm_at(Clock::now() + timeout); }
+void Session::arm(Clock::duration timeout) {
+  arm_at(Clock::now() + timeout);
+}
 
 void Session::arm_at(Clock::time_point deadline) {
   deadline_ = deadline;

@@ -219,9 +219,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool draining_ = false;
   bool terminating_ = false;
   bool starttls_counted_ = false;
-  bool extended_helo_ = false;       // the client's last greeting was EHLO
-  bool backend_attached_ = false;    // connected to the MTA (deferred, or given back idle)
-  bool reattaching_ = false;         // the MTA connection was given back: the next one resumes
+  bool extended_helo_ = false;     // the client's last greeting was EHLO
+  bool backend_attached_ = false;  // connected to the MTA (deferred, or given back idle)
+  bool reattaching_ = false;       // the MTA connection was given back: the next one resumes
   // The client's HELO/EHLO line, for an MTA connection that did not hear it (proxy-v2 before
   // TLS; a reopened connection); and its last one with what the MTA made of it.
   std::string replay_helo_;
