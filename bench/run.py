@@ -744,9 +744,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored in background
 
-    # Servers and the load generator inherit this. 10 000 sessions held through the proxy need
-    # 20 000 descriptors and some (client and MTA connection each; nginx holds only the client
-    # one before RCPT): raise the hard limit where allowed (CAP_SYS_RESOURCE), else take it.
+    # Servers and the load generator inherit this. 10 000 sessions opened through the proxy
+    # hold up to 20 000 descriptors and some while they use the MTA (client and MTA connection
+    # each; one once idle for --backend-idle-timeout; nginx holds only the client one before
+    # RCPT): raise the hard limit where allowed (CAP_SYS_RESOURCE), else take it.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 65536:
         try:

@@ -37,8 +37,10 @@ void switch_user(const std::string& name) {
   if (uid != 0 && setuid(0) == 0) throw stp::ConfigError("--user: root could be regained");
 }
 
-// Each session holds two descriptors (client and MTA); beyond them: the metrics port's
-// connections, and 64 for listeners, the log, resolver sockets and the event loops' own.
+// A session holds two descriptors (client and MTA) while it uses the MTA, one while it idles
+// (--backend-idle-timeout); the limit is fitted to all of them using it at once. Beyond them:
+// the metrics port's connections, and 64 for listeners, the log, resolver sockets and the event
+// loops' own.
 constexpr rlim_t kDescriptorsPerSession = 2;
 constexpr rlim_t kDescriptorsReserved = stp::metrics::HttpEndpoint::kMaxConnections + 64;
 
