@@ -30,6 +30,8 @@ namespace {
 constexpr auto kBackendConnectTimeout = std::chrono::seconds(30);
 constexpr auto kNameLookupTimeout = std::chrono::seconds(5);
 constexpr auto kFinalWriteTimeout = std::chrono::seconds(10);
+// QUIT to an idle client's MTA connection and its reply: the client's next command waits.
+constexpr auto kBackendReleaseTimeout = std::chrono::seconds(2);
 constexpr std::size_t kMaxReplyLength = 16 * 1024;
 constexpr std::size_t kDataChunk = 16 * 1024;
 // PROXY v1 is at most 107 bytes with its CRLF; v2 is 16 bytes and what its length says (we
@@ -553,12 +555,12 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
   if (greeting.status != smtp::ReplyScan::Status::complete) {
     co_return co_await refuse("mail server unreachable", unavailable);
   }
-  if (greeting.code / 100 != 2) {  // the MTA turns clients away: let this one hear why
-    spdlog::warn("{} mail server greeted with \"{}\"", id_,
+  if (greeting.code / 100 != 2) {
+    spdlog::warn("{} mail server greeted {} with \"{}\"", id_, client_label_,
                  log::escape(backend_in_.view().substr(0, greeting.length), 200));
-    // ...unless the client was greeted long ago: as the reply to a MAIL, a 5xx greeting would
-    // bounce its mail, while the same greeting at connection time only defers it.
-    if (resuming) co_return co_await refuse("mail server refused connection", unavailable);
+    // A client the proxy greeted itself hears a 421: the MTA's refusal as the reply to its
+    // EHLO or MAIL could bounce its mail, while the same words as a greeting only defer it.
+    if (!greet_client) co_return co_await refuse("mail server refused connection", unavailable);
     end_reason_ = "mail server refused connection";
     co_await write_client(client, backend_in_.view().substr(0, greeting.length), true);
     co_return false;
@@ -665,7 +667,7 @@ bool Session::backend_releasable() const {
 // leaves the client's own deadline where it was.
 asio::awaitable<void> Session::release_backend() {
   const auto client_deadline = deadline_;
-  arm(kFinalWriteTimeout);
+  arm(kBackendReleaseTimeout);
   error_code ec;
   co_await asio::async_write(backend_, asio::buffer(std::string_view("QUIT\r\n")),
                              asio::redirect_error(asio::use_awaitable, ec));
@@ -925,7 +927,9 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     discard_bdat_chunk_ = true;
     return GroupEnd::bdat;
   }
-  if (!backend_attached_ && verb != Verb::starttls) {
+  // Detached, the proxy answers what needs no MTA; but once a command of this group is bound
+  // for the MTA, the rest follow it there, in order (an RSET must reset that MAIL).
+  if (!backend_attached_ && to_mta_.empty() && verb != Verb::starttls) {
     if (const auto end = answer_while_detached(line, verb)) return *end;
   }
   switch (verb) {
@@ -1013,7 +1017,7 @@ Session::GroupEnd Session::on_command(std::string_view line) {
       helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
       extended_helo_ = verb == Verb::ehlo;
       helo_line_ = std::string(line) + "\r\n";
-      replay_helo_.clear();  // the MTA hears this one instead
+      if (to_mta_.empty()) replay_helo_.clear();  // the MTA hears this one instead
       in_bdat_message_ = false;
       forward(line, verb);
       return GroupEnd::none;
@@ -1116,7 +1120,7 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       break;
     case Verb::data:
       data_accepted_ = code == 354;
-      if (!data_accepted_ && code / 100 == 5) in_transaction_ = false;
+      // A refused DATA (no valid recipients) leaves the MTA's MAIL open: in_transaction_ stays.
       break;
     case Verb::auth:
       auth_continuation_ = code == 334;
@@ -1210,8 +1214,8 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
     spdlog::info("{} bare <CR> or <LF> in message from {}; normalised", id_, client_label_);
     stuffed_bare_line_ending_ = false;
   }
-  const auto scan =
-      mta_lost_ ? smtp::ReplyScan{smtp::ReplyScan::Status::malformed} : co_await read_mta_reply();
+  smtp::ReplyScan scan{smtp::ReplyScan::Status::malformed};
+  if (!mta_lost_) scan = co_await read_mta_reply();  // (no co_await inside ?: for GCC 12)
   if (scan.status != smtp::ReplyScan::Status::complete) {
     ++messages_tempfailed_;
     services_.metrics.message(metrics::Message::tempfailed).Increment();
@@ -1239,7 +1243,10 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
   };
   const bool relay = !discard_bdat_chunk_;
   // A chunk goes straight to the MTA, before flush_group() would connect.
-  if (relay && !backend_attached_ && !co_await attach_backend(client, false)) co_return false;
+  if ((relay || !to_mta_.empty()) && !backend_attached_ &&
+      !co_await attach_backend(client, false)) {
+    co_return false;
+  }
   if (bdat_header_due_) {
     bdat_header_due_ = false;
     // The header's end depends on the chunk's first byte (starts_with_continuation).
@@ -1311,7 +1318,11 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
   };
   const bool greeting = verb == Verb::ehlo || verb == Verb::helo;
   // XCLIENT (or no metadata): the client's greeting is the MTA's to answer, so it connects.
-  if (greeting && config_.backend_metadata != BackendMetadata::proxy_v2) return std::nullopt;
+  // proxy-v2 answers it from the probe only until the TLS outcome is known (never after a
+  // connection was given back: the MTA answers for this client again).
+  if (greeting && (config_.backend_metadata != BackendMetadata::proxy_v2 || reattaching_)) {
+    return std::nullopt;
+  }
   switch (verb) {
     case Verb::ehlo: {
       const auto cached = services_.mta_ehlo_reply.load();
@@ -1392,7 +1403,7 @@ void Session::start_client_name_lookup() {
 }
 
 asio::awaitable<void> Session::wait_for_client_name() {
-  if (!name_lookup_) co_return;  // lookups off: the name stays [UNAVAILABLE]
+  if (!name_lookup_) co_return;  // lookups off ([UNAVAILABLE]), or the name is settled
   if (!name_lookup_->result) {
     name_lookup_->ready.expires_after(kNameLookupTimeout);
     error_code ignored;
@@ -1405,6 +1416,7 @@ asio::awaitable<void> Session::wait_for_client_name() {
         ClientName::Status::temporarily_unavailable;
     spdlog::info("{} name lookup for {} timed out", id_, client_label_);
   }
+  name_lookup_.reset();  // settled: a reconnection to the MTA uses the same name, at once
 }
 
 // ---------------------------------------------------------------------------------------------

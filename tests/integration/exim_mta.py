@@ -102,12 +102,13 @@ def exim_binary() -> Path:
 
 class Exim:
     """One private Exim daemon. `proxy_hosts` is its hosts_proxy list ("" for none); `extra`,
-    more main-section settings."""
+    more main-section settings; `sections`, more sections at the end (`begin authenticators`)."""
 
-    def __init__(self, binary: Path, proxy_hosts: str, extra: str = ""):
+    def __init__(self, binary: Path, proxy_hosts: str, extra: str = "", sections: str = ""):
         self.binary = binary
         self.proxy_hosts = proxy_hosts
         self.extra = extra
+        self.sections = sections
         self.dir = Path(tempfile.mkdtemp(prefix="stp-exim-"))
         self.dir.chmod(0o755)  # the Debian-exim user must reach its directories below
         self.config = self.dir / "exim.conf"
@@ -129,7 +130,7 @@ class Exim:
         self.config.write_text(CONFIG.format(
             binary=self.binary, hostname=EXIM_HOSTNAME, dir=self.dir, port=self.port,
             loopback=LOOPBACK, proxy_setting=setting + "\n" + self.extra, domain=EXIM_DOMAIN,
-            user=EXIM_USER))
+            user=EXIM_USER) + self.sections)
         self.config.chmod(0o644)
 
     def start(self) -> None:

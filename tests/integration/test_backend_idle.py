@@ -24,18 +24,24 @@ import re
 import socket
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
 from certs import cert_pki, haproxy_postfix, haproxy_postfix_instance  # noqa: F401
-from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, SENDER, SmtpClient, free_port, simple_message,
+from exim_mta import EXIM_DOMAIN, Exim, exim_binary
+from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, MAIL_DOMAIN, SENDER, SmtpClient, free_port, simple_message,
                       unique)
 from ops_support import scrape, value
 from test_certificates import (assert_reply, connect, header_fields, postfix_received,
                                send_mail, server_cert_flags, wait_for_mta)
 
-IDLE = 1  # --backend-idle-timeout in these tests, seconds
+# --backend-idle-timeout in these tests, seconds: long enough that no release comes between a
+# session's commands on a loaded machine (under a sanitizer too), short enough for CI.
+IDLE = 2
 PAST_IDLE = IDLE + 1.0  # long enough for the release to have happened
+# No MTA probe after start-up: its connections would count as the client's in these tests.
+NO_PROBE = ("--backend-probe-interval", "1h")
 
 _sources = itertools.count(1)
 
@@ -73,6 +79,13 @@ def releases(metrics_port: int) -> float:
     return value(scrape(metrics_port), "smtp_tls_proxy_backend_idle_releases_total")
 
 
+def wait_for_releases(metrics_port: int, count: int, timeout: float = PAST_IDLE + 5) -> None:
+    deadline = time.monotonic() + timeout
+    while releases(metrics_port) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert releases(metrics_port) == count
+
+
 def starttls_session(port: int, source: str, helo: str) -> SmtpClient:
     c = SmtpClient(port, source=source)
     assert_reply(c.greeting(), 220)
@@ -96,7 +109,7 @@ def test_idle_client_gives_back_its_mta_connection_and_its_mail_still_arrives(po
         wait_for_disconnects(postfix, source, 1, timeout=PAST_IDLE + 3)
         assert re.search(rf"disconnect from \S+\[{re.escape(source)}\].* quit=1",
                          postfix.log()), postfix.log()[-2000:]
-        assert releases(metrics_port) == 1
+        wait_for_releases(metrics_port, 1)
         # The next command reconnects: XCLIENT again, the client's EHLO replayed.
         send_mail(c, box, token)
         assert_reply(c.command("QUIT"), 221)
@@ -165,6 +178,103 @@ def test_client_greeting_again_after_release_is_not_replayed_twice(postfix, prox
     assert re.search(r"\behlo=2\b", second), second
 
 
+def test_commands_pipelined_after_a_release_reach_the_mta_in_order(postfix, proxy):
+    """MAIL, RCPT and RSET in one group after a release: the RSET must reach the MTA after the
+    MAIL it resets (not be answered by the proxy because it was detached), or the next MAIL is
+    'nested' (503) and the recipients pile up."""
+    p = proxy(postfix.backend, "--backend-idle-timeout", f"{IDLE}s", *NO_PROBE)
+    source = fresh_source()
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with starttls_session(p.plain_port, source, "client.test") as c:
+        wait_for_disconnects(postfix, source, 1, timeout=PAST_IDLE + 3)
+        c.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<nobody-{token}@{MAIL_DOMAIN}>\r\n"
+               f"RSET\r\n".encode())
+        for code in (250, 250, 250):
+            assert_reply(c.read_reply(), code)
+        send_mail(c, box, token)  # MAIL again: 250, not 503 nested MAIL
+        assert_reply(c.command("QUIT"), 221)
+    message = box.wait()[0]
+    assert f"nobody-{token}".encode() not in message
+    wait_for_disconnects(postfix, source, 2)
+    assert "rset=1" in ended_sessions(postfix, source)[1]
+
+
+def test_release_before_starttls_then_mail_over_tls(postfix, proxy):
+    """Released in the clear; STARTTLS needs no MTA; the MTA connection made after it hears
+    nothing of the plaintext part (no replayed plaintext EHLO: RFC 3207)."""
+    p = proxy(postfix.backend, "--backend-idle-timeout", f"{IDLE}s", *NO_PROBE)
+    source = fresh_source()
+    box = postfix.new_mailbox()
+    token = unique("m")
+    with SmtpClient(p.plain_port, source=source) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo("plain.example"), 250)
+        wait_for_disconnects(postfix, source, 1, timeout=PAST_IDLE + 3)
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert_reply(c.ehlo("tls.example"), 250)
+        send_mail(c, box, token)
+        assert_reply(c.command("QUIT"), 221)
+    message = box.wait()[0]
+    assert b"from tls.example " in postfix_received(message)
+    assert b"plain.example" not in message
+    wait_for_disconnects(postfix, source, 2)
+    assert re.search(r"\behlo=2\b", ended_sessions(postfix, source)[1])  # the proxy's, the client's
+
+
+# Exim's own SASL PLAIN, checked against fixed words: a real AUTH that a real MTA remembers.
+EXIM_AUTHENTICATOR = """
+begin authenticators
+
+plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = ${if and {{eq{$auth2}{user}}{eq{$auth3}{pass}}}}
+  server_set_id = $auth2
+"""
+
+
+@pytest.fixture(scope="module")
+def exim_with_auth() -> Iterator[Exim]:
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
+    e = Exim(exim_binary(), LOOPBACK, sections=EXIM_AUTHENTICATOR)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.stop()
+
+
+def test_authenticated_session_keeps_its_mta_connection(exim_with_auth, proxy):
+    """AUTH state lives in the MTA alone: no release after a 235. Exim in proxy-v2 mode, so the
+    control half (no AUTH: released, then reconnected with the PROXY header and the replayed
+    EHLO) runs against Exim too."""
+    flags, metrics_port = metrics_flags()
+    p = proxy(exim_with_auth.backend, "--backend-metadata", "proxy-v2",
+              "--backend-probe-interval", "1s", "--backend-idle-timeout", f"{IDLE}s", *flags)
+    wait_for_mta(p)
+    with starttls_session(p.plain_port, CLIENT_ADDR, "client.test") as c:
+        assert_reply(c.command("AUTH PLAIN AHVzZXIAcGFzcw=="), 235)
+        time.sleep(PAST_IDLE + 1)
+        assert releases(metrics_port) == 0
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command("RSET"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    with starttls_session(p.plain_port, CLIENT_ADDR, "client.test") as c:
+        wait_for_releases(metrics_port, 1)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<someone@{EXIM_DOMAIN}>"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    # Exim saw the client (through the PROXY header) in three connections: the authenticated
+    # session, and the other before and after its release.
+    log = exim_with_auth.log_text()
+    closed = re.findall(rf"SMTP connection from .*\[{re.escape(CLIENT_ADDR)}\]:\d+.* closed by QUIT",
+                        log)
+    assert len(closed) == 3, log[-3000:]
+
+
 def test_proxy_v2_reconnects_with_the_header_and_the_greeting(haproxy_postfix, proxy, cert_pki):
     pf = haproxy_postfix
     p = proxy(pf.haproxy_backend, *server_cert_flags(cert_pki), "--backend-metadata", "proxy-v2",
@@ -192,17 +302,18 @@ def test_idle_sessions_hold_one_descriptor_each(smtp_sink, proxy):
     sink = smtp_sink(xclient=False, extra=("-m", str(2 * sessions)))
     flags, metrics_port = metrics_flags()
     p = proxy(sink.backend, "--backend-metadata", "none", "--backend-idle-timeout", f"{IDLE}s",
-              "--max-connections-per-host", str(2 * sessions), *flags)
+              "--max-connections-per-host", str(2 * sessions), *NO_PROBE, *flags)
+    time.sleep(0.3)  # the start-up probe's connection closed
     base = open_descriptors(p.proc.pid)
     held: list[SmtpClient] = []
     try:
         for _ in range(sessions):
             held.append(starttls_session(p.plain_port, CLIENT_ADDR, "client.test"))
         # Each session had an MTA connection (its EHLO went there) and gave it back once idle.
-        deadline = time.monotonic() + PAST_IDLE + 10
-        while releases(metrics_port) < sessions and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert releases(metrics_port) == sessions
+        wait_for_releases(metrics_port, sessions, timeout=PAST_IDLE + 10)
+        deadline = time.monotonic() + 5
+        while open_descriptors(p.proc.pid) - base != sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert open_descriptors(p.proc.pid) - base == sessions
         # Every one still works: NOOP from the proxy, a mail command through a new connection.
         for c in held[:: sessions // 10]:
@@ -222,18 +333,20 @@ def open_descriptors(pid: int) -> int:
 
 
 class ChangingMta:
-    """An ESMTP server with XCLIENT that, once `refusing` is set, greets with `later_greeting`
-    (or refuses XCLIENT with `later_xclient`). `sessions`: the commands of each connection."""
+    """An ESMTP server with XCLIENT that, once `refusing` is set, turns the client away at one
+    step: `greeting` (554 instead of 220), `xclient` (550 to XCLIENT) or `helo` (550 to the
+    EHLO/HELO after XCLIENT, i.e. the client's replayed one). `sessions`: the commands of each
+    connection; `refused`: the indexes of the connections it refused."""
 
-    def __init__(self, later_greeting: bytes | None = None, later_xclient: bytes | None = None):
-        self.later_greeting = later_greeting
-        self.later_xclient = later_xclient
+    def __init__(self, refusal: str):
+        self.refusal = refusal
+        self.refusing = False
+        self.sessions: list[list[bytes]] = []
+        self.refused: list[int] = []
         self.listener = socket.socket()
         self.listener.bind((LOOPBACK, 0))
         self.listener.listen(8)
         self.listener.settimeout(0.2)
-        self.refusing = False
-        self.sessions: list[list[bytes]] = []
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -248,18 +361,21 @@ class ChangingMta:
                 conn, _ = self.listener.accept()
             except (socket.timeout, OSError):
                 continue
-            commands: list[bytes] = []
-            self.sessions.append(commands)
-            threading.Thread(target=self._serve, args=(conn, self.refusing, commands),
+            self.sessions.append([])
+            threading.Thread(target=self._serve, args=(conn, len(self.sessions) - 1),
                              daemon=True).start()
 
-    def _serve(self, conn: socket.socket, later: bool, commands: list[bytes]) -> None:
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        refuse = self.refusal if self.refusing else None
+        commands = self.sessions[index]
         conn.settimeout(IO_TIMEOUT)
         with conn:
-            if later and self.later_greeting:
-                conn.sendall(self.later_greeting)
+            if refuse == "greeting":
+                self.refused.append(index)
+                conn.sendall(b"554 5.3.2 mta.test not now\r\n")
             else:
                 conn.sendall(b"220 mta.test ESMTP\r\n")
+            identified = False
             buf = b""
             while True:
                 try:
@@ -273,17 +389,28 @@ class ChangingMta:
                     line, buf = buf.split(b"\r\n", 1)
                     commands.append(line)
                     verb = line.split(b" ", 1)[0].upper()
-                    if verb == b"EHLO":
+                    if verb in (b"EHLO", b"HELO") and identified and refuse == "helo":
+                        self.refused.append(index)
+                        conn.sendall(b"550 5.7.1 not that name\r\n")
+                    elif verb == b"EHLO":
                         conn.sendall(b"250-mta.test\r\n250-PIPELINING\r\n"
                                      b"250 XCLIENT ADDR NAME PORT HELO PROTO\r\n")
+                    elif verb == b"XCLIENT" and refuse == "xclient":
+                        self.refused.append(index)
+                        conn.sendall(b"550 5.7.0 not authorised\r\n")
                     elif verb == b"XCLIENT":
-                        conn.sendall(self.later_xclient if later and self.later_xclient
-                                     else b"220 mta.test ESMTP\r\n")
+                        identified = True
+                        conn.sendall(b"220 mta.test ESMTP\r\n")
                     elif verb == b"QUIT":
                         conn.sendall(b"221 bye\r\n")
                         return
                     else:
                         conn.sendall(b"250 ok\r\n")
+
+    def released(self) -> bool:
+        """A connection that identified a client ended with the proxy's QUIT."""
+        return any(any(c.startswith(b"XCLIENT") for c in cmds) and b"QUIT" in cmds
+                   for cmds in list(self.sessions))
 
     def stop(self) -> None:
         self.stopped.set()
@@ -291,38 +418,50 @@ class ChangingMta:
         self.listener.close()
 
 
-def released(mta: ChangingMta) -> bool:
-    return any(any(c.startswith(b"XCLIENT") for c in cmds) and b"QUIT" in cmds
-               for cmds in list(mta.sessions))
-
-
-@pytest.mark.parametrize("refusal", ["greeting", "xclient"])
-def test_mta_refusing_the_client_on_reconnection_gets_a_421_never_a_5xx(proxy, refusal):
+@pytest.mark.parametrize("refusal,enhanced", [("greeting", "4.3.2"), ("xclient", "4.7.0"),
+                                              ("helo", "4.3.2")])
+def test_mta_refusing_the_client_on_reconnection_gets_a_421_never_a_5xx(proxy, refusal,
+                                                                          enhanced):
     """A 5xx greeting heard at connection time makes a client defer; the same words as the
     reply to its MAIL would bounce the mail. So a refusal on reconnection is a 421."""
-    mta = ChangingMta(later_greeting=b"554 5.3.2 mta.test not now\r\n" if refusal == "greeting"
-                      else None,
-                      later_xclient=b"550 5.7.0 not authorised\r\n" if refusal == "xclient"
-                      else None)
+    mta = ChangingMta(refusal)
     try:
-        p = proxy(mta.backend, "--backend-idle-timeout", f"{IDLE}s")
+        p = proxy(mta.backend, "--backend-idle-timeout", f"{IDLE}s", *NO_PROBE)
         with SmtpClient(p.plain_port) as c:
             assert_reply(c.greeting(), 220)
             assert_reply(c.ehlo("client.test"), 250)
-            # The client's MTA session (XCLIENT) ends with the proxy's QUIT while it idles.
             deadline = time.monotonic() + PAST_IDLE + 3
-            while not released(mta) and time.monotonic() < deadline:
+            while not mta.released() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert released(mta), mta.sessions
+            assert mta.released(), mta.sessions
             mta.refusing = True
             before = len(mta.sessions)
             reply = c.command(f"MAIL FROM:<{SENDER}>")
             assert reply.code == 421, reply
-            assert reply.lines[-1][4:9] == ("4.3.2" if refusal == "greeting" else "4.7.0"), reply
+            assert reply.lines[-1][4:9] == enhanced, reply
             assert c.read_until_closed() == b""
-        assert len(mta.sessions) > before  # it did try again
+        # The reply came from the one reconnection, which the MTA refused.
+        assert mta.refused == [before], (mta.refused, before, mta.sessions)
+        if refusal == "helo":
+            assert mta.sessions[before][-1] == b"EHLO client.test", mta.sessions[before]
         # Nothing of the client's mail reached any connection.
         assert not any(cmd.startswith(b"MAIL") for cmds in mta.sessions for cmd in cmds), (
             mta.sessions)
+    finally:
+        mta.stop()
+
+
+def test_mta_refusing_at_the_first_connection_gets_a_421_too(proxy):
+    """The proxy greets the client itself, so the MTA's 554 greeting (before this change the
+    reply to the client's EHLO) is a 421 as well."""
+    mta = ChangingMta("greeting")
+    mta.refusing = True
+    try:
+        p = proxy(mta.backend, *NO_PROBE)
+        with SmtpClient(p.plain_port) as c:
+            assert_reply(c.greeting(), 220)
+            reply = c.ehlo("client.test")
+            assert reply.code == 421 and reply.lines[-1][4:9] == "4.3.2", reply
+            assert c.read_until_closed() == b""
     finally:
         mta.stop()
