@@ -1003,13 +1003,10 @@ def smtplib_client(port: int, source: str | None = CLIENT_ADDR, implicit_tls: bo
 # --------------------------------------------------------------------------- fake MTA
 
 
-class FakeMta:
-    """An MTA that advertises and accepts XCLIENT, then closes the connection right after it
-    answers DATA with 354. Only for that fault: no real program produces it on demand."""
-
-    EHLO = (b"250-fake-mta.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-            b"250-ENHANCEDSTATUSCODES\r\n"
-            b"250 XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n")
+class ScriptedMta:
+    """The skeleton of a hand-written MTA: a loopback listener whose connections are each
+    served by `_serve(conn)` (a subclass's) on a thread of their own; `stop()` ends them all.
+    Every subclass is only for a fault no real program produces on demand."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -1017,7 +1014,6 @@ class FakeMta:
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.commands: list[str] = []  # every command line received, all connections
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -1039,6 +1035,29 @@ class FakeMta:
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self.threads.append(t)
             t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+        self.acceptor.join(timeout=STOP_TIMEOUT)
+        for t in self.threads:
+            t.join(timeout=STOP_TIMEOUT)
+
+
+class FakeMta(ScriptedMta):
+    """An MTA that advertises and accepts XCLIENT, then closes the connection right after it
+    answers DATA with 354. Only for that fault: no real program produces it on demand."""
+
+    EHLO = (b"250-fake-mta.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+            b"250-ENHANCEDSTATUSCODES\r\n"
+            b"250 XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n")
+
+    def __init__(self):
+        self.commands: list[str] = []  # every command line received, all connections
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(IO_TIMEOUT)
@@ -1078,13 +1097,6 @@ class FakeMta:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.sock.close()
-        self.acceptor.join(timeout=STOP_TIMEOUT)
-        for t in self.threads:
-            t.join(timeout=STOP_TIMEOUT)
 
 
 @pytest.fixture

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import threading
 
-from conftest import IO_TIMEOUT, LOOPBACK, STOP_TIMEOUT
+from conftest import IO_TIMEOUT, ScriptedMta
 
 
-class DyingMta:
+class DyingMta(ScriptedMta):
     """An MTA that closes the connection after `after_bytes` bytes of message content.
 
     `phase` is "DATA" or "BDAT"; `reset` chooses an RST (SO_LINGER 0) over a FIN. With
@@ -37,35 +36,10 @@ class DyingMta:
         ext.append(b"XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT")
         self.ehlo = b"250-dying-mta.test\r\n" + b"".join(
             (b"250-" if i < len(ext) - 1 else b"250 ") + e + b"\r\n" for i, e in enumerate(ext))
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.commands: list[str] = []  # every command line, all connections
         self.content: list[bytes] = []  # the message content taken, one entry per message
         self.died = 0  # connections closed on purpose in the middle of a message
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    @property
-    def backend(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
+        super().__init__()
 
     def _die(self, conn: socket.socket, taken: bytes) -> None:
         with self.lock:
@@ -142,10 +116,3 @@ class DyingMta:
             pass
         finally:
             conn.close()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.sock.close()
-        self.acceptor.join(timeout=STOP_TIMEOUT)
-        for t in self.threads:
-            t.join(timeout=STOP_TIMEOUT)

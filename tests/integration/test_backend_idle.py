@@ -22,7 +22,6 @@ import itertools
 import os
 import re
 import socket
-import threading
 import time
 from typing import Iterator
 
@@ -30,8 +29,8 @@ import pytest
 
 from certs import cert_pki, haproxy_postfix, haproxy_postfix_instance  # noqa: F401
 from exim_mta import EXIM_DOMAIN, Exim, exim_binary
-from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, MAIL_DOMAIN, SENDER, SmtpClient, free_port, simple_message,
-                      unique)
+from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, MAIL_DOMAIN, SENDER, ScriptedMta,
+                      SmtpClient, free_port, simple_message, unique)
 from ops_support import scrape, value
 from test_certificates import (assert_reply, connect, header_fields, postfix_received,
                                send_mail, server_cert_flags, wait_for_mta)
@@ -332,7 +331,7 @@ def open_descriptors(pid: int) -> int:
 # --------------------------------------------------------------------------- a refusing MTA
 
 
-class ChangingMta:
+class ChangingMta(ScriptedMta):
     """An ESMTP server with XCLIENT that, once `refusing` is set, turns the client away at one
     step: `greeting` (554 instead of 220), `xclient` (550 to XCLIENT) or `helo` (550 to the
     EHLO/HELO after XCLIENT, i.e. the client's replayed one). `sessions`: the commands of each
@@ -343,31 +342,14 @@ class ChangingMta:
         self.refusing = False
         self.sessions: list[list[bytes]] = []
         self.refused: list[int] = []
-        self.listener = socket.socket()
-        self.listener.bind((LOOPBACK, 0))
-        self.listener.listen(8)
-        self.listener.settimeout(0.2)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    @property
-    def backend(self) -> str:
-        return f"{LOOPBACK}:{self.listener.getsockname()[1]}"
-
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.sessions.append([])
-            threading.Thread(target=self._serve, args=(conn, len(self.sessions) - 1),
-                             daemon=True).start()
-
-    def _serve(self, conn: socket.socket, index: int) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         refuse = self.refusal if self.refusing else None
-        commands = self.sessions[index]
+        commands: list[bytes] = []
+        with self.lock:
+            self.sessions.append(commands)
+            index = len(self.sessions) - 1
         conn.settimeout(IO_TIMEOUT)
         with conn:
             if refuse == "greeting":
@@ -412,10 +394,6 @@ class ChangingMta:
         return any(any(c.startswith(b"XCLIENT") for c in cmds) and b"QUIT" in cmds
                    for cmds in list(self.sessions))
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
 
 
 @pytest.mark.parametrize("refusal,enhanced", [("greeting", "4.3.2"), ("xclient", "4.7.0"),
