@@ -10,6 +10,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cerrno>
 
@@ -183,9 +187,20 @@ asio::awaitable<bool> TlsStream::send_queue(error_code& ec) {
 }
 
 asio::awaitable<bool> TlsStream::send_unless_only_ticket(error_code& ec) {
-  if (queue_.size() == held_ticket_) co_return true;
+  if (queue_.size() == held_ticket_) {
+    // Sent at once, the ticket would have carried the ACK of the client's Finished. Held, it
+    // leaves that ACK to the delayed-ACK timer, and a client that keeps Nagle on (Python's
+    // smtplib, OpenSSL's s_client) holds its first command behind it for 40 ms: ACK now.
+    if (held_ticket_ > 0) acknowledge_now();
+    co_return true;
+  }
   const bool sent = co_await send_queue(ec);
   co_return sent;
+}
+
+void TlsStream::acknowledge_now() noexcept {
+  const int on = 1;  // sends an ACK that is due now, and leaves delayed-ACK mode for a while
+  ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
 }
 
 void TlsStream::send_queue_now() noexcept {

@@ -67,6 +67,8 @@ class TlsStream {
   boost::asio::awaitable<bool> send_unless_only_ticket(boost::system::error_code& ec);
   // Sends what of the queue the socket takes now, without waiting; how much it took.
   std::size_t send_what_it_takes(boost::system::error_code& ec) noexcept;
+  // TCP_QUICKACK: the ACK of what the peer sent last leaves now, not at the delayed-ACK timer.
+  void acknowledge_now() noexcept;
   // Sends what of the queue the socket takes now (an alert, close_notify) and drops the rest.
   void send_queue_now() noexcept;
   void drop_queue() noexcept;
