@@ -77,6 +77,7 @@ struct Options {
   std::uint64_t msgs_per_session = 1;
   std::uint64_t msg_size = 1024;
   bool pipelining = false;
+  bool nagle = false;  // leave Nagle's algorithm on, as most SMTP clients do
   std::string client_cert;
   std::string client_key;
   bool tls_resume = false;
@@ -105,6 +106,8 @@ An SMTP load generator: one event loop, one coroutine per session, one JSON line
                                   DATA as one group, and each message's content with the
                                   next message's MAIL, RCPT and DATA (default: one command
                                   at a time)
+  --nagle                         leave Nagle's algorithm on, as most clients do (default:
+                                  TCP_NODELAY): shows a server's delayed-ACK stalls
   --client-cert FILE              PEM client certificate (chain) to present
   --client-key FILE               its PEM private key (default: in --client-cert)
   --tls-resume                    resume TLS sessions (tickets) across sessions; the first
@@ -209,6 +212,9 @@ Options parse_options(int argc, char** argv) {
     } else if (flag == "--pipelining") {
       no_value();
       o.pipelining = true;
+    } else if (flag == "--nagle") {
+      no_value();
+      o.nagle = true;
     } else if (flag == "--client-cert") {
       o.client_cert = value();
     } else if (flag == "--client-key") {
@@ -616,7 +622,7 @@ awaitable<void> Session::connect() {
   phase_ = "connect";
   const auto& target = runner_.target();
   socket_.open(target.protocol());
-  socket_.set_option(tcp::no_delay(true));
+  if (!runner_.options().nagle) socket_.set_option(tcp::no_delay(true));
   if (const auto& source = runner_.source()) {
     // Let connect() pick the port for the 4-tuple, so many sessions share one source address.
     const int one = 1;

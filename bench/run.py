@@ -50,6 +50,10 @@ CASES: dict[str, dict] = {
     "latency": dict(title="STARTTLS, ECDSA, one session at a time: protocol latency without "
                          "queueing (a Nagle or delayed-ACK stall shows as ~40 ms)",
                     mode="starttls", sessions=300, concurrency=1, sigalgs=ECDSA_SIGALGS),
+    "latency-nagle": dict(title="as latency, with a client that leaves Nagle's algorithm on "
+                               "(as most do): the server's delayed-ACK stalls show as ~40 ms",
+                          mode="starttls", sessions=300, concurrency=1, sigalgs=ECDSA_SIGALGS,
+                          extra=["--nagle"]),
     "rsa": dict(title="STARTTLS, full handshake, RSA 2048, 1 KiB message",
                 mode="starttls", sessions=2000, concurrency=50, sigalgs=RSA_SIGALGS),
     "implicit": dict(title="implicit TLS, full handshake, ECDSA P-256, 1 KiB message",
