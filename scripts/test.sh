@@ -2,8 +2,8 @@
 # Installs what the tests need, builds, and runs every test: unit tests through CTest, the
 # integration tests (which drive the built proxy against real Postfix, Exim, smtp-sink, openssl,
 # swaks, Prometheus, HAProxy and testssl.sh on loopback) under ASan+UBSan and under TSan, the
-# benchmark smoke, the fuzzers and the image build. .ci/run calls exactly this; 18.5 minutes on
-# 2 cores from a clean clone (2026-12-03). Needs root (apt, and Postfix's master).
+# benchmark smoke, the fuzzers and the image build. .ci/run calls exactly this; 15.2 minutes on
+# 2 cores from a clean clone (2026-12-06). Needs root (apt, and Postfix's master).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,7 @@ ctest --test-dir build --output-on-failure -j 2
 bash bench/smoke.sh build  # the benchmark pipeline end to end (~3 s), no timing assertion
 FUZZ_JOBS=2 bash scripts/fuzz.sh 20  # every libFuzzer target 20 s, 2 at a time (2.6 min with the clang build)
 bash deploy/check.sh --prebuilt build/smtp-tls-proxy  # deploy/ lint + the image's runtime stage around this binary, smoke-tested (46 s; full image build: deploy/README.md)
-# Unit and integration tests under ASan+UBSan (build 4.1 min, suite 2.9 min), then the integration
-# tests under TSan (the proxy alone: build 1.3 min, suite 2.9 min); any sanitizer report fails
+# Unit and integration tests under ASan+UBSan (build 4.1 min, suite 3.4 min), then the integration
+# tests under TSan (the proxy alone: build 1.3 min, suite 3.4 min); any sanitizer report fails
 # the run.
 bash scripts/sanitize.sh all
