@@ -115,6 +115,8 @@ SessionServices::SessionServices(const Config& config_in,
   const auto& host = config.hostname;
   reply_service_unavailable =
       "421 4.3.2 " + host + " Service not available: mail server unreachable\r\n";
+  reply_mta_refused =
+      "421 4.3.2 " + host + " Service not available: mail server refused the session\r\n";
   reply_identity_refused =
       "421 4.7.0 " + host + " Service not available: mail server refused client identity\r\n";
   reply_mta_lost = "421 4.4.2 " + host + " Error: lost connection to mail server\r\n";
@@ -514,14 +516,17 @@ asio::awaitable<bool> Session::open_backend(Stream& client) {
 
 template <class Stream>
 asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client) {
-  auto refuse = [&](std::string_view reason, metrics::Rejection why) -> asio::awaitable<bool> {
+  // `refused`: the MTA answered, and said no (its words are in the log).
+  auto refuse = [&](std::string_view reason, metrics::Rejection why,
+                    bool refused = false) -> asio::awaitable<bool> {
     end_reason_ = reason;
     services_.metrics.rejected(why).Increment();
     const bool identity = why == metrics::Rejection::identity_refused;
     if (identity) services_.metrics.backend_xclient_failures().Increment();
-    co_await write_client(
-        client, identity ? services_.reply_identity_refused : services_.reply_service_unavailable,
-        true);
+    const std::string& reply = identity  ? services_.reply_identity_refused
+                               : refused ? services_.reply_mta_refused
+                                         : services_.reply_service_unavailable;
+    co_await write_client(client, reply, true);
     co_return false;
   };
   constexpr auto unavailable = metrics::Rejection::mta_unavailable;
@@ -560,7 +565,9 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
                  log::escape(backend_in_.view().substr(0, greeting.length), 200));
     // A client the proxy greeted itself hears a 421: the MTA's refusal as the reply to its
     // EHLO or MAIL could bounce its mail, while the same words as a greeting only defer it.
-    if (!greet_client) co_return co_await refuse("mail server refused connection", unavailable);
+    if (!greet_client) {
+      co_return co_await refuse("mail server refused connection", unavailable, true);
+    }
     end_reason_ = "mail server refused connection";
     co_await write_client(client, backend_in_.view().substr(0, greeting.length), true);
     co_return false;
@@ -590,7 +597,7 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
       backend_in_.consume(reply.length);
       replay_helo_.clear();
     } else if (!co_await replay_greeting()) {
-      co_return co_await refuse("mail server refused the client's greeting", unavailable);
+      co_return co_await refuse("mail server refused the client's greeting", unavailable, true);
     }
     if (resuming) spdlog::debug("{} mail server connection reopened", id_);
     // (No co_await inside || or ?: here: GCC 12 miscompiles it in coroutines.)
@@ -644,7 +651,7 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
       greet_client && accepted.code == 220 ? std::string(reply) : std::string();
   backend_in_.consume(accepted.length);
   if (!co_await replay_greeting()) {
-    co_return co_await refuse("mail server refused the client's greeting", unavailable);
+    co_return co_await refuse("mail server refused the client's greeting", unavailable, true);
   }
   if (resuming) spdlog::debug("{} mail server connection reopened", id_);
   if (!greet_client) co_return true;
@@ -1243,9 +1250,9 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
   };
   const bool relay = !discard_bdat_chunk_;
   // A chunk goes straight to the MTA, before flush_group() would connect.
-  if ((relay || !to_mta_.empty()) && !backend_attached_ &&
-      !co_await attach_backend(client, false)) {
-    co_return false;
+  if ((relay || !to_mta_.empty()) && !backend_attached_) {
+    const bool attached = co_await attach_backend(client, false);  // (GCC 12: not in the if)
+    if (!attached) co_return false;
   }
   if (bdat_header_due_) {
     bdat_header_due_ = false;
@@ -1318,9 +1325,10 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
   };
   const bool greeting = verb == Verb::ehlo || verb == Verb::helo;
   // XCLIENT (or no metadata): the client's greeting is the MTA's to answer, so it connects.
-  // proxy-v2 answers it from the probe only until the TLS outcome is known (never after a
-  // connection was given back: the MTA answers for this client again).
-  if (greeting && (config_.backend_metadata != BackendMetadata::proxy_v2 || reattaching_)) {
+  // proxy-v2 answers it from the probe until the TLS outcome is known, and after that only
+  // until the first connection: once one was given back, the MTA answers for this client.
+  if (greeting &&
+      (config_.backend_metadata != BackendMetadata::proxy_v2 || (reattaching_ && tls_active_))) {
     return std::nullopt;
   }
   switch (verb) {

@@ -73,6 +73,7 @@ struct SessionServices {
 
   // Replies that name this host, formatted once.
   std::string reply_service_unavailable;   // 421 4.3.2: the MTA cannot be reached
+  std::string reply_mta_refused;           // 421 4.3.2: the MTA refused the session
   std::string reply_identity_refused;      // 421 4.7.0: the MTA would not take XCLIENT
   std::string reply_mta_lost;              // 421 4.4.2: the MTA went away
   std::string reply_timeout;               // 421 4.4.2: the client went silent

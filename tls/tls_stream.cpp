@@ -199,8 +199,10 @@ asio::awaitable<bool> TlsStream::send_unless_only_ticket(error_code& ec) {
 }
 
 void TlsStream::acknowledge_now() noexcept {
+#ifdef TCP_QUICKACK  // Linux
   const int on = 1;  // sends an ACK that is due now, and leaves delayed-ACK mode for a while
   ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+#endif
 }
 
 void TlsStream::send_queue_now() noexcept {

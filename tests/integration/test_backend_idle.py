@@ -417,6 +417,8 @@ def test_mta_refusing_the_client_on_reconnection_gets_a_421_never_a_5xx(proxy, r
             reply = c.command(f"MAIL FROM:<{SENDER}>")
             assert reply.code == 421, reply
             assert reply.lines[-1][4:9] == enhanced, reply
+            if refusal != "xclient":  # the MTA answered and said no: not "unreachable"
+                assert "mail server refused the session" in reply.text, reply
             assert c.read_until_closed() == b""
         # The reply came from the one reconnection, which the MTA refused.
         assert mta.refused == [before], (mta.refused, before, mta.sessions)
@@ -440,6 +442,7 @@ def test_mta_refusing_at_the_first_connection_gets_a_421_too(proxy):
             assert_reply(c.greeting(), 220)
             reply = c.ehlo("client.test")
             assert reply.code == 421 and reply.lines[-1][4:9] == "4.3.2", reply
+            assert "mail server refused the session" in reply.text, reply
             assert c.read_until_closed() == b""
     finally:
         mta.stop()
