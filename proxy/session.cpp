@@ -33,6 +33,9 @@ constexpr auto kFinalWriteTimeout = std::chrono::seconds(10);
 // QUIT to an idle client's MTA connection and its reply: the client's next command waits.
 constexpr auto kBackendReleaseTimeout = std::chrono::seconds(2);
 constexpr std::size_t kMaxReplyLength = 16 * 1024;
+// Longest HELO/EHLO name kept (a domain is at most 255 bytes); a longer one is cut, and then
+// cannot be replayed to a reopened MTA connection as the client sent it.
+constexpr std::size_t kMaxHeloName = 255;
 constexpr std::size_t kDataChunk = 16 * 1024;
 // PROXY v1 is at most 107 bytes with its CRLF; v2 is 16 bytes and what its length says (we
 // accept no more TLVs than a load balancer sends: addresses and a few small TLVs).
@@ -396,7 +399,6 @@ asio::awaitable<bool> Session::handshake() {
   // RFC 3207: everything learned from the client before TLS is forgotten.
   helo_name_.clear();
   replay_helo_.clear();
-  helo_line_.clear();
   helo_state_ = HeloState::none;
   extended_helo_ = false;
   framer_.reset();
@@ -530,30 +532,15 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     co_return false;
   };
   constexpr auto unavailable = metrics::Rejection::mta_unavailable;
-  // A connection given back while the client idled (release_backend) is reopened as the
-  // client left it: identified again, and with the client's greeting replayed.
-  const bool resuming = std::exchange(reattaching_, false);
-  auto replay_greeting = [&]() -> asio::awaitable<bool> {
-    if (replay_helo_.empty()) co_return true;
-    if (!co_await write_mta(replay_helo_)) co_return false;
-    const auto reply = co_await read_mta_reply();
-    if (reply.status != smtp::ReplyScan::Status::complete) co_return false;
-    const bool accepted = reply.code / 100 == 2;
-    if (!accepted) {
-      spdlog::warn("{} mail server answered the replayed \"{}\" with \"{}\"", id_,
-                   log::escape(replay_helo_.substr(0, replay_helo_.size() - 2), 100),
-                   log::escape(backend_in_.view().substr(0, reply.length), 200));
-    }
-    backend_in_.consume(reply.length);
-    replay_helo_.clear();
-    co_return accepted;
-  };
   if (!co_await connect_backend()) {
     co_return co_await refuse("mail server unreachable", unavailable);
   }
   backend_attached_ = true;
-  if (config_.backend_metadata == BackendMetadata::proxy_v2 &&
-      !co_await write_mta(proxy_v2_header())) {
+  if (std::exchange(reattaching_, false)) {
+    spdlog::debug("{} mail server connection reopened for {}", id_, client_label_);
+  }
+  const bool proxy_v2 = config_.backend_metadata == BackendMetadata::proxy_v2;
+  if (proxy_v2 && !co_await write_mta(proxy_v2_header())) {
     co_return co_await refuse("mail server lost", unavailable);
   }
   auto greeting = co_await read_mta_reply();
@@ -572,91 +559,92 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
     co_await write_client(client, backend_in_.view().substr(0, greeting.length), true);
     co_return false;
   }
-  if (config_.backend_metadata != BackendMetadata::xclient) {
-    const std::string greeting_text(backend_in_.view().substr(0, greeting.length));
-    backend_in_.consume(greeting.length);
-    if (config_.backend_metadata == BackendMetadata::proxy_v2) {
-      // An MTA not told to expect the header reads it as SMTP lines (its signature even holds
-      // a QUIT) and answers those first: the first reply after the greeting shows whether it
-      // took the header. The client's own greeting (HELO/EHLO, sent in the clear) serves when
-      // there is one; otherwise a NOOP. Until then the client has heard nothing of the MTA.
-      const std::string_view check =
-          replay_helo_.empty() ? std::string_view("NOOP\r\n") : std::string_view(replay_helo_);
-      if (!co_await write_mta(check)) co_return co_await refuse("mail server lost", unavailable);
-      const auto reply = co_await read_mta_reply();
-      if (reply.status != smtp::ReplyScan::Status::complete || reply.code / 100 != 2) {
+  // What the client is greeted with, when it is greeted here (proxy-v2 with implicit TLS):
+  // the MTA's own greeting.
+  std::string client_greeting;
+  if (greet_client) client_greeting = backend_in_.view().substr(0, greeting.length);
+  backend_in_.consume(greeting.length);
+
+  if (config_.backend_metadata == BackendMetadata::xclient) {
+    // Identify the client with XCLIENT, or refuse it: an MTA that took its mail as coming
+    // from the proxy's own address may relay for anyone.
+    // (to_mta_ may hold the client's first commands, which go once the MTA knows the client.)
+    const std::string ehlo_command = "EHLO " + config_.hostname + "\r\n";
+    if (!co_await write_mta(ehlo_command)) {
+      co_return co_await refuse("mail server lost", unavailable);
+    }
+    const auto ehlo = co_await read_mta_reply();
+    if (ehlo.status != smtp::ReplyScan::Status::complete) {
+      co_return co_await refuse("mail server lost", unavailable);
+    }
+    const auto capabilities =
+        smtp::parse_ehlo_capabilities(backend_in_.view().substr(0, ehlo.length));
+    backend_in_.consume(ehlo.length);
+    if (ehlo.code != 250 || !capabilities.xclient || !capabilities.advertises("ADDR")) {
+      spdlog::error(
+          "{} mail server does not offer XCLIENT with ADDR to this proxy; refusing {} "
+          "(authorise the proxy, e.g. Postfix smtpd_authorized_xclient_hosts, or set "
+          "--backend-metadata none)",
+          id_, client_label_);
+      co_return co_await refuse("mail server refused client identity",
+                                metrics::Rejection::identity_refused);
+    }
+    if (capabilities.advertises("NAME") || capabilities.advertises("REVERSE_NAME")) {
+      co_await wait_for_client_name();
+    }
+    if (!co_await write_mta(build_xclient_command(capabilities, identity_))) {
+      co_return co_await refuse("mail server lost", unavailable);
+    }
+    const auto accepted = co_await read_mta_reply();
+    if (accepted.status != smtp::ReplyScan::Status::complete) {
+      co_return co_await refuse("mail server lost", unavailable);
+    }
+    const auto reply = backend_in_.view().substr(0, accepted.length);
+    if (accepted.code / 100 != 2) {
+      spdlog::error("{} mail server refused XCLIENT for {}: \"{}\"", id_, client_label_,
+                    log::escape(reply, 200));
+      co_return co_await refuse("mail server refused client identity",
+                                metrics::Rejection::identity_refused);
+    }
+    // After XCLIENT the MTA greets anew (220); the client was greeted by the proxy already.
+    if (greet_client) client_greeting = accepted.code == 220 ? std::string(reply) : std::string();
+    backend_in_.consume(accepted.length);
+  }
+
+  // The client's greeting, for an MTA that has not heard it (proxy-v2 before TLS, or a
+  // connection reopened after an idle release), so its session is the one the client believes
+  // it has. In proxy-v2 mode this first command also shows whether the MTA took the header: one
+  // not told to expect it reads it as SMTP lines (its signature even holds a QUIT) and answers
+  // those first. Without a greeting to replay, a NOOP serves for that.
+  if (!replay_helo_.empty() || proxy_v2) {
+    const std::string_view command =
+        replay_helo_.empty() ? std::string_view("NOOP\r\n") : std::string_view(replay_helo_);
+    if (!co_await write_mta(command)) co_return co_await refuse("mail server lost", unavailable);
+    const auto reply = co_await read_mta_reply();
+    const bool complete = reply.status == smtp::ReplyScan::Status::complete;
+    if (!complete || reply.code / 100 != 2) {
+      const auto said = log::escape(backend_in_.view().substr(0, reply.length), 200);
+      if (proxy_v2) {
         spdlog::error(
             "{} mail server answered \"{}\" right after the PROXY header: it does not take the "
             "header from this proxy (Exim hosts_proxy, Postfix smtpd_upstream_proxy_protocol) "
             "or refused {}; refusing {}",
-            id_, log::escape(backend_in_.view().substr(0, reply.length), 200),
-            replay_helo_.empty() ? "NOOP" : "the client's greeting", client_label_);
+            id_, said, replay_helo_.empty() ? "NOOP" : "the client's greeting", client_label_);
         co_return co_await refuse("mail server refused client identity",
                                   metrics::Rejection::identity_refused);
       }
-      backend_in_.consume(reply.length);
-      replay_helo_.clear();
-    } else if (!co_await replay_greeting()) {
+      if (!complete) co_return co_await refuse("mail server lost", unavailable);
+      spdlog::warn("{} mail server answered the replayed \"{}\" with \"{}\"", id_,
+                   log::escape(command.substr(0, command.size() - 2), 100), said);
       co_return co_await refuse("mail server refused the client's greeting", unavailable, true);
     }
-    if (resuming) spdlog::debug("{} mail server connection reopened", id_);
-    // (No co_await inside || or ?: here: GCC 12 miscompiles it in coroutines.)
-    if (!greet_client) co_return true;
-    co_return co_await write_client(client, greeting_text);
+    backend_in_.consume(reply.length);
+    replay_helo_.clear();
   }
-  backend_in_.consume(greeting.length);
-
-  // Identify the client with XCLIENT, or refuse it: an MTA that took its mail as coming
-  // from the proxy's own address may relay for anyone.
-  // (to_mta_ may hold the client's first commands, which go once the MTA knows the client.)
-  const std::string ehlo_command = "EHLO " + config_.hostname + "\r\n";
-  if (!co_await write_mta(ehlo_command)) {
-    co_return co_await refuse("mail server lost", unavailable);
-  }
-  const auto ehlo = co_await read_mta_reply();
-  if (ehlo.status != smtp::ReplyScan::Status::complete) {
-    co_return co_await refuse("mail server lost", unavailable);
-  }
-  const auto capabilities =
-      smtp::parse_ehlo_capabilities(backend_in_.view().substr(0, ehlo.length));
-  backend_in_.consume(ehlo.length);
-  if (ehlo.code != 250 || !capabilities.xclient || !capabilities.advertises("ADDR")) {
-    spdlog::error(
-        "{} mail server does not offer XCLIENT with ADDR to this proxy; refusing {} (authorise "
-        "the proxy, e.g. Postfix smtpd_authorized_xclient_hosts, or set --backend-metadata "
-        "none)",
-        id_, client_label_);
-    co_return co_await refuse("mail server refused client identity",
-                              metrics::Rejection::identity_refused);
-  }
-  if (capabilities.advertises("NAME") || capabilities.advertises("REVERSE_NAME")) {
-    co_await wait_for_client_name();
-  }
-  if (!co_await write_mta(build_xclient_command(capabilities, identity_))) {
-    co_return co_await refuse("mail server lost", unavailable);
-  }
-  const auto accepted = co_await read_mta_reply();
-  if (accepted.status != smtp::ReplyScan::Status::complete) {
-    co_return co_await refuse("mail server lost", unavailable);
-  }
-  const auto reply = backend_in_.view().substr(0, accepted.length);
-  if (accepted.code / 100 != 2) {
-    spdlog::error("{} mail server refused XCLIENT for {}: \"{}\"", id_, client_label_,
-                  log::escape(reply, 200));
-    co_return co_await refuse("mail server refused client identity",
-                              metrics::Rejection::identity_refused);
-  }
-  // After XCLIENT the MTA greets anew (220); the client was greeted by the proxy already.
-  const std::string mta_greeting =
-      greet_client && accepted.code == 220 ? std::string(reply) : std::string();
-  backend_in_.consume(accepted.length);
-  if (!co_await replay_greeting()) {
-    co_return co_await refuse("mail server refused the client's greeting", unavailable, true);
-  }
-  if (resuming) spdlog::debug("{} mail server connection reopened", id_);
+  // (No co_await inside || or ?: here: GCC 12 miscompiles it in coroutines.)
   if (!greet_client) co_return true;
-  co_return co_await write_client(client,
-                                  mta_greeting.empty() ? services_.reply_greeting : mta_greeting);
+  if (client_greeting.empty()) client_greeting = services_.reply_greeting;
+  co_return co_await write_client(client, client_greeting);
 }
 
 // Whether the MTA connection holds nothing that reopening it would not restore: no mail
@@ -665,9 +653,9 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
 bool Session::backend_releasable() const {
   return config_.backend_idle_timeout.count() > 0 && backend_attached_ && !mta_lost_ && !closing_ &&
          !in_transaction_ && !data_accepted_ && !in_bdat_message_ && !authenticated_ &&
-         !auth_continuation_ && helo_state_ != HeloState::unknown && pending_.empty() &&
-         to_mta_.empty() && backend_in_.empty() &&
-         Clock::now() + config_.backend_idle_timeout < deadline_;
+         !auth_continuation_ && helo_state_ != HeloState::unknown &&
+         helo_name_.size() < kMaxHeloName && pending_.empty() && to_mta_.empty() &&
+         backend_in_.empty() && Clock::now() + config_.backend_idle_timeout < deadline_;
 }
 
 // QUIT, the MTA's reply (unread: it only lets the MTA close first), and close; bounded, and
@@ -688,8 +676,10 @@ asio::awaitable<void> Session::release_backend() {
   backend_in_.release_if_empty();
   backend_attached_ = false;
   reattaching_ = true;
-  reset_mta_after_tls_ = false;  // the next MTA session starts clean
-  replay_helo_ = helo_state_ == HeloState::accepted ? helo_line_ : std::string();
+  reset_mta_after_tls_ = false;              // the next MTA session starts clean
+  if (helo_state_ == HeloState::accepted) {  // the MTA hears it again when reopened
+    replay_helo_ = (extended_helo_ ? "EHLO " : "HELO ") + helo_name_ + "\r\n";
+  }
   timed_out_ = false;
   arm_at(client_deadline);
   services_.metrics.backend_idle_releases().Increment();
@@ -1021,9 +1011,8 @@ Session::GroupEnd Session::on_command(std::string_view line) {
       return GroupEnd::none;
     case Verb::helo:
     case Verb::ehlo:
-      helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      helo_name_ = std::string(smtp::command_arguments(line).substr(0, kMaxHeloName));
       extended_helo_ = verb == Verb::ehlo;
-      helo_line_ = std::string(line) + "\r\n";
       if (to_mta_.empty()) replay_helo_.clear();  // the MTA hears this one instead
       in_bdat_message_ = false;
       forward(line, verb);
@@ -1107,12 +1096,10 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       in_transaction_ = false;
       break;
     case Verb::helo:
-      in_transaction_ = false;
-      helo_state_ = code / 100 == 2 ? HeloState::accepted : HeloState::unknown;
-      break;
     case Verb::ehlo:
       in_transaction_ = false;
       helo_state_ = code / 100 == 2 ? HeloState::accepted : HeloState::unknown;
+      if (pending.verb == Verb::helo) break;
       if (code == 250 && !tls_active_ && !starttls_counted_) {
         starttls_counted_ = true;
         services_.metrics
@@ -1340,9 +1327,9 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
         closing_ = true;
         return GroupEnd::close;
       }
-      helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      helo_name_ = std::string(smtp::command_arguments(line).substr(0, kMaxHeloName));
       extended_helo_ = true;
-      replay_helo_ = helo_line_ = std::string(line) + "\r\n";
+      replay_helo_ = std::string(line) + "\r\n";
       helo_state_ = HeloState::accepted;
       auto reply = smtp::rewrite_ehlo_reply(
           *cached, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
@@ -1359,9 +1346,9 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
       return GroupEnd::none;
     }
     case Verb::helo:
-      helo_name_ = std::string(smtp::command_arguments(line).substr(0, 255));
+      helo_name_ = std::string(smtp::command_arguments(line).substr(0, kMaxHeloName));
       extended_helo_ = false;
-      replay_helo_ = helo_line_ = std::string(line) + "\r\n";
+      replay_helo_ = std::string(line) + "\r\n";
       helo_state_ = HeloState::accepted;
       answer("250 " + config_.hostname + "\r\n");
       return GroupEnd::none;

@@ -224,9 +224,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool backend_attached_ = false;  // connected to the MTA (deferred, or given back idle)
   bool reattaching_ = false;       // the MTA connection was given back: the next one resumes
   // The client's HELO/EHLO line, for an MTA connection that did not hear it (proxy-v2 before
-  // TLS; a reopened connection); and its last one with what the MTA made of it.
+  // TLS; a reopened connection: made again from helo_name_), and what the MTA made of the last.
   std::string replay_helo_;
-  std::string helo_line_;
   enum class HeloState : std::uint8_t { none, accepted, unknown } helo_state_ = HeloState::none;
   bool authenticated_ = false;       // the MTA accepted AUTH
   bool in_bdat_message_ = false;     // the current BDAT message's header went out

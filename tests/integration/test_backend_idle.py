@@ -23,7 +23,7 @@ import os
 import re
 import socket
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -45,6 +45,14 @@ NO_PROBE = ("--backend-probe-interval", "1h")
 _sources = itertools.count(1)
 
 
+def eventually(condition: Callable[[], bool], timeout: float) -> bool:
+    """Polls `condition` until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def fresh_source() -> str:
     return f"127.0.77.{next(_sources)}"
 
@@ -62,9 +70,7 @@ def ended_sessions(postfix, source: str) -> list[str]:
 
 
 def wait_for_disconnects(postfix, source: str, count: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while disconnects(postfix, source) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: disconnects(postfix, source) >= count, timeout)
     assert disconnects(postfix, source) == count, (
         f"wanted {count} Postfix sessions ended for {source}:\n{postfix.log()[-3000:]}")
 
@@ -79,9 +85,7 @@ def releases(metrics_port: int) -> float:
 
 
 def wait_for_releases(metrics_port: int, count: int, timeout: float = PAST_IDLE + 5) -> None:
-    deadline = time.monotonic() + timeout
-    while releases(metrics_port) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: releases(metrics_port) >= count, timeout)
     assert releases(metrics_port) == count
 
 
@@ -294,6 +298,39 @@ def test_proxy_v2_reconnects_with_the_header_and_the_greeting(haproxy_postfix, p
     assert f"[{source}]".encode() in received, received
 
 
+def test_proxy_v2_released_in_the_clear_waits_for_tls_before_reconnecting(haproxy_postfix, proxy,
+                                                                          cert_pki):
+    """proxy-v2: a session that used the MTA in the clear, was released, and then says EHLO and
+    STARTTLS. The header must tell the TLS outcome, so the EHLO is answered from the probe, not
+    by a new connection made in the clear; the connection made after the handshake hears
+    nothing of the plaintext part (no RSET to undo it, a NOOP to check the header)."""
+    pf = haproxy_postfix
+    p = proxy(pf.haproxy_backend, *server_cert_flags(cert_pki), "--backend-metadata", "proxy-v2",
+              "--backend-probe-interval", "1s", "--backend-idle-timeout", f"{IDLE}s")
+    wait_for_mta(p)
+    source = fresh_source()
+    box = pf.new_mailbox()
+    token = unique("m")
+    with connect(p.plain_port, cert_pki, None, False, source=source) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo("plain.example"), 250)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)  # the MTA, in the clear
+        assert_reply(c.command("RSET"), 250)
+        wait_for_disconnects(pf, source, 1, timeout=PAST_IDLE + 3)
+        assert_reply(c.ehlo("plain.example"), 250)
+        time.sleep(0.3)
+        connects = re.findall(rf"\bconnect from \S+\[{re.escape(source)}\]", pf.log())
+        assert len(connects) == 1, "a connection was made in the clear for the EHLO"
+        assert_reply(c.starttls(), 220, "2.0.0")
+        assert_reply(c.ehlo("tls.example"), 250)
+        send_mail(c, box, token)
+        assert_reply(c.command("QUIT"), 221)
+    assert b"from tls.example " in postfix_received(box.wait()[0])
+    wait_for_disconnects(pf, source, 2)
+    second = ended_sessions(pf, source)[1]
+    assert "rset=" not in second and "noop=1" in second, second
+
+
 @pytest.mark.measures_process
 def test_idle_sessions_hold_one_descriptor_each(smtp_sink, proxy):
     """What lets 10 000 idle sessions fit in 20 000 descriptors (bench case concurrent-10000)."""
@@ -310,10 +347,8 @@ def test_idle_sessions_hold_one_descriptor_each(smtp_sink, proxy):
             held.append(starttls_session(p.plain_port, CLIENT_ADDR, "client.test"))
         # Each session had an MTA connection (its EHLO went there) and gave it back once idle.
         wait_for_releases(metrics_port, sessions, timeout=PAST_IDLE + 10)
-        deadline = time.monotonic() + 5
-        while open_descriptors(p.proc.pid) - base != sessions and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert open_descriptors(p.proc.pid) - base == sessions
+        assert eventually(lambda: open_descriptors(p.proc.pid) - base == sessions, 5), (
+            open_descriptors(p.proc.pid) - base, sessions)
         # Every one still works: NOOP from the proxy, a mail command through a new connection.
         for c in held[:: sessions // 10]:
             assert_reply(c.command("NOOP"), 250)
@@ -408,10 +443,7 @@ def test_mta_refusing_the_client_on_reconnection_gets_a_421_never_a_5xx(proxy, r
         with SmtpClient(p.plain_port) as c:
             assert_reply(c.greeting(), 220)
             assert_reply(c.ehlo("client.test"), 250)
-            deadline = time.monotonic() + PAST_IDLE + 3
-            while not mta.released() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert mta.released(), mta.sessions
+            assert eventually(mta.released, PAST_IDLE + 3), mta.sessions
             mta.refusing = True
             before = len(mta.sessions)
             reply = c.command(f"MAIL FROM:<{SENDER}>")
