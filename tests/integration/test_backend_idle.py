@@ -278,11 +278,17 @@ def test_authenticated_session_keeps_its_mta_connection(exim_with_auth, proxy):
     assert len(closed) == 3, log[-3000:]
 
 
-def test_proxy_v2_reconnects_with_the_header_and_the_greeting(haproxy_postfix, proxy, cert_pki):
-    pf = haproxy_postfix
+def proxy_v2(proxy, pf, cert_pki):
+    """The proxy in front of Postfix's PROXY-protocol smtpd, its probe having found it."""
     p = proxy(pf.haproxy_backend, *server_cert_flags(cert_pki), "--backend-metadata", "proxy-v2",
               "--backend-probe-interval", "1s", "--backend-idle-timeout", f"{IDLE}s")
     wait_for_mta(p)
+    return p
+
+
+def test_proxy_v2_reconnects_with_the_header_and_the_greeting(haproxy_postfix, proxy, cert_pki):
+    pf = haproxy_postfix
+    p = proxy_v2(proxy, pf, cert_pki)
     source = fresh_source()
     box = pf.new_mailbox()
     token = unique("m")
@@ -305,9 +311,7 @@ def test_proxy_v2_released_in_the_clear_waits_for_tls_before_reconnecting(haprox
     by a new connection made in the clear; the connection made after the handshake hears
     nothing of the plaintext part (no RSET to undo it, a NOOP to check the header)."""
     pf = haproxy_postfix
-    p = proxy(pf.haproxy_backend, *server_cert_flags(cert_pki), "--backend-metadata", "proxy-v2",
-              "--backend-probe-interval", "1s", "--backend-idle-timeout", f"{IDLE}s")
-    wait_for_mta(p)
+    p = proxy_v2(proxy, pf, cert_pki)
     source = fresh_source()
     box = pf.new_mailbox()
     token = unique("m")
