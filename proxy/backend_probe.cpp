@@ -21,12 +21,12 @@ using boost::system::error_code;
 using namespace asio::experimental::awaitable_operators;
 
 namespace {
-constexpr auto kProbeTimeout = std::chrono::seconds(5);
 constexpr std::size_t kMaxGreeting = 4096;
 }  // namespace
 
-BackendProbe::BackendProbe(asio::io_context& io, const Config& config, EhloCache& ehlo_cache)
-    : io_(io), config_(config), ehlo_cache_(ehlo_cache), timer_(io) {}
+BackendProbe::BackendProbe(asio::io_context& io, const Config& config, EhloCache& ehlo_cache,
+                           std::atomic<bool>& probed)
+    : io_(io), config_(config), ehlo_cache_(ehlo_cache), probed_(probed), timer_(io) {}
 
 void BackendProbe::start() {
   asio::co_spawn(io_, loop(), asio::detached);
@@ -43,6 +43,7 @@ asio::awaitable<void> BackendProbe::loop() {
   while (!stopped_) {
     const bool up = co_await probe_once();
     mta_up_.store(up, std::memory_order_relaxed);
+    probed_.store(true, std::memory_order_release);
     if (first || up != last) {
       if (up) {
         spdlog::info("mail server {}:{} is up", config_.backend_host, config_.backend_port);
@@ -62,7 +63,7 @@ asio::awaitable<void> BackendProbe::loop() {
 asio::awaitable<bool> BackendProbe::probe_once() {
   tcp::socket socket(io_);
   asio::steady_timer deadline(io_);
-  deadline.expires_after(kProbeTimeout);
+  deadline.expires_after(kTimeout);
   // Everything below races the deadline; whichever finishes first cancels the other.
   const bool proxy_v2 = config_.backend_metadata == BackendMetadata::proxy_v2;
   auto read_reply = [&](std::string& buffer) -> asio::awaitable<smtp::ReplyScan> {

@@ -17,6 +17,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -25,7 +26,12 @@ namespace stp {
 class BackendProbe {
  public:
   using EhloCache = std::atomic<std::shared_ptr<const std::string>>;
-  BackendProbe(boost::asio::io_context& io, const Config& config, EhloCache& ehlo_cache);
+  // The longest one probe takes.
+  static constexpr auto kTimeout = std::chrono::seconds(5);
+
+  // `probed` is set once the first probe has finished, whatever it found.
+  BackendProbe(boost::asio::io_context& io, const Config& config, EhloCache& ehlo_cache,
+               std::atomic<bool>& probed);
 
   void start();
   void stop();
@@ -38,6 +44,7 @@ class BackendProbe {
   boost::asio::io_context& io_;
   const Config& config_;
   EhloCache& ehlo_cache_;
+  std::atomic<bool>& probed_;
   boost::asio::steady_timer timer_;
   std::atomic<bool> mta_up_{false};
   bool stopped_ = false;

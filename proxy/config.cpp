@@ -572,13 +572,16 @@ std::vector<Flag> flag_table() {
        .help = "drop a client whose TLS handshake takes longer",
        .apply = [](Config& c,
                    const Values& v) { c.tls_handshake_timeout = duration_value(v.front()); }},
+      // The MTA must read every line the proxy forwards as one line: Postfix reads 2047 bytes
+      // and its CRLF (line_length_limit 2048), Exim 16383. A longer line would be cut into
+      // two commands there, one of them never checked here.
       {.name = "max-line-length",
        .argument = "BYTES",
-       .defaults = {"4096"},
-       .help = "longest command line accepted from a client",
+       .defaults = {"2047"},
+       .help = "longest command line accepted from a client (at most what the MTA reads whole)",
        .apply =
            [](Config& c, const Values& v) {
-             c.max_line_length = number_in_range(v.front(), 512, 1024 * 1024, "a number of bytes");
+             c.max_line_length = number_in_range(v.front(), 512, 16383, "a number of bytes");
            }},
       {.name = "bare-lf",
        .argument = "normalize|reject",

@@ -81,7 +81,7 @@ struct Config {
   bool client_name_lookup = true;
   std::chrono::seconds smtp_receive_timeout{300};
   std::chrono::seconds tls_handshake_timeout{30};
-  std::size_t max_line_length = 4096;
+  std::size_t max_line_length = 2047;
   BareLfPolicy bare_lf = BareLfPolicy::normalize;
   unsigned threads = 0;  // 0 before parsing; parse_config sets the number of cores
 

@@ -67,7 +67,7 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
         }
         return workers;
       }()),
-      probe_(workers_[0]->io, config, services_.mta_ehlo_reply),
+      probe_(workers_[0]->io, config, services_.mta_ehlo_reply, services_.mta_probed),
       signals_(workers_[0]->io, SIGTERM, SIGINT, SIGHUP) {
   for (const auto& listener : config_.listeners) {
     tcp::acceptor acceptor(workers_[0]->io);

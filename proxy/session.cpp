@@ -2,6 +2,7 @@
 #include "proxy/session.hpp"
 
 #include "acl/policy.hpp"
+#include "proxy/backend_probe.hpp"
 #include "proxy/log.hpp"
 #include "proxy/proxy_protocol.hpp"
 #include "proxy/received_header.hpp"
@@ -37,6 +38,10 @@ constexpr std::size_t kMaxReplyLength = 16 * 1024;
 // cannot be replayed to a reopened MTA connection as the client sent it.
 constexpr std::size_t kMaxHeloName = 255;
 constexpr std::size_t kDataChunk = 16 * 1024;
+// Exim reads an AUTH response with its CR into 16384 bytes: one byte less than a command.
+constexpr std::size_t kMaxAuthResponse = 16382;
+// A refused BDAT chunk larger than this is not read to its end: the session closes instead.
+constexpr std::uint64_t kMaxDiscardedChunk = 64 * 1024 * 1024;
 // PROXY v1 is at most 107 bytes with its CRLF; v2 is 16 bytes and what its length says (we
 // accept no more TLVs than a load balancer sends: addresses and a few small TLVs).
 constexpr std::size_t kProxyV1MaxLength = 107;
@@ -57,6 +62,12 @@ constexpr std::string_view kReplyAuthNeedsTls =
     "538 5.7.11 Encryption required for requested authentication mechanism\r\n";
 constexpr std::string_view kReplyLineTooLong = "500 5.5.2 Error: line too long\r\n";
 constexpr std::string_view kReplyBadCharacter = "500 5.5.2 Error: bad character in command\r\n";
+constexpr std::string_view kReplyLeadingSpace =
+    "500 5.5.2 Error: white space before the command\r\n";
+constexpr std::string_view kReplyBdatNotOffered =
+    "502 5.5.1 Error: BDAT not offered by the mail server\r\n";
+constexpr std::string_view kReplyMessageTooBig =
+    "552 5.3.4 Error: message exceeds the mail server's size limit\r\n";
 constexpr std::string_view kReplyBdatSyntax = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
 constexpr std::string_view kReplyBadSyntax = "500 5.5.2 Error: bad syntax\r\n";
 constexpr std::string_view kReplyBareLineEnding =
@@ -354,7 +365,7 @@ void Session::finish() {
     const auto& t = *tls_facts_;
     tls_fields = "X=" + t.exim_cipher_field() + " CV=" + (t.verified ? "yes" : "no");
     if (t.peer) tls_fields += " DN=\"" + log::escape(t.peer->subject, 200) + "\"";
-    if (!t.sni.empty()) tls_fields += " SNI=" + log::escape(t.sni, 100);
+    if (!t.sni.empty()) tls_fields += " SNI=\"" + log::escape(t.sni, 255) + "\"";
   }
   spdlog::info(
       "{} session client={} listener={} {} helo=\"{}\" commands={} rejected={} "
@@ -401,6 +412,7 @@ asio::awaitable<bool> Session::handshake() {
   replay_helo_.clear();
   helo_state_ = HeloState::none;
   extended_helo_ = false;
+  learn_mta_extensions({});
   framer_.reset();
   co_return true;
 }
@@ -458,6 +470,14 @@ void Session::record_tls_session() {
                t.resumed ? "reused" : "established", name, address.to_string(),
                t.sni.empty() ? std::string() : " to " + log::escape(t.sni, 100), t.protocol,
                t.cipher, t.cipher_bits, t.cipher_algorithm_bits, details, id_);
+  if (!t.refused_sni.empty()) {
+    spdlog::info("{} {} asked for SNI \"{}\", not a host name; taken as no SNI", id_, client_label_,
+                 log::escape(t.refused_sni, 100));
+  }
+  if (t.peer && t.peer->common_name_refused) {
+    spdlog::info("{} client certificate of {} has several CNs, or a NUL in its CN: no CN reported",
+                 id_, client_label_);
+  }
   if (t.peer) {
     spdlog::info(
         "{} client certificate subject=\"{}\" issuer=\"{}\" serial={} sha256={} "
@@ -638,6 +658,12 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
                    log::escape(command.substr(0, command.size() - 2), 100), said);
       co_return co_await refuse("mail server refused the client's greeting", unavailable, true);
     }
+    // The MTA may offer this connection less than the client was told (the probe's reply, or
+    // an earlier connection's): what it offers now is what the session may use.
+    if (!replay_helo_.empty()) {
+      learn_mta_extensions(extended_helo_ ? backend_in_.view().substr(0, reply.length)
+                                          : std::string_view());
+    }
     backend_in_.consume(reply.length);
     replay_helo_.clear();
   }
@@ -652,8 +678,8 @@ asio::awaitable<bool> Session::attach_backend(Stream& client, bool greet_client)
 // none). The MTA then costs an idle client nothing (a Postfix has 100 smtpd processes).
 bool Session::backend_releasable() const {
   return config_.backend_idle_timeout.count() > 0 && backend_attached_ && !mta_lost_ && !closing_ &&
-         !in_transaction_ && !data_accepted_ && !in_bdat_message_ && !authenticated_ &&
-         !auth_continuation_ && helo_state_ != HeloState::unknown &&
+         !in_transaction_ && !data_accepted_ && bdat_message_ == BdatMessage::none &&
+         !authenticated_ && !auth_continuation_ && helo_state_ != HeloState::unknown &&
          helo_name_.size() < kMaxHeloName && pending_.empty() && to_mta_.empty() &&
          backend_in_.empty() && Clock::now() + config_.backend_idle_timeout < deadline_;
 }
@@ -732,9 +758,9 @@ asio::awaitable<bool> Session::write_mta(std::string_view bytes) {
 // The client side.
 
 template <class Stream>
-asio::awaitable<bool> Session::read_client(Stream& client, bool idle) {
+asio::awaitable<bool> Session::read_client(Stream& client, bool idle, Clock::time_point deadline) {
   error_code ec;
-  arm(config_.smtp_receive_timeout);
+  arm_at(std::min(Clock::now() + config_.smtp_receive_timeout, deadline));
   waiting_for_command_ = idle;
   if (idle && client_in_.empty()) {
     // Between commands a session holds no buffer of its own: wait, then read. (The MTA's
@@ -830,6 +856,10 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
       frame = framer_.next(client_in_.view());
     }
 
+    if (!backend_attached_ && config_.backend_metadata == BackendMetadata::proxy_v2 &&
+        !services_.mta_probed.load(std::memory_order_acquire)) {
+      co_await wait_for_first_probe();
+    }
     if (reset_mta_after_tls_) {
       reset_mta_after_tls_ = false;
       to_mta_ += "RSET\r\n";
@@ -840,11 +870,9 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
     std::size_t taken = 0;
     while (true) {
       if (frame.status == Status::line_too_long) {
-        violation(metrics::Violation::line_too_long);
-        reply_locally(kReplyLineTooLong);
-        spdlog::info("{} line too long from {}", id_, client_label_);
+        end = on_line_too_long();
       } else {
-        end = on_command(frame.line);
+        end = on_line(frame.line);
       }
       client_in_.consume(frame.consumed);
       // --max-pipelined-commands: the rest waits, unread past the buffer, until these are
@@ -885,24 +913,64 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
   }
 }
 
-Session::GroupEnd Session::on_command(std::string_view line) {
+Session::GroupEnd Session::on_line_too_long() {
   ++commands_;
-  if (auth_continuation_) {  // a SASL response, not a command: the MTA asked for it
-    auth_continuation_ = false;
-    forward(line, Verb::auth);
+  violation(metrics::Violation::line_too_long);
+  spdlog::info("{} line too long from {}", id_, client_label_);
+  // An AUTH response the MTA waits for: cancel the exchange there, or the client's next
+  // command would be read by the MTA as the response.
+  if (std::exchange(auth_continuation_, false)) return cancel_auth(kReplyLineTooLong);
+  reply_locally(kReplyLineTooLong);
+  return GroupEnd::none;
+}
+
+Session::GroupEnd Session::on_line(std::string_view line) {
+  ++commands_;
+  if (std::exchange(auth_continuation_, false)) {  // a SASL response: the MTA asked for it
+    if (line.size() > kMaxAuthResponse) {
+      violation(metrics::Violation::line_too_long);
+      return cancel_auth(kReplyLineTooLong);
+    }
+    if (smtp::has_control_character(line)) {
+      violation(metrics::Violation::bad_command_character);
+      return cancel_auth(kReplyBadCharacter);
+    }
+    forward({.verb = Verb::auth, .line = line, .arguments = {}});
     return GroupEnd::wait_reply;
   }
-  if (smtp::has_forbidden_command_bytes(line)) {
-    violation(metrics::Violation::bad_command_character);
-    reply_locally(kReplyBadCharacter);
-    return GroupEnd::none;
+  const auto parsed = smtp::parse_command(line);
+  switch (parsed.syntax) {
+    case smtp::CommandSyntax::ok:
+      return on_command(parsed.command);
+    case smtp::CommandSyntax::empty:
+      violation(metrics::Violation::empty_command);
+      reply_locally(kReplyBadSyntax);
+      break;
+    case smtp::CommandSyntax::leading_space:
+      violation(metrics::Violation::bad_command_character);
+      reply_locally(kReplyLeadingSpace);
+      break;
+    case smtp::CommandSyntax::control_character:
+      violation(metrics::Violation::bad_command_character);
+      reply_locally(kReplyBadCharacter);
+      break;
   }
-  if (line.empty()) {
-    violation(metrics::Violation::empty_command);
-    reply_locally(kReplyBadSyntax);
-    return GroupEnd::none;
-  }
-  if (is_proxy_header_line(line)) {
+  spdlog::info("{} {} sent a malformed command \"{}\"; refused", id_, client_label_,
+               log::escape(line, 60));
+  return GroupEnd::none;
+}
+
+// "*" ends an AUTH exchange (RFC 4954); the MTA's 501 to it is not the client's to hear.
+Session::GroupEnd Session::cancel_auth(std::string_view reply) {
+  to_mta_ += "*\r\n";
+  pending_.push_back({PendingReply::Kind::mta_silent, Verb::auth});
+  reply_locally(reply);
+  return GroupEnd::wait_reply;
+}
+
+Session::GroupEnd Session::on_command(const smtp::Command& command) {
+  const Verb verb = command.verb;
+  if (is_proxy_header_line(command.line)) {
     // Only a trusted load balancer may say who the client is, and only before anything else.
     violation(metrics::Violation::client_proxy_header);
     spdlog::warn("{} {} sent a PROXY header but is not in --proxy-protocol-hosts; refused", id_,
@@ -910,7 +978,6 @@ Session::GroupEnd Session::on_command(std::string_view line) {
     reply_locally(kReplyNotPermitted);
     return GroupEnd::none;
   }
-  const Verb verb = smtp::classify_verb(line);
   if (security_failure_ && verb != Verb::quit) {
     reply_locally(kReplySecurityFailure);
     return GroupEnd::none;
@@ -918,20 +985,21 @@ Session::GroupEnd Session::on_command(std::string_view line) {
   if (refused_by_policy(verb)) {
     if (verb != Verb::bdat) return GroupEnd::none;
     // The chunk follows the command whatever the answer: it must be read and dropped.
-    const auto arguments = smtp::parse_bdat_arguments(smtp::command_arguments(line));
-    if (!arguments) return GroupEnd::close;
-    bdat_ = *arguments;
-    discard_bdat_chunk_ = true;
-    return GroupEnd::bdat;
+    const auto arguments = smtp::parse_bdat_arguments(command.arguments);
+    if (!arguments) {
+      end_reason_ = "bad BDAT";
+      return GroupEnd::close;
+    }
+    return discard_bdat(*arguments);
   }
   // Detached, the proxy answers what needs no MTA; but once a command of this group is bound
   // for the MTA, the rest follow it there, in order (an RSET must reset that MAIL).
   if (!backend_attached_ && to_mta_.empty() && verb != Verb::starttls) {
-    if (const auto end = answer_while_detached(line, verb)) return *end;
+    if (const auto end = answer_while_detached(command)) return *end;
   }
   switch (verb) {
     case Verb::starttls:
-      if (tls_active_ || !advertise_tls_ || !smtp::command_arguments(line).empty()) {
+      if (tls_active_ || !advertise_tls_ || !command.arguments.empty()) {
         services_.metrics.starttls(metrics::StartTls::refused).Increment();
       }
       if (tls_active_) {
@@ -942,7 +1010,7 @@ Session::GroupEnd Session::on_command(std::string_view line) {
         reply_locally(kReplyStartTlsNotOffered);
         return GroupEnd::none;
       }
-      if (!smtp::command_arguments(line).empty()) {
+      if (!command.arguments.empty()) {
         reply_locally(kReplyStartTlsSyntax);
         return GroupEnd::none;
       }
@@ -957,6 +1025,11 @@ Session::GroupEnd Session::on_command(std::string_view line) {
       }
       reply_locally(kReplyStartTls);
       return GroupEnd::start_tls;
+    case Verb::turn:
+      // The MTA would turn into the client on this connection, which the proxy cannot follow.
+      spdlog::info("{} {} sent TURN/ATRN; refused", id_, client_label_);
+      reply_locally(kReplyNotImplemented);
+      return GroupEnd::none;
     case Verb::xclient:
     case Verb::xforward:
       violation(metrics::Violation::client_xclient);
@@ -970,63 +1043,110 @@ Session::GroupEnd Session::on_command(std::string_view line) {
         reply_locally(kReplyAuthNeedsTls);
         return GroupEnd::none;
       }
-      forward(line, verb);
+      forward(command);
       return GroupEnd::wait_reply;
     case Verb::data:
-      forward(line, verb);
+      forward(command);
       return GroupEnd::data;
-    case Verb::bdat: {
-      const auto arguments = smtp::parse_bdat_arguments(smtp::command_arguments(line));
-      if (!arguments) {
-        // Without a size the chunk cannot be told from the commands after it: end here.
-        violation(metrics::Violation::bad_bdat);
-        reply_locally(kReplyBdatSyntax);
-        end_reason_ = "bad BDAT";
-        return GroupEnd::close;
-      }
-      bdat_ = *arguments;
-      discard_bdat_chunk_ = false;
-      // The trace header goes in front of the message's first chunk that has content (or is
-      // the last), which grows by it; relay_bdat_chunk() writes that command.
-      bdat_header_due_ =
-          config_.received_header && !in_bdat_message_ && (bdat_.size > 0 || bdat_.last);
-      if (bdat_header_due_) {
-        pending_.push_back({PendingReply::Kind::mta, verb, bdat_.last});
-        in_bdat_message_ = !bdat_.last;
-      } else {
-        forward(line, verb, bdat_.last);
-        if (bdat_.last) in_bdat_message_ = false;
-      }
-      return GroupEnd::bdat;
-    }
+    case Verb::bdat:
+      return on_bdat(command);
     case Verb::quit:
-      forward(line, verb);
+      forward(command);
       return GroupEnd::quit;
     case Verb::mail:
     case Verb::rset:
       // A new message starts here, whenever the MTA's reply comes: the next BDAT chunk is
       // the first of it, even when it is pipelined behind this command.
-      in_bdat_message_ = false;
-      forward(line, verb);
+      bdat_message_ = BdatMessage::none;
+      forward(command);
       return GroupEnd::none;
     case Verb::helo:
     case Verb::ehlo:
-      helo_name_ = std::string(smtp::command_arguments(line).substr(0, kMaxHeloName));
+      helo_name_ = std::string(command.arguments.substr(0, kMaxHeloName));
       extended_helo_ = verb == Verb::ehlo;
       if (to_mta_.empty()) replay_helo_.clear();  // the MTA hears this one instead
-      in_bdat_message_ = false;
-      forward(line, verb);
-      return GroupEnd::none;
+      bdat_message_ = BdatMessage::none;
+      forward(command);
+      // What the MTA offers (CHUNKING, SIZE) decides how the commands after this one are
+      // handled: they wait for its reply (a client pipelines past EHLO only with Exim's
+      // PIPECONNECT, and then gains nothing from the group going on).
+      return GroupEnd::wait_reply;
     default:
-      forward(line, verb);
+      forward(command);
       return GroupEnd::none;
   }
 }
 
-void Session::forward(std::string_view line, Verb verb, bool message_end) {
-  to_mta_ += line;
+void Session::forward(const smtp::Command& command) {
+  to_mta_ += command.line;
   to_mta_ += "\r\n";
-  pending_.push_back({PendingReply::Kind::mta, verb, message_end});
+  pending_.push_back({PendingReply::Kind::mta, command.verb});
+}
+
+// Forwarded only if the MTA offered CHUNKING and the size fits: an MTA without CHUNKING
+// would read the chunk as commands. The line the MTA gets is made from the parsed size
+// (relay_bdat_chunk), never the client's spelling.
+Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
+  const auto arguments = smtp::parse_bdat_arguments(command.arguments);
+  if (!arguments) {
+    // Without a size the chunk cannot be told from the commands after it: end here.
+    violation(metrics::Violation::bad_bdat);
+    reply_locally(kReplyBdatSyntax);
+    end_reason_ = "bad BDAT";
+    return GroupEnd::close;
+  }
+  // The trace header may add to the first chunk: leave it room below 2^64.
+  constexpr std::uint64_t kHeaderRoom = 64 * 1024;
+  const auto limit = mta_size_limit_ != 0 ? mta_size_limit_ : ~std::uint64_t{0} - kHeaderRoom;
+  const std::uint64_t so_far = bdat_message_ == BdatMessage::none ? 0 : bdat_message_bytes_;
+  if (!mta_chunking_) {
+    spdlog::info("{} {} sent BDAT, which the mail server did not offer; refused", id_,
+                 client_label_);
+    reply_locally(kReplyBdatNotOffered);
+    return discard_bdat(*arguments);
+  }
+  if (arguments->size > limit || so_far > limit - arguments->size) {
+    spdlog::info("{} {} sent BDAT {} after {} bytes, over the mail server's size {}; refused", id_,
+                 client_label_, arguments->size, so_far, limit);
+    reply_locally(kReplyMessageTooBig);
+    return discard_bdat(*arguments);
+  }
+  bdat_ = *arguments;
+  discard_bdat_chunk_ = false;
+  bdat_message_bytes_ = so_far + bdat_.size;
+  // The trace header goes in front of the message's first chunk that has content (or is the
+  // last), which grows by it; relay_bdat_chunk() writes every BDAT command.
+  bdat_header_due_ = config_.received_header && bdat_message_ != BdatMessage::open_with_header &&
+                     (bdat_.size > 0 || bdat_.last);
+  pending_.push_back({PendingReply::Kind::mta, Verb::bdat, bdat_.last});
+  if (bdat_.last) {
+    bdat_message_ = BdatMessage::none;
+  } else if (bdat_header_due_) {
+    bdat_message_ = BdatMessage::open_with_header;
+  } else if (bdat_message_ == BdatMessage::none) {
+    bdat_message_ = BdatMessage::open;
+  }
+  return GroupEnd::bdat;
+}
+
+// A BDAT answered here: its chunk is read and dropped. A message the MTA holds part of is
+// abandoned there, so that no later chunk completes it with this one missing.
+Session::GroupEnd Session::discard_bdat(const smtp::BdatArguments& arguments) {
+  if (arguments.size > kMaxDiscardedChunk) {
+    // Reading that much only to drop it serves nobody: the reply goes out, then the session
+    // ends (the MTA's part of a message with it).
+    end_reason_ = "refused BDAT chunk too large to read";
+    return GroupEnd::close;
+  }
+  bdat_ = arguments;
+  discard_bdat_chunk_ = true;
+  if (bdat_message_ != BdatMessage::none) {
+    bdat_message_ = BdatMessage::none;
+    in_transaction_ = false;
+    to_mta_ += "RSET\r\n";
+    pending_.push_back({PendingReply::Kind::mta_silent, Verb::rset});
+  }
+  return GroupEnd::bdat;
 }
 
 void Session::reply_locally(std::string_view reply) {
@@ -1082,8 +1202,9 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
 void Session::on_mta_reply(const PendingReply& pending, int code, std::string_view reply) {
   if (code >= 400 && pending.kind == PendingReply::Kind::mta) ++errors_;
   if (pending.kind == PendingReply::Kind::mta_silent) {
-    if (code / 100 != 2) {
-      spdlog::warn("{} mail server answered the post-TLS RSET with \"{}\"", id_,
+    // The proxy's own RSET (after STARTTLS, or abandoning a BDAT message) or AUTH cancel.
+    if (pending.verb == Verb::rset && code / 100 != 2) {
+      spdlog::warn("{} mail server answered the proxy's RSET with \"{}\"", id_,
                    log::escape(reply, 200));
     }
     return;
@@ -1099,6 +1220,7 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
     case Verb::ehlo:
       in_transaction_ = false;
       helo_state_ = code / 100 == 2 ? HeloState::accepted : HeloState::unknown;
+      learn_mta_extensions(pending.verb == Verb::ehlo && code == 250 ? reply : std::string_view());
       if (pending.verb == Verb::helo) break;
       if (code == 250 && !tls_active_ && !starttls_counted_) {
         starttls_counted_ = true;
@@ -1136,6 +1258,13 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
   to_client_ += reply;
 }
 
+// CHUNKING and SIZE as the MTA offered them in an EHLO reply (none for anything else).
+void Session::learn_mta_extensions(std::string_view ehlo_reply) {
+  const auto capabilities = smtp::parse_ehlo_capabilities(ehlo_reply);
+  mta_chunking_ = capabilities.chunking;
+  mta_size_limit_ = capabilities.size_limit;
+}
+
 void Session::count_message(int code) {
   if (code / 100 == 2) {
     ++messages_accepted_;
@@ -1161,10 +1290,16 @@ asio::awaitable<bool> Session::relay_data(Stream& client) {
   std::string& out = to_mta_;
   // The trace header leads the first piece of content sent.
   std::string header = config_.received_header ? received_header() : std::string();
+  // Once nothing goes to the MTA any more, the rest of the message must arrive within one
+  // receive timeout in all: a trickle cannot hold the session.
+  auto deadline = Clock::time_point::max();
   while (true) {
+    if ((rejected || mta_lost_) && deadline == Clock::time_point::max()) {
+      deadline = Clock::now() + config_.smtp_receive_timeout;
+    }
     const auto continuation =
         header.empty() ? std::optional(false) : starts_with_continuation(client_in_.view(), true);
-    if ((client_in_.empty() || !continuation) && !co_await read_client(client, false)) {
+    if ((client_in_.empty() || !continuation) && !co_await read_client(client, false, deadline)) {
       co_return false;  // the MTA never sees an end: finish() abandons its transaction
     }
     if (!continuation) continue;
@@ -1241,14 +1376,16 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
     const bool attached = co_await attach_backend(client, false);  // (GCC 12: not in the if)
     if (!attached) co_return false;
   }
-  if (bdat_header_due_) {
-    bdat_header_due_ = false;
-    // The header's end depends on the chunk's first byte (starts_with_continuation).
-    while (remaining > 0 && client_in_.empty()) {
-      if (!co_await read_client(client, false)) co_return false;
+  if (relay) {
+    std::string header;
+    if (std::exchange(bdat_header_due_, false)) {
+      // The header's end depends on the chunk's first byte (starts_with_continuation).
+      while (remaining > 0 && client_in_.empty()) {
+        if (!co_await read_client(client, false)) co_return false;
+      }
+      header = received_header();
+      if (remaining > 0 && *starts_with_continuation(client_in_.view(), false)) header += "\r\n";
     }
-    std::string header = received_header();
-    if (remaining > 0 && *starts_with_continuation(client_in_.view(), false)) header += "\r\n";
     to_mta_ += fmt::format("BDAT {}{}\r\n", bdat_.size + header.size(), bdat_.last ? " LAST" : "");
     to_mta_ += header;
   }
@@ -1258,8 +1395,14 @@ asio::awaitable<bool> Session::relay_bdat_chunk(Stream& client) {
   client_in_.consume(first);
   if (!to_mta_.empty()) co_await write_mta(to_mta_);
   to_mta_.clear();
+  // A chunk that goes nowhere (refused here, or the MTA is gone) must arrive within one
+  // receive timeout in all: a trickle cannot hold the session.
+  auto deadline = Clock::time_point::max();
   while (remaining > 0) {
-    if (!co_await read_client(client, false)) co_return false;
+    if ((!relay || mta_lost_) && deadline == Clock::time_point::max()) {
+      deadline = Clock::now() + config_.smtp_receive_timeout;
+    }
+    if (!co_await read_client(client, false, deadline)) co_return false;
     const auto n = take_buffered();
     if (relay && !mta_lost_) co_await write_mta(client_in_.view().substr(0, n));
     client_in_.consume(n);
@@ -1306,7 +1449,8 @@ std::string Session::proxy_v2_header() const {
   return proxy_protocol::encode_v2(header, config_.proxy_v2_max_header);
 }
 
-std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view line, Verb verb) {
+std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Command& command) {
+  const Verb verb = command.verb;
   auto answer = [&](std::string text) {
     pending_.push_back({PendingReply::Kind::local, verb, false, {}, std::move(text)});
   };
@@ -1327,10 +1471,11 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
         closing_ = true;
         return GroupEnd::close;
       }
-      helo_name_ = std::string(smtp::command_arguments(line).substr(0, kMaxHeloName));
+      helo_name_ = std::string(command.arguments.substr(0, kMaxHeloName));
       extended_helo_ = true;
-      replay_helo_ = std::string(line) + "\r\n";
+      replay_helo_ = std::string(command.line) + "\r\n";
       helo_state_ = HeloState::accepted;
+      learn_mta_extensions(*cached);
       auto reply = smtp::rewrite_ehlo_reply(
           *cached, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
       // The first line names the host: ours, as in our greeting.
@@ -1346,10 +1491,11 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(std::string_view
       return GroupEnd::none;
     }
     case Verb::helo:
-      helo_name_ = std::string(smtp::command_arguments(line).substr(0, kMaxHeloName));
+      helo_name_ = std::string(command.arguments.substr(0, kMaxHeloName));
       extended_helo_ = false;
-      replay_helo_ = std::string(line) + "\r\n";
+      replay_helo_ = std::string(command.line) + "\r\n";
       helo_state_ = HeloState::accepted;
+      learn_mta_extensions({});
       answer("250 " + config_.hostname + "\r\n");
       return GroupEnd::none;
     case Verb::noop:
@@ -1412,6 +1558,21 @@ asio::awaitable<void> Session::wait_for_client_name() {
     spdlog::info("{} name lookup for {} timed out", id_, client_label_);
   }
   name_lookup_.reset();  // settled: a reconnection to the MTA uses the same name, at once
+}
+
+// proxy-v2 answers a greeting from the probe's EHLO reply: a client that comes before the
+// first probe has finished (just after a start) waits for it, bounded, rather than hear that
+// the MTA is unreachable.
+asio::awaitable<void> Session::wait_for_first_probe() {
+  constexpr auto kPoll = std::chrono::milliseconds(20);
+  const auto give_up = Clock::now() + BackendProbe::kTimeout + std::chrono::seconds(1);
+  asio::steady_timer timer(client_.get_executor());
+  while (!services_.mta_probed.load(std::memory_order_acquire) && !terminating_ &&
+         Clock::now() < give_up) {
+    timer.expires_after(kPoll);
+    error_code ignored;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

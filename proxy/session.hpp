@@ -70,6 +70,7 @@ struct SessionServices {
   acl::ConnectionCounter sessions_per_host;  // --max-connections-per-host
   // The MTA's EHLO reply to the probe (proxy-v2 mode); null until one arrived.
   std::atomic<std::shared_ptr<const std::string>> mta_ehlo_reply;
+  std::atomic<bool> mta_probed{false};  // the first probe has finished
 
   // Replies that name this host, formatted once.
   std::string reply_service_unavailable;   // 421 4.3.2: the MTA cannot be reached
@@ -128,7 +129,10 @@ class Session : public std::enable_shared_from_this<Session> {
   template <class Stream>
   boost::asio::awaitable<bool> relay_bdat_chunk(Stream& client);
   template <class Stream>
-  boost::asio::awaitable<bool> read_client(Stream& client, bool idle);
+  // `deadline`: the latest the read may end, besides the receive timeout.
+  boost::asio::awaitable<bool> read_client(Stream& client, bool idle,
+                                           std::chrono::steady_clock::time_point deadline =
+                                               std::chrono::steady_clock::time_point::max());
   // `last`: the session closes after these bytes (with TLS, close_notify goes with them).
   template <class Stream>
   boost::asio::awaitable<bool> write_client(Stream& client, std::string_view bytes,
@@ -145,9 +149,16 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<smtp::ReplyScan> read_mta_reply();
   boost::asio::awaitable<bool> write_mta(std::string_view bytes);
   boost::asio::awaitable<void> wait_for_client_name();
+  boost::asio::awaitable<void> wait_for_first_probe();
 
-  GroupEnd on_command(std::string_view line);
-  void forward(std::string_view line, smtp::Verb verb, bool message_end = false);
+  GroupEnd on_line(std::string_view line);
+  GroupEnd on_line_too_long();
+  GroupEnd on_command(const smtp::Command& command);
+  GroupEnd on_bdat(const smtp::Command& command);
+  GroupEnd discard_bdat(const smtp::BdatArguments& arguments);
+  GroupEnd cancel_auth(std::string_view reply);
+  void forward(const smtp::Command& command);
+  void learn_mta_extensions(std::string_view ehlo_reply);
   void reply_locally(std::string_view reply);
   void on_mta_reply(const PendingReply& pending, int code, std::string_view reply);
   void count_message(int code);
@@ -157,7 +168,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string received_header();
   bool refused_by_policy(smtp::Verb verb);
   std::string proxy_v2_header() const;
-  std::optional<GroupEnd> answer_while_detached(std::string_view line, smtp::Verb verb);
+  std::optional<GroupEnd> answer_while_detached(const smtp::Command& command);
   void violation(metrics::Violation kind);
   bool should_stop_before_command() const;
   void wake();
@@ -227,8 +238,15 @@ class Session : public std::enable_shared_from_this<Session> {
   // TLS; a reopened connection: made again from helo_name_), and what the MTA made of the last.
   std::string replay_helo_;
   enum class HeloState : std::uint8_t { none, accepted, unknown } helo_state_ = HeloState::none;
-  bool authenticated_ = false;       // the MTA accepted AUTH
-  bool in_bdat_message_ = false;     // the current BDAT message's header went out
+  bool authenticated_ = false;  // the MTA accepted AUTH
+  // What the MTA's last EHLO reply offered this client (none after HELO, or before EHLO).
+  bool mta_chunking_ = false;
+  std::uint64_t mta_size_limit_ = 0;  // 0: no SIZE limit given
+  // What the MTA holds of a BDAT message: chunks of it (all empty, or sent without the trace
+  // header), or chunks and the header.
+  enum class BdatMessage : std::uint8_t { none, open, open_with_header };
+  BdatMessage bdat_message_ = BdatMessage::none;
+  std::uint64_t bdat_message_bytes_ = 0;  // the client's chunk sizes so far, for the MTA's SIZE
   bool bdat_header_due_ = false;     // this BDAT chunk carries the header: command not yet sent
   bool discard_bdat_chunk_ = false;  // the BDAT was refused here: swallow its chunk
   tls::ClientCertificateRequest certificate_request_ = tls::ClientCertificateRequest::none;

@@ -28,28 +28,32 @@ struct VerbName {
   std::string_view name;
   Verb verb;
 };
-constexpr std::array<VerbName, 17> kVerbs{{
-    {"HELO", Verb::helo},
-    {"EHLO", Verb::ehlo},
-    {"MAIL", Verb::mail},
-    {"RCPT", Verb::rcpt},
-    {"DATA", Verb::data},
-    {"BDAT", Verb::bdat},
-    {"RSET", Verb::rset},
-    {"NOOP", Verb::noop},
-    {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy},
-    {"EXPN", Verb::expn},
-    {"ETRN", Verb::etrn},
-    {"HELP", Verb::help},
-    {"AUTH", Verb::auth},
-    {"STARTTLS", Verb::starttls},
-    {"XCLIENT", Verb::xclient},
-    {"XFORWARD", Verb::xforward},
+constexpr std::array<VerbName, 19> kVerbs{{
+    {"HELO", Verb::helo},       {"EHLO", Verb::ehlo},         {"MAIL", Verb::mail},
+    {"RCPT", Verb::rcpt},       {"DATA", Verb::data},         {"BDAT", Verb::bdat},
+    {"RSET", Verb::rset},       {"NOOP", Verb::noop},         {"QUIT", Verb::quit},
+    {"VRFY", Verb::vrfy},       {"EXPN", Verb::expn},         {"ETRN", Verb::etrn},
+    {"HELP", Verb::help},       {"AUTH", Verb::auth},         {"STARTTLS", Verb::starttls},
+    {"XCLIENT", Verb::xclient}, {"XFORWARD", Verb::xforward}, {"TURN", Verb::turn},
+    {"ATRN", Verb::turn},
 }};
 
 bool is_digit(char c) {
   return c >= '0' && c <= '9';
+}
+
+// C0 controls and DEL; bytes of UTF-8 (0x80 and up) are text.
+bool is_control(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u < 0x20 || u == 0x7f;
+}
+
+// What follows the first word of an MTA's reply text and the spaces after it.
+std::string_view after_first_word(std::string_view text) {
+  const auto end = text.find_first_of(" \t");
+  if (end == std::string_view::npos) return {};
+  const auto start = text.find_first_not_of(" \t", end);
+  return start == std::string_view::npos ? std::string_view{} : text.substr(start);
 }
 
 // The leading letters, digits and '-' of an EHLO line's text (RFC 5321's ehlo-keyword).
@@ -78,23 +82,32 @@ void for_each_reply_line(std::string_view reply, Visit&& visit) {
 
 }  // namespace
 
-Verb classify_verb(std::string_view line) {
-  const auto word = first_word(line);
-  for (const auto& v : kVerbs) {
-    if (iequals(word, v.name)) return v.verb;
+bool has_control_character(std::string_view text) {
+  return std::any_of(text.begin(), text.end(), is_control);
+}
+
+ParsedCommand parse_command(std::string_view line) {
+  if (line.empty()) return {CommandSyntax::empty, {}};
+  if (line.front() == ' ') return {CommandSyntax::leading_space, {}};
+  if (has_control_character(line)) {
+    return {CommandSyntax::control_character, {}};
   }
-  return Verb::other;
-}
-
-std::string_view command_arguments(std::string_view line) {
-  const auto end = line.find_first_of(" \t");
-  if (end == std::string_view::npos) return {};
-  const auto start = line.find_first_not_of(" \t", end);
-  return start == std::string_view::npos ? std::string_view{} : line.substr(start);
-}
-
-bool has_forbidden_command_bytes(std::string_view line) {
-  return line.find('\0') != std::string_view::npos || line.find('\r') != std::string_view::npos;
+  Command command{.verb = Verb::other, .line = line, .arguments = {}};
+  const auto verb_end = line.find(' ');
+  const auto word = line.substr(0, verb_end);
+  for (const auto& v : kVerbs) {
+    if (iequals(word, v.name)) {
+      command.verb = v.verb;
+      break;
+    }
+  }
+  if (verb_end != std::string_view::npos) {
+    auto arguments = line.substr(verb_end);
+    arguments.remove_prefix(std::min(arguments.find_first_not_of(' '), arguments.size()));
+    arguments.remove_suffix(arguments.size() - (arguments.find_last_not_of(' ') + 1));
+    command.arguments = arguments;
+  }
+  return {CommandSyntax::ok, command};
 }
 
 CommandFramer::Result CommandFramer::next(std::string_view input) {
@@ -119,18 +132,17 @@ CommandFramer::Result CommandFramer::next(std::string_view input) {
 }
 
 std::optional<BdatArguments> parse_bdat_arguments(std::string_view arguments) {
-  const auto size_end = arguments.find_first_of(" \t");
+  const auto size_end = arguments.find(' ');
   const auto size_text = arguments.substr(0, size_end);
-  if (size_text.empty() || size_text.size() > 19) return std::nullopt;
+  if (size_text.empty()) return std::nullopt;
   BdatArguments parsed;
   const auto [ptr, ec] =
       std::from_chars(size_text.data(), size_text.data() + size_text.size(), parsed.size);
   if (ec != std::errc{} || ptr != size_text.data() + size_text.size()) return std::nullopt;
   if (size_end != std::string_view::npos) {
     auto rest = arguments.substr(size_end);
-    const auto start = rest.find_first_not_of(" \t");
-    rest = start == std::string_view::npos ? std::string_view{} : rest.substr(start);
-    while (!rest.empty() && (rest.back() == ' ' || rest.back() == '\t')) rest.remove_suffix(1);
+    rest.remove_prefix(std::min(rest.find_first_not_of(' '), rest.size()));
+    rest.remove_suffix(rest.size() - (rest.find_last_not_of(' ') + 1));
     if (rest.empty()) return parsed;
     if (!iequals(rest, "LAST")) return std::nullopt;
     parsed.last = true;
@@ -178,9 +190,21 @@ MtaCapabilities parse_ehlo_capabilities(std::string_view reply) {
       return;
     }
     const auto text = line.substr(4);
-    if (!iequals(first_word(text), "XCLIENT")) return;
+    const auto keyword = first_word(text);
+    if (iequals(keyword, "CHUNKING")) {
+      caps.chunking = true;
+      return;
+    }
+    if (iequals(keyword, "SIZE")) {
+      const auto limit = after_first_word(text);
+      std::uint64_t value = 0;
+      const auto [ptr, ec] = std::from_chars(limit.data(), limit.data() + limit.size(), value);
+      caps.size_limit = ec == std::errc{} && ptr != limit.data() ? value : 0;
+      return;
+    }
+    if (!iequals(keyword, "XCLIENT")) return;
     caps.xclient = true;
-    auto rest = command_arguments(text);
+    auto rest = after_first_word(text);
     while (!rest.empty()) {
       const auto end = rest.find_first_of(" \t");
       std::string attribute(rest.substr(0, end));

@@ -33,14 +33,33 @@ enum class Verb : std::uint8_t {
   starttls,
   xclient,
   xforward,
+  turn,  // TURN or ATRN: the MTA would become the client on this connection
 };
 
-// The verb of a command line (its first word, case-insensitively).
-Verb classify_verb(std::string_view line);
-// What follows the verb and the spaces after it.
-std::string_view command_arguments(std::string_view line);
-// NUL or a CR inside a command line: forwarding it could desynchronise the MTA.
-bool has_forbidden_command_bytes(std::string_view line);
+// One command line, parsed once where it is framed; every rule reads this parse, so no two
+// parts of the proxy can disagree on what the command is.
+struct Command {
+  Verb verb = Verb::other;
+  std::string_view line;       // as the client sent it, without its terminator
+  std::string_view arguments;  // after the verb and its spaces, trailing spaces dropped
+};
+
+// Why a line is not a command the MTA may see. The MTAs read lines differently where they
+// hold white space other than a plain space: Postfix skips leading white space and splits on
+// any of " \t\r\n\v\f", Exim matches the verb from the first byte and splits on a space
+// only. A line that starts with white space or holds any control byte (NUL, CR, TAB, VT, FF,
+// DEL...) is refused, so that the verb is the same to the proxy and to every MTA: the bytes
+// before the first space. No legitimate client sends such a line (RFC 5321 commands use SP).
+enum class CommandSyntax : std::uint8_t { ok, empty, leading_space, control_character };
+
+struct ParsedCommand {
+  CommandSyntax syntax = CommandSyntax::ok;
+  Command command;  // meaningful with CommandSyntax::ok
+};
+ParsedCommand parse_command(std::string_view line);
+
+// Any C0 control byte or DEL (bytes of UTF-8, 0x80 and up, are text).
+bool has_control_character(std::string_view text);
 
 // Splits the client's byte stream into command lines ending in LF (a CR before it is
 // dropped). A line longer than the limit is skipped up to its end and reported once.
@@ -68,7 +87,7 @@ struct BdatArguments {
   std::uint64_t size = 0;
   bool last = false;
 };
-// "<size> [LAST]"; nullopt on anything else.
+// "<size> [LAST]" (a size that fits in 64 bits); nullopt on anything else.
 std::optional<BdatArguments> parse_bdat_arguments(std::string_view arguments);
 
 // One complete MTA reply (one or more lines of the same code, the last without `-`).
@@ -81,6 +100,8 @@ ReplyScan scan_reply(std::string_view input, std::size_t max_reply_length);
 
 // What the MTA's EHLO reply says it supports, as far as the proxy cares.
 struct MtaCapabilities {
+  bool chunking = false;         // CHUNKING: BDAT may be sent
+  std::uint64_t size_limit = 0;  // SIZE n: the largest message; 0 when none is given
   bool xclient = false;
   std::vector<std::string> xclient_attributes;  // upper-cased, as advertised
   bool advertises(std::string_view attribute) const;

@@ -42,7 +42,7 @@ fi
 
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 build_start=$SECONDS
-cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTP_WERROR=ON \
   -DSTP_FUZZ=ON -DBUILD_TESTING=OFF -DSTP_BENCH=OFF >/dev/null
 cmake --build "$build" -j "${FUZZ_BUILD_JOBS:-2}" --target "${targets[@]/#/fuzz_}" | tail -1
 echo "fuzz.sh: built ${#targets[@]} targets in $((SECONDS - build_start))s" \

@@ -33,7 +33,7 @@ trap cleanup EXIT
 # runs only the integration tests, so it needs only the proxy); default everything else.
 build() { # build DIR SANITIZERS [TARGET]
   local started=$SECONDS
-  cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
+  cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DSTP_WERROR=ON \
     -DSTP_SANITIZE="$2" -DSTP_BENCH=OFF -DSTP_FUZZ=OFF >/dev/null
   cmake --build "$1" -j "$jobs" ${3:+--target "$3"}
   echo "sanitize.sh: built $1 ($2${3:+, $3 only}) in $((SECONDS - started)) s"

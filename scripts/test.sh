@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh test
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTP_WERROR=ON
 cmake --build build
 ctest --test-dir build --output-on-failure -j 2
 # The integration suite runs whole under the sanitizers below; against this release build run

@@ -54,14 +54,6 @@ std::string dn_rfc2253(const X509_NAME* name) {
   return std::string(data, static_cast<std::size_t>(length));
 }
 
-std::string common_name(const X509_NAME* name) {
-  char cn[256] = "";
-  if (X509_NAME_get_text_by_NID(const_cast<X509_NAME*>(name), NID_commonName, cn, sizeof cn) < 0) {
-    return {};
-  }
-  return cn;
-}
-
 std::string asn1_time_text(const ASN1_TIME* time) {
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
   if (!bio || ASN1_TIME_print(bio.get(), time) != 1) return {};
@@ -189,6 +181,39 @@ std::string SessionFacts::exim_cipher_field() const {
   return protocol + ":" + cipher + ":" + std::to_string(cipher_bits);
 }
 
+std::optional<std::string> common_name_of(const X509_NAME* name) {
+  constexpr int kMaxCommonName = 255;
+  const int index = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+  if (index < 0) return std::string();
+  if (X509_NAME_get_index_by_NID(name, NID_commonName, index) >= 0) return std::nullopt;
+  unsigned char* utf8 = nullptr;
+  const int length =
+      ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, index)));
+  if (length < 0) return std::nullopt;
+  std::string text(reinterpret_cast<const char*>(utf8), static_cast<std::size_t>(length));
+  OPENSSL_free(utf8);
+  if (length > kMaxCommonName || text.find('\0') != std::string::npos) return std::nullopt;
+  return text;
+}
+
+bool is_host_name(std::string_view name) {
+  constexpr std::size_t kMaxName = 255;
+  constexpr std::size_t kMaxLabel = 63;
+  if (name.empty() || name.size() > kMaxName) return false;
+  std::size_t label = 0;
+  for (const char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    const bool ldh =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+    if (!ldh || ++label > kMaxLabel) return false;
+  }
+  return label > 0;
+}
+
 SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
                                   PeerDnFormat dn_format) {
   SessionFacts facts;
@@ -199,7 +224,9 @@ SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
     facts.cipher_bits = SSL_CIPHER_get_bits(cipher, &facts.cipher_algorithm_bits);
   }
   facts.resumed = SSL_session_reused(ssl) == 1;
-  if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) facts.sni = sni;
+  if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) {
+    (is_host_name(sni) ? facts.sni : facts.refused_sni) = sni;
+  }
 
   if (X509* own = SSL_get_certificate(ssl)) {
     const int signature = X509_get_signature_nid(own);
@@ -230,9 +257,11 @@ SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
     p.subject_openssl = dn_openssl(subject);
     p.subject_rfc2253 = dn_rfc2253(subject);
     p.subject = dn_format == PeerDnFormat::openssl ? p.subject_openssl : p.subject_rfc2253;
-    p.common_name = common_name(subject);
+    const auto subject_cn = common_name_of(subject);
+    p.common_name = subject_cn.value_or(std::string());
+    p.common_name_refused = !subject_cn;
     p.issuer = format_dn(issuer, dn_format);
-    p.issuer_common_name = common_name(issuer);
+    p.issuer_common_name = common_name_of(issuer).value_or(std::string());
     if (BIGNUM* serial = ASN1_INTEGER_to_BN(X509_get0_serialNumber(peer), nullptr)) {
       char* text = BN_bn2hex(serial);
       p.serial = text ? text : "";

@@ -11,7 +11,9 @@
 #include <openssl/ssl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace stp::tls {
 
@@ -21,16 +23,25 @@ enum class ClientCertificateRequest {
   verify,      // asked for; no certificate or a bad one ends the handshake
 };
 
+// RFC 6066's HostName: letters, digits, hyphens and dots, labels of 1 to 63 bytes, at most
+// 255 bytes, no trailing dot. An SNI that is not one is treated as absent.
+bool is_host_name(std::string_view name);
+
+// The one CN of a name, as UTF-8 (empty when it has none); nullopt when it has several (which
+// would the MTA be told?) or one holding a NUL (a C string would cut "good.example\0.evil").
+std::optional<std::string> common_name_of(const X509_NAME* name);
+
 // Sets how this session asks for a client certificate (before the handshake), and with it
 // which earlier sessions it may resume: only those made under the same request.
 void request_client_certificate(SSL* ssl, ClientCertificateRequest request);
 
 struct PeerCertificate {
-  std::string subject;          // in the configured DN format
-  std::string subject_openssl;  // "/C=../CN=.."
-  std::string subject_rfc2253;  // "CN=..,C=.."
-  std::string common_name;
-  std::string issuer;  // in the configured DN format
+  std::string subject;               // in the configured DN format
+  std::string subject_openssl;       // "/C=../CN=.."
+  std::string subject_rfc2253;       // "CN=..,C=.."
+  std::string common_name;           // empty when there is none, or when it is refused:
+  bool common_name_refused = false;  // several CNs, or a NUL inside one
+  std::string issuer;                // in the configured DN format
   std::string issuer_common_name;
   std::string serial;      // hex
   std::string sha256;      // hex, colon-separated
@@ -49,7 +60,8 @@ struct SessionFacts {
   std::string server_digest;     // "SHA256"
   std::string server_certificate_signature;  // how our certificate is signed: "ecdsa-with-SHA256"
   std::string server_key;                    // our certificate's key: "EC256", "RSA2048"
-  std::string sni;
+  std::string sni;          // the name the client asked for: a host name (is_host_name)
+  std::string refused_sni;  // what it sent instead, if not a host name: only logged, escaped
   bool resumed = false;
 
   ClientCertificateRequest request = ClientCertificateRequest::none;

@@ -1,21 +1,22 @@
-// Fuzzes what the session does with one command line (proxy/smtp_parse.hpp): classify_verb,
-// command_arguments, has_forbidden_command_bytes and parse_bdat_arguments.
+// Fuzzes what the session does with one command line (proxy/smtp_parse.hpp): parse_command
+// and parse_bdat_arguments.
 //
 // Input: one command line as CommandFramer hands it over (any bytes; the framer never leaves
 // an LF in it, but these functions must not care).
 //
 // Checks:
-// - classify_verb agrees with a plain reading: the first word (up to a space or tab) equal,
-//   ignoring ASCII case, to one of the 17 verb names, else Verb::other;
-// - command_arguments returns a suffix of the line that does not start with a space or tab,
-//   and what precedes it is the first word and a run of spaces and tabs (empty: no arguments);
-// - has_forbidden_command_bytes is true exactly when the line holds a NUL or a CR;
+// - parse_command refuses exactly the empty line, a line starting with a space, and a line
+//   holding any control byte (0x00-0x1f, 0x7f); otherwise its verb is the first word (up to a
+//   space) equal, ignoring ASCII case, to one of the verb names, else Verb::other;
+// - its arguments are a part of the line that neither starts nor ends with a space, preceded
+//   by the first word and a run of spaces, followed by spaces only (empty: no arguments);
 // - parse_bdat_arguments, on the line itself and on a BDAT line's arguments, accepts exactly
-//   "<1 to 19 digits>[<spaces/tabs>LAST]" with optional trailing spaces and tabs, gives the
-//   number's value, and reads its own canonical rendering back to the same result.
+//   "<digits whose value fits in 64 bits>[<spaces>LAST]" with optional trailing spaces, gives
+//   the number's value, and reads its own canonical rendering back to the same result.
 #include "fuzz_util.hpp"
 #include "proxy/smtp_parse.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -29,28 +30,23 @@ namespace {
 using stp::smtp::BdatArguments;
 using stp::smtp::Verb;
 
-constexpr std::array<std::pair<std::string_view, Verb>, 17> kVerbs{{
-    {"HELO", Verb::helo},
-    {"EHLO", Verb::ehlo},
-    {"MAIL", Verb::mail},
-    {"RCPT", Verb::rcpt},
-    {"DATA", Verb::data},
-    {"BDAT", Verb::bdat},
-    {"RSET", Verb::rset},
-    {"NOOP", Verb::noop},
-    {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy},
-    {"EXPN", Verb::expn},
-    {"ETRN", Verb::etrn},
-    {"HELP", Verb::help},
-    {"AUTH", Verb::auth},
-    {"STARTTLS", Verb::starttls},
-    {"XCLIENT", Verb::xclient},
-    {"XFORWARD", Verb::xforward},
+constexpr std::array<std::pair<std::string_view, Verb>, 19> kVerbs{{
+    {"HELO", Verb::helo},       {"EHLO", Verb::ehlo},         {"MAIL", Verb::mail},
+    {"RCPT", Verb::rcpt},       {"DATA", Verb::data},         {"BDAT", Verb::bdat},
+    {"RSET", Verb::rset},       {"NOOP", Verb::noop},         {"QUIT", Verb::quit},
+    {"VRFY", Verb::vrfy},       {"EXPN", Verb::expn},         {"ETRN", Verb::etrn},
+    {"HELP", Verb::help},       {"AUTH", Verb::auth},         {"STARTTLS", Verb::starttls},
+    {"XCLIENT", Verb::xclient}, {"XFORWARD", Verb::xforward}, {"TURN", Verb::turn},
+    {"ATRN", Verb::turn},
 }};
 
 bool blank(char c) {
-  return c == ' ' || c == '\t';
+  return c == ' ';
+}
+
+bool control(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u < 0x20 || u == 0x7f;
 }
 
 Verb expected_verb(std::string_view line) {
@@ -65,11 +61,14 @@ Verb expected_verb(std::string_view line) {
 std::optional<BdatArguments> expected_bdat(std::string_view text) {
   std::size_t digits = 0;
   std::uint64_t size = 0;
+  bool overflow = false;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') {
-    size = size * 10 + static_cast<std::uint64_t>(text[digits] - '0');  // wraps past 20 digits
+    const auto digit = static_cast<std::uint64_t>(text[digits] - '0');
+    if (size > (UINT64_MAX - digit) / 10) overflow = true;
+    size = size * 10 + digit;
     ++digits;
   }
-  if (digits == 0 || digits > 19) return std::nullopt;  // 19 digits always fit in 64 bits
+  if (digits == 0 || overflow) return std::nullopt;
   std::string_view rest = text.substr(digits);
   if (!rest.empty() && !blank(rest.front())) return std::nullopt;
   while (!rest.empty() && blank(rest.front())) rest.remove_prefix(1);
@@ -94,32 +93,32 @@ void check_bdat(std::string_view arguments) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view line(reinterpret_cast<const char*>(data), size);
 
-  const Verb verb = stp::smtp::classify_verb(line);
-  FUZZ_CHECK(verb == expected_verb(line), line);
-
-  const std::string_view arguments = stp::smtp::command_arguments(line);
-  if (arguments.empty()) {
-    // No arguments: no blank in the line, or only blanks after the first one.
+  const auto parsed = stp::smtp::parse_command(line);
+  using Syntax = stp::smtp::CommandSyntax;
+  const Syntax expected = line.empty()          ? Syntax::empty
+                          : line.front() == ' ' ? Syntax::leading_space
+                          : std::any_of(line.begin(), line.end(), control)
+                              ? Syntax::control_character
+                              : Syntax::ok;
+  FUZZ_CHECK(parsed.syntax == expected, line);
+  const Verb verb = parsed.command.verb;
+  const std::string_view arguments = parsed.command.arguments;
+  if (parsed.syntax == Syntax::ok) {
+    FUZZ_CHECK(parsed.command.line == line, line);
+    FUZZ_CHECK(verb == expected_verb(line), line);
     std::size_t i = 0;
     while (i < line.size() && !blank(line[i])) ++i;
     while (i < line.size() && blank(line[i])) ++i;
-    FUZZ_CHECK(i == line.size(), line);
-  } else {
-    FUZZ_CHECK(arguments.data() >= line.data() &&
-                   arguments.data() + arguments.size() == line.data() + line.size(),
-               line);
-    FUZZ_CHECK(!blank(arguments.front()), line);
-    const std::string_view before = line.substr(0, line.size() - arguments.size());
-    std::size_t i = 0;
-    while (i < before.size() && !blank(before[i])) ++i;
-    FUZZ_CHECK(i < before.size(), line);  // at least one blank separates them
-    while (i < before.size() && blank(before[i])) ++i;
-    FUZZ_CHECK(i == before.size(), line);
+    if (arguments.empty()) {
+      // No arguments: no space in the line, or only spaces after the first word.
+      FUZZ_CHECK(i == line.size(), line);
+    } else {
+      FUZZ_CHECK(arguments.data() == line.data() + i, line);
+      FUZZ_CHECK(!blank(arguments.front()) && !blank(arguments.back()), line);
+      const auto after = line.substr(i + arguments.size());
+      FUZZ_CHECK(std::all_of(after.begin(), after.end(), blank), line);
+    }
   }
-
-  const bool forbidden =
-      line.find('\0') != std::string_view::npos || line.find('\r') != std::string_view::npos;
-  FUZZ_CHECK(stp::smtp::has_forbidden_command_bytes(line) == forbidden, line);
 
   check_bdat(line);
   if (verb == Verb::bdat) check_bdat(arguments);

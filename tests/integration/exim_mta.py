@@ -71,7 +71,7 @@ acl_data:
 acl_rcpt:
   accept domains = +local_domains
   deny message = relay not permitted
-
+{acls}
 begin routers
 
 inbox:
@@ -102,12 +102,15 @@ def exim_binary() -> Path:
 
 class Exim:
     """One private Exim daemon. `proxy_hosts` is its hosts_proxy list ("" for none); `extra`,
-    more main-section settings; `sections`, more sections at the end (`begin authenticators`)."""
+    more main-section settings; `acls`, more ACLs (the acl section can appear only once);
+    `sections`, more sections at the end (`begin authenticators`)."""
 
-    def __init__(self, binary: Path, proxy_hosts: str, extra: str = "", sections: str = ""):
+    def __init__(self, binary: Path, proxy_hosts: str, extra: str = "", sections: str = "",
+                 acls: str = ""):
         self.binary = binary
         self.proxy_hosts = proxy_hosts
         self.extra = extra
+        self.acls = acls
         self.sections = sections
         self.dir = Path(tempfile.mkdtemp(prefix="stp-exim-"))
         self.dir.chmod(0o755)  # the Debian-exim user must reach its directories below
@@ -130,7 +133,7 @@ class Exim:
         self.config.write_text(CONFIG.format(
             binary=self.binary, hostname=EXIM_HOSTNAME, dir=self.dir, port=self.port,
             loopback=LOOPBACK, proxy_setting=setting + "\n" + self.extra, domain=EXIM_DOMAIN,
-            user=EXIM_USER) + self.sections)
+            user=EXIM_USER, acls=self.acls) + self.sections)
         self.config.chmod(0o644)
 
     def start(self) -> None:

@@ -775,7 +775,7 @@ def test_tls_log_lines_match_postfix_and_exim_fields(postfix, proxy, cert_pki, k
     x = f"X={protocol}:{cipher}:{bits}"
     cv = "CV=yes" if kind == "valid" else "CV=no"
     dn = "" if kind is None else f' DN="CN={cert_pki.client_cn(kind)},O={ORG}"'
-    sni_field = f" SNI={PROXY_HOSTNAME}" if sni else ""
+    sni_field = f' SNI="{PROXY_HOSTNAME}"' if sni else ""
     assert f" listener=starttls {x} {cv}{dn}{sni_field} helo=" in line, line
 
 

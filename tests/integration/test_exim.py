@@ -198,6 +198,35 @@ def test_exim_sees_each_client_on_one_connection_after_another(exim, proxy):
         assert f"[{CLIENT_ADDR}]:{port} " in line, (port, line)
 
 
+@pytest.fixture
+def slow_exim(request) -> Iterator[Exim]:
+    """An Exim that greets every connection 2 s late (an ACL delay): the proxy's first probe
+    is still waiting for it when a client arrives right after the proxy starts."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
+    e = Exim(exim_binary(), LOOPBACK, extra="acl_smtp_connect = acl_slow_greeting",
+             acls="acl_slow_greeting:\n  accept delay = 2s\n")
+    e.start()
+    attach_log(request, lambda: ("slow Exim mainlog", tail(e.mainlog, 20000)))
+    yield e
+    e.stop()
+
+
+def test_client_before_the_first_probe_waits_for_it(slow_exim, proxy):
+    """A client that arrives before the first probe has finished (just after a start or a
+    rollout) waits for it, bounded, instead of hearing that a live MTA is unreachable."""
+    p = proxy_v2(proxy, slow_exim)
+    with client(p, "plaintext") as c:
+        assert c.greeting().code == 220
+        assert not re.search(r"mail server \S+ is (up|down)", p.stderr()), "nothing was raced"
+        ehlo = c.ehlo()
+        assert ehlo.code == 250, ehlo
+        assert re.search(r"mail server \S+ is up", p.stderr()), p.stderr()
+        to = slow_exim.new_address()
+        assert c.send_message(SENDER, [to], simple_message(unique("m"), to)).code == 250
+    slow_exim.wait_delivered(to)
+
+
 # --------------------------------------------------------------------------- proxy_protocol_timeout
 
 

@@ -936,14 +936,17 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
     """--log-format json: every line of a whole life (start, a session with a hostile HELO, a
     TLS session with a hostile SNI, a reload, the drain and the exit) is one JSON object with
-    time, level and message; the HELO's quotes, backslashes, control and 8-bit bytes come out
-    escaped, and the JSON it smuggles does not become a field; the SNI's are escaped too."""
+    time, level and message; the HELO's quotes, backslashes and 8-bit bytes come out escaped,
+    and the JSON it smuggles does not become a field; the control bytes of a refused command
+    and of a refused SNI are escaped too."""
     p = proxy(postfix.backend, "--log-format", "json", "--shutdown-grace", "5s")
-    hostile = b'evil"name\\with\x01ctl\x1b[31mred\x7f\xc3\xa9\xff","level":"error","x":"'
+    hostile = b'evil"name\\with\xc3\xa9\xff","level":"error","x":"'
     with SmtpClient(p.plain_port) as c:
         assert c.greeting().code == 220
         c.send(b"EHLO " + hostile + b"\r\n")
         c.read_reply()
+        c.send(b"NOOP \x01ctl\x1b[31mred\x7f\r\n")  # refused, and logged
+        assert c.read_reply().code == 500
         assert c.command("QUIT").code == 221
     hostile_sni = 'sni"q\\b\x01.test'  # Python sends it as it is
     with SmtpClient(p.tls_port, tls=True, server_hostname=hostile_sni) as c:
@@ -974,14 +977,17 @@ def test_json_log_lines_parse_and_escape_untrusted_text(postfix, proxy):
     assert any("listening on" in m for m in messages)
     tls_lines = [m for m in messages if m.startswith("Anonymous TLS connection established")]
     assert len(tls_lines) == 1, messages
-    assert ' to sni\\"q\\\\b\\x01.test: TLSv1.3 with cipher' in tls_lines[0], tls_lines[0]
+    assert " to sni" not in tls_lines[0], tls_lines[0]  # not a host name: taken as none
+    assert any('asked for SNI "sni\\"q\\\\b\\x01.test", not a host name' in m
+               for m in messages), messages
+    assert any('sent a malformed command "NOOP \\x01ctl\\x1b[31mred\\x7f"' in m
+               for m in messages), messages
     assert any("reloaded" in m for m in messages)
     assert any(m == "stopped" for m in messages)
 
     sessions = [m for m in messages if " session client=" in m and "helo=\"evil" in m]
     assert len(sessions) == 1, messages
-    expected = ('helo="evil\\"name\\\\with\\x01ctl\\x1b[31mred\\x7f\\xc3\\xa9\\xff\\",'
-                '\\"level\\":\\"error\\",\\"x\\":\\""')
+    expected = 'helo="evil\\"name\\\\with\\xc3\\xa9\\xff\\",\\"level\\":\\"error\\",\\"x\\":\\""'
     assert expected in sessions[0], sessions[0]
 
 
@@ -1029,15 +1035,18 @@ def test_json_start_up_failure_is_a_json_line(pki):
 
 
 def test_text_log_lines_stay_one_line_each_with_hostile_input(postfix, proxy):
-    """--log-format text (the default): a HELO with CR-free control bytes, quotes and 8-bit
-    bytes cannot start a line of its own or hide in the terminal: every line begins with the
-    timestamp and level, and holds no control byte."""
+    """--log-format text (the default): a command with CR-free control bytes, quotes and 8-bit
+    bytes (refused, and logged), and a HELO with quotes and 8-bit bytes, cannot start a line of
+    their own or hide in the terminal: every line begins with the timestamp and level, and holds
+    no control byte."""
     p = proxy(postfix.backend)
     hostile = b'x"y\\z\x0b\x0c\x1b[2J\x7f\xff 2026-01-01T00:00:00.000Z error forged'
     with SmtpClient(p.plain_port) as c:
         assert c.greeting().code == 220
         c.send(b"EHLO " + hostile + b"\r\n")
-        c.read_reply()
+        assert c.read_reply().code == 500
+        c.send(b'EHLO x"y\\z\xc3\xa9 2026-01-01T00:00:00.000Z error forged\r\n')
+        assert c.read_reply().code == 250
         assert c.command("QUIT").code == 221
     p.proc.send_signal(signal.SIGTERM)
     assert wait_exit(p, timeout=10) == 0
@@ -1050,5 +1059,7 @@ def test_text_log_lines_stay_one_line_each_with_hostile_input(postfix, proxy):
         assert not re.search(r"[\x00-\x1f\x7f]", line), line
     sessions = [line for line in lines if " session client=" in line]
     assert len(sessions) == 1, lines
-    assert ('helo="x\\"y\\\\z\\x0b\\x0c\\x1b[2J\\x7f\\xff 2026-01-01T00:00:00.000Z error '
-            'forged"') in sessions[0], sessions[0]
+    assert ('helo="x\\"y\\\\z\\xc3\\xa9 2026-01-01T00:00:00.000Z error forged"'
+            in sessions[0]), sessions[0]
+    assert any('malformed command "EHLO x\\"y\\\\z\\x0b\\x0c\\x1b[2J\\x7f\\xff 2026-01-01T' in line
+               for line in lines), lines

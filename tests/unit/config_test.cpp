@@ -124,7 +124,7 @@ TEST(Config, DefaultsWithNoArguments) {
   EXPECT_TRUE(config.client_name_lookup);
   EXPECT_EQ(config.smtp_receive_timeout, 300s);
   EXPECT_EQ(config.tls_handshake_timeout, 30s);
-  EXPECT_EQ(config.max_line_length, 4096u);
+  EXPECT_EQ(config.max_line_length, 2047u);
   EXPECT_EQ(config.bare_lf, BareLfPolicy::normalize);
   EXPECT_EQ(config.threads, std::clamp(std::thread::hardware_concurrency(), 1u, 256u));
   EXPECT_EQ(config.log_level, "info");
@@ -263,7 +263,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
       {"client-name-lookup", "on"},
       {"smtp-receive-timeout", "300s"},
       {"tls-handshake-timeout", "30s"},
-      {"max-line-length", "4096"},
+      {"max-line-length", "2047"},
       {"bare-lf", "normalize"},
       {"threads", "the number of cores, " +
                       std::to_string(std::clamp(std::thread::hardware_concurrency(), 1u, 256u))},
@@ -600,12 +600,15 @@ TEST(Config, LogLevel) {
             "--log-level: must be one of trace, debug, info, warn, error (verbose)");
 }
 
+// Never more than an MTA reads as one line (Exim: 16383 bytes and CRLF), or a line would be
+// two commands there.
 TEST(Config, MaxLineLength) {
   EXPECT_EQ(parse({"--max-line-length", "512"}).max_line_length, 512u);
-  EXPECT_EQ(parse({"--max-line-length", "1048576"}).max_line_length, 1048576u);
-  const std::string range = "--max-line-length: must be a number of bytes from 512 to 1048576";
+  EXPECT_EQ(parse({"--max-line-length", "16383"}).max_line_length, 16383u);
+  const std::string range = "--max-line-length: must be a number of bytes from 512 to 16383";
   EXPECT_EQ(error_of({"--max-line-length", "511"}), range + " (511)");
-  EXPECT_EQ(error_of({"--max-line-length", "1048577"}), range + " (1048577)");
+  EXPECT_EQ(error_of({"--max-line-length", "16384"}), range + " (16384)");
+  EXPECT_EQ(error_of({"--max-line-length", "1048576"}), range + " (1048576)");
   EXPECT_EQ(error_of({"--max-line-length", "4k"}), range + " (4k)");
   EXPECT_EQ(error_of({"--max-line-length", "-4096"}), range + " (-4096)");
   EXPECT_EQ(error_of({"--max-line-length", "99999999999999999999999"}),
@@ -819,7 +822,7 @@ TEST(Config, FileErrors) {
 
   const TempFile bad_value("max-line-length = 100\n");
   EXPECT_EQ(error_of({"--config", bad_value.path()}),
-            "--max-line-length: must be a number of bytes from 512 to 1048576 (100) [in " +
+            "--max-line-length: must be a number of bytes from 512 to 16383 (100) [in " +
                 bad_value.path() + "]");
 
   const TempFile bare_switch("tls-on-connect =\n");
