@@ -354,7 +354,7 @@ smtpd_error_sleep_time = 0
 """
 
 # The services master(8) needs, chroot off; then the smtpd listeners the tests use.
-SMTPD_SERVICES = ("main", "strict", "noxclient", "ipv4only")
+SMTPD_SERVICES = ("main", "strict", "noxclient", "ipv4only", "nochunking")
 MASTER_CF = """\
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -396,6 +396,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 {loopback}:{ipv4only_port} inet n - n - - smtpd
   -o syslog_name=postfix/ipv4only
   -o inet_protocols=ipv4
+{loopback}:{nochunking_port} inet n - n - - smtpd
+  -o syslog_name=postfix/nochunking
+  -o smtpd_discard_ehlo_keywords=chunking
 """
 
 class Mailbox:
@@ -516,6 +519,7 @@ class Postfix:
         self.strict_port = instance.ports["strict"]
         self.noxclient_port = instance.ports["noxclient"]
         self.ipv4only_port = instance.ports["ipv4only"]
+        self.nochunking_port = instance.ports["nochunking"]
         self.log_start = instance.log_size()
 
     @property
@@ -534,6 +538,11 @@ class Postfix:
     def ipv4only_backend(self) -> str:
         """Takes XCLIENT, but refuses an IPv6 ADDR (it knows no IPv6)."""
         return f"{LOOPBACK}:{self.ipv4only_port}"
+
+    @property
+    def nochunking_backend(self) -> str:
+        """Offers no CHUNKING: answers BDAT with 521 and closes."""
+        return f"{LOOPBACK}:{self.nochunking_port}"
 
     def new_mailbox(self) -> Mailbox:
         return Mailbox(self.instance, unique("t"))

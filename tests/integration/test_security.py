@@ -515,6 +515,33 @@ def test_bdat_to_an_mta_without_chunking_gets_502_and_the_chunk_never_reaches_it
     assert not any(line.upper().startswith(b"BDAT") for line in seen), seen
 
 
+def test_bdat_to_postfix_without_chunking_gets_502_and_postfix_sees_no_bdat(postfix, proxy):
+    """Real Postfix with smtpd_discard_ehlo_keywords=chunking (it answers BDAT 521 and closes):
+    the client is not offered CHUNKING, its BDAT gets the proxy's 502, the chunk never reaches
+    Postfix, and the session goes on: a message sent with DATA afterwards is delivered."""
+    p = proxy(postfix.nochunking_backend)
+    box = postfix.new_mailbox()
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        ehlo = c.ehlo()
+        assert_reply(ehlo, 250)
+        assert "CHUNKING" not in ehlo.keywords(), ehlo
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        c.send(f"BDAT {len(SMUGGLED_CHUNK)} LAST\r\n".encode() + SMUGGLED_CHUNK)
+        assert_reply(c.read_reply(), 502, "5.5.1")
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.command("RSET"), 250)
+        token = unique("m")
+        assert_reply(c.send_message(SENDER, [box.address], simple_message(token, box.address)),
+                     250)
+        assert_reply(c.command("QUIT"), 221)
+    assert token.encode() in box.wait(1)[0]
+    log = postfix.settled_log()
+    assert "bdat" not in log.lower(), log
+    assert "10.9.9.9" not in log and "external.example" not in log, log
+
+
 def test_bdat_over_the_mtas_size_gets_552_and_the_chunk_never_reaches_it(proxy, recording_mta):
     mta = recording_mta(chunking=True, size=1000)
     p = proxy(mta.backend, "--backend-metadata", "none")
