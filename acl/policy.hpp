@@ -3,7 +3,7 @@
 // --tls-require-verified-hosts). Pure: the session supplies the facts, this decides.
 #pragma once
 
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <optional>
 #include <string_view>

@@ -1,6 +1,8 @@
 // Metrics and health HTTP endpoint; see http_endpoint.hpp.
 #include "metrics/http_endpoint.hpp"
 
+#include <stdexcept>
+
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -31,8 +33,8 @@ HttpEndpoint::HttpEndpoint(asio::io_context& io, const tcp::endpoint& endpoint, 
   if (!ec) acceptor_.bind(endpoint, ec);
   if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
-    throw ConfigError("--metrics-listen " + endpoint.address().to_string() + ":" +
-                      std::to_string(endpoint.port()) + ": " + ec.message());
+    throw std::invalid_argument("--metrics-listen " + endpoint_label(endpoint) + ": " +
+                                ec.message());
   }
 }
 

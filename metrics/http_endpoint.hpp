@@ -25,7 +25,7 @@ class HttpEndpoint {
   // Connections served at once (the process's descriptor budget counts them too).
   static constexpr unsigned kMaxConnections = 64;
 
-  // Binds at once; throws ConfigError naming --metrics-listen when it cannot.
+  // Binds at once; throws std::invalid_argument naming --metrics-listen when it cannot.
   HttpEndpoint(boost::asio::io_context& io, const boost::asio::ip::tcp::endpoint& endpoint,
                Metrics& metrics, std::function<bool()> ready);
 

@@ -17,13 +17,6 @@ using prometheus::BuildHistogram;
 const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 
-std::string listener_label(const Listener& listener) {
-  const auto& address = listener.endpoint.address();
-  const auto port = std::to_string(listener.endpoint.port());
-  return address.is_v6() ? "[" + address.to_string() + "]:" + port
-                         : address.to_string() + ":" + port;
-}
-
 template <class Enum, class Metric>
 void add_all(prometheus::Family<Metric>& family, std::string_view label,
              std::initializer_list<std::pair<Enum, std::string_view>> values,
@@ -83,7 +76,14 @@ std::string_view name(Rejection r) {
   return "unknown";
 }
 
-Metrics::Metrics(const std::vector<Listener>& listeners)
+std::string endpoint_label(const boost::asio::ip::tcp::endpoint& endpoint) {
+  const auto& address = endpoint.address();
+  const auto port = std::to_string(endpoint.port());
+  return address.is_v6() ? "[" + address.to_string() + "]:" + port
+                         : address.to_string() + ":" + port;
+}
+
+Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
     : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
 
@@ -96,7 +96,7 @@ Metrics::Metrics(const std::vector<Listener>& listeners)
                      .Help("Client sessions in progress, by listener")
                      .Register(r);
   for (const auto& listener : listeners) {
-    const auto label = listener_label(listener);
+    const auto label = endpoint_label(listener.endpoint);
     listeners_.push_back(
         {&connections.Add({{"listener", label},
                            {"mode", listener.implicit_tls ? "implicit" : "starttls-capable"}}),

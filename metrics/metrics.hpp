@@ -6,13 +6,12 @@
 // it already holds: no label lookups, no locks on its path.
 #pragma once
 
-#include "proxy/config.hpp"
-
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <boost/asio/ip/tcp.hpp>
 
 #include <array>
 #include <cstddef>
@@ -59,9 +58,18 @@ std::string_view name(Rejection r);
 template <class Metric, class Enum>
 using ByEnum = std::array<Metric*, static_cast<std::size_t>(Enum::count_)>;
 
+// "addr:port", "[v6addr]:port": how a listening endpoint is named in labels and messages.
+std::string endpoint_label(const boost::asio::ip::tcp::endpoint& endpoint);
+
+// What a listener's metrics are labelled with.
+struct ListenerLabels {
+  boost::asio::ip::tcp::endpoint endpoint;
+  bool implicit_tls = false;
+};
+
 class Metrics {
  public:
-  explicit Metrics(const std::vector<Listener>& listeners);
+  explicit Metrics(const std::vector<ListenerLabels>& listeners);
 
   prometheus::Registry& registry() { return *registry_; }
   std::shared_ptr<prometheus::Registry> shared_registry() { return registry_; }

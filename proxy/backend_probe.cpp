@@ -2,8 +2,8 @@
 #include "proxy/backend_probe.hpp"
 
 #include "proxy/log.hpp"
-#include "proxy/proxy_protocol.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/proxy_protocol.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>

@@ -53,7 +53,7 @@ std::string escape_control_bytes(std::string_view text) {
 }  // namespace
 
 ConfigError::ConfigError(std::string_view message)
-    : std::runtime_error(escape_control_bytes(message)) {}
+    : std::invalid_argument(escape_control_bytes(message)) {}
 
 namespace {
 
@@ -1021,6 +1021,22 @@ std::chrono::seconds parse_duration(std::string_view text, ZeroDuration zero) {
     throw std::invalid_argument("must be more than zero");
   }
   return std::chrono::seconds(static_cast<std::int64_t>(number * unit));
+}
+
+tls::ServerOptions server_tls_options(const Config& config) {
+  return {
+      .hostname = config.hostname,
+      .certificates = config.tls_certificates,
+      .privatekeys = config.tls_privatekeys,
+      .min_protocol = config.tls_min_protocol,
+      .require_ciphers = config.tls_require_ciphers,
+      .ciphersuites = config.tls_ciphersuites,
+      .dhparam = config.tls_dhparam,
+      .verify_certificates = config.tls_verify_certificates,
+      .crl = config.tls_crl,
+      .verify_depth = config.tls_verify_depth,
+      .verify_cache_time = config.tls_verify_cache_time,
+  };
 }
 
 }  // namespace stp

@@ -9,6 +9,8 @@
 #pragma once
 
 #include "acl/host_list.hpp"
+#include "smtp/data_filter.hpp"
+#include "tls/options.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 
@@ -25,14 +27,15 @@ namespace stp {
 
 // Names the flag; the operator's text in it has its control bytes written as \xHH, so the
 // message is one printable line wherever it is shown.
-class ConfigError : public std::runtime_error {
+// A flag that cannot be used, named in the message. The lower layers (tls/, metrics/) report
+// their setup errors as std::invalid_argument, which this is too.
+class ConfigError : public std::invalid_argument {
  public:
   explicit ConfigError(std::string_view message);
 };
 
 enum class BackendMetadata { xclient, proxy_v2, none };
-enum class PeerDnFormat { openssl, rfc2253 };
-enum class BareLfPolicy { normalize, reject };
+using tls::PeerDnFormat;
 enum class LogFormat { text, json };
 
 struct Listener {
@@ -117,5 +120,8 @@ std::optional<Config> parse_config(int argc, const char* const argv[], const Env
 enum class ZeroDuration { refused, allowed };
 std::chrono::seconds parse_duration(std::string_view text,
                                     ZeroDuration zero = ZeroDuration::refused);
+
+// The TLS layer's share of the configuration.
+tls::ServerOptions server_tls_options(const Config& config);
 
 }  // namespace stp

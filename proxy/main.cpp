@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     if (!config) return 0;
     stp::log::init(config->log_level, config->log_format == stp::LogFormat::json);
     logging = true;
-    auto tls = stp::tls::ServerContext::create(*config);
+    auto tls = stp::tls::ServerContext::create(stp::server_tls_options(*config));
     if (tls->self_signed()) {
       spdlog::warn(
           "NO CERTIFICATE CONFIGURED (--tls-certificate): using a self-signed certificate for "
@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
           "running as root: use --user to switch to an unprivileged user after binding the ports");
     }
     return server.run();
-  } catch (const stp::ConfigError& e) {
+  } catch (const std::invalid_argument& e) {  // ConfigError, or a lower layer's setup error
     report("", e.what());
     return 2;
   } catch (const std::exception& e) {

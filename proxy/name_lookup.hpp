@@ -10,7 +10,7 @@
 // no name.
 #pragma once
 
-#include "proxy/xclient.hpp"
+#include "smtp/xclient.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/ip/address.hpp>

@@ -25,11 +25,10 @@ namespace {
 constexpr auto kTerminateWait = std::chrono::seconds(5);
 constexpr auto kDrainPoll = std::chrono::milliseconds(50);
 
-std::string listen_label(const tcp::endpoint& endpoint) {
-  if (endpoint.address().is_v6()) {
-    return "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
-  }
-  return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+std::vector<metrics::ListenerLabels> listener_labels(const std::vector<Listener>& listeners) {
+  std::vector<metrics::ListenerLabels> out;
+  for (const auto& l : listeners) out.push_back({l.endpoint, l.implicit_tls});
+  return out;
 }
 
 // Identity of the files behind the TLS context: a change to any (a rename over it, a new
@@ -58,7 +57,7 @@ std::string file_signature(const Config& config) {
 
 Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> tls)
     : config_(config),
-      metrics_(config.listeners),
+      metrics_(listener_labels(config.listeners)),
       services_(config, std::move(tls), metrics_),
       workers_([&] {
         std::vector<std::unique_ptr<Worker>> workers;
@@ -80,7 +79,8 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
     if (!ec) acceptor.bind(listener.endpoint, ec);
     if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      throw ConfigError("--listen " + listen_label(listener.endpoint) + ": " + ec.message());
+      throw ConfigError("--listen " + metrics::endpoint_label(listener.endpoint) + ": " +
+                        ec.message());
     }
     acceptors_.push_back(std::move(acceptor));
   }
@@ -133,8 +133,8 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // Out of file descriptors or memory: back off rather than spin on accept.
-      spdlog::error("accept on {} failed: {}; retrying in 100 ms", listen_label(listener.endpoint),
-                    ec.message());
+      spdlog::error("accept on {} failed: {}; retrying in 100 ms",
+                    metrics::endpoint_label(listener.endpoint), ec.message());
       backoff.expires_after(std::chrono::milliseconds(100));
       co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
@@ -181,7 +181,7 @@ void Server::refuse_over_limit(tcp::socket socket, const Listener& listener) {
 void Server::reload(std::string_view why) {
   reload_signature_ = file_signature(config_);
   try {
-    auto fresh = tls::ServerContext::create(config_);
+    auto fresh = tls::ServerContext::create(server_tls_options(config_));
     services_.tls.store(fresh);
     std::vector<std::pair<std::string, double>> expiry;
     for (const auto& c : fresh->certificates()) expiry.emplace_back(c.label, c.not_after);
@@ -253,12 +253,13 @@ void Server::on_signal(const error_code& ec, int signal) {
 int Server::run() {
   for (std::size_t i = 0; i < acceptors_.size(); ++i) {
     asio::co_spawn(workers_[0]->io, accept_loop(acceptors_[i], i), asio::detached);
-    spdlog::info("listening on {} ({})", listen_label(config_.listeners[i].endpoint),
+    spdlog::info("listening on {} ({})", metrics::endpoint_label(config_.listeners[i].endpoint),
                  config_.listeners[i].implicit_tls ? "implicit TLS" : "STARTTLS");
   }
   if (http_) {
     http_->start();
-    spdlog::info("metrics and health on http://{}/metrics", listen_label(*config_.metrics_listen));
+    spdlog::info("metrics and health on http://{}/metrics",
+                 metrics::endpoint_label(*config_.metrics_listen));
   }
   probe_.start();
   asio::co_spawn(workers_[0]->io, watch_certificate_files(), asio::detached);

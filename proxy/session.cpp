@@ -4,8 +4,8 @@
 #include "acl/policy.hpp"
 #include "proxy/backend_probe.hpp"
 #include "proxy/log.hpp"
-#include "proxy/proxy_protocol.hpp"
-#include "proxy/received_header.hpp"
+#include "smtp/proxy_protocol.hpp"
+#include "smtp/received_header.hpp"
 #include "tls/verify_cache.hpp"
 
 #include <boost/asio/connect.hpp>

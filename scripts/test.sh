@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh test
+bash scripts/check-layers.sh  # no include from a lower layer into proxy/, inbound/, outbound/
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTP_WERROR=ON
 cmake --build build
 ctest --test-dir build --output-on-failure -j 2

@@ -6,7 +6,7 @@
 // client's own and is escaped by whoever prints it.
 #pragma once
 
-#include "proxy/config.hpp"
+#include "tls/options.hpp"
 
 #include <openssl/ssl.h>
 

@@ -58,7 +58,7 @@ using Owned = std::unique_ptr<T, Deleter>;
   message += what;
   const auto details = take_openssl_errors();
   if (!details.empty()) message += " (" + details + ")";
-  throw ConfigError(message);
+  throw std::invalid_argument(message);
 }
 
 void load_certificate_pair(SSL_CTX* ctx, const std::string& certificate_file,
@@ -245,9 +245,9 @@ struct TrustStore {
   std::optional<std::time_t> crl_horizon;  // the earliest next update of the CRLs loaded
 };
 
-TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
+TrustStore use_client_verification(SSL_CTX* ctx, const ServerOptions& options) {
   TrustStore trust;
-  const std::string& path = config.tls_verify_certificates;
+  const std::string& path = options.verify_certificates;
   if (path.empty()) return trust;
   // A CA file is read in OpenSSL's default context, as it always was (see
   // library_context.hpp); a directory's CAs are read as verifications look them up.
@@ -275,16 +275,16 @@ TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
       if (names) SSL_CTX_set_client_CA_list(ctx, names);
     }
   }
-  SSL_CTX_set_verify_depth(ctx, static_cast<int>(config.tls_verify_depth));
+  SSL_CTX_set_verify_depth(ctx, static_cast<int>(options.verify_depth));
   SSL_CTX_set_max_cert_list(ctx, kMaxClientChainBytes);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_cache_size(ctx, kCachedCertificateSessions);
   SSL_CTX_sess_set_new_cb(ctx, keep_certificate_session);
 
-  if (config.tls_crl.empty()) return trust;
+  if (options.crl.empty()) return trust;
   std::optional<std::time_t>& horizon = trust.crl_horizon;
-  Owned<BIO> bio(BIO_new_file(config.tls_crl.c_str(), "r"));
-  if (!bio) fail("--tls-crl", "cannot read " + config.tls_crl);
+  Owned<BIO> bio(BIO_new_file(options.crl.c_str(), "r"));
+  if (!bio) fail("--tls-crl", "cannot read " + options.crl);
   int loaded = 0;
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
     const ASN1_TIME* next_update = X509_CRL_get0_nextUpdate(crl);
@@ -295,14 +295,14 @@ TrustStore use_client_verification(SSL_CTX* ctx, const Config& config) {
       spdlog::warn(
           "--tls-crl {}: the CRL of {} is past its next update; certificates it covers "
           "will not verify until it is renewed",
-          config.tls_crl, issuer);
+          options.crl, issuer);
     }
     X509_STORE_add_crl(store, crl);
     X509_CRL_free(crl);
     ++loaded;
   }
   ERR_clear_error();  // the end of the file reads as an error
-  if (loaded == 0) fail("--tls-crl", "no CRL in " + config.tls_crl);
+  if (loaded == 0) fail("--tls-crl", "no CRL in " + options.crl);
   // As Exim does: every certificate of the chain below the trust anchor is checked.
   X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
   if (horizon) SSL_CTX_set_ex_data(ctx, horizon_slot(), ex_data_number(*horizon));
@@ -328,14 +328,14 @@ ServerContext::~ServerContext() {
   SSL_CTX_free(ctx_);
 }
 
-std::shared_ptr<const ServerContext> ServerContext::create(const Config& config) {
+std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& options) {
   std::shared_ptr<ServerContext> self(new ServerContext);
   ERR_clear_error();
   self->ctx_ = SSL_CTX_new_ex(tls_library_context(), nullptr, TLS_server_method());
   SSL_CTX* ctx = self->ctx_;
   if (!ctx || !TlsStream::prepare()) fail("--tls-certificate", "cannot create a TLS context");
 
-  const int min_version = config.tls_min_protocol == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
+  const int min_version = options.min_protocol == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
   SSL_CTX_set_min_proto_version(ctx, min_version);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
@@ -354,31 +354,31 @@ std::shared_ptr<const ServerContext> ServerContext::create(const Config& config)
   SSL_CTX_set_num_tickets(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 
-  const std::string& ciphers = config.tls_require_ciphers.empty() ? std::string(kDefaultCipherList)
-                                                                  : config.tls_require_ciphers;
+  const std::string& ciphers =
+      options.require_ciphers.empty() ? std::string(kDefaultCipherList) : options.require_ciphers;
   if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
     fail("--tls-require-ciphers", "no usable cipher in \"" + ciphers + "\"");
   }
-  if (!config.tls_ciphersuites.empty() &&
-      SSL_CTX_set_ciphersuites(ctx, config.tls_ciphersuites.c_str()) != 1) {
-    fail("--tls-ciphersuites", "no usable TLS 1.3 suite in \"" + config.tls_ciphersuites + "\"");
+  if (!options.ciphersuites.empty() &&
+      SSL_CTX_set_ciphersuites(ctx, options.ciphersuites.c_str()) != 1) {
+    fail("--tls-ciphersuites", "no usable TLS 1.3 suite in \"" + options.ciphersuites + "\"");
   }
-  use_dhparam(ctx, config.tls_dhparam);
+  use_dhparam(ctx, options.dhparam);
 
-  if (config.tls_certificates.empty()) {
-    use_self_signed(ctx, config.hostname);
+  if (options.certificates.empty()) {
+    use_self_signed(ctx, options.hostname);
     self->self_signed_ = true;
   } else {
-    for (std::size_t i = 0; i < config.tls_certificates.size(); ++i) {
-      const auto& certificate = config.tls_certificates[i];
-      const auto& key = i < config.tls_privatekeys.size() ? config.tls_privatekeys[i] : certificate;
+    for (std::size_t i = 0; i < options.certificates.size(); ++i) {
+      const auto& certificate = options.certificates[i];
+      const auto& key = i < options.privatekeys.size() ? options.privatekeys[i] : certificate;
       load_certificate_pair(ctx, certificate, key);
     }
   }
-  const TrustStore trust = use_client_verification(ctx, config);
-  if (!config.tls_verify_certificates.empty() && config.tls_verify_cache_time.count() > 0) {
+  const TrustStore trust = use_client_verification(ctx, options);
+  if (!options.verify_certificates.empty() && options.verify_cache_time.count() > 0) {
     self->verify_cache_ = std::make_unique<VerifyCache>(
-        config.tls_verify_cache_time, kVerifyCacheCapacity, trust.crl_horizon, trust.reads_files);
+        options.verify_cache_time, kVerifyCacheCapacity, trust.crl_horizon, trust.reads_files);
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
   self->certificates_ = describe_certificates(ctx);

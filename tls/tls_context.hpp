@@ -6,7 +6,7 @@
 // certificate; every failure names the flag it came from.
 #pragma once
 
-#include "proxy/config.hpp"
+#include "tls/options.hpp"
 
 #include <openssl/ssl.h>
 
@@ -20,8 +20,8 @@ class VerifyCache;
 
 class ServerContext {
  public:
-  // Throws ConfigError("--tls-...: why").
-  static std::shared_ptr<const ServerContext> create(const Config& config);
+  // Throws std::invalid_argument("--tls-...: why").
+  static std::shared_ptr<const ServerContext> create(const ServerOptions& options);
 
   ~ServerContext();
   ServerContext(const ServerContext&) = delete;

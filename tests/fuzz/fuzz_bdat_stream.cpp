@@ -15,7 +15,7 @@
 //   buffered (or the unread rest after a bad BDAT) = input size; a chunk never takes more than
 //   its size, and the buffer kept between reads stays within max_line_length + 1 bytes;
 #include "fuzz_util.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <cstddef>
 #include <cstdint>

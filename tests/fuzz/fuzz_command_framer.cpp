@@ -1,4 +1,4 @@
-// Fuzzes smtp::CommandFramer (proxy/smtp_parse.hpp): the client's command stream cut into
+// Fuzzes smtp::CommandFramer (smtp/smtp_parse.hpp): the client's command stream cut into
 // lines, with a buffer kept the way Session::serve keeps it.
 //
 // Input: byte 0 picks --max-line-length (0..254 as is, 255 for the default 4096: short limits
@@ -13,7 +13,7 @@
 //   piece, one CR before the LF dropped, is a line if it fits, else one line_too_long), so no
 //   split of the input changes what the session sees.
 #include "fuzz_util.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <cstddef>
 #include <cstdint>

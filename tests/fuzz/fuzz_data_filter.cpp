@@ -1,4 +1,4 @@
-// Fuzzes DataFilter (proxy/data_filter.hpp): what the client sends after 354, fed through the
+// Fuzzes DataFilter (smtp/data_filter.hpp): what the client sends after 354, fed through the
 // filter the way Session::relay_data does, with both --bare-lf policies.
 //
 // Input: the client's bytes, as they are. If the input ends before an end of data, the target
@@ -19,7 +19,7 @@
 //   CRLF, bare LF and bare CR all end a line; a "." at the start of a line that began after a
 //   CRLF is the client's stuffing, except a lone "." ended by a bare CR or LF, which is text).
 #include "fuzz_util.hpp"
-#include "proxy/data_filter.hpp"
+#include "smtp/data_filter.hpp"
 
 #include <cstddef>
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Fuzzes the EHLO reply path (proxy/smtp_parse.hpp): parse_ehlo_capabilities and
+// Fuzzes the EHLO reply path (smtp/smtp_parse.hpp): parse_ehlo_capabilities and
 // rewrite_ehlo_reply on the MTA's reply to EHLO, as the session gets it (one complete reply per
 // scan_reply with the session's 16 KiB limit).
 //
@@ -18,7 +18,7 @@
 //   rewriting the result again with the same flags gives it back;
 // - anything else (incomplete, malformed) may come back in any form but must not crash.
 #include "fuzz_util.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <algorithm>
 #include <cstddef>

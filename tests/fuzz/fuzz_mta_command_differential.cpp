@@ -1,4 +1,4 @@
-// Differential fuzzing of what a command is: the proxy's parse_command (proxy/smtp_parse.hpp)
+// Differential fuzzing of what a command is: the proxy's parse_command (smtp/smtp_parse.hpp)
 // against models of how Postfix and Exim find the verb of the same line. Every place where the
 // proxy and the MTA could read a different command from one line is a way past the proxy's
 // checks (a client's XCLIENT, AUTH before TLS, MAIL before STARTTLS, an unfiltered DATA).
@@ -20,7 +20,7 @@
 // - Postfix finds the same verb (a name outside the proxy's table counts as "other");
 // - Exim finds the same verb, or none at all (it then answers 500 and runs nothing).
 #include "fuzz_util.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <array>
 #include <cstddef>

@@ -1,4 +1,4 @@
-// Fuzzes the PROXY protocol code (proxy/proxy_protocol.hpp): decode() on any bytes a trusted
+// Fuzzes the PROXY protocol code (smtp/proxy_protocol.hpp): decode() on any bytes a trusted
 // load balancer's connection may start with, and encode_v2() followed by decode() on any
 // header the proxy may send the MTA.
 //
@@ -26,7 +26,7 @@
 //   string is too long for the 536-byte bound (never cut); the SSL client flags and verify
 //   field say what SslInfo says.
 #include "fuzz_util.hpp"
-#include "proxy/proxy_protocol.hpp"
+#include "smtp/proxy_protocol.hpp"
 
 #include <fuzzer/FuzzedDataProvider.h>
 

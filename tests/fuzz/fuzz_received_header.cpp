@@ -1,4 +1,4 @@
-// Fuzzes build_received_header (proxy/received_header.hpp) with hostile client text: the HELO
+// Fuzzes build_received_header (smtp/received_header.hpp) with hostile client text: the HELO
 // name, the reverse name, and the client certificate's subject and issuer CNs are any bytes;
 // the address is any IPv4/IPv6/v4-mapped address; the TLS facts that OpenSSL supplies are
 // realistic names, the hostname a DNS name (as --hostname is validated), the id hexadecimal.
@@ -18,7 +18,7 @@
 // - sanitize_for_header itself: at most max_length bytes, one output byte per input byte,
 //   printable ASCII without ( ) \ " (and without space unless kept).
 #include "fuzz_util.hpp"
-#include "proxy/received_header.hpp"
+#include "smtp/received_header.hpp"
 
 #include <fuzzer/FuzzedDataProvider.h>
 

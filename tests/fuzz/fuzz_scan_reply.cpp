@@ -1,4 +1,4 @@
-// Fuzzes smtp::scan_reply (proxy/smtp_parse.hpp): MTA replies, multi-line ones included, read
+// Fuzzes smtp::scan_reply (smtp/smtp_parse.hpp): MTA replies, multi-line ones included, read
 // one after another from a buffer the way the session reads pipelined replies.
 //
 // Input: bytes 0 and 1 give max_reply_length (big-endian; 0xFFFF for the session's 16 KiB);
@@ -14,7 +14,7 @@
 //   longer than the limit;
 // - malformed: a reading line by line agrees that something is wrong.
 #include "fuzz_util.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <cstddef>
 #include <cstdint>

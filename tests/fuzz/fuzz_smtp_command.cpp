@@ -1,4 +1,4 @@
-// Fuzzes what the session does with one command line (proxy/smtp_parse.hpp): parse_command
+// Fuzzes what the session does with one command line (smtp/smtp_parse.hpp): parse_command
 // and parse_bdat_arguments.
 //
 // Input: one command line as CommandFramer hands it over (any bytes; the framer never leaves
@@ -14,7 +14,7 @@
 //   "<digits whose value fits in 64 bits>[<spaces>LAST]" with optional trailing spaces, gives
 //   the number's value, and reads its own canonical rendering back to the same result.
 #include "fuzz_util.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <algorithm>
 #include <array>

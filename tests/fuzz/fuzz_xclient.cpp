@@ -1,4 +1,4 @@
-// Fuzzes the XCLIENT encoder (proxy/xclient.hpp): xtext_encode on any bytes, and
+// Fuzzes the XCLIENT encoder (smtp/xclient.hpp): xtext_encode on any bytes, and
 // build_xclient_command on any advertised attributes, addresses, ports and names.
 //
 // Input, as text lines (the xtext check uses the whole input as is):
@@ -21,7 +21,7 @@
 //   "IPV6:" and RFC 5952 text otherwise), ports in decimal, names as given or Postfix's
 //   [UNAVAILABLE] / [TEMPUNAVAIL].
 #include "fuzz_util.hpp"
-#include "proxy/xclient.hpp"
+#include "smtp/xclient.hpp"
 
 #include <boost/asio/ip/address.hpp>
 

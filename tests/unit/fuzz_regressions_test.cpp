@@ -4,9 +4,9 @@
 //
 // Trusts nothing but the public interfaces of the parsers under test.
 #include "acl/host_list.hpp"
-#include "proxy/data_filter.hpp"
-#include "proxy/proxy_protocol.hpp"
-#include "proxy/smtp_parse.hpp"
+#include "smtp/data_filter.hpp"
+#include "smtp/proxy_protocol.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <gtest/gtest.h>
 

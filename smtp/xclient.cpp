@@ -1,5 +1,5 @@
 // XCLIENT and xtext encoding; see xclient.hpp.
-#include "proxy/xclient.hpp"
+#include "smtp/xclient.hpp"
 
 namespace stp {
 namespace {

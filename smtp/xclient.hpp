@@ -5,7 +5,7 @@
 // lookup); still encodes every value, since a DNS name is text from a third party.
 #pragma once
 
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <boost/asio/ip/address.hpp>
 

@@ -25,7 +25,7 @@ using prometheus::MetricFamily;
 using prometheus::MetricType;
 using LabelSet = std::map<std::string, std::string>;
 
-std::vector<Listener> listeners() {
+std::vector<ListenerLabels> listeners() {
   return {
       {.endpoint = {ip::make_address("127.0.0.1"), 25}, .implicit_tls = false},
       {.endpoint = {ip::make_address("::1"), 465}, .implicit_tls = true},

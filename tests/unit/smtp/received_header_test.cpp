@@ -2,7 +2,7 @@
 // certificate state, RFC 3848 "with" keywords, IPv6 and v4-mapped addresses, sanitising and
 // truncating the client's text, RFC 5322 dates, and the line structure (CRLF, tab folding,
 // no line over 998 bytes).
-#include "proxy/received_header.hpp"
+#include "smtp/received_header.hpp"
 
 #include <gtest/gtest.h>
 

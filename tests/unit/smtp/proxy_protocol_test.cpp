@@ -1,7 +1,7 @@
 // PROXY protocol: encode_v2 checked byte by byte against headers computed by hand from HAProxy's
 // doc/proxy-protocol.txt (signature, ver_cmd, fam, big-endian length, address block, TLVs and
 // the PP2_TYPE_SSL sub-TLVs); decode for v1 and v2, prefixes, and malformed input.
-#include "proxy/proxy_protocol.hpp"
+#include "smtp/proxy_protocol.hpp"
 
 #include <gtest/gtest.h>
 

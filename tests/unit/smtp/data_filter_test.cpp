@@ -1,5 +1,5 @@
 // The DATA content filter: end-of-data, smuggling, bare line endings, any split of the input.
-#include "proxy/data_filter.hpp"
+#include "smtp/data_filter.hpp"
 
 #include <gtest/gtest.h>
 

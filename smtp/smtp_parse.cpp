@@ -1,5 +1,5 @@
 // SMTP framing and EHLO rewriting; see smtp_parse.hpp.
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <algorithm>
 #include <array>

@@ -1,5 +1,5 @@
 // Received: header construction; see received_header.hpp.
-#include "proxy/received_header.hpp"
+#include "smtp/received_header.hpp"
 
 #include <array>
 

@@ -1,5 +1,5 @@
 // DATA content filter; see data_filter.hpp for the rules.
-#include "proxy/data_filter.hpp"
+#include "smtp/data_filter.hpp"
 
 #include <cstring>
 

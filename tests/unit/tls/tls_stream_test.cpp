@@ -45,10 +45,10 @@ std::shared_ptr<const ServerContext> server_context() {
   const auto path = std::filesystem::temp_directory_path() /
                     ("stp-tls-stream-test-" + std::to_string(::getpid()) + ".pem");
   test::write_pem(path.string(), certificate.get(), key.get());
-  Config config;
-  config.hostname = "mx.example.org";
-  config.tls_certificates = {path.string()};
-  auto context = ServerContext::create(config);
+  ServerOptions options;
+  options.hostname = "mx.example.org";
+  options.certificates = {path.string()};
+  auto context = ServerContext::create(options);
   std::filesystem::remove(path);
   return context;
 }

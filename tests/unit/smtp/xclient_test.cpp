@@ -1,5 +1,5 @@
 // XCLIENT command building and xtext.
-#include "proxy/xclient.hpp"
+#include "smtp/xclient.hpp"
 
 #include <gtest/gtest.h>
 

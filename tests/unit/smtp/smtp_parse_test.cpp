@@ -1,5 +1,5 @@
 // Command framing, reply scanning and the EHLO rewrite.
-#include "proxy/smtp_parse.hpp"
+#include "smtp/smtp_parse.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // PROXY protocol encoding and decoding; see proxy_protocol.hpp.
-#include "proxy/proxy_protocol.hpp"
+#include "smtp/proxy_protocol.hpp"
 
 #include <algorithm>
 #include <array>

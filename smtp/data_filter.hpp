@@ -13,14 +13,15 @@
 // bytes ".<CR>" come out as "..<CRLF>" when a bare CR turns out to follow the dot).
 #pragma once
 
-#include "proxy/config.hpp"
-
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 namespace stp {
+
+// What a bare LF or CR in message content becomes (--bare-lf).
+enum class BareLfPolicy { normalize, reject };
 
 class DataFilter {
  public:

@@ -1,0 +1,31 @@
+// What the TLS layer is told by the configuration: plain option structs that proxy/config.cpp
+// fills from the flags, so tls/ depends on nothing above it. A setting that cannot be applied
+// is reported as std::invalid_argument whose message names the flag ("--tls-crl: ...").
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace stp::tls {
+
+// How a certificate's distinguished name is written (Exim's tls_peerdn format).
+enum class PeerDnFormat { openssl, rfc2253 };
+
+// The server side: what every accepted TLS session is offered and asks for.
+struct ServerOptions {
+  std::string hostname;  // names the self-signed certificate made when none is given
+  std::vector<std::string> certificates;  // paired in order with privatekeys
+  std::vector<std::string>
+      privatekeys;  // may be shorter: the key then sits in the certificate file
+  std::string min_protocol = "TLSv1.2";  // TLSv1.2 or TLSv1.3
+  std::string require_ciphers;           // TLS 1.2 cipher list; empty: the proxy's default
+  std::string ciphersuites;              // TLS 1.3 suites; empty: OpenSSL's defaults
+  std::string dhparam;                   // empty, a PEM file, or ffdhe2048..ffdhe8192
+  std::string verify_certificates;  // client CAs: PEM file, hashed directory, "system", or empty
+  std::string crl;                  // PEM file of CRLs
+  unsigned verify_depth = 9;
+  std::chrono::seconds verify_cache_time{60};  // 0: every client chain verified afresh
+};
+
+}  // namespace stp::tls
