@@ -6,19 +6,7 @@ namespace {
 
 // The commands that carry or probe mail, and AUTH: what a cleartext session must not reach.
 bool needs_tls_when_required(smtp::Verb verb) {
-  switch (verb) {
-    case smtp::Verb::mail:
-    case smtp::Verb::rcpt:
-    case smtp::Verb::data:
-    case smtp::Verb::bdat:
-    case smtp::Verb::auth:
-    case smtp::Verb::vrfy:
-    case smtp::Verb::expn:
-    case smtp::Verb::etrn:
-      return true;
-    default:
-      return false;
-  }
+  return (smtp::command_flags(verb) & smtp::command_flag::needs_tls) != 0;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Reverse-then-forward client name lookup; see name_lookup.hpp.
 #include "proxy/name_lookup.hpp"
+#include "smtp/address.hpp"
 
 #include <boost/asio/post.hpp>
 
@@ -12,13 +13,6 @@ namespace stp {
 namespace asio = boost::asio;
 
 namespace {
-
-asio::ip::address unmapped(const asio::ip::address& address) {
-  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-    return asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
-  }
-  return address;
-}
 
 ClientName::Status status_of(int gai_error) {
   return gai_error == EAI_AGAIN ? ClientName::Status::temporarily_unavailable

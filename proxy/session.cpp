@@ -1,5 +1,6 @@
 // One client connection; see session.hpp for the design.
 #include "proxy/session.hpp"
+#include "smtp/address.hpp"
 
 #include "acl/policy.hpp"
 #include "proxy/backend_probe.hpp"
@@ -74,10 +75,7 @@ constexpr std::string_view kReplyBareLineEnding =
     "550 5.5.2 Error: bare <CR> or <LF> in message content\r\n";
 
 std::string address_text(const asio::ip::address& address) {
-  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-    return asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6()).to_string();
-  }
-  return address.to_string();
+  return unmapped(address).to_string();
 }
 
 std::string endpoint_label(const asio::ip::address& address, std::uint16_t port) {
@@ -461,13 +459,9 @@ void Session::record_tls_session() {
   const std::string name = identity_.name.status == ClientName::Status::found
                                ? log::escape(identity_.name.name, 255)
                                : std::string("unknown");
-  auto address = identity_.address;
-  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-    address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
-  }
   spdlog::info("{} TLS connection {} from {}[{}]{}: {} with cipher {} ({}/{} bits){} id={}",
                !t.peer ? "Anonymous" : (t.verified ? "Trusted" : "Untrusted"),
-               t.resumed ? "reused" : "established", name, address.to_string(),
+               t.resumed ? "reused" : "established", name, address_text(identity_.address),
                t.sni.empty() ? std::string() : " to " + log::escape(t.sni, 100), t.protocol,
                t.cipher, t.cipher_bits, t.cipher_algorithm_bits, details, id_);
   if (!t.refused_sni.empty()) {
@@ -994,7 +988,8 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
   }
   // Detached, the proxy answers what needs no MTA; but once a command of this group is bound
   // for the MTA, the rest follow it there, in order (an RSET must reset that MAIL).
-  if (!backend_attached_ && to_mta_.empty() && verb != Verb::starttls) {
+  if (!backend_attached_ && to_mta_.empty() &&
+      (smtp::command_flags(verb) & smtp::command_flag::answered_while_detached) != 0) {
     if (const auto end = answer_while_detached(command)) return *end;
   }
   switch (verb) {

@@ -1,5 +1,6 @@
 // PROXY protocol encoding and decoding; see proxy_protocol.hpp.
 #include "smtp/proxy_protocol.hpp"
+#include "smtp/address.hpp"
 
 #include <algorithm>
 #include <array>
@@ -42,13 +43,6 @@ void put_tlv(std::string& out, std::uint8_t type, std::string_view value) {
 
 asio::ip::address_v6 as_v6(const asio::ip::address& a) {
   return a.is_v6() ? a.to_v6() : asio::ip::make_address_v6(asio::ip::v4_mapped, a.to_v4());
-}
-
-asio::ip::address unmapped(const asio::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
-    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
-  }
-  return a;
 }
 
 std::uint16_t get16(const unsigned char* p) {

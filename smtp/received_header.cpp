@@ -1,5 +1,6 @@
 // Received: header construction; see received_header.hpp.
 #include "smtp/received_header.hpp"
+#include "smtp/address.hpp"
 
 #include <array>
 
@@ -43,10 +44,7 @@ std::optional<bool> starts_with_continuation(std::string_view content, bool dot_
 }
 
 std::string build_received_header(const ReceivedFields& f) {
-  auto address = f.client_address;
-  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-    address = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, address.to_v6());
-  }
+  const auto address = unmapped(f.client_address);
   const std::string name = f.client_name.empty() ? "unknown" : sanitize_for_header(f.client_name);
   const std::string helo = f.helo.empty() ? name : sanitize_for_header(f.helo);
   const std::string address_text =

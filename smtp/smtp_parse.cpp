@@ -24,18 +24,38 @@ std::string_view first_word(std::string_view line) {
   return line.substr(0, end);
 }
 
-struct VerbName {
+struct VerbEntry {
   std::string_view name;
   Verb verb;
+  unsigned flags;
 };
-constexpr std::array<VerbName, 19> kVerbs{{
-    {"HELO", Verb::helo},       {"EHLO", Verb::ehlo},         {"MAIL", Verb::mail},
-    {"RCPT", Verb::rcpt},       {"DATA", Verb::data},         {"BDAT", Verb::bdat},
-    {"RSET", Verb::rset},       {"NOOP", Verb::noop},         {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy},       {"EXPN", Verb::expn},         {"ETRN", Verb::etrn},
-    {"HELP", Verb::help},       {"AUTH", Verb::auth},         {"STARTTLS", Verb::starttls},
-    {"XCLIENT", Verb::xclient}, {"XFORWARD", Verb::xforward}, {"TURN", Verb::turn},
-    {"ATRN", Verb::turn},
+namespace flag = command_flag;
+constexpr unsigned kTls = flag::needs_tls;
+constexpr unsigned kDetached = flag::answered_while_detached;
+constexpr unsigned kLast = flag::last_in_group;
+constexpr unsigned kLocal = flag::never_forwarded;
+// The command table. HELO/EHLO end a group: what the MTA offers (CHUNKING, SIZE) decides how
+// the commands after them are handled.
+constexpr std::array<VerbEntry, 19> kVerbs{{
+    {"HELO", Verb::helo, kDetached | kLast},
+    {"EHLO", Verb::ehlo, kDetached | kLast},
+    {"MAIL", Verb::mail, kTls},
+    {"RCPT", Verb::rcpt, kTls},
+    {"DATA", Verb::data, kTls | kLast},
+    {"BDAT", Verb::bdat, kTls | kLast},
+    {"RSET", Verb::rset, kDetached},
+    {"NOOP", Verb::noop, kDetached},
+    {"QUIT", Verb::quit, kDetached | kLast},
+    {"VRFY", Verb::vrfy, kTls},
+    {"EXPN", Verb::expn, kTls},
+    {"ETRN", Verb::etrn, kTls},
+    {"HELP", Verb::help, 0},
+    {"AUTH", Verb::auth, kTls | kLast},
+    {"STARTTLS", Verb::starttls, kLast | kLocal},
+    {"XCLIENT", Verb::xclient, kLocal},
+    {"XFORWARD", Verb::xforward, kLocal},
+    {"TURN", Verb::turn, kLocal},
+    {"ATRN", Verb::turn, kLocal},
 }};
 
 bool is_digit(char c) {
@@ -81,6 +101,13 @@ void for_each_reply_line(std::string_view reply, Visit&& visit) {
 }
 
 }  // namespace
+
+unsigned command_flags(Verb verb) {
+  for (const auto& v : kVerbs) {
+    if (v.verb == verb) return v.flags;
+  }
+  return 0;
+}
 
 bool has_control_character(std::string_view text) {
   return std::any_of(text.begin(), text.end(), is_control);

@@ -36,6 +36,21 @@ enum class Verb : std::uint8_t {
   turn,  // TURN or ATRN: the MTA would become the client on this connection
 };
 
+// What the proxy knows of each verb, in one table (Postfix's smtpd_cmd_table): the encryption
+// policy and the session read these flags instead of keeping lists of their own.
+namespace command_flag {
+// Carries or probes mail, or authenticates: refused in the clear where TLS is required.
+inline constexpr unsigned needs_tls = 1u << 0;
+// The proxy answers it while no MTA connection is open (it needs nothing from the MTA).
+inline constexpr unsigned answered_while_detached = 1u << 1;
+// The commands after it wait for its reply (its outcome changes how they are read).
+inline constexpr unsigned last_in_group = 1u << 2;
+// Never reaches the MTA: the proxy answers it itself, or refuses it.
+inline constexpr unsigned never_forwarded = 1u << 3;
+}  // namespace command_flag
+
+unsigned command_flags(Verb verb);
+
 // One command line, parsed once where it is framed; every rule reads this parse, so no two
 // parts of the proxy can disagree on what the command is.
 struct Command {

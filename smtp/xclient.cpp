@@ -1,15 +1,9 @@
 // XCLIENT and xtext encoding; see xclient.hpp.
 #include "smtp/xclient.hpp"
+#include "smtp/address.hpp"
 
 namespace stp {
 namespace {
-
-boost::asio::ip::address unmapped(const boost::asio::ip::address& address) {
-  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-    return boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, address.to_v6());
-  }
-  return address;
-}
 
 std::string_view name_value(ClientName::Status status, const std::string& name) {
   switch (status) {

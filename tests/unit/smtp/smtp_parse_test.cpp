@@ -52,6 +52,26 @@ TEST(ParseCommand, RefusesWhiteSpaceTheMtasReadDifferently) {
   EXPECT_EQ(syntax_of("MAIL FROM:<j\xc3\xb6rg@example.org>"), CommandSyntax::ok);
 }
 
+TEST(CommandTable, FlagsOfTheVerbsTheRulesDependOn) {
+  namespace flag = command_flag;
+  for (const auto verb : {Verb::mail, Verb::rcpt, Verb::data, Verb::bdat, Verb::auth, Verb::vrfy,
+                          Verb::expn, Verb::etrn}) {
+    EXPECT_TRUE(command_flags(verb) & flag::needs_tls) << static_cast<int>(verb);
+  }
+  for (const auto verb : {Verb::helo, Verb::ehlo, Verb::rset, Verb::noop, Verb::quit,
+                          Verb::starttls, Verb::xclient, Verb::other}) {
+    EXPECT_FALSE(command_flags(verb) & flag::needs_tls) << static_cast<int>(verb);
+  }
+  for (const auto verb : {Verb::starttls, Verb::xclient, Verb::xforward, Verb::turn}) {
+    EXPECT_TRUE(command_flags(verb) & flag::never_forwarded) << static_cast<int>(verb);
+  }
+  EXPECT_EQ(verb_of("ATRN example.org"), Verb::turn);
+  EXPECT_TRUE(command_flags(Verb::ehlo) & flag::last_in_group);
+  EXPECT_TRUE(command_flags(Verb::noop) & flag::answered_while_detached);
+  EXPECT_FALSE(command_flags(Verb::mail) & flag::answered_while_detached);
+  EXPECT_EQ(command_flags(Verb::other), 0u);
+}
+
 TEST(CommandFramer, SplitsPipelinedLinesAndAcceptsBareLf) {
   CommandFramer framer(64);
   std::string_view input = "EHLO a\r\nMAIL FROM:<x>\nRC";
