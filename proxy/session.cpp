@@ -43,6 +43,9 @@ constexpr std::size_t kDataChunk = 16 * 1024;
 constexpr std::size_t kMaxAuthResponse = 16382;
 // A refused BDAT chunk larger than this is not read to its end: the session closes instead.
 constexpr std::uint64_t kMaxDiscardedChunk = 64 * 1024 * 1024;
+// The largest BDAT message sent on: Exim reads a chunk's size into 32 bits (and never offers
+// SIZE above 2^31 - 1), with room below that for the trace header.
+constexpr std::uint64_t kMaxBdatMessage = 0x7fffffff - 64 * 1024;
 // PROXY v1 is at most 107 bytes with its CRLF; v2 is 16 bytes and what its length says (we
 // accept no more TLVs than a load balancer sends: addresses and a few small TLVs).
 constexpr std::size_t kProxyV1MaxLength = 107;
@@ -69,6 +72,12 @@ constexpr std::string_view kReplyBdatNotOffered =
     "502 5.5.1 Error: BDAT not offered by the mail server\r\n";
 constexpr std::string_view kReplyMessageTooBig =
     "552 5.3.4 Error: message exceeds the mail server's size limit\r\n";
+constexpr std::string_view kReplyOnlyBdat =
+    "503 5.5.1 Error: only BDAT, RSET, NOOP or QUIT within a BDAT message\r\n";
+constexpr std::string_view kReplyBdatRefusedMessage =
+    "503 5.5.1 Error: a chunk of this message was refused; send RSET\r\n";
+constexpr std::string_view kReplyBdatEmpty =
+    "501 5.5.4 Error: an empty BDAT chunk must be the LAST\r\n";
 constexpr std::string_view kReplyBdatSyntax = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
 constexpr std::string_view kReplyBadSyntax = "500 5.5.2 Error: bad syntax\r\n";
 constexpr std::string_view kReplyBareLineEnding =
@@ -230,7 +239,7 @@ asio::awaitable<void> Session::run() {
         co_await handshake()) {
       if (backend_attached_) {
         // The MTA saw the plaintext part of the session: make it forget any transaction.
-        reset_mta_after_tls_ = true;
+        mta_reset_due_ = true;
         co_await serve(*tls_);
       } else if (config_.backend_metadata != BackendMetadata::proxy_v2) {
         co_await serve(*tls_);  // connects at the first command that needs the MTA
@@ -469,8 +478,10 @@ void Session::record_tls_session() {
                  log::escape(t.refused_sni, 100));
   }
   if (t.peer && t.peer->common_name_refused) {
-    spdlog::info("{} client certificate of {} has several CNs, or a NUL in its CN: no CN reported",
-                 id_, client_label_);
+    spdlog::info(
+        "{} client certificate of {} has several CNs, or a CN with a NUL or over 255 bytes: no "
+        "CN reported",
+        id_, client_label_);
   }
   if (t.peer) {
     spdlog::info(
@@ -696,7 +707,7 @@ asio::awaitable<void> Session::release_backend() {
   backend_in_.release_if_empty();
   backend_attached_ = false;
   reattaching_ = true;
-  reset_mta_after_tls_ = false;              // the next MTA session starts clean
+  mta_reset_due_ = false;                    // the next MTA session starts clean
   if (helo_state_ == HeloState::accepted) {  // the MTA hears it again when reopened
     replay_helo_ = (extended_helo_ ? "EHLO " : "HELO ") + helo_name_ + "\r\n";
   }
@@ -854,11 +865,7 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
         !services_.mta_probed.load(std::memory_order_acquire)) {
       co_await wait_for_first_probe();
     }
-    if (reset_mta_after_tls_) {
-      reset_mta_after_tls_ = false;
-      to_mta_ += "RSET\r\n";
-      pending_.push_back({PendingReply::Kind::mta_silent, Verb::rset});
-    }
+    if (std::exchange(mta_reset_due_, false)) reset_mta();
     // Take every command that is already here, up to the group's bound.
     GroupEnd end = GroupEnd::none;
     std::size_t taken = 0;
@@ -868,6 +875,7 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
       } else {
         end = on_line(frame.line);
       }
+      if (end == GroupEnd::attach) break;  // the line stays, to be read again
       client_in_.consume(frame.consumed);
       // --max-pipelined-commands: the rest waits, unread past the buffer, until these are
       // answered.
@@ -881,6 +889,10 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
 
     if (end == GroupEnd::bdat && !co_await relay_bdat_chunk(client)) co_return Outcome::close;
     if (!co_await flush_group(client)) co_return Outcome::close;
+    if (end == GroupEnd::attach && !backend_attached_) {
+      const bool attached = co_await attach_backend(client, false);  // (GCC 12: not in the if)
+      if (!attached) co_return Outcome::close;
+    }
 
     switch (end) {
       case GroupEnd::data:
@@ -974,17 +986,17 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
   }
   if (security_failure_ && verb != Verb::quit) {
     reply_locally(kReplySecurityFailure);
-    return GroupEnd::none;
+    return verb == Verb::bdat ? refuse_bdat(command) : GroupEnd::none;
   }
   if (refused_by_policy(verb)) {
-    if (verb != Verb::bdat) return GroupEnd::none;
-    // The chunk follows the command whatever the answer: it must be read and dropped.
-    const auto arguments = smtp::parse_bdat_arguments(command.arguments);
-    if (!arguments) {
-      end_reason_ = "bad BDAT";
-      return GroupEnd::close;
-    }
-    return discard_bdat(*arguments);
+    return verb == Verb::bdat ? refuse_bdat(command) : GroupEnd::none;
+  }
+  const bool bdat_open =
+      bdat_message_ == BdatMessage::open || bdat_message_ == BdatMessage::open_with_header;
+  if (bdat_open && verb != Verb::bdat && verb != Verb::rset && verb != Verb::noop &&
+      verb != Verb::quit) {
+    reply_locally(kReplyOnlyBdat);
+    return GroupEnd::none;
   }
   // Detached, the proxy answers what needs no MTA; but once a command of this group is bound
   // for the MTA, the rest follow it there, in order (an RSET must reset that MAIL).
@@ -1078,9 +1090,9 @@ void Session::forward(const smtp::Command& command) {
   pending_.push_back({PendingReply::Kind::mta, command.verb});
 }
 
-// Forwarded only if the MTA offered CHUNKING and the size fits: an MTA without CHUNKING
-// would read the chunk as commands. The line the MTA gets is made from the parsed size
-// (relay_bdat_chunk), never the client's spelling.
+// Forwarded only if the MTA offered CHUNKING to this connection and the size fits: an MTA
+// without CHUNKING would read the chunk as commands. The line the MTA gets is made from the
+// parsed size (relay_bdat_chunk), never the client's spelling.
 Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
   const auto arguments = smtp::parse_bdat_arguments(command.arguments);
   if (!arguments) {
@@ -1090,42 +1102,67 @@ Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
     end_reason_ = "bad BDAT";
     return GroupEnd::close;
   }
-  // The trace header may add to the first chunk: leave it room below 2^64.
-  constexpr std::uint64_t kHeaderRoom = 64 * 1024;
-  const auto limit = mta_size_limit_ != 0 ? mta_size_limit_ : ~std::uint64_t{0} - kHeaderRoom;
-  const std::uint64_t so_far = bdat_message_ == BdatMessage::none ? 0 : bdat_message_bytes_;
-  if (!mta_chunking_) {
-    spdlog::info("{} {} sent BDAT, which the mail server did not offer; refused", id_,
-                 client_label_);
-    reply_locally(kReplyBdatNotOffered);
-    return discard_bdat(*arguments);
+  // What this MTA connection offers decides; a connection yet to be opened (proxy-v2 before
+  // TLS, or after an idle release) is opened first, and the BDAT read again.
+  if (!backend_attached_) {
+    --commands_;
+    return GroupEnd::attach;
   }
-  if (arguments->size > limit || so_far > limit - arguments->size) {
-    spdlog::info("{} {} sent BDAT {} after {} bytes, over the mail server's size {}; refused", id_,
-                 client_label_, arguments->size, so_far, limit);
-    reply_locally(kReplyMessageTooBig);
+  const auto limit =
+      mta_size_limit_ != 0 ? std::min(mta_size_limit_, kMaxBdatMessage) : kMaxBdatMessage;
+  const std::uint64_t so_far = bdat_message_ == BdatMessage::none ? 0 : bdat_message_bytes_;
+  std::string_view refusal;
+  if (bdat_message_ == BdatMessage::refused) {
+    refusal = kReplyBdatRefusedMessage;
+  } else if (!mta_chunking_) {
+    refusal = kReplyBdatNotOffered;
+  } else if (arguments->size == 0 && !arguments->last) {
+    refusal = kReplyBdatEmpty;
+  } else if (arguments->size > limit || so_far > limit - arguments->size) {
+    refusal = kReplyMessageTooBig;
+  }
+  if (!refusal.empty()) {
+    spdlog::info("{} {} sent BDAT {}{} after {} bytes; refused: {}", id_, client_label_,
+                 arguments->size, arguments->last ? " LAST" : "", so_far,
+                 refusal.substr(0, refusal.size() - 2));
+    reply_locally(refusal);
     return discard_bdat(*arguments);
   }
   bdat_ = *arguments;
   discard_bdat_chunk_ = false;
   bdat_message_bytes_ = so_far + bdat_.size;
   // The trace header goes in front of the message's first chunk that has content (or is the
-  // last), which grows by it; relay_bdat_chunk() writes every BDAT command.
-  bdat_header_due_ = config_.received_header && bdat_message_ != BdatMessage::open_with_header &&
-                     (bdat_.size > 0 || bdat_.last);
-  pending_.push_back({PendingReply::Kind::mta, Verb::bdat, bdat_.last});
+  // last), which grows by it; relay_bdat_chunk() writes every BDAT command. It counts as sent
+  // once the MTA accepted that chunk (on_mta_reply).
+  bdat_header_due_ = config_.received_header && bdat_message_ != BdatMessage::open_with_header;
+  pending_.push_back({.kind = PendingReply::Kind::mta,
+                      .verb = Verb::bdat,
+                      .message_end = bdat_.last,
+                      .carries_header = bdat_header_due_});
   if (bdat_.last) {
     bdat_message_ = BdatMessage::none;
-  } else if (bdat_header_due_) {
-    bdat_message_ = BdatMessage::open_with_header;
   } else if (bdat_message_ == BdatMessage::none) {
     bdat_message_ = BdatMessage::open;
   }
   return GroupEnd::bdat;
 }
 
-// A BDAT answered here: its chunk is read and dropped. A message the MTA holds part of is
-// abandoned there, so that no later chunk completes it with this one missing.
+// A BDAT refused before its size was looked at (policy, a security failure): its chunk still
+// follows, and must be read and dropped.
+Session::GroupEnd Session::refuse_bdat(const smtp::Command& command) {
+  const auto arguments = smtp::parse_bdat_arguments(command.arguments);
+  if (!arguments) {
+    violation(metrics::Violation::bad_bdat);
+    spdlog::info("{} {} sent BDAT without a size; closing", id_, client_label_);
+    end_reason_ = "bad BDAT";
+    return GroupEnd::close;
+  }
+  return discard_bdat(*arguments);
+}
+
+// A BDAT answered here: its chunk is read and dropped. Whatever the MTA holds of the message
+// is abandoned there, and the message's later chunks are refused, so that none completes it
+// with this one missing.
 Session::GroupEnd Session::discard_bdat(const smtp::BdatArguments& arguments) {
   if (arguments.size > kMaxDiscardedChunk) {
     // Reading that much only to drop it serves nobody: the reply goes out, then the session
@@ -1135,13 +1172,16 @@ Session::GroupEnd Session::discard_bdat(const smtp::BdatArguments& arguments) {
   }
   bdat_ = arguments;
   discard_bdat_chunk_ = true;
-  if (bdat_message_ != BdatMessage::none) {
-    bdat_message_ = BdatMessage::none;
-    in_transaction_ = false;
-    to_mta_ += "RSET\r\n";
-    pending_.push_back({PendingReply::Kind::mta_silent, Verb::rset});
-  }
+  bdat_message_ = BdatMessage::refused;
+  if (backend_attached_ || !to_mta_.empty()) reset_mta();
   return GroupEnd::bdat;
+}
+
+// The proxy's own RSET, its reply not the client's: the MTA forgets any transaction.
+void Session::reset_mta() {
+  in_transaction_ = false;
+  to_mta_ += "RSET\r\n";
+  pending_.push_back({PendingReply::Kind::mta_silent, Verb::rset});
 }
 
 void Session::reply_locally(std::string_view reply) {
@@ -1149,7 +1189,7 @@ void Session::reply_locally(std::string_view reply) {
     ++local_rejects_;
     ++errors_;
   }
-  pending_.push_back({PendingReply::Kind::local, Verb::other, false, reply});
+  pending_.push_back({.kind = PendingReply::Kind::local, .local = reply});
 }
 
 template <class Stream>
@@ -1178,7 +1218,10 @@ asio::awaitable<bool> Session::flush_group(Stream& client) {
       closing_ = true;
       break;
     }
-    on_mta_reply(pending, scan.code, backend_in_.view().substr(0, scan.length));
+    const auto reply = backend_in_.view().substr(0, scan.length);
+    on_mta_reply(pending, scan.code, reply);
+    // Its 421 to the proxy's own command is the client's to hear too: the session ends.
+    if (scan.code == 421 && pending.kind == PendingReply::Kind::mta_silent) to_client_ += reply;
     backend_in_.consume(scan.length);
     if (scan.code == 421) {  // the MTA is closing: nothing more will come
       end_reason_ = "mail server closed (421)";
@@ -1245,6 +1288,13 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       if (pending.message_end) {
         count_message(code);
         in_transaction_ = false;
+      } else if (code / 100 == 2) {
+        if (pending.carries_header) bdat_message_ = BdatMessage::open_with_header;
+      } else {
+        // A refused chunk leaves the MTA's message in a state the proxy cannot know (Exim
+        // then takes only RSET): the next group resets it, and the message is over.
+        bdat_message_ = BdatMessage::refused;
+        mta_reset_due_ = true;
       }
       break;
     default:
@@ -1447,7 +1497,7 @@ std::string Session::proxy_v2_header() const {
 std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Command& command) {
   const Verb verb = command.verb;
   auto answer = [&](std::string text) {
-    pending_.push_back({PendingReply::Kind::local, verb, false, {}, std::move(text)});
+    pending_.push_back({.kind = PendingReply::Kind::local, .verb = verb, .text = std::move(text)});
   };
   const bool greeting = verb == Verb::ehlo || verb == Verb::helo;
   // XCLIENT (or no metadata): the client's greeting is the MTA's to answer, so it connects.
@@ -1562,7 +1612,7 @@ asio::awaitable<void> Session::wait_for_first_probe() {
   constexpr auto kPoll = std::chrono::milliseconds(20);
   const auto give_up = Clock::now() + BackendProbe::kTimeout + std::chrono::seconds(1);
   asio::steady_timer timer(client_.get_executor());
-  while (!services_.mta_probed.load(std::memory_order_acquire) && !terminating_ &&
+  while (!services_.mta_probed.load(std::memory_order_acquire) && !terminating_ && !draining_ &&
          Clock::now() < give_up) {
     timer.expires_after(kPoll);
     error_code ignored;

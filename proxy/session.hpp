@@ -106,12 +106,14 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   enum class Outcome { start_tls, close };
   // Why a group of pipelined commands stops where it does.
-  enum class GroupEnd { none, wait_reply, data, bdat, start_tls, quit, close };
+  // `attach`: the command was not taken; it is read again once the MTA connection is open.
+  enum class GroupEnd { none, wait_reply, data, bdat, attach, start_tls, quit, close };
 
   struct PendingReply {
     enum class Kind : std::uint8_t { local, mta, mta_silent } kind;
     smtp::Verb verb = smtp::Verb::other;
     bool message_end = false;     // BDAT LAST: the MTA's verdict on a message
+    bool carries_header = false;  // BDAT: the chunk that carries the trace header
     std::string_view local = {};  // Kind::local: a reply with static storage...
     std::string text = {};        // ...or one made for this command
   };
@@ -156,6 +158,8 @@ class Session : public std::enable_shared_from_this<Session> {
   GroupEnd on_command(const smtp::Command& command);
   GroupEnd on_bdat(const smtp::Command& command);
   GroupEnd discard_bdat(const smtp::BdatArguments& arguments);
+  GroupEnd refuse_bdat(const smtp::Command& command);
+  void reset_mta();
   GroupEnd cancel_auth(std::string_view reply);
   void forward(const smtp::Command& command);
   void learn_mta_extensions(std::string_view ehlo_reply);
@@ -223,7 +227,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool security_failure_ = false;   // STARTTLS could not be offered after all: only QUIT
   bool auth_continuation_ = false;  // the MTA sent 334: the next line is an AUTH response
   bool data_accepted_ = false;      // the MTA answered DATA with 354
-  bool reset_mta_after_tls_ = false;
+  bool mta_reset_due_ = false;      // the next group starts with the proxy's own RSET
   bool mta_lost_ = false;
   bool closing_ = false;
   bool in_transaction_ = false;  // the MTA accepted MAIL and has not finished the message
@@ -242,9 +246,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // What the MTA's last EHLO reply offered this client (none after HELO, or before EHLO).
   bool mta_chunking_ = false;
   std::uint64_t mta_size_limit_ = 0;  // 0: no SIZE limit given
-  // What the MTA holds of a BDAT message: chunks of it (all empty, or sent without the trace
-  // header), or chunks and the header.
-  enum class BdatMessage : std::uint8_t { none, open, open_with_header };
+  // Where the MTA stands in a BDAT message (RFC 3030). Open: it accepted chunks of one (the
+  // trace header among them, or not yet), and takes only BDAT, RSET, NOOP and QUIT until the
+  // LAST (Exim reads anything else as the end of chunking, and the next chunk as commands).
+  // Refused: a chunk was refused, here or by the MTA; the MTA was told RSET, and every BDAT is
+  // refused here until RSET, MAIL or a greeting, so no later chunk completes the message.
+  enum class BdatMessage : std::uint8_t { none, open, open_with_header, refused };
   BdatMessage bdat_message_ = BdatMessage::none;
   std::uint64_t bdat_message_bytes_ = 0;  // the client's chunk sizes so far, for the MTA's SIZE
   bool bdat_header_due_ = false;     // this BDAT chunk carries the header: command not yet sent

@@ -42,7 +42,8 @@ import pytest
 
 from certs import haproxy_postfix, haproxy_postfix_instance  # noqa: F401  (fixtures)
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER, Proxy, Reply,
-                      ScriptedMta, SmtpClient, attach_log, free_port, listening_ports,
+                      ConnectionClosed, ScriptedMta, SmtpClient, attach_log, free_port,
+                      listening_ports,
                       proxy_binary, simple_message, stop_process, tail, unique)
 from exim_mta import EXIM_DOMAIN, Exim, exim_binary, header_fields
 
@@ -768,6 +769,217 @@ def test_exim_runs_no_mail_hidden_past_its_command_buffer(exim, proxy):
         assert_reply(c.read_reply(), 250)
         assert c.pending(0.3) == b""
         assert_reply(c.command("QUIT"), 221)
+
+
+# --------------------------------------------------------------------------- 2b. BDAT in step
+# with the MTA's own state: Exim takes only BDAT, RSET, NOOP and QUIT inside a BDAT message and
+# reads anything else as the end of chunking (the next chunk then runs as commands); it reads
+# a chunk's size into 32 bits; and the MTA connection decides whether CHUNKING is offered.
+
+
+def smuggled_message(victim: str, token: str) -> bytes:
+    """A chunk that, read as commands, delivers a message to `victim` past the proxy."""
+    return (f"RSET\r\nMAIL FROM:<evil@{EXIM_DOMAIN}>\r\nRCPT TO:<{victim}>\r\nDATA\r\n"
+            f"Subject: {token}\r\n\r\nsmuggled\r\n.\r\n").encode()
+
+
+def exim_with(extra: str) -> Iterator[Exim]:
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
+    e = Exim(exim_binary(), LOOPBACK, extra=extra)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture(scope="module")
+def exim_chunking_for_the_proxy_only() -> Iterator[Exim]:
+    """Offers CHUNKING to the proxy's own address (its probe), not to the clients it relays."""
+    yield from exim_with("chunking_advertise_hosts = 127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def exim_without_size() -> Iterator[Exim]:
+    """No message_size_limit: it offers SIZE without a number."""
+    yield from exim_with("message_size_limit = 0")
+
+
+def bdat_session(p: Proxy, exim: Exim) -> SmtpClient:
+    c = exim_session(p)
+    assert_reply(c.command(f"MAIL FROM:<a@{EXIM_DOMAIN}>"), 250)
+    assert_reply(c.command(f"RCPT TO:<{exim.new_address()}>"), 250)
+    return c
+
+
+def assert_never_delivered(exim: Exim, victim: str) -> None:
+    time.sleep(1.0)  # Exim delivers within milliseconds of accepting
+    assert not exim.delivered_to(victim), exim.delivered_to(victim)
+
+
+@pytest.mark.parametrize("between,refused,last", [
+    ("VRFY someone", (503, "5.5.1"), 250), ("MAIL FROM:<b@exim.test>", (503, "5.5.1"), 250),
+    ("EHLO again", (503, "5.5.1"), 250), ("BDAT 0", (501, "5.5.4"), 503)])
+def test_inside_a_bdat_message_exim_never_leaves_chunking(exim, proxy, between, refused, last):
+    """After a chunk that is not the LAST, a command Exim does not take there (anything but
+    BDAT, RSET, NOOP, QUIT) is the proxy's 503, never Exim's, so Exim still reads the next
+    chunk as a chunk (it ends the message as its body); an empty chunk that is not the LAST is
+    refused and abandons the message. Either way the chunk never runs as commands at Exim."""
+    p = exim_front(proxy, exim)
+    victim = exim.new_address()
+    with bdat_session(p, exim) as c:
+        c.send(b"BDAT 6\r\nX: y\r\n")
+        assert_reply(c.read_reply(), 250)
+        assert_reply(c.command(between), *refused)
+        chunk = smuggled_message(victim, unique("smuggled"))
+        c.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk)
+        assert_reply(c.read_reply(), last)
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.command("RSET"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    assert_never_delivered(exim, victim)
+
+
+@pytest.mark.parametrize("size", [2**32 + 6, 2**31])
+def test_bdat_sizes_exim_cannot_read_get_552(exim_without_size, proxy, size):
+    """Exim reads the size into 32 bits (2^32 + 6 would be 6, and the rest of the chunk
+    commands): the proxy refuses any chunk at or over 2^31 - 64 KiB, SIZE or not."""
+    exim = exim_without_size
+    p = exim_front(proxy, exim)
+    victim = exim.new_address()
+    with bdat_session(p, exim) as c:
+        chunk = b"X: y\r\n" + smuggled_message(victim, unique("smuggled"))
+        c.send(f"BDAT {size}\r\n".encode() + chunk)
+        assert_reply(c.read_reply(), 552, "5.3.4")
+    assert_never_delivered(exim, victim)
+
+
+def test_chunking_is_what_the_mta_connection_offers_not_the_probe(
+        exim_chunking_for_the_proxy_only, proxy):
+    """proxy-v2 answers a plaintext client's EHLO from the probe, which Exim offered CHUNKING;
+    a BDAT pipelined behind it waits for the real MTA connection, which offers none: 502."""
+    exim = exim_chunking_for_the_proxy_only
+    p = proxy(exim.backend, "--backend-metadata", "proxy-v2", "--backend-probe-interval", "1s",
+              "--received-header", "off")
+    wait_for_probe(p)
+    victim = exim.new_address()
+    chunk = smuggled_message(victim, unique("smuggled"))
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        c.send((f"EHLO client.test\r\nMAIL FROM:<a@{EXIM_DOMAIN}>\r\n"
+                f"RCPT TO:<{exim.new_address()}>\r\nBDAT {len(chunk)} LAST\r\n").encode()
+               + chunk)
+        assert_reply(c.read_reply(), 250)  # EHLO, from the probe
+        assert_reply(c.read_reply(), 250)  # MAIL
+        assert_reply(c.read_reply(), 250)  # RCPT
+        assert_reply(c.read_reply(), 502, "5.5.1")
+        assert_reply(c.command("NOOP"), 250)
+    assert_never_delivered(exim, victim)
+
+
+def test_a_chunk_exim_refused_takes_the_message_with_it(exim, proxy):
+    """Exim refuses a first chunk (no valid RCPT yet); a forged trace header sent after it,
+    in a chunk that would otherwise complete the message, never arrives without the proxy's
+    own header: the message is refused until RSET."""
+    p = exim_front(proxy, exim)
+    rcpt = exim.new_address()
+    with exim_session(p) as c:
+        assert_reply(c.command(f"MAIL FROM:<a@{EXIM_DOMAIN}>"), 250)
+        assert c.command("RCPT TO:<v@external.example>").code // 100 == 5
+        c.send(b"BDAT 6\r\nX: y\r\n")
+        assert c.read_reply().code // 100 == 5
+        c.command(f"RCPT TO:<{rcpt}>")  # Exim's answer, after the proxy's RSET: no MAIL
+        forged = (b'Received: from forged (Client CN "bank.example" verified OK) by proxy.test '
+                  b"(smtp-tls-proxy)\r\nSubject: x\r\n\r\nhi\r\n")
+        c.send(f"BDAT {len(forged)} LAST\r\n".encode() + forged)
+        assert c.read_reply().code // 100 == 5
+        assert_reply(c.command("NOOP"), 250)
+    assert_never_delivered(exim, rcpt)
+
+
+@pytest.mark.parametrize("first", [b"Subject: part\r\n\r\nbody\r\n", b"Subject: part\r\n"],
+                         ids=["with-body", "header-only"])
+def test_a_chunk_refused_here_abandons_the_message_at_exim(exim_instance, proxy, first):
+    """A chunk over Exim's SIZE (50 MB by default: a 60 MB one is read and dropped) after one
+    it accepted: the proxy's RSET abandons the message there, nothing is delivered."""
+    exim = exim_instance
+    p = exim_front(proxy, exim)
+    rcpt = exim.new_address()
+    with exim_session(p) as c:
+        assert_reply(c.command(f"MAIL FROM:<a@{EXIM_DOMAIN}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{rcpt}>"), 250)
+        c.send(f"BDAT {len(first)}\r\n".encode() + first)
+        assert_reply(c.read_reply(), 250)
+        size = 60_000_000
+        c.send(f"BDAT {size} LAST\r\n".encode())
+        block = b"z" * 65534 + b"\r\n"
+        for offset in range(0, size, len(block)):
+            c.send(block[:min(len(block), size - offset)])
+        assert_reply(c.read_reply(), 552, "5.3.4")
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    assert_never_delivered(exim, rcpt)
+
+
+def test_postfix_never_gets_a_message_with_a_chunk_missing(postfix, proxy):
+    """Postfix: a MAIL inside a BDAT message is the proxy's 503 (never forwarded); an empty
+    chunk that is not the LAST is refused, which abandons the message at Postfix; the LAST
+    chunk after it is refused too, and nothing is delivered."""
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        c.send(b"BDAT 18\r\nSubject: part1\r\n\r\n")
+        assert_reply(c.read_reply(), 250)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 503, "5.5.1")
+        assert_reply(c.command("BDAT 0"), 501, "5.5.4")
+        c.send(b"BDAT 7 LAST\r\npart3\r\n")
+        assert_reply(c.read_reply(), 503, "5.5.1")
+        assert_reply(c.command("RSET"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    time.sleep(1.0)
+    assert not box.messages(), box.messages()
+
+
+def test_a_refused_chunk_must_arrive_within_one_receive_timeout(proxy, recording_mta):
+    """A chunk that goes nowhere (refused here) cannot hold the session by trickling: it must
+    arrive whole within one --smtp-receive-timeout, whatever the pace; then 421."""
+    mta = recording_mta(chunking=False)
+    p = proxy(mta.backend, "--backend-metadata", "none", "--smtp-receive-timeout", "2s")
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        c.send(b"BDAT 1000 LAST\r\n")
+        started = time.monotonic()
+        closed = None
+        for _ in range(40):  # a byte every 0.25 s: each read well within the timeout
+            try:
+                c.send(b"x")
+            except OSError:
+                closed = time.monotonic()
+                break
+            if c.pending(0.25):
+                closed = time.monotonic()
+                break
+        assert closed is not None, "the trickled chunk held the session for 10 s"
+        assert closed - started < 6, closed - started
+
+
+def test_a_refused_chunk_over_64_mib_ends_the_session(proxy, recording_mta):
+    """Reading 100 MB only to drop them serves nobody: the reply goes out and the session ends."""
+    mta = recording_mta(chunking=False)
+    p = proxy(mta.backend, "--backend-metadata", "none")
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        c.send(b"BDAT 100000000 LAST\r\n" + b"x" * 1000)
+        assert_reply(c.read_reply(), 502, "5.5.1")
+        with pytest.raises((ConnectionClosed, OSError)):
+            c.command("NOOP")
 
 
 # --------------------------------------------------------------------------- 4. AUTH continuation
