@@ -78,14 +78,10 @@ void fit_descriptor_limit(std::size_t max_connections) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
-  std::signal(SIGPIPE, SIG_IGN);
+// Everything but the last flush of the log; `logging` says whether the log is set up.
+int run(int argc, char** argv, bool& logging) {
   // Once logging is set up, a failure is a log line like any other (a JSON line with
   // --log-format json); before that, the flags could not be read and it is plain text.
-  bool logging = false;
   auto report = [&](std::string_view prefix, const char* what) {
     if (logging) {
       spdlog::critical("{}{}", prefix, what);
@@ -123,4 +119,15 @@ int main(int argc, char** argv) {
     report("fatal: ", e.what());
     return 1;
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
+  std::signal(SIGPIPE, SIG_IGN);
+  bool logging = false;
+  const int status = run(argc, argv, logging);
+  if (logging) stp::log::shutdown();  // what is still queued is written before the exit
+  return status;
 }
