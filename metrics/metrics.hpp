@@ -14,8 +14,8 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <array>
-#include <functional>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
