@@ -70,6 +70,9 @@ constexpr std::string_view kReplyLeadingSpace =
     "500 5.5.2 Error: white space before the command\r\n";
 constexpr std::string_view kReplyBdatNotOffered =
     "502 5.5.1 Error: BDAT not offered by the mail server\r\n";
+constexpr std::string_view kReplyBdatNotOfferedNow =
+    "451 4.3.0 Error: the mail server does not offer BDAT now; try again\r\n";
+constexpr std::string_view kReplyOk = "250 2.0.0 Ok\r\n";
 constexpr std::string_view kReplyMessageTooBig =
     "552 5.3.4 Error: message exceeds the mail server's size limit\r\n";
 constexpr std::string_view kReplyOnlyBdat =
@@ -146,6 +149,8 @@ SessionServices::SessionServices(const Config& config_in,
   reply_greeting = "220 " + host + " ESMTP\r\n";
   reply_too_many_connections = "421 4.7.0 " + host + " Error: too many connections\r\n";
   reply_too_many_errors = "421 4.7.0 " + host + " Error: too many errors\r\n";
+  reply_message_abandoned =
+      "421 4.3.0 " + host + " Error: message abandoned at the mail server; try again\r\n";
 }
 
 struct Session::NameLookup {
@@ -420,6 +425,7 @@ asio::awaitable<bool> Session::handshake() {
   helo_state_ = HeloState::none;
   extended_helo_ = false;
   learn_mta_extensions({});
+  chunking_shown_ = false;
   framer_.reset();
   co_return true;
 }
@@ -701,6 +707,16 @@ asio::awaitable<void> Session::release_backend() {
     co_await backend_.async_read_some(backend_in_.prepare(),
                                       asio::redirect_error(asio::use_awaitable, ec));
   }
+  detach_backend();
+  timed_out_ = false;
+  arm_at(client_deadline);
+  services_.metrics.backend_idle_releases().Increment();
+  spdlog::debug("{} mail server connection given back while {} is idle", id_, client_label_);
+}
+
+// Closes the MTA connection; the next command that needs the MTA opens another, identifies the
+// client again and replays its greeting (which can_reattach() says it can).
+void Session::detach_backend() {
   error_code ignored;
   backend_.close(ignored);
   backend_in_.clear();
@@ -711,10 +727,12 @@ asio::awaitable<void> Session::release_backend() {
   if (helo_state_ == HeloState::accepted) {  // the MTA hears it again when reopened
     replay_helo_ = (extended_helo_ ? "EHLO " : "HELO ") + helo_name_ + "\r\n";
   }
-  timed_out_ = false;
-  arm_at(client_deadline);
-  services_.metrics.backend_idle_releases().Increment();
-  spdlog::debug("{} mail server connection given back while {} is idle", id_, client_label_);
+}
+
+// A new MTA connection would be the session the client believes it has: no AUTH to redo, and
+// a greeting the MTA accepted and the proxy kept whole (or none).
+bool Session::can_reattach() const {
+  return !authenticated_ && helo_state_ != HeloState::unknown && helo_name_.size() < kMaxHeloName;
 }
 
 asio::awaitable<smtp::ReplyScan> Session::read_mta_reply() {
@@ -889,6 +907,11 @@ asio::awaitable<Session::Outcome> Session::serve(Stream& client) {
 
     if (end == GroupEnd::bdat && !co_await relay_bdat_chunk(client)) co_return Outcome::close;
     if (!co_await flush_group(client)) co_return Outcome::close;
+    if (std::exchange(mta_abandon_due_, false)) {
+      detach_backend();
+      spdlog::info("{} BDAT message of {} abandoned: mail server connection closed", id_,
+                   client_label_);
+    }
     if (end == GroupEnd::attach && !backend_attached_) {
       const bool attached = co_await attach_backend(client, false);  // (GCC 12: not in the if)
       if (!attached) co_return Outcome::close;
@@ -993,8 +1016,11 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
   }
   const bool bdat_open =
       bdat_message_ == BdatMessage::open || bdat_message_ == BdatMessage::open_with_header;
-  if (bdat_open && verb != Verb::bdat && verb != Verb::rset && verb != Verb::noop &&
-      verb != Verb::quit) {
+  if (bdat_open && verb == Verb::rset) {
+    bdat_message_ = BdatMessage::none;
+    return abandon_bdat_message(kReplyOk);
+  }
+  if (bdat_open && verb != Verb::bdat && verb != Verb::noop && verb != Verb::quit) {
     reply_locally(kReplyOnlyBdat);
     return GroupEnd::none;
   }
@@ -1115,7 +1141,8 @@ Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
   if (bdat_message_ == BdatMessage::refused) {
     refusal = kReplyBdatRefusedMessage;
   } else if (!mta_chunking_) {
-    refusal = kReplyBdatNotOffered;
+    // Told CHUNKING by an earlier connection, the client must not bounce its mail on a 5xx.
+    refusal = chunking_shown_ ? kReplyBdatNotOfferedNow : kReplyBdatNotOffered;
   } else if (arguments->size == 0 && !arguments->last) {
     refusal = kReplyBdatEmpty;
   } else if (arguments->size > limit || so_far > limit - arguments->size) {
@@ -1125,7 +1152,12 @@ Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
     spdlog::info("{} {} sent BDAT {}{} after {} bytes; refused: {}", id_, client_label_,
                  arguments->size, arguments->last ? " LAST" : "", so_far,
                  refusal.substr(0, refusal.size() - 2));
-    reply_locally(refusal);
+    // The later chunks of a message already refused are one error, not one each.
+    if (bdat_message_ == BdatMessage::refused) {
+      pending_.push_back({.kind = PendingReply::Kind::local, .local = refusal});
+    } else {
+      reply_locally(refusal);
+    }
     return discard_bdat(*arguments);
   }
   bdat_ = *arguments;
@@ -1160,10 +1192,13 @@ Session::GroupEnd Session::refuse_bdat(const smtp::Command& command) {
   return discard_bdat(*arguments);
 }
 
-// A BDAT answered here: its chunk is read and dropped. Whatever the MTA holds of the message
-// is abandoned there, and the message's later chunks are refused, so that none completes it
-// with this one missing.
+// A BDAT answered here: its chunk is read and dropped, and the message's later chunks are
+// refused, so that none completes it with this one missing. Chunks the MTA already took are
+// abandoned there (the MTA's MAIL and RCPT, when it holds no chunk, stay for a DATA).
 Session::GroupEnd Session::discard_bdat(const smtp::BdatArguments& arguments) {
+  const bool open =
+      bdat_message_ == BdatMessage::open || bdat_message_ == BdatMessage::open_with_header;
+  bdat_message_ = BdatMessage::refused;
   if (arguments.size > kMaxDiscardedChunk) {
     // Reading that much only to drop it serves nobody: the reply goes out, then the session
     // ends (the MTA's part of a message with it).
@@ -1172,9 +1207,25 @@ Session::GroupEnd Session::discard_bdat(const smtp::BdatArguments& arguments) {
   }
   bdat_ = arguments;
   discard_bdat_chunk_ = true;
-  bdat_message_ = BdatMessage::refused;
-  if (backend_attached_ || !to_mta_.empty()) reset_mta();
+  if (open && abandon_bdat_message({}) == GroupEnd::close) return GroupEnd::close;
   return GroupEnd::bdat;
+}
+
+// The MTA holds chunks of a message that is to go: the MTA connection is closed after this
+// group, never told RSET. (Exim 4.96 told RSET after a chunk that ended inside a header line
+// reads the bytes after it as message text, and the next chunk as commands; closing abandons
+// the message at any MTA.) `reply`, if any, answers the command that abandons it. A session
+// that cannot have its MTA session back (AUTH) ends with a 421 instead.
+Session::GroupEnd Session::abandon_bdat_message(std::string_view reply) {
+  in_transaction_ = false;
+  if (!can_reattach()) {
+    end_reason_ = "BDAT message abandoned";
+    if (!reply.empty()) reply_locally(services_.reply_message_abandoned);
+    return GroupEnd::close;
+  }
+  mta_abandon_due_ = true;
+  if (!reply.empty()) reply_locally(reply);
+  return GroupEnd::wait_reply;
 }
 
 // The proxy's own RSET, its reply not the client's: the MTA forgets any transaction.
@@ -1259,6 +1310,7 @@ void Session::on_mta_reply(const PendingReply& pending, int code, std::string_vi
       in_transaction_ = false;
       helo_state_ = code / 100 == 2 ? HeloState::accepted : HeloState::unknown;
       learn_mta_extensions(pending.verb == Verb::ehlo && code == 250 ? reply : std::string_view());
+      chunking_shown_ = mta_chunking_;  // the client is shown this reply
       if (pending.verb == Verb::helo) break;
       if (code == 250 && !tls_active_ && !starttls_counted_) {
         starttls_counted_ = true;
@@ -1521,8 +1573,11 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Comm
       replay_helo_ = std::string(command.line) + "\r\n";
       helo_state_ = HeloState::accepted;
       learn_mta_extensions(*cached);
-      auto reply = smtp::rewrite_ehlo_reply(
-          *cached, {.offer_starttls = advertise_tls_ && !tls_active_, .hide_auth = !tls_active_});
+      chunking_shown_ = false;  // hidden below: the probe's connection carries no chunk
+      auto reply =
+          smtp::rewrite_ehlo_reply(*cached, {.offer_starttls = advertise_tls_ && !tls_active_,
+                                             .hide_auth = !tls_active_,
+                                             .hide_chunking = true});
       // The first line names the host: ours, as in our greeting.
       const auto end = reply.find("\r\n");
       reply.replace(4, end - 4, config_.hostname);
@@ -1541,11 +1596,15 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Comm
       replay_helo_ = std::string(command.line) + "\r\n";
       helo_state_ = HeloState::accepted;
       learn_mta_extensions({});
+      chunking_shown_ = false;
       answer("250 " + config_.hostname + "\r\n");
       return GroupEnd::none;
-    case Verb::noop:
     case Verb::rset:
-      answer("250 2.0.0 Ok\r\n");
+      bdat_message_ = BdatMessage::none;
+      answer(std::string(kReplyOk));
+      return GroupEnd::none;
+    case Verb::noop:
+      answer(std::string(kReplyOk));
       return GroupEnd::none;
     case Verb::quit:
       answer("221 2.0.0 Bye\r\n");

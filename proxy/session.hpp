@@ -82,6 +82,7 @@ struct SessionServices {
   std::string reply_greeting;              // 220: the proxy's own (proxy-v2 mode)
   std::string reply_too_many_connections;  // 421 4.7.0: --max-connections
   std::string reply_too_many_errors;       // 421 4.7.0: --max-errors
+  std::string reply_message_abandoned;     // 421 4.3.0: a BDAT message abandoned, no way back
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -159,6 +160,9 @@ class Session : public std::enable_shared_from_this<Session> {
   GroupEnd on_bdat(const smtp::Command& command);
   GroupEnd discard_bdat(const smtp::BdatArguments& arguments);
   GroupEnd refuse_bdat(const smtp::Command& command);
+  GroupEnd abandon_bdat_message(std::string_view reply);
+  bool can_reattach() const;
+  void detach_backend();
   void reset_mta();
   GroupEnd cancel_auth(std::string_view reply);
   void forward(const smtp::Command& command);
@@ -228,6 +232,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool auth_continuation_ = false;  // the MTA sent 334: the next line is an AUTH response
   bool data_accepted_ = false;      // the MTA answered DATA with 354
   bool mta_reset_due_ = false;      // the next group starts with the proxy's own RSET
+  bool mta_abandon_due_ = false;    // after this group the MTA connection is closed
   bool mta_lost_ = false;
   bool closing_ = false;
   bool in_transaction_ = false;  // the MTA accepted MAIL and has not finished the message
@@ -243,8 +248,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string replay_helo_;
   enum class HeloState : std::uint8_t { none, accepted, unknown } helo_state_ = HeloState::none;
   bool authenticated_ = false;  // the MTA accepted AUTH
-  // What the MTA's last EHLO reply offered this client (none after HELO, or before EHLO).
+  // What the MTA's last EHLO reply offered this client (none after HELO, or before EHLO), and
+  // whether the client was told CHUNKING (not when its EHLO was answered from the probe).
   bool mta_chunking_ = false;
+  bool chunking_shown_ = false;
   std::uint64_t mta_size_limit_ = 0;  // 0: no SIZE limit given
   // Where the MTA stands in a BDAT message (RFC 3030). Open: it accepted chunks of one (the
   // trace header among them, or not yet), and takes only BDAT, RSET, NOOP and QUIT until the

@@ -263,6 +263,7 @@ std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrit
         return;
       }
       if (rewrite.hide_auth && iequals(keyword, "AUTH")) return;
+      if (rewrite.hide_chunking && iequals(keyword, "CHUNKING")) return;
     }
     first = false;
     lines.push_back(text);

@@ -126,8 +126,10 @@ MtaCapabilities parse_ehlo_capabilities(std::string_view reply);
 struct EhloRewrite {
   bool offer_starttls = false;  // client matches --tls-advertise-hosts and is not encrypted
   bool hide_auth = false;       // not encrypted yet
+  bool hide_chunking = false;   // not the reply of the connection that would carry the chunks
 };
-// Rewrites a complete 250 EHLO reply: drops STARTTLS, XCLIENT, XFORWARD (and AUTH when asked),
+// Rewrites a complete 250 EHLO reply: drops STARTTLS, XCLIENT, XFORWARD (and AUTH, CHUNKING
+// when asked),
 // adds STARTTLS when asked, and re-terminates every line with CRLF. Any other reply is
 // returned unchanged.
 std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrite);

@@ -945,6 +945,77 @@ def test_postfix_never_gets_a_message_with_a_chunk_missing(postfix, proxy):
     assert not box.messages(), box.messages()
 
 
+@pytest.mark.parametrize("first", [b"X:\r", b"Subject: a"], ids=["cr-at-end", "mid-line"])
+@pytest.mark.parametrize("abandon_by", ["client-rset", "refused-chunk"])
+def test_a_message_abandoned_mid_chunking_never_lets_exim_run_a_chunk(exim, proxy, first,
+                                                                      abandon_by):
+    """Exim 4.96 told RSET after a chunk that ended inside a header line reads what follows as
+    message text (and the next chunk as commands), or crashes. So a BDAT message the MTA holds
+    part of is abandoned by closing the MTA connection, never by RSET: the client's own RSET
+    (answered here) and a chunk refused here (BDAT 0) alike. The session goes on, on a new MTA
+    connection: a MAIL after it is Exim's 250, and the next message is delivered whole."""
+    p = exim_front(proxy, exim)
+    victim = exim.new_address()
+    rcpt = exim.new_address()
+    token = unique("smuggled")
+    with bdat_session(p, exim) as c:
+        c.send(f"BDAT {len(first)}\r\n".encode() + first)
+        assert_reply(c.read_reply(), 250)
+        if abandon_by == "client-rset":
+            assert_reply(c.command("RSET"), 250)
+        else:
+            assert_reply(c.command("BDAT 0"), 501, "5.5.4")
+            assert_reply(c.command("RSET"), 250)
+        inner = f"Subject: {token}\r\n\r\nno trace header here\r\n".encode()
+        chunk = (b"Subject: s\r\n\r\nbody\r\n.\r\n"
+                 + f"MAIL FROM:<evil@{EXIM_DOMAIN}>\r\nRCPT TO:<{victim}>\r\n"
+                   f"BDAT {len(inner)} LAST\r\n".encode() + inner)
+        assert_reply(c.command(f"MAIL FROM:<a@{EXIM_DOMAIN}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{rcpt}>"), 250)
+        c.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk)
+        assert_reply(c.read_reply(), 250)
+        assert_reply(c.command("NOOP"), 250)
+        assert c.pending(0.5) == b""  # no reply of a smuggled command
+        assert_reply(c.command("QUIT"), 221)
+    message = exim.wait_delivered(rcpt)
+    assert b"(smtp-tls-proxy)" in message and token.encode() in message
+    assert_never_delivered(exim, victim)
+
+
+def test_chunking_is_never_offered_from_the_probe(exim_chunking_for_the_proxy_only, proxy):
+    """An EHLO answered from the probe's reply (proxy-v2 before TLS) never offers CHUNKING:
+    the connection that would carry the chunks may not offer it."""
+    exim = exim_chunking_for_the_proxy_only
+    p = proxy(exim.backend, "--backend-metadata", "proxy-v2", "--backend-probe-interval", "1s")
+    wait_for_probe(p)
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        ehlo = c.ehlo()
+        assert_reply(ehlo, 250)
+        assert "CHUNKING" not in ehlo.keywords(), ehlo
+        assert "PIPELINING" in ehlo.keywords(), ehlo
+
+
+def test_later_chunks_of_a_refused_message_count_as_one_error(postfix, proxy):
+    """RFC 3030 lets a client pipeline its chunks: those after a refused one are refused too,
+    but count once towards --max-errors, so a permanent refusal does not become a 421."""
+    p = proxy(postfix.backend, "--max-errors", "3")
+    box = postfix.new_mailbox()
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        c.send(b"BDAT 0\r\n" + b"BDAT 2\r\nab" * 6 + b"BDAT 2 LAST\r\nab")
+        assert_reply(c.read_reply(), 501, "5.5.4")
+        for _ in range(7):
+            assert_reply(c.read_reply(), 503, "5.5.1")
+        assert_reply(c.command("RSET"), 250)
+        assert_reply(c.command("NOOP"), 250)
+    time.sleep(1.0)
+    assert not box.messages()
+
+
 def test_a_refused_chunk_must_arrive_within_one_receive_timeout(proxy, recording_mta):
     """A chunk that goes nowhere (refused here) cannot hold the session by trickling: it must
     arrive whole within one --smtp-receive-timeout, whatever the pace; then 421."""
