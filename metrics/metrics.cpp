@@ -232,11 +232,6 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
                       .Register(r);
   add_all<Reload>(reloads, "result", {{Reload::success, "success"}, {Reload::failure, "failure"}},
                   reloads_);
-  log_lines_dropped_ = &BuildCounter()
-                            .Name("smtp_tls_proxy_log_lines_dropped_total")
-                            .Help("Log lines dropped because the log's queue was full")
-                            .Register(r)
-                            .Add({});
   BuildGauge()
       .Name("smtp_tls_proxy_build_info")
       .Help("Version of smtp-tls-proxy and of the OpenSSL it runs with")
@@ -246,13 +241,6 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
 }
 
 std::string Metrics::serialize() const {
-  if (log_drops_source_) {
-    std::lock_guard lock(log_drops_mutex_);
-    const auto dropped = static_cast<double>(log_drops_source_());
-    if (dropped > log_lines_dropped_->Value()) {
-      log_lines_dropped_->Increment(dropped - log_lines_dropped_->Value());
-    }
-  }
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, registry_->Collect());
   return out.str();

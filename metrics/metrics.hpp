@@ -96,11 +96,6 @@ class Metrics {
   // Counted once per established TLS session.
   void tls_session(std::string_view protocol, std::string_view cipher, bool resumed);
   void verify_failure(std::string_view reason);
-  // Where the count of log lines dropped (the log's queue was full) is read at each scrape.
-  void set_log_drops_source(std::function<std::size_t()> source) {
-    log_drops_source_ = std::move(source);
-  }
-
   // Replaces the certificate expiry series with these (label, notAfter as Unix time).
   void set_certificate_expiry(const std::vector<std::pair<std::string, double>>& certificates);
 
@@ -135,9 +130,6 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* verify_failures_;
   prometheus::Family<prometheus::Gauge>* certificate_expiry_;
   std::mutex certificate_mutex_;
-  prometheus::Counter* log_lines_dropped_;
-  std::function<std::size_t()> log_drops_source_;
-  mutable std::mutex log_drops_mutex_;
   std::vector<prometheus::Gauge*> certificate_gauges_;
 
   prometheus::Counter* backend_connect_failures_;

@@ -1,60 +1,11 @@
 // Logging set-up and escaping; see log.hpp.
 #include "proxy/log.hpp"
 
-#include <spdlog/async.h>
-#include <spdlog/details/null_mutex.h>
 #include <spdlog/pattern_formatter.h>
-#include <spdlog/sinks/base_sink.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <memory>
+#include <spdlog/sinks/stdout_sinks.h>
 
 namespace stp::log {
 namespace {
-
-// Lines waiting for the writer thread; past this the oldest are dropped (and counted), so a
-// session never waits for the log.
-constexpr std::size_t kQueueLines = 16 * 1024;
-// The writer's batch: written out when the queue runs dry, or when it holds this much.
-constexpr std::size_t kBatchBytes = 64 * 1024;
-
-// stderr, written in batches by the logger's one writer thread: one write(2) for as many
-// lines as arrived together (a busy proxy logs several lines per session), each line still
-// out as soon as no other waits behind it.
-class BatchingStderrSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
- public:
-  // `pool` is the one whose thread writes: not owned (the sink may be destroyed on that very
-  // thread, which must not be the one to destroy, and so join, its own pool).
-  explicit BatchingStderrSink(spdlog::details::thread_pool* pool) : pool_(pool) {}
-  // The last lines before an exit may have been held for the pool's own stop message.
-  ~BatchingStderrSink() override { flush_(); }
-  BatchingStderrSink(const BatchingStderrSink&) = delete;
-  BatchingStderrSink& operator=(const BatchingStderrSink&) = delete;
-
- protected:
-  void sink_it_(const spdlog::details::log_msg& message) override {
-    formatter_->format(message, batch_);
-    if (batch_.size() >= kBatchBytes || pool_->queue_size() == 0) flush_();
-  }
-
-  void flush_() override {
-    const char* data = batch_.data();
-    std::size_t left = batch_.size();
-    while (left > 0) {
-      const auto n = ::write(STDERR_FILENO, data, left);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // stderr is gone: nothing to report it to
-      data += n;
-      left -= static_cast<std::size_t>(n);
-    }
-    batch_.clear();
-  }
-
- private:
-  spdlog::details::thread_pool* pool_;
-  spdlog::memory_buf_t batch_;
-};
 
 // %* in a pattern: the message, escaped for a JSON string.
 class JsonMessage : public spdlog::custom_flag_formatter {
@@ -93,11 +44,7 @@ std::string json_escape(std::string_view text) {
 }
 
 void init(std::string_view level, bool json) {
-  spdlog::init_thread_pool(kQueueLines, 1);
-  auto pool = spdlog::thread_pool();
-  auto logger = std::make_shared<spdlog::async_logger>(
-      "smtp-tls-proxy", std::make_shared<BatchingStderrSink>(pool.get()), pool,
-      spdlog::async_overflow_policy::overrun_oldest);
+  auto logger = spdlog::stderr_logger_mt("smtp-tls-proxy");
   if (json) {
     auto formatter = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
     formatter->add_flag<JsonMessage>('*').set_pattern(
@@ -107,16 +54,8 @@ void init(std::string_view level, bool json) {
     logger->set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
   }
   logger->set_level(spdlog::level::from_str(std::string(level)));
+  logger->flush_on(spdlog::level::trace);
   spdlog::set_default_logger(std::move(logger));
-}
-
-std::size_t dropped_lines() {
-  const auto pool = spdlog::thread_pool();
-  return pool ? pool->overrun_counter() : 0;
-}
-
-void shutdown() {
-  spdlog::shutdown();  // the writer thread writes what is queued, then ends
 }
 
 std::string escape(std::string_view text, std::size_t max_length) {

@@ -10,17 +10,8 @@
 namespace stp::log {
 
 // Configures the default logger; `level` is trace|debug|info|warn|error. With `json`, every
-// line is one JSON object: {"time":…,"level":…,"message":…}. A line's text is made by the
-// thread that logs it; the rest (time, level) is added and the line written to stderr by a
-// writer thread, from a bounded queue that never blocks a session: when it is full the oldest
-// lines are dropped, and counted (dropped_lines()).
+// line is one JSON object: {"time":…,"level":…,"message":…}.
 void init(std::string_view level, bool json = false);
-
-// Lines dropped so far because the queue was full.
-std::size_t dropped_lines();
-
-// Writes what is queued and stops the writer; before the process exits.
-void shutdown();
 
 // `text` as the inside of a JSON string.
 std::string json_escape(std::string_view text);

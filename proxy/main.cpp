@@ -78,10 +78,14 @@ void fit_descriptor_limit(std::size_t max_connections) {
   }
 }
 
-// Everything but the last flush of the log; `logging` says whether the log is set up.
-int run(int argc, char** argv, bool& logging) {
+}  // namespace
+
+int main(int argc, char** argv) {
+  // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
+  std::signal(SIGPIPE, SIG_IGN);
   // Once logging is set up, a failure is a log line like any other (a JSON line with
   // --log-format json); before that, the flags could not be read and it is plain text.
+  bool logging = false;
   auto report = [&](std::string_view prefix, const char* what) {
     if (logging) {
       spdlog::critical("{}{}", prefix, what);
@@ -119,15 +123,4 @@ int run(int argc, char** argv, bool& logging) {
     report("fatal: ", e.what());
     return 1;
   }
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
-  std::signal(SIGPIPE, SIG_IGN);
-  bool logging = false;
-  const int status = run(argc, argv, logging);
-  if (logging) stp::log::shutdown();  // what is still queued is written before the exit
-  return status;
 }

@@ -87,7 +87,6 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
   if (config_.metrics_listen) {
     http_.emplace(workers_[0]->io, *config_.metrics_listen, metrics_, [this] { return ready(); });
   }
-  metrics_.set_log_drops_source(log::dropped_lines);
   metrics_.set_certificate_expiry([&] {
     std::vector<std::pair<std::string, double>> out;
     for (const auto& c : services_.current_tls()->certificates()) {

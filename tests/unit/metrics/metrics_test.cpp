@@ -141,8 +141,6 @@ const Expected kFamilies[] = {
      "notAfter of each configured server certificate, Unix time"},
     {"smtp_tls_proxy_config_reloads_total", MetricType::Counter,
      "Certificate and configuration reloads, by result"},
-    {"smtp_tls_proxy_log_lines_dropped_total", MetricType::Counter,
-     "Log lines dropped because the log's queue was full"},
     {"smtp_tls_proxy_build_info", MetricType::Gauge,
      "Version of smtp-tls-proxy and of the OpenSSL it runs with"},
 };
@@ -476,20 +474,6 @@ TEST(Metrics, CertificateExpiryIsReplaced) {
   const auto families = m.registry().Collect();
   const MetricFamily* empty = find_family(families, name);
   EXPECT_TRUE(empty == nullptr || empty->metric.empty());
-}
-
-// The log's own count, read at each scrape: the counter follows it and never goes back.
-TEST(Metrics, LogLinesDroppedFollowTheLogsCount) {
-  Metrics m(listeners());
-  std::size_t dropped = 0;
-  m.set_log_drops_source([&] { return dropped; });
-  m.serialize();
-  EXPECT_EQ(value(m, "smtp_tls_proxy_log_lines_dropped_total", {}), 0);
-  dropped = 7;
-  EXPECT_NE(m.serialize().find("smtp_tls_proxy_log_lines_dropped_total 7"), std::string::npos);
-  dropped = 12;
-  m.serialize();
-  EXPECT_EQ(value(m, "smtp_tls_proxy_log_lines_dropped_total", {}), 12);
 }
 
 TEST(Metrics, BuildInfo) {
