@@ -25,6 +25,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from conftest import (DELIVERY_TIMEOUT, LOOPBACK, REPO_ROOT, START_TIMEOUT, free_port, stop_process,
                       tail, unique)
@@ -333,3 +336,30 @@ class EximSender:
     def remove(self) -> None:
         if not os.environ.get("STP_KEEP_TMP"):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Exim's own SASL PLAIN, checked against fixed words ("user", "pass"): a real AUTH that a real
+# MTA remembers.
+PLAIN_AUTHENTICATOR = """
+begin authenticators
+
+plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = ${if and {{eq{$auth2}{user}}{eq{$auth3}{pass}}}}
+  server_set_id = $auth2
+"""
+
+
+def running_exim(**settings: str) -> Iterator[Exim]:
+    """For a fixture: a private Exim that expects the proxy's PROXY header from 127.0.0.1,
+    with `settings` (Exim's extra, acls, sections), started and stopped around the yield."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
+    e = Exim(exim_binary(), LOOPBACK, **settings)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.stop()

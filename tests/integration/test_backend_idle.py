@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import pytest
 
 from certs import cert_pki, haproxy_postfix, haproxy_postfix_instance  # noqa: F401
-from exim_mta import EXIM_DOMAIN, Exim, exim_binary
+from exim_mta import EXIM_DOMAIN, PLAIN_AUTHENTICATOR, Exim, running_exim
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, MAIL_DOMAIN, SENDER, ScriptedMta,
                       SmtpClient, free_port, simple_message, unique)
 from ops_support import scrape, value
@@ -225,29 +225,9 @@ def test_release_before_starttls_then_mail_over_tls(postfix, proxy):
     assert re.search(r"\behlo=2\b", ended_sessions(postfix, source)[1])  # the proxy's, the client's
 
 
-# Exim's own SASL PLAIN, checked against fixed words: a real AUTH that a real MTA remembers.
-EXIM_AUTHENTICATOR = """
-begin authenticators
-
-plain:
-  driver = plaintext
-  public_name = PLAIN
-  server_prompts = :
-  server_condition = ${if and {{eq{$auth2}{user}}{eq{$auth3}{pass}}}}
-  server_set_id = $auth2
-"""
-
-
 @pytest.fixture(scope="module")
 def exim_with_auth() -> Iterator[Exim]:
-    if os.geteuid() != 0:
-        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
-    e = Exim(exim_binary(), LOOPBACK, sections=EXIM_AUTHENTICATOR)
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
+    yield from running_exim(sections=PLAIN_AUTHENTICATOR)
 
 
 def test_authenticated_session_keeps_its_mta_connection(exim_with_auth, proxy):

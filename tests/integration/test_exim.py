@@ -37,7 +37,7 @@ import pytest
 from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER, TIMINGS,
                       ConnectionClosed, Proxy, SmtpClient, attach_log, run, simple_message,
                       tail, unique)
-from exim_mta import EXIM_HOSTNAME, Exim, EximSender, exim_binary, header_fields
+from exim_mta import EXIM_HOSTNAME, Exim, EximSender, exim_binary, header_fields, running_exim
 
 PROXY_TIMEOUT = 1.0  # Exim's proxy_protocol_timeout in exim_mta.CONFIG
 # Late enough for Exim's timeout even on a loaded machine: its clock starts when the forked
@@ -202,14 +202,10 @@ def test_exim_sees_each_client_on_one_connection_after_another(exim, proxy):
 def slow_exim(request) -> Iterator[Exim]:
     """An Exim that greets every connection 2 s late (an ACL delay): the proxy's first probe
     is still waiting for it when a client arrives right after the proxy starts."""
-    if os.geteuid() != 0:
-        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
-    e = Exim(exim_binary(), LOOPBACK, extra="acl_smtp_connect = acl_slow_greeting",
-             acls="acl_slow_greeting:\n  accept delay = 2s\n")
-    e.start()
-    attach_log(request, lambda: ("slow Exim mainlog", tail(e.mainlog, 20000)))
-    yield e
-    e.stop()
+    for e in running_exim(extra="acl_smtp_connect = acl_slow_greeting",
+                          acls="acl_slow_greeting:\n  accept delay = 2s\n"):
+        attach_log(request, lambda: ("slow Exim mainlog", tail(e.mainlog, 20000)))
+        yield e
 
 
 def test_client_before_the_first_probe_waits_for_it(slow_exim, proxy):

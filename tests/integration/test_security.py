@@ -28,7 +28,6 @@ its "disconnect from" line, which is what these tests read. Exim comes from exim
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import struct
@@ -45,7 +44,7 @@ from conftest import (CLIENT_ADDR, IO_TIMEOUT, LOOPBACK, PROXY_HOSTNAME, SENDER,
                       ConnectionClosed, ScriptedMta, SmtpClient, attach_log, free_port,
                       listening_ports,
                       proxy_binary, simple_message, stop_process, tail, unique)
-from exim_mta import EXIM_DOMAIN, Exim, exim_binary, header_fields
+from exim_mta import EXIM_DOMAIN, PLAIN_AUTHENTICATOR, Exim, header_fields, running_exim
 
 ATTACKER = "127.0.0.66"  # in the test Postfix's mynetworks (an XCLIENT naming it would open
 # relay), and used by no other test (certs.py's start-up check uses 127.0.0.9)
@@ -691,29 +690,10 @@ def test_default_line_limit_answers_2048_bytes_itself(postfix, proxy):
     assert not [line for line in postfix_commands(log, CLIENT_ADDR) if line.startswith("RCPT")]
 
 
-EXIM_AUTHENTICATOR = """
-begin authenticators
-
-plain:
-  driver = plaintext
-  public_name = PLAIN
-  server_prompts = :
-  server_condition = ${if and {{eq{$auth2}{user}}{eq{$auth3}{pass}}}}
-  server_set_id = $auth2
-"""
-
-
 @pytest.fixture(scope="module")
 def exim_instance() -> Iterator[Exim]:
     """A private Exim 4.96 that expects the proxy's PROXY header, with a PLAIN authenticator."""
-    if os.geteuid() != 0:
-        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
-    e = Exim(exim_binary(), LOOPBACK, sections=EXIM_AUTHENTICATOR)
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
+    yield from running_exim(sections=PLAIN_AUTHENTICATOR)
 
 
 @pytest.fixture
@@ -783,27 +763,16 @@ def smuggled_message(victim: str, token: str) -> bytes:
             f"Subject: {token}\r\n\r\nsmuggled\r\n.\r\n").encode()
 
 
-def exim_with(extra: str) -> Iterator[Exim]:
-    if os.geteuid() != 0:
-        pytest.skip("a private Exim needs root (fetching it, and its Debian-exim user)")
-    e = Exim(exim_binary(), LOOPBACK, extra=extra)
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
-
-
 @pytest.fixture(scope="module")
 def exim_chunking_for_the_proxy_only() -> Iterator[Exim]:
     """Offers CHUNKING to the proxy's own address (its probe), not to the clients it relays."""
-    yield from exim_with("chunking_advertise_hosts = 127.0.0.1")
+    yield from running_exim(extra="chunking_advertise_hosts = 127.0.0.1")
 
 
 @pytest.fixture(scope="module")
 def exim_without_size() -> Iterator[Exim]:
     """No message_size_limit: it offers SIZE without a number."""
-    yield from exim_with("message_size_limit = 0")
+    yield from running_exim(extra="message_size_limit = 0")
 
 
 def bdat_session(p: Proxy, exim: Exim) -> SmtpClient:
