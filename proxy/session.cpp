@@ -41,6 +41,8 @@ constexpr std::size_t kMaxHeloName = 255;
 constexpr std::size_t kDataChunk = 16 * 1024;
 // Exim reads an AUTH response with its CR into 16384 bytes: one byte less than a command.
 constexpr std::size_t kMaxAuthResponse = 16382;
+// BDAT messages abandoned at the MTA (each costs it a new connection) before the session ends.
+constexpr unsigned kMaxAbandonedMessages = 3;
 // A refused BDAT chunk larger than this is not read to its end: the session closes instead.
 constexpr std::uint64_t kMaxDiscardedChunk = 64 * 1024 * 1024;
 // The largest BDAT message sent on: Exim reads a chunk's size into 32 bits (and never offers
@@ -722,6 +724,7 @@ void Session::detach_backend() {
   backend_in_.clear();
   backend_in_.release_if_empty();
   backend_attached_ = false;
+  mta_lost_ = false;
   reattaching_ = true;
   mta_reset_due_ = false;                    // the next MTA session starts clean
   if (helo_state_ == HeloState::accepted) {  // the MTA hears it again when reopened
@@ -1128,24 +1131,27 @@ Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
     end_reason_ = "bad BDAT";
     return GroupEnd::close;
   }
-  // What this MTA connection offers decides; a connection yet to be opened (proxy-v2 before
-  // TLS, or after an idle release) is opened first, and the BDAT read again.
-  if (!backend_attached_) {
-    --commands_;
-    return GroupEnd::attach;
-  }
-  const auto limit =
-      mta_size_limit_ != 0 ? std::min(mta_size_limit_, kMaxBdatMessage) : kMaxBdatMessage;
   const std::uint64_t so_far = bdat_message_ == BdatMessage::none ? 0 : bdat_message_bytes_;
+  const auto over = [&](std::uint64_t limit) {
+    return arguments->size > limit || so_far > limit - arguments->size;
+  };
+  // First what needs no MTA connection; then what this one offers decides, and one yet to be
+  // opened (proxy-v2 before TLS, after an idle release or an abandon) is opened first, and the
+  // BDAT read again.
   std::string_view refusal;
   if (bdat_message_ == BdatMessage::refused) {
     refusal = kReplyBdatRefusedMessage;
+  } else if (arguments->size == 0 && !arguments->last) {
+    refusal = kReplyBdatEmpty;
+  } else if (over(kMaxBdatMessage)) {
+    refusal = kReplyMessageTooBig;
+  } else if (!backend_attached_) {
+    --commands_;
+    return GroupEnd::attach;
   } else if (!mta_chunking_) {
     // Told CHUNKING by an earlier connection, the client must not bounce its mail on a 5xx.
     refusal = chunking_shown_ ? kReplyBdatNotOfferedNow : kReplyBdatNotOffered;
-  } else if (arguments->size == 0 && !arguments->last) {
-    refusal = kReplyBdatEmpty;
-  } else if (arguments->size > limit || so_far > limit - arguments->size) {
+  } else if (mta_size_limit_ != 0 && over(mta_size_limit_)) {
     refusal = kReplyMessageTooBig;
   }
   if (!refusal.empty()) {
@@ -1154,6 +1160,7 @@ Session::GroupEnd Session::on_bdat(const smtp::Command& command) {
                  refusal.substr(0, refusal.size() - 2));
     // The later chunks of a message already refused are one error, not one each.
     if (bdat_message_ == BdatMessage::refused) {
+      ++local_rejects_;
       pending_.push_back({.kind = PendingReply::Kind::local, .local = refusal});
     } else {
       reply_locally(refusal);
@@ -1218,13 +1225,18 @@ Session::GroupEnd Session::discard_bdat(const smtp::BdatArguments& arguments) {
 // that cannot have its MTA session back (AUTH) ends with a 421 instead.
 Session::GroupEnd Session::abandon_bdat_message(std::string_view reply) {
   in_transaction_ = false;
-  if (!can_reattach()) {
+  // Each abandon costs the MTA a new connection: it counts as an error, and a few end the
+  // session (a loop of MAIL, RCPT, BDAT, RSET must not make the proxy a connection churner).
+  ++errors_;
+  if (!can_reattach() || ++abandoned_messages_ > kMaxAbandonedMessages) {
     end_reason_ = "BDAT message abandoned";
-    if (!reply.empty()) reply_locally(services_.reply_message_abandoned);
+    spdlog::info("{} BDAT message of {} abandoned, and the MTA session cannot be had again: {}",
+                 id_, client_label_, can_reattach() ? "too many abandoned" : "after AUTH");
+    reply_locally(services_.reply_message_abandoned);
     return GroupEnd::close;
   }
   mta_abandon_due_ = true;
-  if (!reply.empty()) reply_locally(reply);
+  if (!reply.empty()) pending_.push_back({.kind = PendingReply::Kind::local, .local = reply});
   return GroupEnd::wait_reply;
 }
 
@@ -1572,6 +1584,7 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Comm
       extended_helo_ = true;
       replay_helo_ = std::string(command.line) + "\r\n";
       helo_state_ = HeloState::accepted;
+      bdat_message_ = BdatMessage::none;  // a greeting ends any message
       learn_mta_extensions(*cached);
       chunking_shown_ = false;  // hidden below: the probe's connection carries no chunk
       auto reply =
@@ -1595,6 +1608,7 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Comm
       extended_helo_ = false;
       replay_helo_ = std::string(command.line) + "\r\n";
       helo_state_ = HeloState::accepted;
+      bdat_message_ = BdatMessage::none;  // a greeting ends any message
       learn_mta_extensions({});
       chunking_shown_ = false;
       answer("250 " + config_.hostname + "\r\n");

@@ -233,6 +233,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool data_accepted_ = false;      // the MTA answered DATA with 354
   bool mta_reset_due_ = false;      // the next group starts with the proxy's own RSET
   bool mta_abandon_due_ = false;    // after this group the MTA connection is closed
+  unsigned abandoned_messages_ = 0;
   bool mta_lost_ = false;
   bool closing_ = false;
   bool in_transaction_ = false;  // the MTA accepted MAIL and has not finished the message

@@ -263,7 +263,11 @@ std::string rewrite_ehlo_reply(std::string_view reply, const EhloRewrite& rewrit
         return;
       }
       if (rewrite.hide_auth && iequals(keyword, "AUTH")) return;
-      if (rewrite.hide_chunking && iequals(keyword, "CHUNKING")) return;
+      // BINARYMIME needs BDAT (RFC 3030): it goes with CHUNKING.
+      if (rewrite.hide_chunking &&
+          (iequals(keyword, "CHUNKING") || iequals(keyword, "BINARYMIME"))) {
+        return;
+      }
     }
     first = false;
     lines.push_back(text);

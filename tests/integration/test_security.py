@@ -28,6 +28,7 @@ its "disconnect from" line, which is what these tests read. Exim comes from exim
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import struct
@@ -949,6 +950,51 @@ def test_a_message_abandoned_mid_chunking_never_lets_exim_run_a_chunk(exim, prox
     message = exim.wait_delivered(rcpt)
     assert b"(smtp-tls-proxy)" in message and token.encode() in message
     assert_never_delivered(exim, victim)
+
+
+def exim_connections(exim: Exim, start: int) -> int:
+    return len(re.findall(r"SMTP connection from \[", exim.log_text(start)))
+
+
+def test_abandoning_bdat_messages_is_bounded(exim, proxy):
+    """Each abandoned message costs the MTA a new connection: it counts as an error, and the
+    fourth ends the session with 421 4.3.0. A chunk refused after an abandon (RFC 3030
+    pipelining) is refused without a new MTA connection."""
+    p = proxy(exim.backend, "--backend-metadata", "proxy-v2", "--backend-probe-interval", "1h")
+    wait_for_probe(p)
+    start = exim.log_size()
+    with exim_session(p) as c:
+        for round_ in range(4):
+            assert_reply(c.command(f"MAIL FROM:<a@{EXIM_DOMAIN}>"), 250)
+            assert_reply(c.command(f"RCPT TO:<{exim.new_address()}>"), 250)
+            c.send(b"BDAT 1\r\nX")
+            assert_reply(c.read_reply(), 250)
+            if round_ == 0:
+                c.send(b"BDAT 0\r\nBDAT 2\r\nab")
+                assert_reply(c.read_reply(), 501, "5.5.4")
+                assert_reply(c.read_reply(), 503, "5.5.1")
+                assert_reply(c.command("RSET"), 250)
+            elif round_ < 3:
+                assert_reply(c.command("RSET"), 250)
+            else:
+                assert_reply(c.command("RSET"), 421, "4.3.0")
+    # The first connection and one after each of the three abandons that went on; none for
+    # the refused BDAT 2.
+    assert exim_connections(exim, start) == 4, exim.log_text(start)
+
+
+def test_an_authenticated_session_ends_with_421_when_its_bdat_message_is_abandoned(exim, proxy):
+    """After AUTH the MTA session cannot be had again on a new connection: a chunk refused
+    inside a message is refused, then the session ends with 421 4.3.0 (never a silent drop)."""
+    p = exim_front(proxy, exim)
+    with exim_session(p, tls=True) as c:
+        assert_reply(c.command("AUTH PLAIN " + base64.b64encode(b"\0user\0pass").decode()), 235)
+        assert_reply(c.command(f"MAIL FROM:<a@{EXIM_DOMAIN}>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{exim.new_address()}>"), 250)
+        c.send(b"BDAT 1\r\nX")
+        assert_reply(c.read_reply(), 250)
+        assert_reply(c.command("BDAT 0"), 501, "5.5.4")
+        assert_reply(c.read_reply(), 421, "4.3.0")
 
 
 def test_chunking_is_never_offered_from_the_probe(exim_chunking_for_the_proxy_only, proxy):
