@@ -1230,8 +1230,9 @@ Session::GroupEnd Session::abandon_bdat_message(std::string_view reply) {
   ++errors_;
   if (!can_reattach() || ++abandoned_messages_ > kMaxAbandonedMessages) {
     end_reason_ = "BDAT message abandoned";
-    spdlog::info("{} BDAT message of {} abandoned, and the MTA session cannot be had again: {}",
-                 id_, client_label_, can_reattach() ? "too many abandoned" : "after AUTH");
+    spdlog::info("{} BDAT message of {} abandoned; closing: {}", id_, client_label_,
+                 can_reattach() ? "too many abandoned messages"
+                                : "the MTA session cannot be had again (AUTH, or the greeting)");
     reply_locally(services_.reply_message_abandoned);
     return GroupEnd::close;
   }
