@@ -21,6 +21,7 @@
 // - Exim finds the same verb, or none at all (it then answers 500 and runs nothing).
 #include "fuzz_util.hpp"
 #include "smtp/smtp_parse.hpp"
+#include "verb_names.hpp"
 
 #include <array>
 #include <cstddef>
@@ -34,25 +35,8 @@ namespace {
 
 using stp::smtp::Verb;
 
-constexpr std::array<std::pair<std::string_view, Verb>, 19> kProxyVerbs{{
-    {"HELO", Verb::helo},       {"EHLO", Verb::ehlo},         {"MAIL", Verb::mail},
-    {"RCPT", Verb::rcpt},       {"DATA", Verb::data},         {"BDAT", Verb::bdat},
-    {"RSET", Verb::rset},       {"NOOP", Verb::noop},         {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy},       {"EXPN", Verb::expn},         {"ETRN", Verb::etrn},
-    {"HELP", Verb::help},       {"AUTH", Verb::auth},         {"STARTTLS", Verb::starttls},
-    {"XCLIENT", Verb::xclient}, {"XFORWARD", Verb::xforward}, {"TURN", Verb::turn},
-    {"ATRN", Verb::turn},
-}};
-
 bool c_isspace(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
-}
-
-Verb verb_named(std::string_view word) {
-  for (const auto& [name, verb] : kProxyVerbs) {
-    if (stp::fuzz::iequals(word, name)) return verb;
-  }
-  return Verb::other;
 }
 
 // smtpd_token.c smtp_quoted(): from just after the opening quote to just after its close.
@@ -150,7 +134,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   const auto postfix_token = postfix_first_token(line);
   FUZZ_CHECK(postfix_token.has_value(), line);
-  FUZZ_CHECK(verb_named(*postfix_token) == ours, line);
+  FUZZ_CHECK(stp::fuzz::verb_named(*postfix_token) == ours, line);
 
   const auto exim = exim_verb(line);
   FUZZ_CHECK(!exim || *exim == ours, line);

@@ -15,6 +15,7 @@
 //   the number's value, and reads its own canonical rendering back to the same result.
 #include "fuzz_util.hpp"
 #include "smtp/smtp_parse.hpp"
+#include "verb_names.hpp"
 
 #include <algorithm>
 #include <array>
@@ -30,16 +31,6 @@ namespace {
 using stp::smtp::BdatArguments;
 using stp::smtp::Verb;
 
-constexpr std::array<std::pair<std::string_view, Verb>, 19> kVerbs{{
-    {"HELO", Verb::helo},       {"EHLO", Verb::ehlo},         {"MAIL", Verb::mail},
-    {"RCPT", Verb::rcpt},       {"DATA", Verb::data},         {"BDAT", Verb::bdat},
-    {"RSET", Verb::rset},       {"NOOP", Verb::noop},         {"QUIT", Verb::quit},
-    {"VRFY", Verb::vrfy},       {"EXPN", Verb::expn},         {"ETRN", Verb::etrn},
-    {"HELP", Verb::help},       {"AUTH", Verb::auth},         {"STARTTLS", Verb::starttls},
-    {"XCLIENT", Verb::xclient}, {"XFORWARD", Verb::xforward}, {"TURN", Verb::turn},
-    {"ATRN", Verb::turn},
-}};
-
 bool blank(char c) {
   return c == ' ';
 }
@@ -52,10 +43,7 @@ bool control(char c) {
 Verb expected_verb(std::string_view line) {
   std::size_t end = 0;
   while (end < line.size() && !blank(line[end])) ++end;
-  for (const auto& [name, verb] : kVerbs) {
-    if (stp::fuzz::iequals(line.substr(0, end), name)) return verb;
-  }
-  return Verb::other;
+  return stp::fuzz::verb_named(line.substr(0, end));
 }
 
 std::optional<BdatArguments> expected_bdat(std::string_view text) {
