@@ -2,8 +2,8 @@
 # Installs what the tests need, builds, and runs every test: unit tests through CTest, the
 # integration tests (which drive the built proxy against real Postfix, Exim, smtp-sink, openssl,
 # swaks, Prometheus, HAProxy and testssl.sh on loopback) under ASan+UBSan and under TSan, the
-# benchmark smoke, the fuzzers and the image build. .ci/run calls exactly this; 15.2 minutes on
-# 2 cores from a clean clone (2026-12-06). Needs root (apt, and Postfix's master).
+# benchmark smoke, the fuzzers and the image build. .ci/run calls exactly this; 19.7 minutes on
+# 2 cores from a clean clone (2026-12-07). Needs root (apt, and Postfix's master).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
