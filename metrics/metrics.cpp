@@ -1,6 +1,7 @@
 // Metric declarations; see metrics.hpp.
 #include "metrics/metrics.hpp"
 
+#include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <prometheus/text_serializer.h>
 
@@ -77,10 +78,10 @@ std::string_view name(Rejection r) {
 }
 
 std::string endpoint_label(const boost::asio::ip::tcp::endpoint& endpoint) {
-  const auto& address = endpoint.address();
-  const auto port = std::to_string(endpoint.port());
-  return address.is_v6() ? "[" + address.to_string() + "]:" + port
-                         : address.to_string() + ":" + port;
+  // (fmt, not string concatenation: GCC 12 at -O3 reports a false -Wrestrict in the latter.)
+  const auto address = endpoint.address().to_string();
+  return endpoint.address().is_v6() ? fmt::format("[{}]:{}", address, endpoint.port())
+                                    : fmt::format("{}:{}", address, endpoint.port());
 }
 
 Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
