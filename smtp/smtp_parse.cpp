@@ -32,30 +32,18 @@ struct VerbEntry {
 namespace flag = command_flag;
 constexpr unsigned kTls = flag::needs_tls;
 constexpr unsigned kDetached = flag::answered_while_detached;
-constexpr unsigned kLast = flag::last_in_group;
-constexpr unsigned kLocal = flag::never_forwarded;
-// The command table. HELO/EHLO end a group: what the MTA offers (CHUNKING, SIZE) decides how
-// the commands after them are handled.
+// The command table.
 constexpr std::array<VerbEntry, 19> kVerbs{{
-    {"HELO", Verb::helo, kDetached | kLast},
-    {"EHLO", Verb::ehlo, kDetached | kLast},
-    {"MAIL", Verb::mail, kTls},
-    {"RCPT", Verb::rcpt, kTls},
-    {"DATA", Verb::data, kTls | kLast},
-    {"BDAT", Verb::bdat, kTls | kLast},
-    {"RSET", Verb::rset, kDetached},
-    {"NOOP", Verb::noop, kDetached},
-    {"QUIT", Verb::quit, kDetached | kLast},
-    {"VRFY", Verb::vrfy, kTls},
-    {"EXPN", Verb::expn, kTls},
-    {"ETRN", Verb::etrn, kTls},
-    {"HELP", Verb::help, 0},
-    {"AUTH", Verb::auth, kTls | kLast},
-    {"STARTTLS", Verb::starttls, kLast | kLocal},
-    {"XCLIENT", Verb::xclient, kLocal},
-    {"XFORWARD", Verb::xforward, kLocal},
-    {"TURN", Verb::turn, kLocal},
-    {"ATRN", Verb::turn, kLocal},
+    {"HELO", Verb::helo, kDetached}, {"EHLO", Verb::ehlo, kDetached},
+    {"MAIL", Verb::mail, kTls},      {"RCPT", Verb::rcpt, kTls},
+    {"DATA", Verb::data, kTls},      {"BDAT", Verb::bdat, kTls},
+    {"RSET", Verb::rset, kDetached}, {"NOOP", Verb::noop, kDetached},
+    {"QUIT", Verb::quit, kDetached}, {"VRFY", Verb::vrfy, kTls},
+    {"EXPN", Verb::expn, kTls},      {"ETRN", Verb::etrn, kTls},
+    {"HELP", Verb::help, 0},         {"AUTH", Verb::auth, kTls},
+    {"STARTTLS", Verb::starttls, 0}, {"XCLIENT", Verb::xclient, 0},
+    {"XFORWARD", Verb::xforward, 0}, {"TURN", Verb::turn, 0},
+    {"ATRN", Verb::turn, 0},
 }};
 
 bool is_digit(char c) {

@@ -43,10 +43,6 @@ namespace command_flag {
 inline constexpr unsigned needs_tls = 1u << 0;
 // The proxy answers it while no MTA connection is open (it needs nothing from the MTA).
 inline constexpr unsigned answered_while_detached = 1u << 1;
-// The commands after it wait for its reply (its outcome changes how they are read).
-inline constexpr unsigned last_in_group = 1u << 2;
-// Never reaches the MTA: the proxy answers it itself, or refuses it.
-inline constexpr unsigned never_forwarded = 1u << 3;
 }  // namespace command_flag
 
 unsigned command_flags(Verb verb);

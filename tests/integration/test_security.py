@@ -494,19 +494,24 @@ def recording_mta(request) -> Iterator[Callable[..., RecordingMta]]:
 SMUGGLED_CHUNK = b"XCLIENT ADDR=10.9.9.9\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@external.example>\r\n"
 
 
+def bdat_refused_for_no_chunking(c: SmtpClient, rcpt: str) -> None:
+    """Greeting, EHLO without CHUNKING, MAIL, RCPT, then the smuggling chunk: the proxy's 502."""
+    assert_reply(c.greeting(), 220)
+    ehlo = c.ehlo()
+    assert_reply(ehlo, 250)
+    assert "CHUNKING" not in ehlo.keywords(), ehlo
+    assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+    assert_reply(c.command(f"RCPT TO:<{rcpt}>"), 250)
+    c.send(f"BDAT {len(SMUGGLED_CHUNK)} LAST\r\n".encode() + SMUGGLED_CHUNK)
+    assert_reply(c.read_reply(), 502, "5.5.1")
+
+
 def test_bdat_to_an_mta_without_chunking_gets_502_and_the_chunk_never_reaches_it(
         proxy, recording_mta):
     mta = recording_mta(chunking=False)
     p = proxy(mta.backend, "--backend-metadata", "none")
     with SmtpClient(p.plain_port) as c:
-        assert_reply(c.greeting(), 220)
-        ehlo = c.ehlo()
-        assert_reply(ehlo, 250)
-        assert "CHUNKING" not in ehlo.keywords(), ehlo
-        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
-        assert_reply(c.command("RCPT TO:<someone@recording-mta.test>"), 250)
-        c.send(f"BDAT {len(SMUGGLED_CHUNK)} LAST\r\n".encode() + SMUGGLED_CHUNK)
-        assert_reply(c.read_reply(), 502, "5.5.1")
+        bdat_refused_for_no_chunking(c, "someone@recording-mta.test")
         assert_reply(c.command("NOOP"), 250)
         assert c.pending(0.3) == b""
         assert_reply(c.command("QUIT"), 221)
@@ -523,14 +528,7 @@ def test_bdat_to_postfix_without_chunking_gets_502_and_postfix_sees_no_bdat(post
     p = proxy(postfix.nochunking_backend)
     box = postfix.new_mailbox()
     with SmtpClient(p.plain_port) as c:
-        assert_reply(c.greeting(), 220)
-        ehlo = c.ehlo()
-        assert_reply(ehlo, 250)
-        assert "CHUNKING" not in ehlo.keywords(), ehlo
-        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
-        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
-        c.send(f"BDAT {len(SMUGGLED_CHUNK)} LAST\r\n".encode() + SMUGGLED_CHUNK)
-        assert_reply(c.read_reply(), 502, "5.5.1")
+        bdat_refused_for_no_chunking(c, box.address)
         assert_reply(c.command("NOOP"), 250)
         assert_reply(c.command("RSET"), 250)
         token = unique("m")

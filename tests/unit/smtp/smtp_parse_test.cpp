@@ -62,11 +62,7 @@ TEST(CommandTable, FlagsOfTheVerbsTheRulesDependOn) {
                           Verb::starttls, Verb::xclient, Verb::other}) {
     EXPECT_FALSE(command_flags(verb) & flag::needs_tls) << static_cast<int>(verb);
   }
-  for (const auto verb : {Verb::starttls, Verb::xclient, Verb::xforward, Verb::turn}) {
-    EXPECT_TRUE(command_flags(verb) & flag::never_forwarded) << static_cast<int>(verb);
-  }
   EXPECT_EQ(verb_of("ATRN example.org"), Verb::turn);
-  EXPECT_TRUE(command_flags(Verb::ehlo) & flag::last_in_group);
   EXPECT_TRUE(command_flags(Verb::noop) & flag::answered_while_detached);
   EXPECT_FALSE(command_flags(Verb::mail) & flag::answered_while_detached);
   EXPECT_EQ(command_flags(Verb::other), 0u);
