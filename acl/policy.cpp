@@ -12,10 +12,8 @@ bool needs_tls_when_required(smtp::Verb verb) {
 }  // namespace
 
 std::optional<Refusal> check_command(const PolicyFacts& facts, smtp::Verb verb) {
-  static constexpr std::string_view kMustStartTls =
-      "530 5.7.0 Must issue a STARTTLS command first\r\n";
-  static constexpr std::string_view kNeedsCertificate =
-      "550 5.7.1 A verified client certificate is required\r\n";
+  constexpr auto kMustStartTls = Refusal::Reason::must_start_tls;
+  constexpr auto kNeedsCertificate = Refusal::Reason::needs_verified_certificate;
   if (!facts.tls_active && needs_tls_when_required(verb)) {
     if (facts.port_requires_tls) return Refusal{kMustStartTls, "--tls-require-ports"};
     if (facts.host_requires_tls) return Refusal{kMustStartTls, "--tls-require-hosts"};

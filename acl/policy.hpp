@@ -5,6 +5,7 @@
 
 #include "smtp/smtp_parse.hpp"
 
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -19,8 +20,11 @@ struct PolicyFacts {
 };
 
 struct Refusal {
-  std::string_view reply;  // complete, CRLF-terminated
-  std::string_view rule;   // the flag that made the decision, for the log
+  enum class Reason : std::uint8_t {
+    must_start_tls,              // 530 5.7.0: the command needs TLS first
+    needs_verified_certificate,  // 550 5.7.1: MAIL needs a verified client certificate
+  } reason;
+  std::string_view rule;  // the flag that made the decision, for the log
 };
 
 // nullopt: the command may go on to the MTA.

@@ -9,7 +9,8 @@
 #     LOAD: handshake (STARTTLS, ECDSA, 1 KiB message, 300 sessions), client-cert (the same,
 #           each client presenting an ECDSA certificate the proxy verifies), bulk (STARTTLS,
 #           one session of 100 x 100 KiB messages) or idle (2000 STARTTLS sessions held past
-#           EHLO for 3 s: with heaptrack, the peak is what idle sessions hold)
+#           EHLO for 3 s; with heaptrack the proxy is killed while they are held, and the
+#           "leaked" figure is what 2000 idle sessions hold)
 #   STP_BINARY / STP_LOADGEN: the binaries (default: build/smtp-tls-proxy, build/bench/loadgen)
 #   STP_PROFILE_SESSIONS / STP_PROFILE_CONCURRENCY: a longer load (handshake, client-cert: 300
 #           sessions at concurrency 10; bulk: 1 session)
@@ -77,12 +78,28 @@ case "$load" in
   idle) args=(--hold 2000 --hold-seconds 3 --concurrency 100) ;;
   *) echo "unknown load $load" >&2; exit 2 ;;
 esac
-"$loadgen" --mode starttls --port "$proxy_port" --tls-sigalgs ECDSA+SHA256 --time-limit 900 \
-  "${args[@]}" ${client[@]+"${client[@]}"} | tee "$out/loadgen.json"
-
 # The proxy's own pid is the tool's child (perf, strace, heaptrack) or the tool (valgrind).
-target=$(pgrep -P "$proxy_pid" -f "$(basename "$proxy")" || echo "$proxy_pid")
-kill -TERM "$target"
+proxy_target() { pgrep -P "$proxy_pid" -f "$(basename "$proxy")" || echo "$proxy_pid"; }
+if [ "$tool" = heaptrack ] && [ "$load" = idle ]; then
+  # What held sessions hold: the proxy is killed (SIGKILL) while all of them are open, so
+  # heaptrack's "leaked" figure is the live heap at that moment (a graceful stop would first
+  # wake every session, and the peak would be that wake-up's buffers).
+  args=(--hold 2000 --hold-seconds 20 --concurrency 100)
+  "$loadgen" --mode starttls --port "$proxy_port" --tls-sigalgs ECDSA+SHA256 --time-limit 900 \
+    "${args[@]}" >"$out/loadgen.json" &
+  loadgen_pid=$!
+  for _ in $(seq 600); do
+    [ "$(ss -Htn state established "sport = :$proxy_port" | wc -l)" -ge 2000 ] && break
+    sleep 0.1
+  done
+  sleep 2
+  kill -KILL "$(proxy_target)"
+  wait "$loadgen_pid" || true
+else
+  "$loadgen" --mode starttls --port "$proxy_port" --tls-sigalgs ECDSA+SHA256 --time-limit 900 \
+    "${args[@]}" ${client[@]+"${client[@]}"} | tee "$out/loadgen.json"
+  kill -TERM "$(proxy_target)"
+fi
 wait "$proxy_pid" || true
 kill "$sink_pid"
 case "$tool" in

@@ -7,10 +7,12 @@
 // they know whether the client will use TLS. The MTA is up only if that EHLO got 250: an MTA
 // not told to expect the header reads it as SMTP lines and answers them instead.
 //
-// Trusts nothing the MTA sends beyond a bounded greeting; runs on one io_context.
+// Trusts nothing the MTA sends beyond a bounded reply; runs on one io_context.
 #pragma once
 
 #include "proxy/config.hpp"
+#include "proxy/deadline.hpp"
+#include "proxy/upstream.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -23,7 +25,7 @@
 
 namespace stp {
 
-class BackendProbe {
+class BackendProbe : private Deadline::Owner {
  public:
   using EhloCache = std::atomic<std::shared_ptr<const std::string>>;
   // The longest one probe takes.
@@ -41,11 +43,18 @@ class BackendProbe {
   boost::asio::awaitable<void> loop();
   boost::asio::awaitable<bool> probe_once();
 
+  void on_deadline_expired() override { mta_.cancel(); }
+  // The probe lives as long as the server's io_context runs.
+  std::shared_ptr<void> keep_alive() override { return nullptr; }
+
   boost::asio::io_context& io_;
   const Config& config_;
   EhloCache& ehlo_cache_;
   std::atomic<bool>& probed_;
   boost::asio::steady_timer timer_;
+  Deadline deadline_;
+  Upstream mta_;
+  Upstream::Target target_;
   std::atomic<bool> mta_up_{false};
   bool stopped_ = false;
   bool header_refusal_logged_ = false;  // proxy-v2: said once until the MTA takes it again

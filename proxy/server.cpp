@@ -58,7 +58,7 @@ std::string file_signature(const Config& config) {
 Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> tls)
     : config_(config),
       metrics_(listener_labels(config.listeners)),
-      services_(config, std::move(tls), metrics_),
+      runtime_(config, metrics_, std::move(tls)),
       workers_([&] {
         std::vector<std::unique_ptr<Worker>> workers;
         for (unsigned i = 0; i < std::max(1u, config.threads); ++i) {
@@ -66,7 +66,7 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
         }
         return workers;
       }()),
-      probe_(workers_[0]->io, config, services_.mta_ehlo_reply, services_.mta_probed),
+      probe_(workers_[0]->io, config, runtime_.mta_ehlo_reply, runtime_.mta_probed),
       signals_(workers_[0]->io, SIGTERM, SIGINT, SIGHUP) {
   for (const auto& listener : config_.listeners) {
     tcp::acceptor acceptor(workers_[0]->io);
@@ -89,12 +89,13 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
   }
   metrics_.set_certificate_expiry([&] {
     std::vector<std::pair<std::string, double>> out;
-    for (const auto& c : services_.current_tls()->certificates()) {
+    for (const auto& c : runtime_.current_tls()->certificates()) {
       out.emplace_back(c.label, c.not_after);
     }
     return out;
   }());
   reload_signature_ = file_signature(config_);
+  reply_too_many_connections_ = "421 4.7.0 " + config.hostname + " Error: too many connections\r\n";
 }
 
 Server::~Server() = default;
@@ -115,7 +116,7 @@ void Server::for_each_session(Action action) {
     asio::post(worker->io, [w = worker.get(), action] {
       // A session may end (and leave the list) inside action; hold it and step first.
       for (auto it = w->sessions.begin(); it != w->sessions.end();) {
-        Session* session = *it++;
+        Connection* session = *it++;
         action(*session);
       }
     });
@@ -139,23 +140,14 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
       co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    if (services_.sessions_alive.load() >= config_.max_connections) {
+    if (runtime_.sessions_alive.load() >= config_.max_connections) {
       refuse_over_limit(std::move(socket), listener);
       continue;
     }
-    services_.sessions_alive.fetch_add(1);
+    runtime_.sessions_alive.fetch_add(1);
     // The session is created on its own thread, which owns its registration.
     asio::post(worker.io, [this, &worker, listener_index, socket = std::move(socket)]() mutable {
-      auto session =
-          std::make_shared<Session>(std::move(socket), listener_index, services_, worker.sessions);
-      asio::co_spawn(worker.io, session->run(), [session](std::exception_ptr e) {
-        if (!e) return;
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          spdlog::error("session ended by an internal error: {}", ex.what());
-        }
-      });
+      inbound_->start(std::move(socket), listener_index, worker.sessions);
     });
   }
 }
@@ -173,7 +165,7 @@ void Server::refuse_over_limit(tcp::socket socket, const Listener& listener) {
   error_code ignored;
   if (!listener.implicit_tls) {
     socket.non_blocking(true, ignored);
-    socket.write_some(asio::buffer(services_.reply_too_many_connections), ignored);
+    socket.write_some(asio::buffer(reply_too_many_connections_), ignored);
   }
   socket.close(ignored);
 }
@@ -182,7 +174,7 @@ void Server::reload(std::string_view why) {
   reload_signature_ = file_signature(config_);
   try {
     auto fresh = tls::ServerContext::create(server_tls_options(config_));
-    services_.tls.store(fresh);
+    runtime_.server_tls.store(fresh);
     std::vector<std::pair<std::string, double>> expiry;
     for (const auto& c : fresh->certificates()) expiry.emplace_back(c.label, c.not_after);
     metrics_.set_certificate_expiry(expiry);
@@ -208,28 +200,28 @@ asio::awaitable<void> Server::watch_certificate_files() {
 
 asio::awaitable<void> Server::drain() {
   spdlog::info("draining: no new connections; {} sessions in flight get up to {}s",
-               services_.sessions_alive.load(), config_.shutdown_grace.count());
+               runtime_.sessions_alive.load(), config_.shutdown_grace.count());
   for (auto& acceptor : acceptors_) {
     error_code ignored;
     acceptor.close(ignored);
   }
   probe_.stop();
-  for_each_session([](Session& s) { s.drain(); });
+  for_each_session([](Connection& s) { s.drain(); });
 
   asio::steady_timer timer(workers_[0]->io);
   auto wait_until = [&](std::chrono::steady_clock::time_point deadline) -> asio::awaitable<bool> {
-    while (services_.sessions_alive.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    while (runtime_.sessions_alive.load() > 0 && std::chrono::steady_clock::now() < deadline) {
       timer.expires_after(kDrainPoll);
       error_code ignored;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     }
-    co_return services_.sessions_alive.load() == 0;
+    co_return runtime_.sessions_alive.load() == 0;
   };
   const auto start = std::chrono::steady_clock::now();
   if (!co_await wait_until(start + config_.shutdown_grace)) {
     spdlog::warn("drain: {} sessions still open after {}s; closing them with 421",
-                 services_.sessions_alive.load(), config_.shutdown_grace.count());
-    for_each_session([](Session& s) { s.terminate(); });
+                 runtime_.sessions_alive.load(), config_.shutdown_grace.count());
+    for_each_session([](Connection& s) { s.terminate(); });
     co_await wait_until(std::chrono::steady_clock::now() + kTerminateWait);
   }
   if (http_) http_->stop();
@@ -245,12 +237,13 @@ void Server::on_signal(const error_code& ec, int signal) {
     asio::co_spawn(workers_[0]->io, drain(), asio::detached);
   } else {
     spdlog::warn("received signal {} again; closing every session now", signal);
-    for_each_session([](Session& s) { s.terminate(); });
+    for_each_session([](Connection& s) { s.terminate(); });
   }
   signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
 }
 
-int Server::run() {
+int Server::run(SessionFactory& inbound) {
+  inbound_ = &inbound;
   for (std::size_t i = 0; i < acceptors_.size(); ++i) {
     asio::co_spawn(workers_[0]->io, accept_loop(acceptors_[i], i), asio::detached);
     spdlog::info("listening on {} ({})", metrics::endpoint_label(config_.listeners[i].endpoint),

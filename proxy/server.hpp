@@ -1,7 +1,8 @@
 // The server: binds the listeners, runs one event loop per thread, hands each accepted
-// connection to a Session on one of those loops, and handles the process's life: the metrics
-// and health endpoint, the MTA probe behind /readyz, certificate reloads (SIGHUP, and by
-// itself when the files change), and the graceful drain on SIGTERM/SIGINT.
+// connection to a session (made by the SessionFactory of its direction) on one of those loops, and
+// handles the process's life: the metrics and health endpoint, the MTA probe behind /readyz,
+// certificate reloads (SIGHUP, and by itself when the files change), and the graceful drain on
+// SIGTERM/SIGINT.
 //
 // Each session lives on one thread's io_context, so nothing inside a session needs a lock;
 // accepted sockets are spread round-robin over the threads. Everything the server itself does
@@ -12,7 +13,7 @@
 #include "metrics/metrics.hpp"
 #include "proxy/backend_probe.hpp"
 #include "proxy/config.hpp"
-#include "proxy/session.hpp"
+#include "proxy/runtime.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -32,12 +33,16 @@ class Server {
   Server(const Config& config, std::shared_ptr<const tls::ServerContext> tls);
   ~Server();
 
-  // Serves until SIGTERM or SIGINT and the drain that follows; returns the exit code.
-  int run();
+  // What sessions share with the server (the factories are made from it).
+  Runtime& runtime() { return runtime_; }
+
+  // Serves until SIGTERM or SIGINT and the drain that follows, with `inbound` making the
+  // sessions of every listener; returns the exit code.
+  int run(SessionFactory& inbound);
 
  private:
   struct Worker {
-    SessionList sessions;  // before io: sessions destroyed with io's handlers leave this list
+    ConnectionList sessions;  // before io: sessions destroyed with io's handlers leave this list
     boost::asio::io_context io{1};
   };
 
@@ -55,7 +60,9 @@ class Server {
 
   const Config& config_;
   metrics::Metrics metrics_;
-  SessionServices services_;
+  Runtime runtime_;
+  SessionFactory* inbound_ = nullptr;
+  std::string reply_too_many_connections_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<boost::asio::ip::tcp::acceptor> acceptors_;  // on the first worker
   std::optional<metrics::HttpEndpoint> http_;

@@ -3,6 +3,7 @@
 #   smtp/ tls/ acl/ metrics/   pure codecs, TLS, policy decisions, metrics: know no runtime
 #   proxy/                     the runtime both directions share (server, config, upstream)
 #   inbound/ outbound/         the two directions' sessions, which know nothing of each other
+#   app/                       the process: plugs the directions into the server (may include all)
 # .ci/run calls this through scripts/test.sh; it reads the tree only.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -122,6 +122,7 @@ ParsedCommand parse_command(std::string_view line) {
     arguments.remove_suffix(arguments.size() - (arguments.find_last_not_of(' ') + 1));
     command.arguments = arguments;
   }
+  if (command.verb == Verb::bdat) command.bdat = parse_bdat_arguments(command.arguments);
   return {CommandSyntax::ok, command};
 }
 

@@ -49,10 +49,17 @@ unsigned command_flags(Verb verb);
 
 // One command line, parsed once where it is framed; every rule reads this parse, so no two
 // parts of the proxy can disagree on what the command is.
+struct BdatArguments {
+  std::uint64_t size = 0;
+  bool last = false;
+};
+
 struct Command {
   Verb verb = Verb::other;
   std::string_view line;       // as the client sent it, without its terminator
   std::string_view arguments;  // after the verb and its spaces, trailing spaces dropped
+  // BDAT: its size and LAST, or nullopt when they are not "<size> [LAST]".
+  std::optional<BdatArguments> bdat = std::nullopt;
 };
 
 // Why a line is not a command the MTA may see. The MTAs read lines differently where they
@@ -94,10 +101,6 @@ class CommandFramer {
   bool skipping_ = false;
 };
 
-struct BdatArguments {
-  std::uint64_t size = 0;
-  bool last = false;
-};
 // "<size> [LAST]" (a size that fits in 64 bits); nullopt on anything else.
 std::optional<BdatArguments> parse_bdat_arguments(std::string_view arguments);
 

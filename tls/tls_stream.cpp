@@ -312,6 +312,12 @@ asio::awaitable<void> TlsStream::wait_readable(error_code& ec) {
                               asio::redirect_error(asio::use_awaitable, ec));
 }
 
+bool TlsStream::prepare_bare_wait() noexcept {
+  if (!ssl_ || SSL_has_pending(ssl_) || has_unsent()) return false;
+  if (held_ticket_ > 0) acknowledge_now();  // as send_unless_only_ticket() does
+  return true;
+}
+
 void TlsStream::shutdown() noexcept {
   if (!ssl_ || broken_) return;
   if ((SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) == 0) {

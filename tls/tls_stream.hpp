@@ -46,6 +46,10 @@ class TlsStream {
   // Whether wait_readable() would send before it waits: cancelling it then would cut a
   // record short, while cancelling the bare wait loses nothing.
   bool has_unsent() const { return queue_.size() > held_ticket_; }
+  // Whether the wait for the peer's next bytes can be a bare readiness wait on the socket, made
+  // by the caller instead of wait_readable() (nothing decrypted is pending, nothing queued must
+  // go first); if so, it does what wait_readable() does before such a wait.
+  bool prepare_bare_wait() noexcept;
   // Sends close_notify (unless sent) and whatever else is queued, if the socket takes it now;
   // never waits for the peer's.
   void shutdown() noexcept;
@@ -94,6 +98,7 @@ class PlainStream {
                                      boost::system::error_code& ec, bool close = false);
   boost::asio::awaitable<void> wait_readable(boost::system::error_code& ec);
   bool has_unsent() const { return false; }
+  bool prepare_bare_wait() noexcept { return true; }
 
  private:
   boost::asio::ip::tcp::socket& socket_;

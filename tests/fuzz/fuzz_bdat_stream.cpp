@@ -1,5 +1,5 @@
 // Fuzzes BDAT chunk accounting: the client's stream read the way Session::serve and
-// Session::relay_bdat_chunk read it (proxy/session.cpp): command lines from CommandFramer, and
+// Session::relay_bdat_chunk read it (inbound/client_io.cpp): command lines from CommandFramer, and
 // after each "BDAT <size> [LAST]" (parse_bdat_arguments) exactly <size> bytes of chunk taken
 // from the buffer and then from what arrives, never looked at as commands; a BDAT without a
 // valid size ends the session (its chunk cannot be told from the commands after it).

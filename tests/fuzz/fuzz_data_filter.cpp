@@ -1,5 +1,5 @@
 // Fuzzes DataFilter (smtp/data_filter.hpp): what the client sends after 354, fed through the
-// filter the way Session::relay_data does, with both --bare-lf policies.
+// filter the way relay::data (proxy/relay.hpp) does, with both --bare-lf policies.
 //
 // Input: the client's bytes, as they are. If the input ends before an end of data, the target
 // appends "\r\n.\r\n" so that every input yields a whole message to reason about; bytes after

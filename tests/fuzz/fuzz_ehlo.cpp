@@ -32,7 +32,7 @@ namespace {
 using stp::fuzz::iequals;
 using stp::smtp::ReplyScan;
 
-constexpr std::size_t kMaxReplyLength = 16 * 1024;  // as in proxy/session.cpp
+constexpr std::size_t kMaxReplyLength = 16 * 1024;  // Upstream::kMaxReplyLength (proxy/upstream.hpp)
 
 // The reply's lines without their terminators (LF, with one CR before it dropped).
 std::vector<std::string_view> reply_lines(std::string_view reply) {

@@ -1,6 +1,6 @@
 // Encryption policy (acl::check_command): the whole matrix of --tls-require-ports,
 // --tls-require-hosts and --tls-require-verified-hosts against the TLS state, the certificate
-// state and every verb, with the exact replies and the rule names that go to the log.
+// state and every verb, with the reasons and the rule names that go to the log.
 #include "acl/policy.hpp"
 
 #include <gtest/gtest.h>
@@ -15,9 +15,8 @@ namespace {
 
 using smtp::Verb;
 
-constexpr std::string_view kMustStartTls = "530 5.7.0 Must issue a STARTTLS command first\r\n";
-constexpr std::string_view kNeedsCertificate =
-    "550 5.7.1 A verified client certificate is required\r\n";
+constexpr auto kMustStartTls = Refusal::Reason::must_start_tls;
+constexpr auto kNeedsCertificate = Refusal::Reason::needs_verified_certificate;
 
 // Every verb the parser knows, with its name for the test output.
 const std::vector<std::pair<Verb, const char*>> kAllVerbs = {
@@ -73,7 +72,7 @@ TEST(Policy, FullMatrix) {
       const bool tls_required = facts.port_requires_tls || facts.host_requires_tls;
       if (!facts.tls_active && tls_required && needs_tls(verb)) {
         ASSERT_TRUE(refusal.has_value());
-        EXPECT_EQ(refusal->reply, kMustStartTls);
+        EXPECT_EQ(refusal->reason, kMustStartTls);
         // The port's rule is named first when both apply.
         EXPECT_EQ(refusal->rule,
                   facts.port_requires_tls ? "--tls-require-ports" : "--tls-require-hosts");
@@ -81,11 +80,11 @@ TEST(Policy, FullMatrix) {
       } else if (verb == Verb::mail && facts.host_requires_verified &&
                  !facts.certificate_verified) {
         ASSERT_TRUE(refusal.has_value());
-        EXPECT_EQ(refusal->reply, kNeedsCertificate);
+        EXPECT_EQ(refusal->reason, kNeedsCertificate);
         EXPECT_EQ(refusal->rule, "--tls-require-verified-hosts");
         ++refusals_550;
       } else {
-        EXPECT_FALSE(refusal.has_value()) << refusal->reply;
+        EXPECT_FALSE(refusal.has_value()) << refusal->rule;
       }
     }
   }
@@ -111,7 +110,7 @@ TEST(Policy, PortRequiresTlsBeforeStartTls) {
                           Verb::expn, Verb::etrn}) {
     const auto refusal = check_command(facts, verb);
     ASSERT_TRUE(refusal.has_value()) << static_cast<int>(verb);
-    EXPECT_EQ(refusal->reply, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+    EXPECT_EQ(refusal->reason, kMustStartTls);
     EXPECT_EQ(refusal->rule, "--tls-require-ports");
   }
   for (const Verb verb :
@@ -123,7 +122,7 @@ TEST(Policy, PortRequiresTlsBeforeStartTls) {
 TEST(Policy, HostRequiresTlsBeforeStartTls) {
   const auto refusal = check_command({.host_requires_tls = true}, Verb::rcpt);
   ASSERT_TRUE(refusal.has_value());
-  EXPECT_EQ(refusal->reply, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  EXPECT_EQ(refusal->reason, kMustStartTls);
   EXPECT_EQ(refusal->rule, "--tls-require-hosts");
   EXPECT_FALSE(check_command({.host_requires_tls = true}, Verb::starttls).has_value());
 }
@@ -140,7 +139,7 @@ TEST(Policy, VerifiedHostsNeedAVerifiedCertificateForMailOnly) {
   const PolicyFacts unverified{.host_requires_verified = true, .tls_active = true};
   const auto refusal = check_command(unverified, Verb::mail);
   ASSERT_TRUE(refusal.has_value());
-  EXPECT_EQ(refusal->reply, "550 5.7.1 A verified client certificate is required\r\n");
+  EXPECT_EQ(refusal->reason, kNeedsCertificate);
   EXPECT_EQ(refusal->rule, "--tls-require-verified-hosts");
   for (const Verb verb :
        {Verb::rcpt, Verb::data, Verb::bdat, Verb::auth, Verb::vrfy, Verb::ehlo, Verb::quit}) {
@@ -156,7 +155,7 @@ TEST(Policy, StartTlsRuleComesBeforeTheCertificateRule) {
   const PolicyFacts facts{.port_requires_tls = true, .host_requires_verified = true};
   const auto refusal = check_command(facts, Verb::mail);
   ASSERT_TRUE(refusal.has_value());
-  EXPECT_EQ(refusal->reply, kMustStartTls);
+  EXPECT_EQ(refusal->reason, kMustStartTls);
   EXPECT_EQ(refusal->rule, "--tls-require-ports");
 }
 

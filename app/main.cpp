@@ -1,6 +1,7 @@
 // smtp-tls-proxy: reads the configuration, builds the TLS context, fits the descriptor limit to
 // --max-connections, binds the ports, drops root (--user), and serves until told to stop.
 // Configuration errors end start-up with exit code 2 and a message naming the flag.
+#include "inbound/session.hpp"
 #include "metrics/http_endpoint.hpp"
 #include "proxy/config.hpp"
 #include "proxy/log.hpp"
@@ -115,7 +116,8 @@ int main(int argc, char** argv) {
       spdlog::warn(
           "running as root: use --user to switch to an unprivileged user after binding the ports");
     }
-    return server.run();
+    stp::inbound::SessionServices inbound(server.runtime());
+    return server.run(inbound);
   } catch (const std::invalid_argument& e) {  // ConfigError, or a lower layer's setup error
     report("", e.what());
     return 2;

@@ -1,0 +1,159 @@
+// The next hop's SMTP connection; see upstream.hpp.
+#include "proxy/upstream.hpp"
+
+#include "proxy/log.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+namespace stp {
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+Upstream::Upstream(const asio::any_io_executor& executor, Deadline& deadline,
+                   std::string_view log_id, std::string_view peer)
+    : socket_(executor),
+      deadline_(deadline),
+      log_id_(log_id),
+      peer_(peer),
+      input_(kMaxReplyLength) {}
+
+Upstream::Target Upstream::target(std::string host, std::uint16_t port) {
+  Target target{.endpoint = std::nullopt, .host = std::move(host), .port = port};
+  error_code ec;
+  const auto address = asio::ip::make_address(target.host, ec);
+  if (!ec) target.endpoint.emplace(address, port);
+  return target;
+}
+
+void Upstream::arm() {
+  deadline_.arm_at(std::min(Clock::now() + timeout_, limit_));
+}
+
+void Upstream::fail(std::string_view doing, const error_code& ec) {
+  spdlog::log(failure_level_, "{} {} connection lost while {}: {}", log_id_, peer_, doing,
+              deadline_.expired() ? std::string("timeout") : ec.message());
+  lost_ = true;
+}
+
+asio::awaitable<bool> Upstream::connect(const Target& target, Clock::duration timeout) {
+  close();
+  lost_ = false;
+  deadline_.arm_at(std::min(Clock::now() + timeout, limit_));
+  error_code ec;
+  if (target.endpoint) {
+    co_await socket_.async_connect(*target.endpoint, asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    tcp::resolver resolver(socket_.get_executor());
+    const auto endpoints = co_await resolver.async_resolve(
+        target.host, std::to_string(target.port), asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      co_await asio::async_connect(socket_, endpoints,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+  if (ec) {
+    spdlog::log(failure_level_, "{} cannot connect to {} {}:{}: {}", log_id_, peer_, target.host,
+                target.port, deadline_.expired() ? std::string("timeout") : ec.message());
+    close();
+    lost_ = true;
+    co_return false;
+  }
+  error_code ignored;
+  socket_.set_option(tcp::no_delay(true), ignored);
+  co_return true;
+}
+
+asio::awaitable<bool> Upstream::write(std::string_view bytes) {
+  if (lost_) co_return false;
+  arm();
+  error_code ec;
+  co_await asio::async_write(socket_, asio::buffer(bytes),
+                             asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    fail("sending", ec);
+    co_return false;
+  }
+  co_return true;
+}
+
+asio::awaitable<smtp::ReplyScan> Upstream::read_reply() {
+  constexpr smtp::ReplyScan kFailed{smtp::ReplyScan::Status::malformed};
+  while (true) {
+    const auto scan = smtp::scan_reply(input_.view(), kMaxReplyLength);
+    if (scan.status == smtp::ReplyScan::Status::complete) co_return scan;
+    if (lost_) co_return kFailed;
+    if (scan.status == smtp::ReplyScan::Status::malformed) {
+      // A session's MTA breaking the protocol is an error; a probe's only a debug line.
+      const auto level = failure_level_ < spdlog::level::warn ? failure_level_ : spdlog::level::err;
+      spdlog::log(level, "{} malformed reply from {}: \"{}\"", log_id_, peer_,
+                  log::escape(input_.view(), 200));
+      lost_ = true;
+      co_return scan;
+    }
+    arm();
+    error_code ec;
+    const auto n = co_await socket_.async_read_some(input_.prepare(),
+                                                    asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      fail("waiting for a reply", ec);
+      co_return kFailed;
+    }
+    input_.commit(n);
+  }
+}
+
+asio::awaitable<smtp::ReplyScan> Upstream::command(std::string_view line) {
+  const bool written = co_await write(line);
+  if (!written) co_return smtp::ReplyScan{smtp::ReplyScan::Status::malformed};
+  const auto scan = co_await read_reply();
+  co_return scan;
+}
+
+asio::awaitable<Upstream::Ehlo> Upstream::ehlo(std::string_view name) {
+  std::string line;
+  line.reserve(name.size() + 7);
+  line.append("EHLO ").append(name).append("\r\n");
+  const auto scan = co_await command(line);  // (GCC 12: not inside an initializer)
+  Ehlo result{scan, {}};
+  if (result.scan.status == smtp::ReplyScan::Status::complete && result.scan.code == 250) {
+    result.capabilities = smtp::parse_ehlo_capabilities(reply(result.scan));
+  }
+  co_return result;
+}
+
+asio::awaitable<void> Upstream::quit(Clock::duration timeout) {
+  if (!lost_ && socket_.is_open()) {
+    deadline_.arm_at(std::min(Clock::now() + timeout, limit_));
+    error_code ec;
+    co_await asio::async_write(socket_, asio::buffer(std::string_view("QUIT\r\n")),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      co_await socket_.async_read_some(input_.prepare(),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+  close();
+}
+
+void Upstream::close() {
+  error_code ignored;
+  socket_.close(ignored);
+  input_.clear();
+  input_.release_if_empty();
+}
+
+void Upstream::cancel() {
+  error_code ignored;
+  socket_.cancel(ignored);
+}
+
+void Upstream::abandon() {
+  close();
+  lost_ = true;
+}
+
+}  // namespace stp

@@ -1,0 +1,105 @@
+// The next hop, seen from the proxy as its SMTP client: a connection to an MTA (the one the
+// inbound side serves, or later a smarthost), its reply buffer, and the operations on it that
+// both directions and the health probe share: connect, write, read one reply, EHLO, QUIT.
+//
+// Every wait is bounded by the owner's Deadline (armed here with the reply timeout, never
+// past a limit the owner may set); a failure marks the connection lost, logs why once, and
+// is final: later writes and reads fail at once. Trusts the MTA only for replies that are
+// size-bounded and syntax-checked (smtp::scan_reply).
+#pragma once
+
+#include "proxy/deadline.hpp"
+#include "proxy/input_buffer.hpp"
+#include "smtp/smtp_parse.hpp"
+
+#include <spdlog/common.h>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace stp {
+
+class Upstream {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::size_t kMaxReplyLength = 16 * 1024;
+
+  // Where to connect: an address, or a name resolved at each connection.
+  struct Target {
+    std::optional<boost::asio::ip::tcp::endpoint> endpoint;  // when host is an address
+    std::string host;
+    std::uint16_t port = 0;
+  };
+  static Target target(std::string host, std::uint16_t port);
+
+  // `log_id` and `peer` start the log lines ("0A1B2C3D4E5F mail server ..."): both must
+  // outlive this object.
+  Upstream(const boost::asio::any_io_executor& executor, Deadline& deadline,
+           std::string_view log_id, std::string_view peer);
+
+  // Each operation below waits at most `timeout`, and never past `limit`.
+  void set_timeout(Clock::duration timeout) { timeout_ = timeout; }
+  void set_limit(Clock::time_point limit) { limit_ = limit; }
+  // How loudly a failure is logged (a probe that fails every few seconds: debug).
+  void set_failure_level(spdlog::level::level_enum level) { failure_level_ = level; }
+
+  // Connects (bounded by `timeout`); false when it could not, with the reason logged.
+  boost::asio::awaitable<bool> connect(const Target& target, Clock::duration timeout);
+  boost::asio::awaitable<bool> write(std::string_view bytes);
+  // Reads until one whole reply is buffered: its scan, or Status::malformed when the
+  // connection failed, timed out or sent something that is not a reply (then lost()).
+  boost::asio::awaitable<smtp::ReplyScan> read_reply();
+  // The reply read_reply() returned, and dropping it from the buffer.
+  std::string_view reply(const smtp::ReplyScan& scan) const {
+    return input_.view().substr(0, scan.length);
+  }
+  void consume(const smtp::ReplyScan& scan) { input_.consume(scan.length); }
+  // Everything received and not consumed (for a log line about a bad reply).
+  std::string_view buffered() const { return input_.view(); }
+  // A command `line` (with its CRLF) and its reply.
+  boost::asio::awaitable<smtp::ReplyScan> command(std::string_view line);
+  // EHLO `name`: the reply's scan, and what it offers when it is a 250 (still buffered).
+  struct Ehlo {
+    smtp::ReplyScan scan;
+    smtp::MtaCapabilities capabilities;
+  };
+  boost::asio::awaitable<Ehlo> ehlo(std::string_view name);
+  // QUIT, and its reply or the end of the connection (unread: it only lets the MTA close
+  // first), then close. Bounded by `timeout`.
+  boost::asio::awaitable<void> quit(Clock::duration timeout);
+
+  // Closes the connection; the next connect() opens a fresh one.
+  void close();
+  // Ends every wait at once (the connection stays open until close()).
+  void cancel();
+  // Marks the connection unusable (the caller closed it, say, to abandon a message).
+  void abandon();
+
+  bool open() const { return socket_.is_open(); }
+  bool lost() const { return lost_; }
+  bool has_input() const { return !input_.empty(); }
+  // Gives the reply buffer's memory back while nothing is buffered (an idle session).
+  void release_buffer() { input_.release_if_empty(); }
+  boost::asio::ip::tcp::socket& socket() { return socket_; }
+
+ private:
+  void arm();
+  void fail(std::string_view doing, const boost::system::error_code& ec);
+
+  boost::asio::ip::tcp::socket socket_;
+  Deadline& deadline_;
+  std::string_view log_id_;
+  std::string_view peer_;
+  InputBuffer input_;
+  Clock::duration timeout_ = std::chrono::minutes(5);
+  Clock::time_point limit_ = Clock::time_point::max();
+  spdlog::level::level_enum failure_level_ = spdlog::level::warn;
+  bool lost_ = false;
+};
+
+}  // namespace stp
