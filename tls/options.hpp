@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,23 @@ struct ServerOptions {
   std::string crl;                  // PEM file of CRLs
   unsigned verify_depth = 9;
   std::chrono::seconds verify_cache_time{60};  // 0: every client chain verified afresh
+};
+
+// The client side: what the proxy offers and trusts when it connects to a relay host (Exim's
+// smtp transport options; the --relay-tls-* flags). Who must verify, the names checked and
+// the SNI are per connection (ConnectParameters in client_context.hpp).
+struct ClientOptions {
+  // CAs for server certificates: PEM file, hashed directory, "system", or empty (then no
+  // certificate verifies: try-verify connections record that, verify connections fail).
+  std::string verify_certificates = "system";
+  std::string certificate;  // client certificate chain (PEM), sent when asked; empty: none
+  std::string privatekey;   // its key; empty: the key sits in the certificate file
+  std::string min_protocol = "TLSv1.2";  // TLSv1.2 or TLSv1.3
+  std::string require_ciphers;           // TLS 1.2 cipher list; empty: the proxy's default
+  std::string ciphersuites;              // TLS 1.3 suites; empty: OpenSSL's defaults
+  std::string crl;                       // PEM file of CRLs checked with the server's chain
+  unsigned verify_depth = 9;
+  std::size_t session_cache_size = 256;  // servers whose last session is kept; 0: no resumption
 };
 
 }  // namespace stp::tls

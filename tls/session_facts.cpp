@@ -172,6 +172,9 @@ std::string verify_reason_label(long result) {
       return "untrusted";
     case X509_V_ERR_INVALID_PURPOSE:
       return "purpose";
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+      return "hostname";
     default:
       return "other";
   }
@@ -228,25 +231,26 @@ SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
     (is_host_name(sni) ? facts.sni : facts.refused_sni) = sni;
   }
 
-  if (X509* own = SSL_get_certificate(ssl)) {
-    const int signature = X509_get_signature_nid(own);
+  // The server's certificate: our own in the accept role, the peer's in the connect role.
+  const bool server = SSL_is_server(ssl) == 1;
+  if (X509* certificate = server ? SSL_get_certificate(ssl) : SSL_get0_peer_certificate(ssl)) {
+    const int signature = X509_get_signature_nid(certificate);
     if (signature != NID_undef) facts.server_certificate_signature = OBJ_nid2sn(signature);
-    EVP_PKEY* key = X509_get0_pubkey(own);
+    EVP_PKEY* key = X509_get0_pubkey(certificate);
     const int id = key ? EVP_PKEY_get_base_id(key) : NID_undef;
     const char* kind = id == EVP_PKEY_RSA ? "RSA" : id == EVP_PKEY_EC ? "EC" : OBJ_nid2sn(id);
     if (key && kind) facts.server_key = kind + std::to_string(EVP_PKEY_get_bits(key));
+    // Postfix adds these details for TLS 1.3, where the cipher name no longer carries them.
+    if (SSL_version(ssl) >= TLS1_3_VERSION) {
+      facts.server_signature = describe_key(key, true);
+    }
   }
-
-  // Postfix adds these details for TLS 1.3, where the cipher name no longer carries them.
   if (SSL_version(ssl) >= TLS1_3_VERSION) {
     facts.key_exchange = describe_key_exchange(ssl);
-    if (X509* own = SSL_get_certificate(ssl)) {
-      facts.server_signature = describe_key(X509_get0_pubkey(own), true);
-    }
     int nid = NID_undef;
-    if (SSL_get_signature_nid(ssl, &nid) == 1 && nid != NID_undef) {
-      facts.server_digest = OBJ_nid2sn(nid);
-    }
+    const int known =
+        server ? SSL_get_signature_nid(ssl, &nid) : SSL_get_peer_signature_nid(ssl, &nid);
+    if (known == 1 && nid != NID_undef) facts.server_digest = OBJ_nid2sn(nid);
   }
 
   facts.request = request;

@@ -2,8 +2,12 @@
 // lines, the PROXY v2 TLVs, the metrics and the encryption policy. Also the per-session
 // client-certificate request (Exim's tls_verify_hosts / tls_try_verify_hosts).
 //
-// Trusts OpenSSL's view of the session; the client certificate's text (DNs, CN) is the
-// client's own and is escaped by whoever prints it.
+// Both roles of TlsStream: in the accept role the peer is the client and the server_* facts
+// are about our own certificate; in the connect role the peer is the server, and the server_*
+// facts are about its certificate (Postfix's client-side line says "server-signature" too).
+//
+// Trusts OpenSSL's view of the session; the peer certificate's text (DNs, CN) is the peer's
+// own and is escaped by whoever prints it.
 #pragma once
 
 #include "tls/options.hpp"
@@ -58,13 +62,15 @@ struct SessionFacts {
   std::string key_exchange;      // Postfix style: "X25519", "ECDHE (P-256)", "DHE (2048 bits)"
   std::string server_signature;  // "ECDSA (P-256)", "RSA-PSS (2048 bits)"
   std::string server_digest;     // "SHA256"
-  std::string server_certificate_signature;  // how our certificate is signed: "ecdsa-with-SHA256"
-  std::string server_key;                    // our certificate's key: "EC256", "RSA2048"
+  // How the server's certificate is signed ("ecdsa-with-SHA256") and its key ("EC256",
+  // "RSA2048"): ours in the accept role, the peer's in the connect role.
+  std::string server_certificate_signature;
+  std::string server_key;
   std::string sni;          // the name the client asked for: a host name (is_host_name)
   std::string refused_sni;  // what it sent instead, if not a host name: only logged, escaped
   bool resumed = false;
 
-  ClientCertificateRequest request = ClientCertificateRequest::none;
+  ClientCertificateRequest request = ClientCertificateRequest::none;  // connect role: none
   // Null when none was presented; held apart, since most sessions have none and it is a
   // dozen strings (every idle session keeps its facts).
   std::unique_ptr<PeerCertificate> peer;
@@ -76,6 +82,7 @@ struct SessionFacts {
   std::string exim_cipher_field() const;
 };
 
+// In the connect role `request` is ClientCertificateRequest::none.
 SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
                                   PeerDnFormat dn_format);
 

@@ -1,6 +1,7 @@
 // Server TLS context set-up; see tls_context.hpp.
 #include "tls/tls_context.hpp"
 
+#include "tls/context_setup.hpp"
 #include "tls/library_context.hpp"
 #include "tls/openssl_values.hpp"
 #include "tls/tls_stream.hpp"
@@ -12,8 +13,6 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
-#include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -34,52 +33,17 @@ constexpr std::size_t kVerifyCacheCapacity = 1024;
 // certificates are about 10 KiB.
 constexpr long kMaxClientChainBytes = 32 * 1024;
 
-// TLS 1.2 suites when the operator sets none: AEAD with forward secrecy only.
-constexpr const char* kDefaultCipherList =
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256";
-
 struct Deleter {
   void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
   void operator()(X509* p) const { X509_free(p); }
   void operator()(BIO* p) const { BIO_free(p); }
   void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
   void operator()(X509_EXTENSION* p) const { X509_EXTENSION_free(p); }
-  void operator()(X509_CRL* p) const { X509_CRL_free(p); }
 };
 template <class T>
 using Owned = std::unique_ptr<T, Deleter>;
 
-[[noreturn]] void fail(std::string_view flag, std::string_view what) {
-  std::string message(flag);
-  message += ": ";
-  message += what;
-  const auto details = take_openssl_errors();
-  if (!details.empty()) message += " (" + details + ")";
-  throw std::invalid_argument(message);
-}
-
-void load_certificate_pair(SSL_CTX* ctx, const std::string& certificate_file,
-                           const std::string& key_file) {
-  if (SSL_CTX_use_certificate_chain_file(ctx, certificate_file.c_str()) != 1) {
-    fail("--tls-certificate", "cannot load certificate chain from " + certificate_file);
-  }
-  // Read in OpenSSL's default context: the TLS context's own decodes public keys only.
-  const char* key_flag = key_file == certificate_file ? "--tls-certificate" : "--tls-privatekey";
-  Owned<BIO> bio(BIO_new_file(key_file.c_str(), "r"));
-  if (!bio) fail(key_flag, "cannot load private key from " + key_file);
-  Owned<EVP_PKEY> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-  if (!key) fail(key_flag, "cannot load private key from " + key_file);
-  if (SSL_CTX_use_PrivateKey(ctx, key.get()) != 1) {  // OpenSSL says why: a mismatch, say
-    fail(key_flag,
-         "the key in " + key_file + " cannot be used with the certificate in " + certificate_file);
-  }
-  if (SSL_CTX_check_private_key(ctx) != 1) {
-    fail(key_flag, "key in " + key_file + " does not match certificate " + certificate_file);
-  }
-}
+using setup::fail;
 
 // A throw-away ECDSA P-256 certificate for `hostname`, valid for a year.
 void use_self_signed(SSL_CTX* ctx, const std::string& hostname) {
@@ -249,31 +213,14 @@ TrustStore use_client_verification(SSL_CTX* ctx, const ServerOptions& options) {
   TrustStore trust;
   const std::string& path = options.verify_certificates;
   if (path.empty()) return trust;
-  // A CA file is read in OpenSSL's default context, as it always was (see
-  // library_context.hpp); a directory's CAs are read as verifications look them up.
-  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
-  if (path == "system") {
-    trust.reads_files = true;
-    if (X509_STORE_set_default_paths(store) != 1) {
-      fail("--tls-verify-certificates", "cannot load the system CA certificates");
-    }
-  } else {
-    struct stat st {};
-    if (stat(path.c_str(), &st) != 0) fail("--tls-verify-certificates", "cannot read " + path);
-    if (S_ISDIR(st.st_mode)) {
-      // A hashed directory: looked up by name during verification; no CA names are sent.
-      trust.reads_files = true;
-      if (X509_STORE_load_path(store, path.c_str()) != 1) {
-        fail("--tls-verify-certificates", "cannot use directory " + path);
-      }
-    } else {
-      if (X509_STORE_load_file(store, path.c_str()) != 1) {
-        fail("--tls-verify-certificates", "no CA certificate in " + path);
-      }
-      // The CA names go into the certificate request, so clients pick the right certificate.
-      STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(path.c_str());
-      if (names) SSL_CTX_set_client_CA_list(ctx, names);
-    }
+  const setup::CaSource source = setup::use_trusted_cas(ctx, "--tls-", path);
+  // CAs in a directory (the system's included) are looked up on disk as chains are verified;
+  // no CA names are sent for them. A file's CA names go into the certificate request, so
+  // clients pick the right certificate.
+  trust.reads_files = source != setup::CaSource::file;
+  if (source == setup::CaSource::file) {
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(path.c_str());
+    if (names) SSL_CTX_set_client_CA_list(ctx, names);
   }
   SSL_CTX_set_verify_depth(ctx, static_cast<int>(options.verify_depth));
   SSL_CTX_set_max_cert_list(ctx, kMaxClientChainBytes);
@@ -282,30 +229,10 @@ TrustStore use_client_verification(SSL_CTX* ctx, const ServerOptions& options) {
   SSL_CTX_sess_set_new_cb(ctx, keep_certificate_session);
 
   if (options.crl.empty()) return trust;
-  std::optional<std::time_t>& horizon = trust.crl_horizon;
-  Owned<BIO> bio(BIO_new_file(options.crl.c_str(), "r"));
-  if (!bio) fail("--tls-crl", "cannot read " + options.crl);
-  int loaded = 0;
-  while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
-    const ASN1_TIME* next_update = X509_CRL_get0_nextUpdate(crl);
-    if (const auto t = unix_time(next_update)) horizon = horizon ? std::min(*horizon, *t) : *t;
-    if (next_update && X509_cmp_current_time(next_update) < 0) {
-      char issuer[256] = "";
-      X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
-      spdlog::warn(
-          "--tls-crl {}: the CRL of {} is past its next update; certificates it covers "
-          "will not verify until it is renewed",
-          options.crl, issuer);
-    }
-    X509_STORE_add_crl(store, crl);
-    X509_CRL_free(crl);
-    ++loaded;
+  trust.crl_horizon = setup::use_crls(ctx, "--tls-", options.crl);
+  if (trust.crl_horizon) {
+    SSL_CTX_set_ex_data(ctx, horizon_slot(), ex_data_number(*trust.crl_horizon));
   }
-  ERR_clear_error();  // the end of the file reads as an error
-  if (loaded == 0) fail("--tls-crl", "no CRL in " + options.crl);
-  // As Exim does: every certificate of the chain below the trust anchor is checked.
-  X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
-  if (horizon) SSL_CTX_set_ex_data(ctx, horizon_slot(), ex_data_number(*horizon));
   return trust;
 }
 
@@ -335,8 +262,6 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   SSL_CTX* ctx = self->ctx_;
   if (!ctx || !TlsStream::prepare()) fail("--tls-certificate", "cannot create a TLS context");
 
-  const int min_version = options.min_protocol == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
-  SSL_CTX_set_min_proto_version(ctx, min_version);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
   // Sessions write from buffers that move and may be sent in pieces; idle ones free their
@@ -354,15 +279,8 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   SSL_CTX_set_num_tickets(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 
-  const std::string& ciphers =
-      options.require_ciphers.empty() ? std::string(kDefaultCipherList) : options.require_ciphers;
-  if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
-    fail("--tls-require-ciphers", "no usable cipher in \"" + ciphers + "\"");
-  }
-  if (!options.ciphersuites.empty() &&
-      SSL_CTX_set_ciphersuites(ctx, options.ciphersuites.c_str()) != 1) {
-    fail("--tls-ciphersuites", "no usable TLS 1.3 suite in \"" + options.ciphersuites + "\"");
-  }
+  setup::use_protocols_and_ciphers(ctx, "--tls-", options.min_protocol, options.require_ciphers,
+                                   options.ciphersuites);
   use_dhparam(ctx, options.dhparam);
 
   if (options.certificates.empty()) {
@@ -372,7 +290,7 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
     for (std::size_t i = 0; i < options.certificates.size(); ++i) {
       const auto& certificate = options.certificates[i];
       const auto& key = i < options.privatekeys.size() ? options.privatekeys[i] : certificate;
-      load_certificate_pair(ctx, certificate, key);
+      setup::use_certificate_and_key(ctx, "--tls-", certificate, key);
     }
   }
   const TrustStore trust = use_client_verification(ctx, options);

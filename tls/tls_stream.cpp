@@ -1,6 +1,7 @@
 // TLS and plain client streams; see tls_stream.hpp.
 #include "tls/tls_stream.hpp"
 
+#include "tls/client_context.hpp"
 #include "tls/tls_context.hpp"
 
 #include <openssl/bio.h>
@@ -93,25 +94,43 @@ struct RecordQueue {
   }
 };
 
-TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const ServerContext> context)
+TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const void> context,
+                     SSL_CTX* ctx)
     : socket_(socket), context_(std::move(context)) {
   error_code ec;
   socket_.non_blocking(true, ec);
   if (ec) return;
   const BIO_METHOD* queue_method = RecordQueue::method();
-  ssl_ = queue_method ? SSL_new(context_->native_handle()) : nullptr;
+  ssl_ = queue_method ? SSL_new(ctx) : nullptr;
   BIO* queue = ssl_ ? BIO_new(queue_method) : nullptr;
   if (queue) BIO_set_data(queue, this);
   if (ssl_ && (!queue || SSL_set_rfd(ssl_, static_cast<int>(socket_.native_handle())) != 1)) {
     BIO_free(queue);
-    SSL_free(ssl_);
-    ssl_ = nullptr;
+    drop_ssl();
     return;
   }
-  if (ssl_) {
-    SSL_set0_wbio(ssl_, queue);  // the SSL owns it from here
-    SSL_set_accept_state(ssl_);
+  if (ssl_) SSL_set0_wbio(ssl_, queue);  // the SSL owns it from here
+}
+
+TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const ServerContext> context)
+    : TlsStream(socket, context, context->native_handle()) {
+  if (ssl_) SSL_set_accept_state(ssl_);
+}
+
+TlsStream::TlsStream(asio::ip::tcp::socket& socket, std::shared_ptr<const ClientContext> context,
+                     const ConnectParameters& parameters)
+    : TlsStream(socket, context, context->native_handle()) {
+  if (!ssl_) return;
+  if (!context->prepare(ssl_, parameters)) {
+    drop_ssl();
+    return;
   }
+  SSL_set_connect_state(ssl_);
+}
+
+void TlsStream::drop_ssl() noexcept {
+  SSL_free(ssl_);
+  ssl_ = nullptr;
 }
 
 bool TlsStream::prepare() {
@@ -236,13 +255,15 @@ asio::awaitable<void> TlsStream::handshake(error_code& ec) {
     errno = 0;
     const int r = SSL_do_handshake(ssl_);
     if (r == 1) {
-      if (SSL_version(ssl_) == TLS1_3_VERSION) {
+      if (SSL_is_server(ssl_) && SSL_version(ssl_) == TLS1_3_VERSION) {
         // What is queued now is the session ticket, written after the client's Finished: the
         // client needs it for no step of its own, so it waits for the first reply.
         held_ticket_ = queue_.size();
         queue_.shrink_to_fit();  // held while the client's first command is awaited
       } else {
-        // TLS 1.2: the server's last flight, which the client waits for.
+        // TLS 1.2: the server's last flight, which the client waits for. Connect role: the
+        // client's Finished (TLS 1.3, or a resumed TLS 1.2 session), which the server waits
+        // for before it says anything (the greeting of implicit TLS).
         const bool sent = co_await send_queue(ec);
         if (!sent) co_return;
       }

@@ -6,7 +6,12 @@
 // buffers of its own while idle (the queue is empty between operations, and OpenSSL's are
 // released) and copies received data only once.
 //
-// Used by one coroutine at a time (a session never reads and writes its client at once).
+// Two roles: accept (the proxy is the TLS server, to a client) and connect (the proxy is the
+// TLS client, to a relay host or an MTA). They differ only in how the SSL is set up and in
+// the end of the handshake: the server holds its TLS 1.3 ticket back for its first reply,
+// while the client's last flight is sent at once (the server may be the one to speak next).
+//
+// Used by one coroutine at a time (a session never reads and writes its peer at once).
 // Trusts nothing from the peer; every failure is an error_code whose message() is OpenSSL's
 // reason.
 #pragma once
@@ -22,13 +27,21 @@
 
 namespace stp::tls {
 
+class ClientContext;
 class ServerContext;
+struct ConnectParameters;
 
 class TlsStream {
  public:
-  // Keeps `context` alive for the stream's lifetime. native_handle() is null if OpenSSL
-  // could not make a session (then every operation fails).
+  // Accept role. Keeps `context` alive for the stream's lifetime. native_handle() is null if
+  // OpenSSL could not make a session (then every operation fails).
   TlsStream(boost::asio::ip::tcp::socket& socket, std::shared_ptr<const ServerContext> context);
+  // Connect role, on a connected socket, under `parameters` (SNI, the names checked, verify
+  // or only record, the session to resume: ClientContext::prepare). The same otherwise. End
+  // it with write(..., true) or shutdown(): OpenSSL will not resume the session of a
+  // connection that ended without close_notify.
+  TlsStream(boost::asio::ip::tcp::socket& socket, std::shared_ptr<const ClientContext> context,
+            const ConnectParameters& parameters);
   ~TlsStream();
   TlsStream(const TlsStream&) = delete;
   TlsStream& operator=(const TlsStream&) = delete;
@@ -63,6 +76,11 @@ class TlsStream {
  private:
   friend struct RecordQueue;
 
+  // Makes the SSL from `ctx` on the socket, with the record queue as its write side.
+  TlsStream(boost::asio::ip::tcp::socket& socket, std::shared_ptr<const void> context,
+            SSL_CTX* ctx);
+  void drop_ssl() noexcept;
+
   // Waits for what OpenSSL asked for; returns false (and sets ec) when the call failed.
   boost::asio::awaitable<bool> wait_for(int ssl_result, boost::system::error_code& ec);
   // Sends the queue; false (and ec) when the socket failed.
@@ -78,15 +96,15 @@ class TlsStream {
   void drop_queue() noexcept;
 
   boost::asio::ip::tcp::socket& socket_;
-  std::shared_ptr<const ServerContext> context_;
+  std::shared_ptr<const void> context_;  // the ServerContext or ClientContext ssl_ came from
   SSL* ssl_ = nullptr;
   std::vector<unsigned char> queue_;  // records written by OpenSSL, not yet sent
-  std::size_t held_ticket_ = 0;       // queue_ bytes that are the ticket, held for the reply
+  std::size_t held_ticket_ = 0;       // accept role: queue_ bytes that are the held ticket
   bool broken_ = false;               // a send was cut short: the byte stream is no longer whole
 };
 
-// The client side of a plain TCP connection, with the same interface as TlsStream, so the
-// session's protocol loop is written once for both.
+// A plain TCP connection, with the same interface as TlsStream, so the session's protocol
+// loop is written once for both.
 class PlainStream {
  public:
   explicit PlainStream(boost::asio::ip::tcp::socket& socket) : socket_(socket) {}

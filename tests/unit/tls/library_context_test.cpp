@@ -17,10 +17,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -404,29 +402,18 @@ TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
 class ServerContextFiles : public ::testing::Test {
  protected:
   void SetUp() override {
-    directory_ = std::filesystem::temp_directory_path() /
-                 ("stp-library-context-test-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(directory_);
     key_.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
     certificate_ = certificate_for(key_.get(), key_.get(), true);  // serves as a CA too
     config_.hostname = "mx.example.org";
   }
-  void TearDown() override { std::filesystem::remove_all(directory_); }
-
-  std::string write(const std::string& name, X509* certificate, EVP_PKEY* key) {
-    const auto path = (directory_ / name).string();
-    test::write_pem(path, certificate, key);
-    return path;
-  }
-
-  std::filesystem::path directory_;
+  const test::PemDirectory files_{"library-context-test"};
   Owned<EVP_PKEY> key_;
   Owned<X509> certificate_;
   ServerOptions config_;
 };
 
 TEST_F(ServerContextFiles, LoadsAKeyKeptInTheCertificatesFile) {
-  config_.certificates = {write("both.pem", certificate_.get(), key_.get())};
+  config_.certificates = {files_.write("both.pem", certificate_.get(), key_.get())};
   const auto context = ServerContext::create(config_);
   ASSERT_EQ(context->certificates().size(), 1u);
   EXPECT_EQ(context->certificates()[0].label, "test ECDSA");
@@ -434,8 +421,8 @@ TEST_F(ServerContextFiles, LoadsAKeyKeptInTheCertificatesFile) {
 
 TEST_F(ServerContextFiles, RefusesAKeyThatDoesNotMatchTheCertificate) {
   Owned<EVP_PKEY> other(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
-  config_.certificates = {write("cert.pem", certificate_.get(), nullptr)};
-  config_.privatekeys = {write("other.key", nullptr, other.get())};
+  config_.certificates = {files_.write("cert.pem", certificate_.get(), nullptr)};
+  config_.privatekeys = {files_.write("other.key", nullptr, other.get())};
   try {
     ServerContext::create(config_);
     ADD_FAILURE() << "no ConfigError";
@@ -450,7 +437,7 @@ TEST_F(ServerContextFiles, RefusesAKeyThatDoesNotMatchTheCertificate) {
 }
 
 TEST_F(ServerContextFiles, RefusesAFileWithoutAKey) {
-  config_.certificates = {write("cert.pem", certificate_.get(), nullptr)};
+  config_.certificates = {files_.write("cert.pem", certificate_.get(), nullptr)};
   try {
     ServerContext::create(config_);
     ADD_FAILURE() << "no ConfigError";
@@ -464,8 +451,8 @@ TEST_F(ServerContextFiles, RefusesAFileWithoutAKey) {
 TEST_F(ServerContextFiles, VerifiesAgainstACaFileThatAlsoHoldsAPrivateKey) {
   // The file is read whole, key included, as it always was: in OpenSSL's default context. A
   // certificate the CA signed, read as libssl reads a client's, verifies against it there.
-  config_.certificates = {write("both.pem", certificate_.get(), key_.get())};
-  config_.verify_certificates = write("ca-and-key.pem", certificate_.get(), key_.get());
+  config_.certificates = {files_.write("both.pem", certificate_.get(), key_.get())};
+  config_.verify_certificates = files_.write("ca-and-key.pem", certificate_.get(), key_.get());
   const auto context = ServerContext::create(config_);
   Owned<EVP_PKEY> client_key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
   const auto signed_by_ca = [&](EVP_PKEY* signer) {

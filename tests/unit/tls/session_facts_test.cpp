@@ -29,6 +29,8 @@ TEST(VerifyReasonLabel, MappedCodes) {
       {X509_V_ERR_CERT_UNTRUSTED, "untrusted"},
       {X509_V_ERR_CERT_REJECTED, "untrusted"},
       {X509_V_ERR_INVALID_PURPOSE, "purpose"},
+      {X509_V_ERR_HOSTNAME_MISMATCH, "hostname"},  // the connect role's name check
+      {X509_V_ERR_IP_ADDRESS_MISMATCH, "hostname"},
   };
   for (const auto& [code, label] : cases) {
     EXPECT_EQ(verify_reason_label(code), label)
@@ -47,7 +49,7 @@ TEST(VerifyReasonLabel, NumericValuesOfTheMainCodes) {
 
 TEST(VerifyReasonLabel, EverythingElseIsOther) {
   for (const long code :
-       {static_cast<long>(X509_V_ERR_UNSPECIFIED), static_cast<long>(X509_V_ERR_HOSTNAME_MISMATCH),
+       {static_cast<long>(X509_V_ERR_UNSPECIFIED), static_cast<long>(X509_V_ERR_EMAIL_MISMATCH),
         static_cast<long>(X509_V_ERR_CRL_NOT_YET_VALID),
         static_cast<long>(X509_V_ERR_PATH_LENGTH_EXCEEDED),
         static_cast<long>(X509_V_ERR_OUT_OF_MEM), -1L, 100000L}) {

@@ -8,6 +8,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -26,10 +29,11 @@ using Owned = std::unique_ptr<T, Free>;
 
 // A certificate named `cn` for `key`, issued by `issuer` (self-issued when null) and signed by
 // `issuer_key` (by `key` when null; Ed25519 and Ed448 sign without a digest), valid from an
-// hour ago for `valid_seconds`, with basicConstraints CA:TRUE (critical) or CA:FALSE.
+// hour ago for `valid_seconds`, with basicConstraints CA:TRUE (critical) or CA:FALSE, and
+// subjectAltName `alt_names` when not empty ("DNS:mx.example.net,IP:192.0.2.1").
 inline Owned<X509> make_certificate(const std::string& cn, EVP_PKEY* key, X509* issuer = nullptr,
                                     EVP_PKEY* issuer_key = nullptr, long valid_seconds = 86400,
-                                    bool ca = false) {
+                                    bool ca = false, const std::string& alt_names = "") {
   static long serial = 1;
   Owned<X509> x(X509_new());
   X509_set_version(x.get(), 2);
@@ -48,6 +52,13 @@ inline Owned<X509> make_certificate(const std::string& cn, EVP_PKEY* key, X509* 
     X509_add_ext(x.get(), ext, -1);
     X509_EXTENSION_free(ext);
   }
+  if (!alt_names.empty()) {
+    if (X509_EXTENSION* ext =
+            X509V3_EXT_conf_nid(nullptr, &v3, NID_subject_alt_name, alt_names.c_str())) {
+      X509_add_ext(x.get(), ext, -1);
+      X509_EXTENSION_free(ext);
+    }
+  }
   EVP_PKEY* signer = issuer_key ? issuer_key : key;
   const bool digestless = EVP_PKEY_is_a(signer, "ED25519") || EVP_PKEY_is_a(signer, "ED448");
   X509_sign(x.get(), signer, digestless ? nullptr : EVP_sha256());
@@ -60,5 +71,32 @@ inline void write_pem(const std::string& path, X509* certificate, EVP_PKEY* key)
   if (certificate) PEM_write_bio_X509(bio.get(), certificate);
   if (key) PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr);
 }
+
+// A directory of PEM files for one test (named after `name` and the process), removed with it.
+class PemDirectory {
+ public:
+  explicit PemDirectory(const std::string& name)
+      : path_(std::filesystem::temp_directory_path() /
+              ("stp-" + name + "-" + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(path_);
+  }
+  ~PemDirectory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  PemDirectory(const PemDirectory&) = delete;
+  PemDirectory& operator=(const PemDirectory&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  // Writes `certificate` and then `key` (either may be null) to `file` here; its path.
+  std::string write(const std::string& file, X509* certificate, EVP_PKEY* key) const {
+    const auto path = (path_ / file).string();
+    write_pem(path, certificate, key);
+    return path;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace stp::test
