@@ -6,6 +6,7 @@
 #include "proxy/log.hpp"
 #include "smtp/address.hpp"
 
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -58,9 +59,8 @@ SessionServices::SessionServices(Runtime& runtime_in)
   next_session_id = (static_cast<std::uint64_t>(std::random_device{}()) << 20);
 }
 
-void SessionServices::start(tcp::socket socket, std::size_t listener_index,
-                            ConnectionList& sessions) {
-  Session::start(std::make_shared<Session>(std::move(socket), listener_index, *this, sessions));
+void SessionServices::start(tcp::socket socket, std::size_t listener_index, WorkerState& worker) {
+  Session::start(std::make_shared<Session>(std::move(socket), listener_index, *this, worker));
 }
 
 struct Session::NameLookup {
@@ -70,17 +70,17 @@ struct Session::NameLookup {
 };
 
 Session::Session(tcp::socket client, std::size_t listener_index, SessionServices& services,
-                 ConnectionList& sessions)
+                 WorkerState& worker)
     : services_(services),
       config_(services.config),
       listener_(services.config.listeners[listener_index]),
       listener_metrics_(services.metrics.listener(listener_index)),
-      sessions_(sessions),
-      registration_(sessions.insert(sessions.end(), this)),
+      sessions_(worker.sessions),
+      registration_(sessions_.insert(sessions_.end(), this)),
       id_(session_id(services.next_session_id.fetch_add(1, std::memory_order_relaxed))),
       started_(Clock::now()),
       client_(std::move(client)),
-      deadline_(client_.get_executor(), *this),
+      deadline_(worker.deadlines, *this),
       mta_(client_.get_executor(), deadline_, id_, "mail server"),
       client_in_(std::max<std::size_t>(kDataChunk, config_.max_line_length + 2)),
       framer_(config_.max_line_length),
@@ -205,16 +205,21 @@ asio::awaitable<void> Session::proceed() {
 }
 
 // Waits for the client's next command holding only this object and a readiness wait: the
-// coroutine frames and the group's buffers are given back, and proceed() starts afresh.
+// coroutine frames and the group's buffers are given back, and proceed() starts afresh. (The
+// wait's operation is allocated to its size: Asio's recycled blocks are a frame's size.)
 void Session::park() {
-  to_client_ = std::string();
-  to_mta_ = std::string();
+  to_client_.clear();
+  to_client_.shrink_to_fit();
+  to_mta_.clear();
+  to_mta_.shrink_to_fit();
   pending_ = std::vector<PendingReply>();
-  client_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+  auto resume = [self = shared_from_this()](const error_code& ec) {
     self->parked_wait_ = ec;
     auto executor = self->client_.get_executor();
     spawn(self, self->proceed(), executor);
-  });
+  };
+  client_.async_wait(tcp::socket::wait_read,
+                     asio::bind_allocator(std::allocator<void>(), std::move(resume)));
 }
 
 // Everything the session decides from the client's address: set from the connection, and

@@ -51,7 +51,7 @@ class SessionServices : public SessionFactory {
   explicit SessionServices(Runtime& runtime);
 
   void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
-             ConnectionList& sessions) override;
+             WorkerState& worker) override;
 
   Runtime& runtime;
   const Config& config;
@@ -67,10 +67,10 @@ class Session final : public Connection,
                       public std::enable_shared_from_this<Session>,
                       private Deadline::Owner {
  public:
-  // Registers itself in `sessions` until it ends. The acceptor has already counted it in
+  // Registers itself in worker.sessions until it ends. The acceptor has already counted it in
   // runtime.sessions_alive; the session uncounts itself when destroyed.
   Session(boost::asio::ip::tcp::socket client, std::size_t listener_index,
-          SessionServices& services, ConnectionList& sessions);
+          SessionServices& services, WorkerState& worker);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -157,7 +157,6 @@ class Session final : public Connection,
   void violation(metrics::Violation kind);
   void on_deadline_expired() override;
   void on_wake_point() override;
-  std::shared_ptr<void> keep_alive() override { return shared_from_this(); }
 
   // TLS (session_tls.cpp).
   void start_tls_stream();

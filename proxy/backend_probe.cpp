@@ -20,11 +20,12 @@ BackendProbe::BackendProbe(asio::io_context& io, const Config& config, EhloCache
       ehlo_cache_(ehlo_cache),
       probed_(probed),
       timer_(io),
-      deadline_(io.get_executor(), *this),
+      deadline_(deadlines_, *this),
       mta_(io.get_executor(), deadline_, "probe:", "mail server"),
       target_(Upstream::target(config.backend_host, config.backend_port)) {
   mta_.set_timeout(kTimeout);
   mta_.set_failure_level(spdlog::level::debug);  // the loop logs each change of state
+  deadlines_.start(io.get_executor());
 }
 
 void BackendProbe::start() {
@@ -35,6 +36,7 @@ void BackendProbe::stop() {
   stopped_ = true;
   timer_.cancel();
   deadline_.cancel();
+  deadlines_.stop();
   mta_.close();
 }
 

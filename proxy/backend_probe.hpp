@@ -44,14 +44,13 @@ class BackendProbe : private Deadline::Owner {
   boost::asio::awaitable<bool> probe_once();
 
   void on_deadline_expired() override { mta_.cancel(); }
-  // The probe lives as long as the server's io_context runs.
-  std::shared_ptr<void> keep_alive() override { return nullptr; }
 
   boost::asio::io_context& io_;
   const Config& config_;
   EhloCache& ehlo_cache_;
   std::atomic<bool>& probed_;
   boost::asio::steady_timer timer_;
+  DeadlineQueue deadlines_;
   Deadline deadline_;
   Upstream mta_;
   Upstream::Target target_;

@@ -1,19 +1,59 @@
-// One timer for everything a connection waits on, re-armed lazily: arming only moves the
-// deadline, and a timer that fires early sleeps again until it. At the deadline the owner is
+// Deadlines for everything a connection waits on, kept per worker thread in one queue with
+// one timer: arming a Deadline moves its place in the queue (no timer operation per
+// connection, so a parked connection costs no pending timer). At the deadline the owner is
 // told to cancel what waits; the waiter then reads fired() to learn why its wait ended, and
 // the next arm() forgets it, so no waiter has to reset a flag by hand.
 //
 // A wake point (wake_at) is a second, earlier moment that does not end the wait but lets the
-// owner act (give an idle MTA connection back, say). Used on one thread only.
+// owner act (give an idle MTA connection back, say). Owners are called from the queue's timer
+// on the worker's thread; a Deadline leaves the queue when destroyed, so its owner needs no
+// keep-alive. Everything here runs on one thread.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace stp {
+
+class Deadline;
+
+// The deadlines of one worker thread, earliest first (a binary heap).
+class DeadlineQueue {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  DeadlineQueue() = default;
+  DeadlineQueue(const DeadlineQueue&) = delete;
+  DeadlineQueue& operator=(const DeadlineQueue&) = delete;
+
+  // The queue fires through a timer on `executor`; until then (and after stop()) it only
+  // keeps order.
+  void start(const boost::asio::any_io_executor& executor);
+  // Drops the timer (before its io_context goes); deadlines may still leave the queue.
+  void stop();
+  std::size_t size() const { return heap_.size(); }
+
+ private:
+  friend class Deadline;
+  static constexpr std::size_t kNotQueued = static_cast<std::size_t>(-1);
+
+  void place(Deadline& deadline);  // inserts, moves or removes it by its next moment
+  void remove(Deadline& deadline);
+  void sift_up(std::size_t i);
+  void sift_down(std::size_t i);
+  void swap_entries(std::size_t a, std::size_t b);
+  void rearm();
+  void on_timer();
+
+  std::vector<Deadline*> heap_;
+  std::unique_ptr<boost::asio::steady_timer> timer_;
+  Clock::time_point armed_for_ = Clock::time_point::max();
+};
 
 class Deadline {
  public:
@@ -28,22 +68,24 @@ class Deadline {
     virtual void on_deadline_expired() = 0;
     // A wake point passed before the deadline.
     virtual void on_wake_point() {}
-    // Held by the pending timer, so that the owner outlives its handler.
-    virtual std::shared_ptr<void> keep_alive() = 0;
 
    protected:
     ~Owner() = default;
   };
 
-  Deadline(const boost::asio::any_io_executor& executor, Owner& owner)
-      : timer_(executor), owner_(owner) {}
+  Deadline(DeadlineQueue& queue, Owner& owner) : queue_(queue), owner_(owner) {}
+  ~Deadline() { queue_.remove(*this); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
 
   // The next wait ends at the latest `timeout` from now (or at `when`).
   void arm(Clock::duration timeout) { arm_at(Clock::now() + timeout); }
   void arm_at(Clock::time_point when);
-  // Calls on_wake_point() at `when` (if before the deadline), until wake_at() or arm moves it.
+  // Calls on_wake_point() at `when` (if before the deadline), until moved or cleared.
   void wake_at(Clock::time_point when);
-  void clear_wake_point() { wake_point_ = Clock::time_point::max(); }
+  void clear_wake_point();
+  // Neither deadline nor wake point: nothing fires until armed again.
+  void cancel();
 
   Clock::time_point at() const { return deadline_; }
   Fired fired() const { return fired_; }
@@ -55,17 +97,17 @@ class Deadline {
     return woke;
   }
 
-  void cancel() { timer_.cancel(); }
-
  private:
-  void start();
-  void on_timer();
+  friend class DeadlineQueue;
+  Clock::time_point next() const { return std::min(deadline_, wake_point_); }
+  // Called by the queue once next() has passed; the deadline is out of the queue.
+  void fire(Clock::time_point now);
 
-  boost::asio::steady_timer timer_;
+  DeadlineQueue& queue_;
   Owner& owner_;
   Clock::time_point deadline_ = Clock::time_point::max();
   Clock::time_point wake_point_ = Clock::time_point::max();
-  bool pending_ = false;
+  std::size_t heap_index_ = DeadlineQueue::kNotQueued;
   Fired fired_ = Fired::no;
 };
 

@@ -5,6 +5,7 @@
 
 #include "metrics/metrics.hpp"
 #include "proxy/config.hpp"
+#include "proxy/deadline.hpp"
 #include "tls/tls_context.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -32,6 +33,12 @@ class Connection {
 // The sessions of one worker thread; touched only on that thread.
 using ConnectionList = std::list<Connection*>;
 
+// What the sessions of one worker thread share; touched only on that thread.
+struct WorkerState {
+  ConnectionList sessions;
+  DeadlineQueue deadlines;
+};
+
 // Lives as long as the server; shared by every thread.
 struct Runtime {
   Runtime(const Config& config_in, metrics::Metrics& metrics_in,
@@ -54,9 +61,10 @@ struct Runtime {
 class SessionFactory {
  public:
   // Starts a session for `socket`, accepted on config.listeners[listener_index], on the calling
-  // thread; it stays in `sessions` until it ends and then uncounts itself from sessions_alive.
+  // thread (the one `worker` belongs to); it stays in worker.sessions until it ends and then
+  // uncounts itself from sessions_alive.
   virtual void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
-                     ConnectionList& sessions) = 0;
+                     WorkerState& worker) = 0;
 
  protected:
   ~SessionFactory() = default;

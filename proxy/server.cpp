@@ -115,7 +115,7 @@ void Server::for_each_session(Action action) {
   for (auto& worker : workers_) {
     asio::post(worker->io, [w = worker.get(), action] {
       // A session may end (and leave the list) inside action; hold it and step first.
-      for (auto it = w->sessions.begin(); it != w->sessions.end();) {
+      for (auto it = w->state.sessions.begin(); it != w->state.sessions.end();) {
         Connection* session = *it++;
         action(*session);
       }
@@ -147,7 +147,7 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
     runtime_.sessions_alive.fetch_add(1);
     // The session is created on its own thread, which owns its registration.
     asio::post(worker.io, [this, &worker, listener_index, socket = std::move(socket)]() mutable {
-      inbound_->start(std::move(socket), listener_index, worker.sessions);
+      inbound_->start(std::move(socket), listener_index, worker.state);
     });
   }
 }

@@ -42,8 +42,11 @@ class Server {
 
  private:
   struct Worker {
-    ConnectionList sessions;  // before io: sessions destroyed with io's handlers leave this list
+    // Before io: sessions destroyed with io's handlers leave its list and its deadline queue.
+    WorkerState state;
     boost::asio::io_context io{1};
+    Worker() { state.deadlines.start(io.get_executor()); }
+    ~Worker() { state.deadlines.stop(); }
   };
 
   boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor,
