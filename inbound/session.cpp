@@ -33,17 +33,19 @@ std::string session_id(std::uint64_t n) {
   return fmt::format("{:012X}", n & 0xFFFFFFFFFFFFull);
 }
 
-// Runs `step` of `session`; an exception (a bug) is logged and ends that session only.
+// Runs `step` of `session`, counted awake until it ends or parks; an exception (a bug) is
+// logged and ends that session only.
 void spawn(const std::shared_ptr<Session>& session, asio::awaitable<void> step,
-           const asio::any_io_executor& executor) {
-  asio::co_spawn(executor, std::move(step), [session](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      spdlog::error("session ended by an internal error: {}", ex.what());
-    }
-  });
+           const asio::any_io_executor& executor, MemoryReturn& memory) {
+  asio::co_spawn(executor, std::move(step),
+                 [session, awake = AwakeSession(memory)](std::exception_ptr e) {
+                   if (!e) return;
+                   try {
+                     std::rethrow_exception(e);
+                   } catch (const std::exception& ex) {
+                     spdlog::error("session ended by an internal error: {}", ex.what());
+                   }
+                 });
 }
 
 }  // namespace
@@ -75,8 +77,8 @@ Session::Session(tcp::socket client, std::size_t listener_index, SessionServices
       config_(services.config),
       listener_(services.config.listeners[listener_index]),
       listener_metrics_(services.metrics.listener(listener_index)),
-      sessions_(worker.sessions),
-      registration_(sessions_.insert(sessions_.end(), this)),
+      worker_(worker),
+      registration_(worker.sessions.insert(worker.sessions.end(), this)),
       id_(session_id(services.next_session_id.fetch_add(1, std::memory_order_relaxed))),
       started_(Clock::now()),
       client_(std::move(client)),
@@ -92,14 +94,14 @@ Session::Session(tcp::socket client, std::size_t listener_index, SessionServices
 
 Session::~Session() {
   if (counted_for_host_) services_.sessions_per_host.release(identity_.address);
-  sessions_.erase(registration_);
+  worker_.sessions.erase(registration_);
   listener_metrics_.sessions_active->Decrement();
   services_.runtime.sessions_alive.fetch_sub(1);
 }
 
 void Session::start(std::shared_ptr<Session> session) {
   auto executor = session->client_.get_executor();
-  spawn(session, session->run(), executor);
+  spawn(session, session->run(), executor, session->worker_.memory);
 }
 
 void Session::drain() {
@@ -216,7 +218,7 @@ void Session::park() {
   auto resume = [self = shared_from_this()](const error_code& ec) {
     self->parked_wait_ = ec;
     auto executor = self->client_.get_executor();
-    spawn(self, self->proceed(), executor);
+    spawn(self, self->proceed(), executor, self->worker_.memory);
   };
   client_.async_wait(tcp::socket::wait_read,
                      asio::bind_allocator(std::allocator<void>(), std::move(resume)));

@@ -250,7 +250,7 @@ class Session final : public Connection,
   const Config& config_;
   const Listener& listener_;
   const metrics::Metrics::ListenerMetrics& listener_metrics_;
-  ConnectionList& sessions_;
+  WorkerState& worker_;
   ConnectionList::iterator registration_;
   std::string id_;
   Clock::time_point started_;

@@ -6,6 +6,7 @@
 #include "metrics/metrics.hpp"
 #include "proxy/config.hpp"
 #include "proxy/deadline.hpp"
+#include "proxy/memory_return.hpp"
 #include "tls/tls_context.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -37,6 +38,7 @@ using ConnectionList = std::list<Connection*>;
 struct WorkerState {
   ConnectionList sessions;
   DeadlineQueue deadlines;
+  MemoryReturn memory;
 };
 
 // Lives as long as the server; shared by every thread.

@@ -45,8 +45,14 @@ class Server {
     // Before io: sessions destroyed with io's handlers leave its list and its deadline queue.
     WorkerState state;
     boost::asio::io_context io{1};
-    Worker() { state.deadlines.start(io.get_executor()); }
-    ~Worker() { state.deadlines.stop(); }
+    Worker() {
+      state.deadlines.start(io.get_executor());
+      state.memory.start(io.get_executor());
+    }
+    ~Worker() {
+      state.deadlines.stop();
+      state.memory.stop();
+    }
   };
 
   boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor,
