@@ -2,6 +2,7 @@
 #include "proxy/upstream.hpp"
 
 #include "proxy/log.hpp"
+#include "tls/tls_context.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -71,8 +72,7 @@ asio::awaitable<bool> Upstream::write(std::string_view bytes) {
   if (lost_) co_return false;
   arm();
   error_code ec;
-  co_await asio::async_write(socket_, asio::buffer(bytes),
-                             asio::redirect_error(asio::use_awaitable, ec));
+  co_await write_all(bytes, ec);
   if (ec) {
     fail("sending", ec);
     co_return false;
@@ -96,8 +96,7 @@ asio::awaitable<smtp::ReplyScan> Upstream::read_reply() {
     }
     arm();
     error_code ec;
-    const auto n = co_await socket_.async_read_some(input_.prepare(),
-                                                    asio::redirect_error(asio::use_awaitable, ec));
+    const auto n = co_await read_some(ec);
     if (ec) {
       fail("waiting for a reply", ec);
       co_return kFailed;
@@ -129,17 +128,74 @@ asio::awaitable<void> Upstream::quit(Clock::duration timeout) {
   if (!lost_ && socket_.is_open()) {
     deadline_.arm_at(std::min(Clock::now() + timeout, limit_));
     error_code ec;
-    co_await asio::async_write(socket_, asio::buffer(std::string_view("QUIT\r\n")),
-                               asio::redirect_error(asio::use_awaitable, ec));
-    if (!ec) {
-      co_await socket_.async_read_some(input_.prepare(),
-                                       asio::redirect_error(asio::use_awaitable, ec));
-    }
+    co_await write_all("QUIT\r\n", ec);
+    if (!ec) co_await read_some(ec);
   }
   close();
 }
 
+asio::awaitable<bool> Upstream::start_tls(std::shared_ptr<const tls::ClientContext> context,
+                                          const tls::ConnectParameters& parameters) {
+  if (lost_ || !socket_.is_open()) co_return false;
+  tls_ = std::make_unique<tls::TlsStream>(socket_, std::move(context), parameters);
+  if (!tls_->native_handle()) {
+    spdlog::error("{} cannot start TLS with {}: {}", log_id_, peer_, tls::take_openssl_errors());
+    abandon();
+    co_return false;
+  }
+  arm();
+  error_code ec;
+  co_await tls_->handshake(ec);
+  if (ec) {
+    fail("in the TLS handshake", ec);
+    tls_.reset();  // no close_notify after a failed handshake
+    co_return false;
+  }
+  co_return true;
+}
+
+asio::awaitable<Upstream::StartTlsResult> Upstream::starttls(
+    std::shared_ptr<const tls::ClientContext> context, const tls::ConnectParameters& parameters) {
+  const auto scan = co_await command("STARTTLS\r\n");
+  if (scan.status != smtp::ReplyScan::Status::complete) {
+    co_return StartTlsResult{StartTls::failed, scan};
+  }
+  if (scan.code != 220) co_return StartTlsResult{StartTls::refused, scan};
+  consume(scan);
+  if (!input_.empty()) {
+    spdlog::warn("{} {} sent more after its 220 to STARTTLS: \"{}\"; connection dropped", log_id_,
+                 peer_, log::escape(input_.view(), 200));
+    abandon();
+    co_return StartTlsResult{StartTls::failed, scan};
+  }
+  const bool secured = co_await start_tls(std::move(context), parameters);
+  co_return StartTlsResult{secured ? StartTls::secured : StartTls::failed, scan};
+}
+
+asio::awaitable<std::size_t> Upstream::read_some(error_code& ec) {
+  if (tls_) {
+    const auto n = co_await tls_->read_some(input_.prepare(), ec);
+    co_return n;
+  }
+  const auto n = co_await socket_.async_read_some(input_.prepare(),
+                                                  asio::redirect_error(asio::use_awaitable, ec));
+  co_return n;
+}
+
+asio::awaitable<void> Upstream::write_all(std::string_view bytes, error_code& ec) {
+  if (tls_) {
+    co_await tls_->write(asio::buffer(bytes), ec);
+  } else {
+    co_await asio::async_write(socket_, asio::buffer(bytes),
+                               asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
 void Upstream::close() {
+  if (tls_) {
+    if (!lost_) tls_->shutdown();
+    tls_.reset();
+  }
   error_code ignored;
   socket_.close(ignored);
   input_.clear();

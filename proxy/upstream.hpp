@@ -1,6 +1,7 @@
 // The next hop, seen from the proxy as its SMTP client: a connection to an MTA (the one the
 // inbound side serves, or later a smarthost), its reply buffer, and the operations on it that
-// both directions and the health probe share: connect, write, read one reply, EHLO, QUIT.
+// both directions and the health probe share: connect, write, read one reply, EHLO, STARTTLS
+// or TLS from the first byte (the connect role of tls::TlsStream), QUIT.
 //
 // Every wait is bounded by the owner's Deadline (armed here with the reply timeout, never
 // past a limit the owner may set); a failure marks the connection lost, logs why once, and
@@ -11,6 +12,8 @@
 #include "proxy/deadline.hpp"
 #include "proxy/input_buffer.hpp"
 #include "smtp/smtp_parse.hpp"
+#include "tls/client_context.hpp"
+#include "tls/tls_stream.hpp"
 
 #include <spdlog/common.h>
 
@@ -18,6 +21,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -69,11 +73,32 @@ class Upstream {
     smtp::MtaCapabilities capabilities;
   };
   boost::asio::awaitable<Ehlo> ehlo(std::string_view name);
+
+  // TLS on the open connection, as its client, from here on: right after connect() for TLS
+  // from the first byte (RFC 8314), or after STARTTLS's 220. False when the handshake failed
+  // (logged with OpenSSL's reason; lost()). The caller greets again after it (RFC 3207).
+  boost::asio::awaitable<bool> start_tls(std::shared_ptr<const tls::ClientContext> context,
+                                         const tls::ConnectParameters& parameters);
+  // STARTTLS, then the handshake on 220. `refused`: another reply, left buffered for the
+  // caller to read (reply(), consume()); the connection goes on in the clear. `failed`: no
+  // reply, a failed handshake, or bytes after the 220 (a man in the middle's injection that
+  // would otherwise be read as the first replies under TLS): lost().
+  enum class StartTls { secured, refused, failed };
+  struct StartTlsResult {
+    StartTls outcome;
+    smtp::ReplyScan scan;  // the reply to STARTTLS, when there was one
+  };
+  boost::asio::awaitable<StartTlsResult> starttls(std::shared_ptr<const tls::ClientContext> context,
+                                                  const tls::ConnectParameters& parameters);
+  // The TLS session, when one is up (for its facts); null in the clear.
+  const tls::TlsStream* tls() const { return tls_.get(); }
+
   // QUIT, and its reply or the end of the connection (unread: it only lets the MTA close
   // first), then close. Bounded by `timeout`.
   boost::asio::awaitable<void> quit(Clock::duration timeout);
 
-  // Closes the connection; the next connect() opens a fresh one.
+  // Closes the connection (after close_notify under TLS, so that its session may be
+  // resumed); the next connect() opens a fresh one.
   void close();
   // Ends every wait at once (the connection stays open until close()).
   void cancel();
@@ -90,12 +115,16 @@ class Upstream {
  private:
   void arm();
   void fail(std::string_view doing, const boost::system::error_code& ec);
+  // The connection's bytes, through TLS when it is up.
+  boost::asio::awaitable<std::size_t> read_some(boost::system::error_code& ec);
+  boost::asio::awaitable<void> write_all(std::string_view bytes, boost::system::error_code& ec);
 
   boost::asio::ip::tcp::socket socket_;
   Deadline& deadline_;
   std::string_view log_id_;
   std::string_view peer_;
   InputBuffer input_;
+  std::unique_ptr<tls::TlsStream> tls_;  // only while TLS is up: most hops are plain
   Clock::duration timeout_ = std::chrono::minutes(5);
   Clock::time_point limit_ = Clock::time_point::max();
   spdlog::level::level_enum failure_level_ = spdlog::level::warn;

@@ -211,6 +211,14 @@ MtaCapabilities parse_ehlo_capabilities(std::string_view reply) {
       caps.chunking = true;
       return;
     }
+    if (iequals(keyword, "STARTTLS")) {
+      caps.starttls = true;
+      return;
+    }
+    if (iequals(keyword, "PIPELINING")) {
+      caps.pipelining = true;
+      return;
+    }
     if (iequals(keyword, "SIZE")) {
       const auto limit = after_first_word(text);
       std::uint64_t value = 0;

@@ -114,6 +114,8 @@ ReplyScan scan_reply(std::string_view input, std::size_t max_reply_length);
 
 // What the MTA's EHLO reply says it supports, as far as the proxy cares.
 struct MtaCapabilities {
+  bool starttls = false;         // STARTTLS (RFC 3207)
+  bool pipelining = false;       // PIPELINING (RFC 2920)
   bool chunking = false;         // CHUNKING: BDAT may be sent
   std::uint64_t size_limit = 0;  // SIZE n: the largest message; 0 when none is given
   bool xclient = false;

@@ -202,6 +202,18 @@ TEST(EhloCapabilities, FindsChunkingAndSize) {
   EXPECT_FALSE(parse_ehlo_capabilities("250-mx\r\n250 CHUNKINGX\r\n").chunking);
 }
 
+TEST(EhloCapabilities, FindsStartTlsAndPipelining) {
+  const auto caps = parse_ehlo_capabilities(kPostfixEhlo);
+  EXPECT_TRUE(caps.starttls);
+  EXPECT_TRUE(caps.pipelining);
+  const auto lower = parse_ehlo_capabilities("250-mx\r\n250-starttls\r\n250 pipelining\r\n");
+  EXPECT_TRUE(lower.starttls);
+  EXPECT_TRUE(lower.pipelining);
+  const auto none = parse_ehlo_capabilities("250-STARTTLS mx\r\n250 STARTTLSX\r\n");
+  EXPECT_FALSE(none.starttls);  // the greeting line, and another keyword
+  EXPECT_FALSE(none.pipelining);
+}
+
 TEST(EhloRewrite, PlaintextClientThatMayUseTls) {
   const auto out = rewrite_ehlo_reply(kPostfixEhlo, {.offer_starttls = true, .hide_auth = true});
   EXPECT_EQ(out,
