@@ -91,6 +91,24 @@ Session::GroupEnd Session::cancel_auth(std::string_view text) {
   return GroupEnd::wait_reply;
 }
 
+// Where the group stops after a command forwarded as it came: the command table says what
+// may follow it.
+Session::GroupEnd Session::group_end_after(Verb verb) {
+  switch (smtp::after_command(verb)) {
+    case smtp::AfterCommand::command:
+      return GroupEnd::none;
+    case smtp::AfterCommand::reply:
+      return GroupEnd::wait_reply;
+    case smtp::AfterCommand::message:
+      return verb == Verb::bdat ? GroupEnd::bdat : GroupEnd::data;
+    case smtp::AfterCommand::tls_handshake:
+      return GroupEnd::start_tls;
+    case smtp::AfterCommand::nothing:
+      return GroupEnd::quit;
+  }
+  return GroupEnd::none;
+}
+
 Session::GroupEnd Session::on_command(const smtp::Command& command) {
   const Verb verb = command.verb;
   if (is_proxy_header_line(command.line)) {
@@ -145,30 +163,23 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
         reply_locally(reply::kAuthNeedsTls);
         return GroupEnd::none;
       }
-      forward(command);
-      return GroupEnd::wait_reply;
-    case Verb::data:
-      forward(command);
-      return GroupEnd::data;
+      break;
     case Verb::bdat:
       return on_bdat(command);
-    case Verb::quit:
-      forward(command);
-      return GroupEnd::quit;
     case Verb::mail:
     case Verb::rset:
       // A new message starts here, whenever the MTA's reply comes: the next BDAT chunk is
       // the first of it, even when it is pipelined behind this command.
       bdat_message_ = BdatMessage::none;
-      forward(command);
-      return GroupEnd::none;
+      break;
     case Verb::helo:
     case Verb::ehlo:
       return on_greeting(command);
     default:
-      forward(command);
-      return GroupEnd::none;
+      break;
   }
+  forward(command);
+  return group_end_after(verb);
 }
 
 Session::GroupEnd Session::on_starttls(const smtp::Command& command) {

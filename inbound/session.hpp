@@ -189,6 +189,7 @@ class Session final : public Connection,
   GroupEnd on_line(std::string_view line);
   GroupEnd on_line_too_long();
   GroupEnd on_command(const smtp::Command& command);
+  static GroupEnd group_end_after(smtp::Verb verb);
   GroupEnd on_starttls(const smtp::Command& command);
   GroupEnd on_greeting(const smtp::Command& command);
   GroupEnd on_bdat(const smtp::Command& command);

@@ -28,22 +28,33 @@ struct VerbEntry {
   std::string_view name;
   Verb verb;
   unsigned flags;
+  AfterCommand after;
 };
 namespace flag = command_flag;
 constexpr unsigned kTls = flag::needs_tls;
 constexpr unsigned kDetached = flag::answered_while_detached;
+using After = AfterCommand;
 // The command table.
 constexpr std::array<VerbEntry, 19> kVerbs{{
-    {"HELO", Verb::helo, kDetached}, {"EHLO", Verb::ehlo, kDetached},
-    {"MAIL", Verb::mail, kTls},      {"RCPT", Verb::rcpt, kTls},
-    {"DATA", Verb::data, kTls},      {"BDAT", Verb::bdat, kTls},
-    {"RSET", Verb::rset, kDetached}, {"NOOP", Verb::noop, kDetached},
-    {"QUIT", Verb::quit, kDetached}, {"VRFY", Verb::vrfy, kTls},
-    {"EXPN", Verb::expn, kTls},      {"ETRN", Verb::etrn, kTls},
-    {"HELP", Verb::help, 0},         {"AUTH", Verb::auth, kTls},
-    {"STARTTLS", Verb::starttls, 0}, {"XCLIENT", Verb::xclient, 0},
-    {"XFORWARD", Verb::xforward, 0}, {"TURN", Verb::turn, 0},
-    {"ATRN", Verb::turn, 0},
+    {"HELO", Verb::helo, kDetached, After::command},
+    {"EHLO", Verb::ehlo, kDetached, After::command},
+    {"MAIL", Verb::mail, kTls, After::command},
+    {"RCPT", Verb::rcpt, kTls, After::command},
+    {"DATA", Verb::data, kTls, After::message},
+    {"BDAT", Verb::bdat, kTls, After::message},
+    {"RSET", Verb::rset, kDetached, After::command},
+    {"NOOP", Verb::noop, kDetached, After::command},
+    {"QUIT", Verb::quit, kDetached, After::nothing},
+    {"VRFY", Verb::vrfy, kTls, After::command},
+    {"EXPN", Verb::expn, kTls, After::command},
+    {"ETRN", Verb::etrn, kTls, After::command},
+    {"HELP", Verb::help, 0, After::command},
+    {"AUTH", Verb::auth, kTls, After::reply},
+    {"STARTTLS", Verb::starttls, 0, After::tls_handshake},
+    {"XCLIENT", Verb::xclient, 0, After::command},
+    {"XFORWARD", Verb::xforward, 0, After::command},
+    {"TURN", Verb::turn, 0, After::command},
+    {"ATRN", Verb::turn, 0, After::command},
 }};
 
 bool is_digit(char c) {
@@ -95,6 +106,13 @@ unsigned command_flags(Verb verb) {
     if (v.verb == verb) return v.flags;
   }
   return 0;
+}
+
+AfterCommand after_command(Verb verb) {
+  for (const auto& v : kVerbs) {
+    if (v.verb == verb) return v.after;
+  }
+  return AfterCommand::command;
 }
 
 bool has_control_character(std::string_view text) {

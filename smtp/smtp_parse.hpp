@@ -47,6 +47,19 @@ inline constexpr unsigned answered_while_detached = 1u << 1;
 
 unsigned command_flags(Verb verb);
 
+// What the client may send after a command before it has the reply (RFC 2920's groups, RFC
+// 3207, RFC 3030): where the proxy stops taking a pipelined group. The proxy does not enforce
+// RFC 2920's list of commands that must end a group (VRFY, NOOP, ...): the MTA answers those
+// in order whatever follows them.
+enum class AfterCommand : std::uint8_t {
+  command,        // the next command, at once
+  reply,          // nothing: the next line may depend on the reply (AUTH's 334)
+  message,        // the message: after DATA's 354, or BDAT's chunk at once
+  tls_handshake,  // after STARTTLS's 220, the TLS handshake
+  nothing,        // QUIT: the end
+};
+AfterCommand after_command(Verb verb);
+
 // One command line, parsed once where it is framed; every rule reads this parse, so no two
 // parts of the proxy can disagree on what the command is.
 struct BdatArguments {

@@ -68,6 +68,18 @@ TEST(CommandTable, FlagsOfTheVerbsTheRulesDependOn) {
   EXPECT_EQ(command_flags(Verb::other), 0u);
 }
 
+TEST(CommandTable, WhatMayFollowEachCommandBeforeItsReply) {
+  EXPECT_EQ(after_command(Verb::auth), AfterCommand::reply);  // a SASL response may follow
+  EXPECT_EQ(after_command(Verb::data), AfterCommand::message);
+  EXPECT_EQ(after_command(Verb::bdat), AfterCommand::message);
+  EXPECT_EQ(after_command(Verb::starttls), AfterCommand::tls_handshake);
+  EXPECT_EQ(after_command(Verb::quit), AfterCommand::nothing);
+  for (const auto verb : {Verb::mail, Verb::rcpt, Verb::rset, Verb::noop, Verb::vrfy, Verb::helo,
+                          Verb::ehlo, Verb::other}) {
+    EXPECT_EQ(after_command(verb), AfterCommand::command) << static_cast<int>(verb);
+  }
+}
+
 TEST(CommandFramer, SplitsPipelinedLinesAndAcceptsBareLf) {
   CommandFramer framer(64);
   std::string_view input = "EHLO a\r\nMAIL FROM:<x>\nRC";
