@@ -6,8 +6,12 @@
 #include "proxy/log.hpp"
 #include "proxy/relay.hpp"
 
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
 namespace stp::inbound {
 namespace asio = boost::asio;
+using asio::ip::tcp;
 using boost::system::error_code;
 
 namespace {
@@ -305,28 +309,45 @@ asio::awaitable<Session::Read> Session::read_client(Stream& client, bool idle,
 }
 
 // Between commands: waits until the client sends, giving the MTA connection back if it idles
-// long enough. False: the wait is left to a parked session (see park()).
+// long enough. A wait that outlasts kParkAfter is left to a parked session (see park()):
+// false. Shorter waits, the round trips of a dialogue, keep the coroutine, which costs less
+// than parking and starting afresh at every command.
 template <class Stream>
 asio::awaitable<bool> Session::wait_idle(Stream& client, error_code& ec) {
   // A session between commands holds no buffer of its own.
   client_in_.release_if_empty();
   mta_.release_buffer();
+  const auto idle_since = Clock::now();
+  const auto park_at = idle_since + kParkAfter;
   while (true) {
     // Only the bare wait is woken for a release: a send inside it is never cut short.
+    auto release_at = Clock::time_point::max();
     if (backend_releasable() && !client.has_unsent()) {
-      deadline_.wake_at(Clock::now() + config_.backend_idle_timeout);
+      release_at = idle_since + config_.backend_idle_timeout;
     }
     if (parked_wait_) {
       ec = *std::exchange(parked_wait_, std::nullopt);
+      release_at = Clock::time_point::min();  // a parked wait's only wake point is the release
     } else if (client.prepare_bare_wait()) {
-      co_return false;
+      if (Clock::now() >= park_at) {
+        if (release_at != Clock::time_point::max()) deadline_.wake_at(release_at);
+        co_return false;
+      }
+      deadline_.wake_at(std::min(park_at, release_at));
+      co_await client_.async_wait(tcp::socket::wait_read,
+                                  asio::redirect_error(asio::use_awaitable, ec));
     } else {
+      if (release_at != Clock::time_point::max()) deadline_.wake_at(release_at);
       co_await client.wait_readable(ec);
     }
     deadline_.clear_wake_point();
-    if (!deadline_.take_wake_point() || ec != asio::error::operation_aborted || stopping()) {
-      co_return true;
+    if (!deadline_.take_wake_point() || ec != asio::error::operation_aborted) co_return true;
+    if (Clock::now() < release_at) {                     // the park point: parks at the next turn
+      if (should_stop_before_command()) co_return true;  // a stop came with it
+      ec = {};
+      continue;
     }
+    if (stopping()) co_return true;
     co_await release_backend();
     if (stopping()) co_return true;  // stopped meanwhile: ec says aborted
     ec = {};

@@ -86,6 +86,8 @@ class Session final : public Connection,
   // Longest HELO/EHLO name kept (a domain is at most 255 bytes); a longer one is cut, and then
   // cannot be replayed to a reopened MTA connection as the client sent it.
   static constexpr std::size_t kMaxHeloName = 255;
+  // A client silent this long between commands parks the session (see park()).
+  static constexpr auto kParkAfter = std::chrono::milliseconds(250);
   enum class Outcome : std::uint8_t { park, start_tls, close };
   // Why a group of pipelined commands stops where it does.
   // `attach`: the command was not taken; it is read again once the MTA connection is open.
