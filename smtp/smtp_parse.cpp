@@ -244,6 +244,21 @@ MtaCapabilities parse_ehlo_capabilities(std::string_view reply) {
       caps.size_limit = ec == std::errc{} && ptr != limit.data() ? value : 0;
       return;
     }
+    if (iequals(keyword, "AUTH") || iequals(keyword.substr(0, 5), "AUTH=")) {
+      // "AUTH PLAIN LOGIN", or the older "AUTH=PLAIN LOGIN" some servers still send
+      auto rest = iequals(keyword, "AUTH") ? after_first_word(text) : text.substr(5);
+      while (!rest.empty()) {
+        const auto end = rest.find_first_of(" \t");
+        const auto mechanism = rest.substr(0, end);
+        if (iequals(mechanism, "PLAIN")) caps.auth_plain = true;
+        if (iequals(mechanism, "LOGIN")) caps.auth_login = true;
+        caps.auth = true;
+        if (end == std::string_view::npos) break;
+        const auto next = rest.find_first_not_of(" \t", end);
+        rest = next == std::string_view::npos ? std::string_view{} : rest.substr(next);
+      }
+      return;
+    }
     if (!iequals(keyword, "XCLIENT")) return;
     caps.xclient = true;
     auto rest = after_first_word(text);

@@ -129,6 +129,9 @@ ReplyScan scan_reply(std::string_view input, std::size_t max_reply_length);
 struct MtaCapabilities {
   bool starttls = false;         // STARTTLS (RFC 3207)
   bool pipelining = false;       // PIPELINING (RFC 2920)
+  bool auth = false;             // AUTH with at least one mechanism (RFC 4954)
+  bool auth_plain = false;       // among them PLAIN
+  bool auth_login = false;       // among them LOGIN
   bool chunking = false;         // CHUNKING: BDAT may be sent
   std::uint64_t size_limit = 0;  // SIZE n: the largest message; 0 when none is given
   bool xclient = false;
