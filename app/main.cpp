@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <iostream>
 
 namespace {
@@ -79,11 +81,8 @@ void fit_descriptor_limit(std::size_t max_connections) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
-  std::signal(SIGPIPE, SIG_IGN);
+// Everything but the log's last write (main's).
+int run(int argc, char** argv) {
   // Once logging is set up, a failure is a log line like any other (a JSON line with
   // --log-format json); before that, the flags could not be read and it is plain text.
   bool logging = false;
@@ -125,4 +124,23 @@ int main(int argc, char** argv) {
     report("fatal: ", e.what());
     return 1;
   }
+}
+
+std::terminate_handler default_terminate = nullptr;
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // OpenSSL writes to sockets itself; a peer that is gone must be an error, not a signal.
+  std::signal(SIGPIPE, SIG_IGN);
+  // The log may hold lines (stp::log::BatchingSink): they are written on every way out, an
+  // uncaught exception's too.
+  default_terminate = std::set_terminate([] {
+    stp::log::write_held_at_crash();
+    if (default_terminate) default_terminate();
+    std::abort();
+  });
+  const int status = run(argc, argv);
+  stp::log::shutdown();
+  return status;
 }
