@@ -91,72 +91,77 @@ HostList HostList::parse(std::string_view text) {
       throw HostListError("empty item at position " + std::to_string(list.items_.size() + 1) +
                           " (two commas in a row, or a comma at an end)");
     }
-
-    Item parsed;
-    std::string_view rest = item;
-    if (rest.front() == '!') {
-      parsed.negated = true;
-      rest = trim(rest.substr(1));
-      if (rest.empty()) bad_item(item, "nothing after '!'");
-    }
-
-    if (rest == "*") {
-      parsed.any = true;
-    } else {
-      const std::size_t slash = rest.find('/');
-      const std::string_view address_text = rest.substr(0, slash);
-      if (address_text.find_first_of("[]%") != std::string_view::npos) {
-        bad_item(item, "write an address without brackets or a scope id");
-      }
-      // make_address() reads its text as a C string: "192.0.2.1\0junk" would pass as 192.0.2.1.
-      if (address_text.find('\0') != std::string_view::npos) {
-        bad_item(item, "not *, an IPv4 or IPv6 address, or a CIDR block");
-      }
-      boost::system::error_code error;
-      const auto address = boost::asio::ip::make_address(address_text, error);
-      if (error) bad_item(item, "not *, an IPv4 or IPv6 address, or a CIDR block");
-
-      parsed.v6 = address.is_v6();
-      if (parsed.v6) {
-        const auto bytes = address.to_v6().to_bytes();
-        std::copy(bytes.begin(), bytes.end(), parsed.bytes);
-      } else {
-        const auto bytes = address.to_v4().to_bytes();
-        std::copy(bytes.begin(), bytes.end(), parsed.bytes);
-      }
-
-      const unsigned max_length = parsed.v6 ? 128 : 32;
-      parsed.prefix_length = max_length;
-      if (slash != std::string_view::npos) {
-        const std::string_view length_text = rest.substr(slash + 1);
-        unsigned length = 0;
-        const auto [end, ec] =
-            std::from_chars(length_text.data(), length_text.data() + length_text.size(), length);
-        if (length_text.empty() || ec != std::errc{} ||
-            end != length_text.data() + length_text.size() || length > max_length) {
-          bad_item(item, "prefix length must be a number from 0 to " + std::to_string(max_length));
-        }
-        parsed.prefix_length = length;
-      }
-      if (has_host_bits(parsed.bytes, parsed.v6 ? 16 : 4, parsed.prefix_length)) {
-        bad_item(item, "bits set after the prefix; did you mean " +
-                           network_text(parsed.v6, parsed.bytes, parsed.prefix_length) + "?");
-      }
-
-      // ::ffff:a.b.c.d/N (N >= 96) covers IPv4 addresses only; matches() sees those as IPv4.
-      if (parsed.v6 && address.to_v6().is_v4_mapped() && parsed.prefix_length >= 96) {
-        parsed.v6 = false;
-        std::memmove(parsed.bytes, parsed.bytes + 12, 4);
-        std::fill(parsed.bytes + 4, parsed.bytes + 16, 0);
-        parsed.prefix_length -= 96;
-      }
-    }
-    list.items_.push_back(parsed);
-
+    list.items_.push_back(parse_item(item));
     if (comma == std::string_view::npos) break;
     start = comma + 1;
   }
   return list;
+}
+
+HostList::Item HostList::parse_item(std::string_view item) {
+  Item parsed;
+  std::string_view rest = item;
+  if (rest.front() == '!') {
+    parsed.negated = true;
+    rest = trim(rest.substr(1));
+    if (rest.empty()) bad_item(item, "nothing after '!'");
+  }
+  if (rest == "*") {
+    parsed.any = true;
+  } else {
+    parse_network(rest, item, parsed);
+  }
+  return parsed;
+}
+
+void HostList::parse_network(std::string_view network, std::string_view item, Item& parsed) {
+  const std::size_t slash = network.find('/');
+  const std::string_view address_text = network.substr(0, slash);
+  if (address_text.find_first_of("[]%") != std::string_view::npos) {
+    bad_item(item, "write an address without brackets or a scope id");
+  }
+  // make_address() reads its text as a C string: "192.0.2.1\0junk" would pass as 192.0.2.1.
+  if (address_text.find('\0') != std::string_view::npos) {
+    bad_item(item, "not *, an IPv4 or IPv6 address, or a CIDR block");
+  }
+  boost::system::error_code error;
+  const auto address = boost::asio::ip::make_address(address_text, error);
+  if (error) bad_item(item, "not *, an IPv4 or IPv6 address, or a CIDR block");
+
+  parsed.v6 = address.is_v6();
+  if (parsed.v6) {
+    const auto bytes = address.to_v6().to_bytes();
+    std::copy(bytes.begin(), bytes.end(), parsed.bytes);
+  } else {
+    const auto bytes = address.to_v4().to_bytes();
+    std::copy(bytes.begin(), bytes.end(), parsed.bytes);
+  }
+
+  const unsigned max_length = parsed.v6 ? 128 : 32;
+  parsed.prefix_length = max_length;
+  if (slash != std::string_view::npos) {
+    const std::string_view length_text = network.substr(slash + 1);
+    unsigned length = 0;
+    const auto [end, ec] =
+        std::from_chars(length_text.data(), length_text.data() + length_text.size(), length);
+    if (length_text.empty() || ec != std::errc{} ||
+        end != length_text.data() + length_text.size() || length > max_length) {
+      bad_item(item, "prefix length must be a number from 0 to " + std::to_string(max_length));
+    }
+    parsed.prefix_length = length;
+  }
+  if (has_host_bits(parsed.bytes, parsed.v6 ? 16 : 4, parsed.prefix_length)) {
+    bad_item(item, "bits set after the prefix; did you mean " +
+                       network_text(parsed.v6, parsed.bytes, parsed.prefix_length) + "?");
+  }
+
+  // ::ffff:a.b.c.d/N (N >= 96) covers IPv4 addresses only; matches() sees those as IPv4.
+  if (parsed.v6 && address.to_v6().is_v4_mapped() && parsed.prefix_length >= 96) {
+    parsed.v6 = false;
+    std::memmove(parsed.bytes, parsed.bytes + 12, 4);
+    std::fill(parsed.bytes + 4, parsed.bytes + 16, 0);
+    parsed.prefix_length -= 96;
+  }
 }
 
 bool HostList::matches(const boost::asio::ip::address& address) const {

@@ -43,6 +43,11 @@ class HostList {
     unsigned char bytes[16] = {};  // network order; IPv4 uses the first four
     unsigned prefix_length = 0;    // bits that must match
   };
+  // One item of the list ("!" and "*" here); throws HostListError naming `item`.
+  static Item parse_item(std::string_view item);
+  // An address or CIDR block (`network`, from `item`) into `parsed`.
+  static void parse_network(std::string_view network, std::string_view item, Item& parsed);
+
   std::vector<Item> items_;
   std::string text_;
 };

@@ -86,8 +86,18 @@ std::string endpoint_label(const boost::asio::ip::tcp::endpoint& endpoint) {
 
 Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
     : registry_(std::make_shared<prometheus::Registry>()) {
-  auto& r = *registry_;
+  // In this order in the exposition.
+  declare_connections(listeners);
+  declare_tls();
+  declare_client_certificates();
+  declare_backend();
+  declare_traffic();
+  declare_operations();
+}
 
+// Connections and sessions per listener, and clients turned away.
+void Metrics::declare_connections(const std::vector<ListenerLabels>& listeners) {
+  auto& r = *registry_;
   auto& connections = BuildCounter()
                           .Name("smtp_tls_proxy_connections_total")
                           .Help("Client connections accepted, by listener and mode")
@@ -116,7 +126,11 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
        {Rejection::max_connections_per_host, name(Rejection::max_connections_per_host)},
        {Rejection::proxy_header, name(Rejection::proxy_header)}},
       rejected_);
+}
 
+// STARTTLS, handshakes and TLS sessions.
+void Metrics::declare_tls() {
+  auto& r = *registry_;
   auto& starttls = BuildCounter()
                        .Name("smtp_tls_proxy_starttls_total")
                        .Help("STARTTLS offered (or not) in EHLO replies, used, and refused")
@@ -146,7 +160,11 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
                       .Help("TLS sessions that resumed an earlier one")
                       .Register(r)
                       .Add({});
+}
 
+// Client certificates: outcomes, verification reused, failures.
+void Metrics::declare_client_certificates() {
+  auto& r = *registry_;
   auto& client_certs = BuildCounter()
                            .Name("smtp_tls_proxy_client_certificates_total")
                            .Help("Client certificates requested, by outcome")
@@ -169,7 +187,11 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
                           .Name("smtp_tls_proxy_client_certificate_verify_failures_total")
                           .Help("Client certificates that did not verify, by reason")
                           .Register(r);
+}
 
+// The MTA: connections that failed, refused XCLIENT, given back when idle.
+void Metrics::declare_backend() {
+  auto& r = *registry_;
   backend_connect_failures_ = &BuildCounter()
                                    .Name("smtp_tls_proxy_backend_connect_failures_total")
                                    .Help("Connections to the MTA that failed")
@@ -193,7 +215,11 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
                                    .Help("Time to connect to the MTA")
                                    .Register(r)
                                    .Add({}, kLatencyBuckets);
+}
 
+// Messages, bytes, session durations and protocol violations.
+void Metrics::declare_traffic() {
+  auto& r = *registry_;
   auto& messages = BuildCounter()
                        .Name("smtp_tls_proxy_messages_total")
                        .Help("Messages relayed, by the MTA's verdict")
@@ -222,7 +248,11 @@ Metrics::Metrics(const std::vector<ListenerLabels>& listeners)
   for (std::size_t i = 0; i < violations_.size(); ++i) {
     violations_[i] = &violations.Add({{"kind", std::string(name(static_cast<Violation>(i)))}});
   }
+}
 
+// Certificates, reloads and the build.
+void Metrics::declare_operations() {
+  auto& r = *registry_;
   certificate_expiry_ = &BuildGauge()
                              .Name("smtp_tls_proxy_certificate_expiry_timestamp_seconds")
                              .Help("notAfter of each configured server certificate, Unix time")

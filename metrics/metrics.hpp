@@ -113,6 +113,14 @@ class Metrics {
     return static_cast<std::size_t>(e);
   }
 
+  // The constructor's parts, one per group of families.
+  void declare_connections(const std::vector<ListenerLabels>& listeners);
+  void declare_tls();
+  void declare_client_certificates();
+  void declare_backend();
+  void declare_traffic();
+  void declare_operations();
+
   std::shared_ptr<prometheus::Registry> registry_;
   std::vector<ListenerMetrics> listeners_;
   ByEnum<prometheus::Counter, StartTls> starttls_{};

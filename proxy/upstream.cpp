@@ -86,13 +86,16 @@ asio::awaitable<smtp::ReplyScan> Upstream::read_reply() {
     const auto scan = smtp::scan_reply(input_.view(), kMaxReplyLength);
     if (scan.status == smtp::ReplyScan::Status::complete) co_return scan;
     if (lost_) co_return kFailed;
-    if (scan.status == smtp::ReplyScan::Status::malformed) {
+    // The buffer holds kMaxReplyLength bytes: a reply still unfinished in a full buffer is
+    // longer (reading on would get nothing, at once, for ever).
+    const bool too_long = scan.status == smtp::ReplyScan::Status::need_more && input_.full();
+    if (scan.status == smtp::ReplyScan::Status::malformed || too_long) {
       // A session's MTA breaking the protocol is an error; a probe's only a debug line.
       const auto level = failure_level_ < spdlog::level::warn ? failure_level_ : spdlog::level::err;
-      spdlog::log(level, "{} malformed reply from {}: \"{}\"", log_id_, peer_,
-                  log::escape(input_.view(), 200));
+      spdlog::log(level, "{} {} reply from {}: \"{}\"", log_id_,
+                  too_long ? "overlong" : "malformed", peer_, log::escape(input_.view(), 200));
       lost_ = true;
-      co_return scan;
+      co_return kFailed;
     }
     arm();
     error_code ec;

@@ -38,116 +38,128 @@ DataFilter::Result DataFilter::feed(std::string_view input, std::string& out) {
   Result result;
   const char* p = input.data();
   const char* const end = p + input.size();
-
-  // A bare line ending: report it; with reject, stop before emitting anything for it.
-  // Returns true when the caller must stop.
-  auto bare = [&]() {
-    result.bare_line_ending = true;
-    return policy_ == BareLfPolicy::reject;
-  };
-  auto finish = [&](const char* at) {
-    result.consumed = static_cast<std::size_t>(at - input.data());
-    return result;
-  };
-
   while (p < end) {
+    Step step{p};
     switch (state_) {
-      case State::middle: {
-        // Fast path: the bytes up to the first one that needs a decision go out as one run.
-        const ScanStop stop = scan_clean_lines(p, end);
-        out.append(p, static_cast<std::size_t>(stop.at - p));
-        p = stop.at;
-        if (stop.at_line_start) {
-          state_ = State::line_start;
-          canonical_start_ = true;
-          break;
-        }
-        if (p == end) break;
-        if (*p == '\r') {
-          state_ = State::cr;
-          ++p;
-        } else {  // bare LF ends the line
-          if (bare()) return finish(p);
-          out += "\r\n";
-          ++p;
-          state_ = State::line_start;
-          canonical_start_ = false;
-        }
+      case State::middle:
+        step = in_line(p, end, out, result);
         break;
-      }
-      case State::line_start: {
-        const char c = *p;
-        if (c == '.') {
-          ++p;
-          if (canonical_start_) {
-            state_ = State::dot;  // the client stuffed it, or it is the end: wait and see
-          } else {
-            out += "..";  // the client did not see a line start here; the MTA will
-            state_ = State::middle;
-          }
-        } else if (c == '\r') {
-          ++p;
-          state_ = State::cr;
-        } else if (c == '\n') {
-          if (bare()) return finish(p);
-          ++p;
-          out += "\r\n";
-          canonical_start_ = false;
-        } else {
-          state_ = State::middle;
-        }
+      case State::line_start:
+        step = at_line_start(p, out, result);
         break;
-      }
-      case State::dot: {
-        const char c = *p;
-        if (c == '\r') {
-          ++p;
-          state_ = State::dot_cr;
-        } else if (c == '\n') {  // "." ended by a bare LF must not become ".<CRLF>"
-          if (bare()) return finish(p);
-          ++p;
-          out += "..\r\n";
-          state_ = State::line_start;
-          canonical_start_ = false;
-        } else {
-          out += '.';
-          state_ = State::middle;
-        }
+      case State::dot:
+        step = after_dot(p, out, result);
         break;
-      }
-      case State::dot_cr: {
-        if (*p == '\n') {
-          ++p;
-          out += ".\r\n";
-          state_ = State::line_start;
-          canonical_start_ = true;
-          result.end_of_data = true;
-          return finish(p);
-        }
-        // ".<CR>" then something else: a line "." ended by a bare CR.
-        if (bare()) return finish(p);
-        out += "..\r\n";
-        state_ = State::line_start;
-        canonical_start_ = false;
+      case State::dot_cr:
+        step = after_dot_cr(p, out, result);
         break;
-      }
-      case State::cr: {
-        if (*p == '\n') {
-          ++p;
-          out += "\r\n";
-          state_ = State::line_start;
-          canonical_start_ = true;
-        } else {  // bare CR ends the line; the byte after it starts the next one
-          if (bare()) return finish(p);
-          out += "\r\n";
-          state_ = State::line_start;
-          canonical_start_ = false;
-        }
+      case State::cr:
+        step = after_cr(p, out, result);
         break;
-      }
     }
+    p = step.next;
+    if (step.stop) break;
   }
-  return finish(p);
+  result.consumed = static_cast<std::size_t>(p - input.data());
+  return result;
+}
+
+DataFilter::Step DataFilter::in_line(const char* p, const char* end, std::string& out,
+                                     Result& result) {
+  // Fast path: the bytes up to the first one that needs a decision go out as one run.
+  const ScanStop stop = scan_clean_lines(p, end);
+  out.append(p, static_cast<std::size_t>(stop.at - p));
+  p = stop.at;
+  if (stop.at_line_start) {
+    state_ = State::line_start;
+    canonical_start_ = true;
+    return {p};
+  }
+  if (p == end) return {p};
+  if (*p == '\r') {
+    state_ = State::cr;
+    return {p + 1};
+  }
+  // A bare LF ends the line.
+  if (stops_at_bare(result)) return {p, true};
+  out += "\r\n";
+  state_ = State::line_start;
+  canonical_start_ = false;
+  return {p + 1};
+}
+
+DataFilter::Step DataFilter::at_line_start(const char* p, std::string& out, Result& result) {
+  const char c = *p;
+  if (c == '.') {
+    if (canonical_start_) {
+      state_ = State::dot;  // the client stuffed it, or it is the end: wait and see
+    } else {
+      out += "..";  // the client did not see a line start here; the MTA will
+      state_ = State::middle;
+    }
+    return {p + 1};
+  }
+  if (c == '\r') {
+    state_ = State::cr;
+    return {p + 1};
+  }
+  if (c == '\n') {
+    if (stops_at_bare(result)) return {p, true};
+    out += "\r\n";
+    canonical_start_ = false;
+    return {p + 1};
+  }
+  state_ = State::middle;
+  return {p};
+}
+
+DataFilter::Step DataFilter::after_dot(const char* p, std::string& out, Result& result) {
+  const char c = *p;
+  if (c == '\r') {
+    state_ = State::dot_cr;
+    return {p + 1};
+  }
+  if (c == '\n') {  // "." ended by a bare LF must not become ".<CRLF>"
+    if (stops_at_bare(result)) return {p, true};
+    out += "..\r\n";
+    state_ = State::line_start;
+    canonical_start_ = false;
+    return {p + 1};
+  }
+  out += '.';
+  state_ = State::middle;
+  return {p};
+}
+
+DataFilter::Step DataFilter::after_dot_cr(const char* p, std::string& out, Result& result) {
+  if (*p == '\n') {
+    out += ".\r\n";
+    state_ = State::line_start;
+    canonical_start_ = true;
+    result.end_of_data = true;
+    return {p + 1, true};
+  }
+  // ".<CR>" then something else: a line "." ended by a bare CR.
+  if (stops_at_bare(result)) return {p, true};
+  out += "..\r\n";
+  state_ = State::line_start;
+  canonical_start_ = false;
+  return {p};
+}
+
+DataFilter::Step DataFilter::after_cr(const char* p, std::string& out, Result& result) {
+  if (*p == '\n') {
+    out += "\r\n";
+    state_ = State::line_start;
+    canonical_start_ = true;
+    return {p + 1};
+  }
+  // A bare CR ends the line; the byte after it starts the next one.
+  if (stops_at_bare(result)) return {p, true};
+  out += "\r\n";
+  state_ = State::line_start;
+  canonical_start_ = false;
+  return {p};
 }
 
 }  // namespace stp

@@ -57,6 +57,24 @@ class DataFilter {
     middle,      // inside a line
     cr,          // "\r" held: CRLF or bare CR?
   };
+  // Where one step of feed() left the input, and whether feed() stops there (at the end of
+  // data, or at a bare line ending with policy reject).
+  struct Step {
+    const char* next;
+    bool stop = false;
+  };
+  // One step from `p` (before `end`) in each state; each appends what it decided to `out`.
+  Step in_line(const char* p, const char* end, std::string& out, Result& result);
+  Step at_line_start(const char* p, std::string& out, Result& result);
+  Step after_dot(const char* p, std::string& out, Result& result);
+  Step after_dot_cr(const char* p, std::string& out, Result& result);
+  Step after_cr(const char* p, std::string& out, Result& result);
+  // Records a bare line ending; true when the policy is reject (stop before it).
+  bool stops_at_bare(Result& result) const {
+    result.bare_line_ending = true;
+    return policy_ == BareLfPolicy::reject;
+  }
+
   BareLfPolicy policy_;
   State state_ = State::line_start;
   bool canonical_start_ = true;  // the current line began after a CRLF (or at the start)
