@@ -38,6 +38,33 @@ std::string escaped(std::string_view text) {
   return out;
 }
 
+std::string lower(std::string_view text) {
+  std::string out(text);
+  for (auto& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+// A host name or "*.domain" (letters, digits, '-' and '.', with a letter somewhere, and not
+// an address); anything else is read as an address or CIDR block and checked as one.
+bool looks_like_name(std::string_view text) {
+  if (text.starts_with("*.")) text.remove_prefix(2);
+  if (text.empty() || text.front() == '.' || text.back() == '.' ||
+      text.find("..") != std::string_view::npos) {
+    return false;
+  }
+  bool letter = false;
+  for (const char c : text) {
+    const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    letter = letter || alpha;
+    if (!alpha && !(c >= '0' && c <= '9') && c != '-' && c != '.') return false;
+  }
+  boost::system::error_code error;
+  boost::asio::ip::make_address(text, error);
+  return letter && error;  // "fe80::1" has letters but is an address (and has ':')
+}
+
 [[noreturn]] void bad_item(std::string_view item, std::string_view why) {
   throw HostListError("item \"" + escaped(item) + "\": " + std::string(why));
 }
@@ -77,7 +104,7 @@ std::string network_text(bool v6, const unsigned char* bytes, unsigned bits) {
 
 }  // namespace
 
-HostList HostList::parse(std::string_view text) {
+HostList HostList::parse(std::string_view text, Names names) {
   HostList list;
   list.text_ = std::string(text);
   if (trim(text).empty()) return list;
@@ -91,14 +118,14 @@ HostList HostList::parse(std::string_view text) {
       throw HostListError("empty item at position " + std::to_string(list.items_.size() + 1) +
                           " (two commas in a row, or a comma at an end)");
     }
-    list.items_.push_back(parse_item(item));
+    list.items_.push_back(parse_item(item, names));
     if (comma == std::string_view::npos) break;
     start = comma + 1;
   }
   return list;
 }
 
-HostList::Item HostList::parse_item(std::string_view item) {
+HostList::Item HostList::parse_item(std::string_view item, Names names) {
   Item parsed;
   std::string_view rest = item;
   if (rest.front() == '!') {
@@ -108,10 +135,23 @@ HostList::Item HostList::parse_item(std::string_view item) {
   }
   if (rest == "*") {
     parsed.any = true;
+  } else if (names == Names::allowed && looks_like_name(rest)) {
+    parsed.name_suffix = rest.starts_with("*.");
+    parsed.name = lower(parsed.name_suffix ? rest.substr(1) : rest);
   } else {
     parse_network(rest, item, parsed);
   }
   return parsed;
+}
+
+bool HostList::name_matches(const Item& item, std::string_view name) {
+  if (item.name.empty() || name.size() < item.name.size()) return false;
+  const auto tail = name.substr(name.size() - item.name.size());
+  const bool same = std::equal(tail.begin(), tail.end(), item.name.begin(), [](char a, char b) {
+    return (a >= 'A' && a <= 'Z' ? static_cast<char>(a - 'A' + 'a') : a) == b;
+  });
+  // "*.example.net" wants a label before ".example.net"; a plain name wants all of it.
+  return same && (item.name_suffix ? name.size() > item.name.size() : name.size() == tail.size());
 }
 
 void HostList::parse_network(std::string_view network, std::string_view item, Item& parsed) {
@@ -165,6 +205,10 @@ void HostList::parse_network(std::string_view network, std::string_view item, It
 }
 
 bool HostList::matches(const boost::asio::ip::address& address) const {
+  return matches({}, address);
+}
+
+bool HostList::matches(std::string_view name, const boost::asio::ip::address& address) const {
   unsigned char bytes[16] = {};
   bool v6 = false;
   if (address.is_v4()) {
@@ -181,9 +225,11 @@ bool HostList::matches(const boost::asio::ip::address& address) const {
   }
 
   for (const Item& item : items_) {
-    if (item.any || (item.v6 == v6 && same_prefix(item.bytes, bytes, item.prefix_length))) {
-      return !item.negated;
-    }
+    const bool hit =
+        !item.name.empty()
+            ? name_matches(item, name)
+            : item.any || (item.v6 == v6 && same_prefix(item.bytes, bytes, item.prefix_length));
+    if (hit) return !item.negated;
   }
   return false;
 }

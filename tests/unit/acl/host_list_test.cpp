@@ -209,3 +209,44 @@ TEST(HostList, IsAnInvalidArgument) {
 
 }  // namespace
 }  // namespace stp::acl
+
+namespace stp::acl {
+namespace {
+
+// Relay host lists: names, exact or by domain, match the configured name; addresses the
+// address connected to.
+TEST(HostListNames, MatchTheRelayHostsConfiguredName) {
+  const auto list =
+      HostList::parse("smtp.example.net, *.relay.example, 192.0.2.0/24", HostList::Names::allowed);
+  const auto elsewhere = boost::asio::ip::make_address("198.51.100.7");
+  EXPECT_TRUE(list.matches("smtp.example.net", elsewhere));
+  EXPECT_TRUE(list.matches("SMTP.Example.NET", elsewhere));
+  EXPECT_FALSE(list.matches("mx.smtp.example.net", elsewhere));  // exact, not below
+  EXPECT_TRUE(list.matches("a.relay.example", elsewhere));
+  EXPECT_TRUE(list.matches("b.a.relay.example", elsewhere));
+  EXPECT_FALSE(list.matches("relay.example", elsewhere));  // "*." wants a label before it
+  EXPECT_FALSE(list.matches("xrelay.example", elsewhere));
+  EXPECT_TRUE(list.matches("other.example", boost::asio::ip::make_address("192.0.2.9")));
+  EXPECT_FALSE(list.matches("other.example", elsewhere));
+  EXPECT_FALSE(list.matches(elsewhere));  // by address alone, a name item never matches
+}
+
+TEST(HostListNames, ANegatedNameExcludesIt) {
+  const auto list = HostList::parse("!backup.example.net, *", HostList::Names::allowed);
+  const auto address = boost::asio::ip::make_address("192.0.2.1");
+  EXPECT_FALSE(list.matches("backup.example.net", address));
+  EXPECT_TRUE(list.matches("smtp.example.net", address));
+}
+
+TEST(HostListNames, RefusedWhereOnlyAddressesMeanAnything) {
+  EXPECT_THROW(HostList::parse("smtp.example.net"), HostListError);
+  EXPECT_THROW(HostList::parse("*.example.net, ::1"), HostListError);
+  // With names allowed, what is neither a name nor an address is still an error.
+  EXPECT_THROW(HostList::parse("smtp_example.net", HostList::Names::allowed), HostListError);
+  EXPECT_THROW(HostList::parse("*.", HostList::Names::allowed), HostListError);
+  EXPECT_THROW(HostList::parse("10.0.0.1/33", HostList::Names::allowed), HostListError);
+  EXPECT_NO_THROW(HostList::parse("fe80::1, 2001:db8::/32", HostList::Names::allowed));
+}
+
+}  // namespace
+}  // namespace stp::acl
