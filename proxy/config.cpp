@@ -43,7 +43,7 @@ using flags::Settings;
 Config apply_flags(const std::vector<flags::Flag>& table,
                    const std::array<const Settings*, 3>& sources) {
   Config config;
-  bool ports_given = false;
+  flags::Given given;
   for (const flags::Flag& flag : table) {
     if (!flag.apply) continue;
     const flags::Setting* setting = nullptr;
@@ -53,7 +53,8 @@ Config apply_flags(const std::vector<flags::Flag>& table,
         break;
       }
     }
-    if (flag.name == "tls-on-connect-ports") ports_given = setting != nullptr;
+    if (flag.name == "tls-on-connect-ports") given.tls_on_connect_ports = setting != nullptr;
+    if (flag.name == "listen") given.listen = setting != nullptr;
     try {
       flag.apply(config, setting ? setting->values : flag.defaults);
     } catch (const flags::BadValue& e) {
@@ -67,7 +68,7 @@ Config apply_flags(const std::vector<flags::Flag>& table,
           flag.name, std::string(e.what()) + " (" + flags::printable(e.value()) + ")" + origin);
     }
   }
-  flags::check_together(config, ports_given);
+  flags::check_together(config, given);
   return config;
 }
 
@@ -118,6 +119,19 @@ tls::ServerOptions server_tls_options(const Config& config) {
       .crl = config.tls_crl,
       .verify_depth = config.tls_verify_depth,
       .verify_cache_time = config.tls_verify_cache_time,
+  };
+}
+
+tls::ClientOptions relay_tls_options(const Config& config) {
+  const RelayConfig& relay = config.relay;
+  return {
+      .verify_certificates = relay.tls_verify_certificates,
+      .certificate = relay.tls_certificate,
+      .privatekey = relay.tls_privatekey,
+      .min_protocol = relay.tls_min_protocol,
+      .require_ciphers = relay.tls_require_ciphers,
+      .ciphersuites = {},
+      .crl = relay.tls_crl,
   };
 }
 

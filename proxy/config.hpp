@@ -38,9 +38,48 @@ enum class BackendMetadata { xclient, proxy_v2, none };
 using tls::PeerDnFormat;
 enum class LogFormat { text, json };
 
+// Whose clients a listener takes: the inbound side's (to the MTA, --listen) or the outbound
+// relay's (local MTAs and devices relaying out, --relay-listen).
+enum class Direction : std::uint8_t { inbound, relay };
+
 struct Listener {
   boost::asio::ip::tcp::endpoint endpoint;
   bool implicit_tls = false;  // from --tls-on-connect-ports / --tls-on-connect
+  Direction direction = Direction::inbound;
+};
+
+// A next hop of the outbound relay, as --relay-host gives it.
+struct RelayHost {
+  std::string name;  // a host name, or an address as written (IPv6 without brackets)
+  std::uint16_t port = 25;
+};
+
+// The outbound relay (the --relay-* flags; Exim's smtp transport options, dashed and with the
+// prefix). Off unless --relay-listen is given.
+struct RelayConfig {
+  acl::HostList clients;  // who may relay; default 127.0.0.0/8, ::1
+  std::vector<RelayHost> hosts;
+  std::vector<std::uint16_t> tls_on_connect_ports{465};
+  std::string helo;  // default --hostname
+  acl::HostList hosts_avoid_tls;
+  acl::HostList hosts_require_tls;
+  bool tls_tempfail_tryclear = true;
+  std::string tls_certificate;
+  std::string tls_privatekey;
+  std::string tls_verify_certificates = "system";
+  acl::HostList tls_verify_hosts;
+  acl::HostList tls_try_verify_hosts;       // default *
+  acl::HostList tls_verify_cert_hostnames;  // default *
+  std::string tls_require_ciphers;
+  std::string tls_min_protocol = "TLSv1.2";
+  std::string tls_crl;
+  std::string tls_sni;  // empty: the relay host's configured name
+  std::string auth_file;
+  std::chrono::seconds connection_idle{10};
+  unsigned connection_max_messages = 100;
+  acl::HostList hosts_nopass_tls;
+
+  bool enabled() const { return !hosts.empty(); }
 };
 
 struct Config {
@@ -104,6 +143,8 @@ struct Config {
   std::chrono::seconds shutdown_grace{30};
   std::chrono::seconds backend_probe_interval{10};
   std::chrono::seconds reload_check_interval{10};
+
+  RelayConfig relay;
 };
 
 // Looks up an environment variable; returns nullopt when unset.
@@ -123,5 +164,6 @@ std::chrono::seconds parse_duration(std::string_view text,
 
 // The TLS layer's share of the configuration.
 tls::ServerOptions server_tls_options(const Config& config);
+tls::ClientOptions relay_tls_options(const Config& config);
 
 }  // namespace stp

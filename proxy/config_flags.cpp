@@ -472,7 +472,7 @@ std::vector<Flag> table() {
   std::vector<Flag> all;
   for (const auto group :
        {program_flags, listener_flags, backend_flags, server_tls_flags, client_certificate_flags,
-        session_flags, capacity_flags, operations_flags}) {
+        session_flags, capacity_flags, operations_flags, relay_flags}) {
     std::vector<Flag> flags = group();
     all.insert(all.end(), std::make_move_iterator(flags.begin()),
                std::make_move_iterator(flags.end()));
@@ -480,7 +480,8 @@ std::vector<Flag> table() {
   return all;
 }
 
-void check_together(Config& config, bool ports_given) {
+void check_together(Config& config, const Given& given) {
+  check_relay(config, given);
   if (config.tls_privatekeys.size() > config.tls_certificates.size()) {
     throw ConfigError("--tls-privatekey: more keys than --tls-certificate files (" +
                       std::to_string(config.tls_privatekeys.size()) + " > " +
@@ -490,7 +491,7 @@ void check_together(Config& config, bool ports_given) {
     return std::count(config.tls_on_connect_ports.begin(), config.tls_on_connect_ports.end(),
                       port) > 0;
   };
-  if (ports_given) {
+  if (given.tls_on_connect_ports) {
     for (const std::uint16_t port : config.tls_on_connect_ports) {
       const bool listened =
           std::any_of(config.listeners.begin(), config.listeners.end(),

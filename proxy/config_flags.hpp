@@ -39,9 +39,19 @@ struct Flag {
 // Every flag, once. Order is --help's order; values are applied in this order too.
 std::vector<Flag> table();
 
+// Which flags the operator set, rather than left at their defaults.
+struct Given {
+  bool listen = false;
+  bool tls_on_connect_ports = false;
+};
+
 // Checks between flags, once every flag is applied, and what follows from several of them
-// (which listeners speak TLS from the first byte). `ports_given`: --tls-on-connect-ports was
-// set by the operator, not left at its default. Throws ConfigError.
-void check_together(Config& config, bool ports_given);
+// (which listeners speak TLS from the first byte). Throws ConfigError.
+void check_together(Config& config, const Given& given);
+
+// The --relay-* flags (config_relay_flags.cpp), in table(); and their checks, called by
+// check_together.
+std::vector<Flag> relay_flags();
+void check_relay(Config& config, const Given& given);
 
 }  // namespace stp::flags

@@ -182,9 +182,9 @@ std::vector<std::uint16_t> port_list(const Values& values) {
   return ports;
 }
 
-acl::HostList host_list(const Values& values) {
+acl::HostList host_list(const Values& values, acl::HostList::Names names) {
   try {
-    return acl::HostList::parse(values.front());
+    return acl::HostList::parse(values.front(), names);
   } catch (const acl::HostListError& e) {
     bad(e.what(), values.front());
   }

@@ -78,8 +78,9 @@ std::chrono::seconds duration_value(const std::string& text,
                                     ZeroDuration zero = ZeroDuration::refused);
 // The ports of a comma-separated list (values.front()), none twice.
 std::vector<std::uint16_t> port_list(const Values& values);
-// A host list (values.front()), its error as a BadValue.
-acl::HostList host_list(const Values& values);
+// A host list (values.front()), its error as a BadValue; names only in relay host lists.
+acl::HostList host_list(const Values& values,
+                        acl::HostList::Names names = acl::HostList::Names::refused);
 // File names, none empty (the files are opened later, by whoever reads them).
 Values files(const Values& values);
 

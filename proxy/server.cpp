@@ -147,7 +147,7 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
     runtime_.sessions_alive.fetch_add(1);
     // The session is created on its own thread, which owns its registration.
     asio::post(worker.io, [this, &worker, listener_index, socket = std::move(socket)]() mutable {
-      inbound_->start(std::move(socket), listener_index, worker.state);
+      factory_for(listener_index).start(std::move(socket), listener_index, worker.state);
     });
   }
 }
@@ -242,12 +242,24 @@ void Server::on_signal(const error_code& ec, int signal) {
   signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
 }
 
-int Server::run(SessionFactory& inbound) {
+SessionFactory& Server::factory_for(std::size_t listener_index) const {
+  return config_.listeners[listener_index].direction == Direction::relay ? *relay_ : *inbound_;
+}
+
+int Server::run(SessionFactory& inbound, SessionFactory* relay) {
   inbound_ = &inbound;
+  relay_ = relay;
+  for (const Listener& listener : config_.listeners) {
+    if (listener.direction == Direction::relay && !relay_) {
+      throw ConfigError("--relay-listen: this build has no outbound relay yet");
+    }
+  }
   for (std::size_t i = 0; i < acceptors_.size(); ++i) {
     asio::co_spawn(workers_[0]->io, accept_loop(acceptors_[i], i), asio::detached);
-    spdlog::info("listening on {} ({})", metrics::endpoint_label(config_.listeners[i].endpoint),
-                 config_.listeners[i].implicit_tls ? "implicit TLS" : "STARTTLS");
+    const Listener& listener = config_.listeners[i];
+    spdlog::info("listening on {} ({}{})", metrics::endpoint_label(listener.endpoint),
+                 listener.implicit_tls ? "implicit TLS" : "STARTTLS",
+                 listener.direction == Direction::relay ? ", outbound relay" : "");
   }
   if (http_) {
     http_->start();

@@ -38,7 +38,8 @@ class Server {
 
   // Serves until SIGTERM or SIGINT and the drain that follows, with `inbound` making the
   // sessions of every listener; returns the exit code.
-  int run(SessionFactory& inbound);
+  // `relay` serves the --relay-listen listeners (an error when there are some and it is null).
+  int run(SessionFactory& inbound, SessionFactory* relay = nullptr);
 
  private:
   struct Worker {
@@ -70,7 +71,10 @@ class Server {
   const Config& config_;
   metrics::Metrics metrics_;
   Runtime runtime_;
+  SessionFactory& factory_for(std::size_t listener_index) const;
+
   SessionFactory* inbound_ = nullptr;
+  SessionFactory* relay_ = nullptr;
   std::string reply_too_many_connections_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<boost::asio::ip::tcp::acceptor> acceptors_;  // on the first worker

@@ -99,7 +99,29 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "metrics-listen",
                                              "shutdown-grace",
                                              "backend-probe-interval",
-                                             "reload-check-interval"};
+                                             "reload-check-interval",
+                                             "relay-listen",
+                                             "relay-clients",
+                                             "relay-host",
+                                             "relay-tls-on-connect-ports",
+                                             "relay-helo",
+                                             "relay-auth-file",
+                                             "relay-connection-idle",
+                                             "relay-connection-max-messages",
+                                             "relay-hosts-nopass-tls",
+                                             "relay-hosts-avoid-tls",
+                                             "relay-hosts-require-tls",
+                                             "relay-tls-tempfail-tryclear",
+                                             "relay-tls-certificate",
+                                             "relay-tls-privatekey",
+                                             "relay-tls-verify-certificates",
+                                             "relay-tls-verify-hosts",
+                                             "relay-tls-try-verify-hosts",
+                                             "relay-tls-verify-cert-hostnames",
+                                             "relay-tls-require-ciphers",
+                                             "relay-tls-min-protocol",
+                                             "relay-tls-crl",
+                                             "relay-tls-sni"};
   EXPECT_EQ(listed, expected);
 
   const std::map<std::string, std::string> defaults = {
