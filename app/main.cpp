@@ -3,6 +3,7 @@
 // Configuration errors end start-up with exit code 2 and a message naming the flag.
 #include "inbound/session.hpp"
 #include "metrics/http_endpoint.hpp"
+#include "outbound/session.hpp"
 #include "proxy/config.hpp"
 #include "proxy/log.hpp"
 #include "proxy/server.hpp"
@@ -116,7 +117,9 @@ int run(int argc, char** argv) {
           "running as root: use --user to switch to an unprivileged user after binding the ports");
     }
     stp::inbound::SessionServices inbound(server.runtime());
-    return server.run(inbound);
+    std::optional<stp::outbound::SessionServices> relay;
+    if (!config->relay.hosts.empty()) relay.emplace(server.runtime());
+    return server.run(inbound, relay ? &*relay : nullptr);
   } catch (const std::invalid_argument& e) {  // ConfigError, or a lower layer's setup error
     report("", e.what());
     return 2;

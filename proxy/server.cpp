@@ -1,6 +1,8 @@
 // Listeners, worker threads, signals, reload and drain; see server.hpp.
 #include "proxy/server.hpp"
 
+#include <algorithm>
+
 #include "proxy/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -101,7 +103,7 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
 Server::~Server() = default;
 
 bool Server::ready() const {
-  return !draining_.load() && probe_.mta_up();
+  return !draining_.load() && (!serves_inbound() || probe_.mta_up());
 }
 
 Server::Worker& Server::next_worker() {
@@ -242,6 +244,11 @@ void Server::on_signal(const error_code& ec, int signal) {
   signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
 }
 
+bool Server::serves_inbound() const {
+  return std::any_of(config_.listeners.begin(), config_.listeners.end(),
+                     [](const Listener& l) { return l.direction == Direction::inbound; });
+}
+
 SessionFactory& Server::factory_for(std::size_t listener_index) const {
   return config_.listeners[listener_index].direction == Direction::relay ? *relay_ : *inbound_;
 }
@@ -266,7 +273,7 @@ int Server::run(SessionFactory& inbound, SessionFactory* relay) {
     spdlog::info("metrics and health on http://{}/metrics",
                  metrics::endpoint_label(*config_.metrics_listen));
   }
-  probe_.start();
+  if (serves_inbound()) probe_.start();  // relaying out only: there is no MTA behind
   asio::co_spawn(workers_[0]->io, watch_certificate_files(), asio::detached);
   signals_.async_wait([this](const error_code& ec, int signal) { on_signal(ec, signal); });
 

@@ -72,6 +72,7 @@ class Server {
   metrics::Metrics metrics_;
   Runtime runtime_;
   SessionFactory& factory_for(std::size_t listener_index) const;
+  bool serves_inbound() const;
 
   SessionFactory* inbound_ = nullptr;
   SessionFactory* relay_ = nullptr;

@@ -1,0 +1,286 @@
+// Connections to relay hosts under the TLS and AUTH policy; see relay_link.hpp.
+#include "outbound/relay_link.hpp"
+
+#include "metrics/metrics.hpp"
+#include "proxy/log.hpp"
+#include "smtp/sasl_client.hpp"
+
+#include <openssl/crypto.h>
+
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+
+namespace stp::outbound {
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+constexpr auto kConnectTimeout = std::chrono::seconds(30);
+constexpr auto kReplyTimeout = std::chrono::minutes(5);
+
+// What to do after one attempt at one address.
+enum class Next { done, next_address, next_host, again_in_clear };
+
+struct Attempt {
+  Next next = Next::next_address;
+  std::string why;  // for the log and the local client's reply
+  std::string code = "4.4.1";
+};
+
+std::string one_line(std::string_view reply) {
+  while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.remove_suffix(1);
+  return log::escape(reply, 200);
+}
+
+class Connector {
+ public:
+  Connector(const RelayPolicy& policy, DeadlineQueue& deadlines, std::string_view log_id)
+      : policy_(policy), relay_(policy.config.relay), deadlines_(deadlines), log_id_(log_id) {}
+
+  asio::awaitable<RelayConnectResult> run() {
+    RelayConnectResult result;
+    result.failure = {"4.4.1", "no relay host configured"};
+    for (const RelayHost& host : relay_.hosts) {
+      const auto endpoints = co_await resolve(host);
+      if (endpoints.empty()) {
+        result.failure = {"4.4.3", host.name + ": " + last_why_};
+        continue;
+      }
+      for (const auto& endpoint : endpoints) {
+        Attempt attempt = co_await try_address(host, endpoint, false, result.link);
+        if (attempt.next == Next::again_in_clear) {
+          spdlog::info("{} relay host {} [{}]:{}: {}; connecting again to deliver in the clear",
+                       log_id_, host.name, endpoint.address().to_string(), endpoint.port(),
+                       attempt.why);
+          attempt = co_await try_address(host, endpoint, true, result.link);
+        }
+        if (attempt.next == Next::done) co_return result;
+        spdlog::warn("{} relay host {} [{}]:{} passed over: {}", log_id_, host.name,
+                     endpoint.address().to_string(), endpoint.port(), attempt.why);
+        result.failure = {attempt.code, host.name + ": " + attempt.why};
+        if (attempt.next == Next::next_host) break;
+      }
+    }
+    co_return result;
+  }
+
+ private:
+  asio::awaitable<std::vector<tcp::endpoint>> resolve(const RelayHost& host) {
+    error_code ec;
+    const auto address = asio::ip::make_address(host.name, ec);
+    if (!ec) co_return std::vector<tcp::endpoint>{{address, host.port}};
+    tcp::resolver resolver(co_await asio::this_coro::executor);
+    const auto results = co_await resolver.async_resolve(
+        host.name, std::to_string(host.port), asio::redirect_error(asio::use_awaitable, ec));
+    std::vector<tcp::endpoint> endpoints;
+    if (ec) {
+      last_why_ = "cannot resolve the name: " + ec.message();
+      co_return endpoints;
+    }
+    for (const auto& entry : results) endpoints.push_back(entry.endpoint());
+    co_return endpoints;
+  }
+
+  tls::ConnectParameters parameters_for(const RelayHost& host, const asio::ip::address& address) {
+    tls::ConnectParameters p;
+    p.peer = host.name + ":" + std::to_string(host.port);
+    p.sni = relay_.tls_sni.empty() ? host.name : relay_.tls_sni;
+    if (relay_.tls_verify_cert_hostnames.matches(host.name, address)) p.names = {host.name};
+    p.verification = relay_.tls_verify_hosts.matches(host.name, address)
+                         ? tls::ServerVerification::verify
+                         : tls::ServerVerification::try_verify;
+    return p;
+  }
+
+  asio::awaitable<Attempt> try_address(const RelayHost& host, const tcp::endpoint& endpoint,
+                                       bool in_clear, std::unique_ptr<RelayLink>& out) {
+    auto link = std::make_unique<RelayLink>(co_await asio::this_coro::executor, deadlines_,
+                                            std::string(log_id_));
+    link->host = &host;
+    link->endpoint = endpoint;
+    link->label =
+        host.name + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
+    Upstream& up = link->upstream;
+    up.set_timeout(kReplyTimeout);
+    const auto address = endpoint.address();
+    const Credential* credential = policy_.credentials.find(host.name, host.port);
+    const bool require_tls = relay_.hosts_require_tls.matches(host.name, address) || credential;
+    const bool implicit = std::count(relay_.tls_on_connect_ports.begin(),
+                                     relay_.tls_on_connect_ports.end(), endpoint.port()) > 0;
+    const auto parameters = parameters_for(host, address);
+    const bool verify = parameters.verification == tls::ServerVerification::verify;
+
+    Upstream::Target target{.endpoint = endpoint, .host = host.name, .port = endpoint.port()};
+    const bool connected = co_await up.connect(target, kConnectTimeout);
+    if (!connected) co_return Attempt{Next::next_address, "cannot connect"};
+    if (implicit) {
+      const bool secured = co_await up.start_tls(policy_.tls, parameters);
+      if (!secured) co_return Attempt{Next::next_address, "TLS on connect failed", "4.7.5"};
+    }
+    const auto greeting = co_await up.read_reply();
+    if (greeting.status != smtp::ReplyScan::Status::complete) {
+      co_return Attempt{Next::next_address, "no greeting"};
+    }
+    if (greeting.code != 220) {
+      co_return Attempt{Next::next_address,
+                        "greeted with \"" + one_line(up.reply(greeting)) + "\""};
+    }
+    up.consume(greeting);
+    auto attempt = co_await ehlo(*link);
+    if (attempt.next != Next::done) co_return attempt;
+
+    if (!implicit && !in_clear) {
+      attempt = co_await negotiate_tls(*link, parameters, require_tls, verify);
+      if (attempt.next != Next::done) co_return attempt;
+    } else if (in_clear && require_tls) {
+      co_return Attempt{Next::next_host, "TLS required and not to be had", "4.7.5"};
+    }
+    if (!link->tls_facts && require_tls) {
+      co_return Attempt{Next::next_host, "TLS required and not offered", "4.7.5"};
+    }
+    if (credential) {
+      attempt = co_await authenticate(*link, *credential);
+      if (attempt.next != Next::done) co_return attempt;
+    }
+    log_connection(*link);
+    out = std::move(link);
+    co_return Attempt{Next::done, {}};
+  }
+
+  asio::awaitable<Attempt> ehlo(RelayLink& link) {
+    Upstream& up = link.upstream;
+    const auto reply = co_await up.ehlo(relay_.helo);
+    if (reply.scan.status != smtp::ReplyScan::Status::complete) {
+      co_return Attempt{Next::next_address, "no reply to EHLO"};
+    }
+    if (reply.scan.code != 250) {
+      co_return Attempt{Next::next_address,
+                        "EHLO refused: \"" + one_line(up.reply(reply.scan)) + "\""};
+    }
+    link.ehlo_reply = std::string(up.reply(reply.scan));
+    link.capabilities = reply.capabilities;
+    up.consume(reply.scan);
+    co_return Attempt{Next::done, {}};
+  }
+
+  // STARTTLS as Exim's smtp transport does it.
+  asio::awaitable<Attempt> negotiate_tls(RelayLink& link, const tls::ConnectParameters& parameters,
+                                         bool require_tls, bool verify) {
+    const RelayHost& host = *link.host;
+    const bool avoid = relay_.hosts_avoid_tls.matches(host.name, link.endpoint.address());
+    if (avoid || !link.capabilities.starttls) co_return Attempt{Next::done, {}};
+    Upstream& up = link.upstream;
+    const auto started = co_await up.starttls(policy_.tls, parameters);
+    switch (started.outcome) {
+      case Upstream::StartTls::secured:
+        break;
+      case Upstream::StartTls::refused: {
+        const std::string said = one_line(up.reply(started.scan));
+        const bool temporary = started.scan.code / 100 == 4;
+        up.consume(started.scan);
+        if (require_tls) {
+          co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\"), TLS required",
+                            "4.7.5"};
+        }
+        if (temporary && !relay_.tls_tempfail_tryclear) {
+          co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\")", "4.7.5"};
+        }
+        spdlog::info("{} {} refused STARTTLS (\"{}\"): going on in the clear", log_id_, link.label,
+                     said);
+        co_return Attempt{Next::done, {}};
+      }
+      case Upstream::StartTls::failed: {
+        const std::string why = "TLS negotiation failed";
+        if (verify) {
+          co_return Attempt{Next::next_host, why + " (certificate must verify)", "4.7.5"};
+        }
+        if (require_tls || !relay_.tls_tempfail_tryclear) {
+          co_return Attempt{Next::next_host, why, "4.7.5"};
+        }
+        co_return Attempt{Next::again_in_clear, why};
+      }
+    }
+    link.tls_facts =
+        tls::gather_session_facts(up.tls()->native_handle(), tls::ClientCertificateRequest::none,
+                                  policy_.config.tls_peerdn_format);
+    co_return co_await ehlo(link);  // RFC 3207: what was said before TLS is forgotten
+  }
+
+  asio::awaitable<Attempt> authenticate(RelayLink& link, const Credential& credential) {
+    Upstream& up = link.upstream;
+    const auto mechanism = smtp::choose_sasl_mechanism(link.capabilities);
+    if (!mechanism) {
+      co_return Attempt{Next::next_host, "offers no AUTH PLAIN or LOGIN", "4.7.0"};
+    }
+    smtp::ReplyScan scan{smtp::ReplyScan::Status::malformed};
+    if (*mechanism == smtp::SaslMechanism::plain) {
+      std::string line = smtp::auth_plain_command(credential.user, credential.password);
+      scan = co_await up.command(line);
+      OPENSSL_cleanse(line.data(), line.size());
+    } else {
+      scan = co_await up.command(smtp::kAuthLoginCommand);
+      for (const std::string* value : {&credential.user, &credential.password}) {
+        if (scan.status != smtp::ReplyScan::Status::complete || scan.code != 334) break;
+        up.consume(scan);
+        std::string line = smtp::sasl_response_line(*value);
+        scan = co_await up.command(line);
+        OPENSSL_cleanse(line.data(), line.size());
+      }
+    }
+    if (scan.status != smtp::ReplyScan::Status::complete) {
+      co_return Attempt{Next::next_address, "lost during AUTH"};
+    }
+    if (scan.code != 235) {
+      const std::string said = one_line(up.reply(scan));
+      co_return Attempt{Next::next_host,
+                        "AUTH as " + credential.user + " refused: \"" + said + "\"", "4.7.0"};
+    }
+    up.consume(scan);
+    link.auth_user = credential.user;
+    co_return Attempt{Next::done, {}};
+  }
+
+  // Exim's fields for the connection, and Postfix's line for the TLS outcome.
+  void log_connection(const RelayLink& link) {
+    std::string tls_fields = "X=none";
+    if (const auto& t = link.tls_facts) {
+      tls_fields = "X=" + t->exim_cipher_field() + " CV=" + (t->verified ? "yes" : "no");
+      if (t->peer) tls_fields += " DN=\"" + log::escape(t->peer->subject, 200) + "\"";
+      const std::string sni = relay_.tls_sni.empty() ? link.host->name : relay_.tls_sni;
+      if (tls::sni_may_be_sent(sni)) tls_fields += " SNI=\"" + sni + "\"";
+      spdlog::info("{} {} TLS connection established to {}: {} with cipher {} ({}/{} bits)",
+                   log_id_, t->verified ? "Verified" : "Untrusted", link.label, t->protocol,
+                   t->cipher, t->cipher_bits, t->cipher_algorithm_bits);
+    }
+    spdlog::info("{} relay connection H={} {}{}", log_id_, link.label, tls_fields,
+                 link.auth_user.empty() ? "" : " AUTH=" + log::escape(link.auth_user, 64));
+  }
+
+  const RelayPolicy& policy_;
+  const RelayConfig& relay_;
+  DeadlineQueue& deadlines_;
+  std::string_view log_id_;
+  std::string last_why_;
+};
+
+}  // namespace
+
+RelayLink::RelayLink(const asio::any_io_executor& executor, DeadlineQueue& deadlines,
+                     std::string id)
+    : log_id(std::move(id)),
+      deadline(deadlines, *this),
+      upstream(executor, deadline, log_id, "relay host") {}
+
+asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& policy,
+                                                  DeadlineQueue& deadlines, std::string log_id) {
+  Connector connector(policy, deadlines, log_id);
+  auto result = co_await connector.run();
+  co_return result;
+}
+
+}  // namespace stp::outbound

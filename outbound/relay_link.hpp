@@ -1,0 +1,74 @@
+// A connection to a relay host and how one is made: the relay hosts of --relay-host tried in
+// order, each address of a name in turn, with Exim's smtp transport semantics for TLS
+// (hosts_avoid_tls, hosts_require_tls, tls_tempfail_tryclear, tls_verify_hosts,
+// tls_verify_cert_hostnames; a host with credentials requires TLS) and AUTH PLAIN or LOGIN
+// with the host's credentials, only under TLS.
+//
+// Trusts nothing from the relay host: its replies go through Upstream (bounded, checked), its
+// certificate through OpenSSL against the configured CAs and names.
+#pragma once
+
+#include "outbound/credentials.hpp"
+#include "proxy/config.hpp"
+#include "proxy/deadline.hpp"
+#include "proxy/upstream.hpp"
+#include "smtp/smtp_parse.hpp"
+#include "tls/client_context.hpp"
+#include "tls/session_facts.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace stp::outbound {
+
+// What every connection shares: the configuration, the TLS client context, the credentials.
+struct RelayPolicy {
+  const Config& config;
+  std::shared_ptr<const tls::ClientContext> tls;
+  const Credentials& credentials;
+};
+
+// One relay host connection, greeted, past EHLO (and STARTTLS and AUTH when they apply).
+class RelayLink : public Deadline::Owner {
+ public:
+  RelayLink(const boost::asio::any_io_executor& executor, DeadlineQueue& deadlines,
+            std::string log_id);
+  RelayLink(const RelayLink&) = delete;
+  RelayLink& operator=(const RelayLink&) = delete;
+
+  void on_deadline_expired() override { upstream.cancel(); }
+
+  std::string log_id;  // before upstream, which keeps a view of it
+  Deadline deadline;
+  Upstream upstream;
+  const RelayHost* host = nullptr;
+  boost::asio::ip::tcp::endpoint endpoint;
+  std::string label;       // "smtp.example.net [192.0.2.1]:587", for logs
+  std::string ehlo_reply;  // the relay host's last EHLO reply, whole
+  smtp::MtaCapabilities capabilities;
+  std::optional<tls::SessionFacts> tls_facts;  // when the connection is encrypted
+  std::string auth_user;                       // when AUTH succeeded
+  unsigned messages = 0;                       // accepted on this connection
+};
+
+// Why no connection could be made: the text for the local client's 4xx reply.
+struct RelayFailure {
+  std::string enhanced_code;  // "4.4.1"
+  std::string text;           // "no relay host reachable: smtp.example.net: connection refused"
+};
+
+struct RelayConnectResult {
+  std::unique_ptr<RelayLink> link;  // null on failure
+  RelayFailure failure;
+};
+
+// Tries the relay hosts in order until one takes a connection under the policy.
+boost::asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& policy,
+                                                         DeadlineQueue& deadlines,
+                                                         std::string log_id);
+
+}  // namespace stp::outbound

@@ -1,0 +1,447 @@
+// The outbound relay's session; see session.hpp. One coroutine per local client, templated on
+// its stream (plain, then TLS after STARTTLS); commands are handled one at a time in the
+// order they came, replies to pipelined commands leave together.
+#include "outbound/session.hpp"
+
+#include "proxy/input_buffer.hpp"
+#include "proxy/log.hpp"
+#include "proxy/relay.hpp"
+#include "smtp/data_filter.hpp"
+#include "tls/tls_context.hpp"
+#include "tls/tls_stream.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include <fmt/format.h>
+
+namespace stp::outbound {
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+using smtp::Verb;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::size_t kInputSize = 16 * 1024;
+constexpr auto kQuitTimeout = std::chrono::seconds(5);
+
+class Session : public Connection,
+                public Deadline::Owner,
+                public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket client, std::size_t listener_index, SessionServices& services,
+          WorkerState& worker)
+      : services_(services),
+        config_(services.config),
+        listener_(services.config.listeners[listener_index]),
+        worker_(worker),
+        id_(fmt::format("R{:011X}", services.next_session_id.fetch_add(1) & 0xFFFFFFFFFFFull)),
+        client_(std::move(client)),
+        deadline_(worker.deadlines, *this),
+        client_in_(std::max<std::size_t>(kInputSize, config_.max_line_length + 2)),
+        framer_(config_.max_line_length),
+        filter_(config_.bare_lf),
+        registration_(worker.sessions.insert(worker.sessions.end(), this)) {}
+
+  ~Session() {
+    worker_.sessions.erase(registration_);
+    services_.runtime.sessions_alive.fetch_sub(1);
+  }
+
+  // Shutting down: a session between messages is told 421 at once, one inside a message when
+  // it ends; terminate() cuts it short.
+  void drain() override {
+    stopping_ = true;
+    if (!in_transaction_) cancel_client();
+  }
+  void terminate() override {
+    stopping_ = true;
+    cancel_client();
+    if (link_) link_->upstream.cancel();
+  }
+  void cancel_client() {
+    error_code ignored;
+    client_.cancel(ignored);
+  }
+
+  asio::awaitable<void> run();
+
+  void on_deadline_expired() override {
+    error_code ignored;
+    client_.cancel(ignored);
+    if (link_) link_->upstream.cancel();
+  }
+
+  // relay::data's and relay::chunk's view of the client.
+  template <class Stream>
+  struct Source {
+    Session& session;
+    Stream& stream;
+    InputBuffer& input() { return session.client_in_; }
+    asio::awaitable<bool> read_more(Clock::time_point limit) {
+      const auto read = co_await session.read_client(stream, limit);
+      co_return read;
+    }
+  };
+
+ private:
+  enum class Next { go_on, close, start_tls };
+
+  template <class Stream>
+  asio::awaitable<Next> serve(Stream& client);
+  template <class Stream>
+  asio::awaitable<Next> on_command(Stream& client, const smtp::Command& command);
+  template <class Stream>
+  asio::awaitable<Next> on_data(Stream& client, const smtp::Command& command);
+  template <class Stream>
+  asio::awaitable<Next> on_bdat(Stream& client, const smtp::Command& command);
+  template <class Stream>
+  asio::awaitable<bool> read_client(Stream& client, Clock::time_point limit);
+  template <class Stream>
+  asio::awaitable<bool> flush(Stream& client);
+
+  asio::awaitable<bool> ensure_link();
+  // The relay host's reply to `line`, passed to the client; false when the link is lost.
+  asio::awaitable<bool> forward(std::string_view line);
+  void reply(std::string_view text) { to_client_.append(text); }
+  void lost_link(std::string_view during);
+  std::string ehlo_reply() const;
+  asio::awaitable<void> finish();
+
+  SessionServices& services_;
+  const Config& config_;
+  const Listener& listener_;
+  WorkerState& worker_;
+  std::string id_;
+  tcp::socket client_;
+  std::optional<tls::TlsStream> tls_;
+  Deadline deadline_;
+  InputBuffer client_in_;
+  smtp::CommandFramer framer_;
+  DataFilter filter_;
+  std::string to_client_;
+  std::string to_relay_;
+  std::unique_ptr<RelayLink> link_;
+  std::string client_label_;
+  bool advertise_tls_ = false;
+  bool greeted_ = false;
+  bool in_transaction_ = false;
+  unsigned errors_ = 0;
+  unsigned messages_ = 0;
+  std::string_view end_reason_ = "client closed";
+  bool stopping_ = false;
+  ConnectionList::iterator registration_;
+};
+
+template <class Stream>
+asio::awaitable<bool> Session::read_client(Stream& client, Clock::time_point limit) {
+  deadline_.arm_at(std::min(limit, Clock::now() + config_.smtp_receive_timeout));
+  error_code ec;
+  const auto n = co_await client.read_some(client_in_.prepare(), ec);
+  if (ec) {
+    end_reason_ = deadline_.expired() ? "timeout" : "client closed";
+    co_return false;
+  }
+  client_in_.commit(n);
+  co_return true;
+}
+
+template <class Stream>
+asio::awaitable<bool> Session::flush(Stream& client) {
+  if (to_client_.empty()) co_return true;
+  deadline_.arm(config_.smtp_receive_timeout);
+  error_code ec;
+  co_await client.write(asio::buffer(to_client_), ec);
+  to_client_.clear();
+  co_return !ec;
+}
+
+asio::awaitable<void> Session::run() {
+  error_code ec;
+  const auto remote = client_.remote_endpoint(ec);
+  if (ec) co_return;
+  client_label_ = metrics::endpoint_label(remote);
+  const auto& relay = config_.relay;
+  if (!relay.clients.matches(remote.address())) {
+    spdlog::warn("{} relay refused to {} (not in --relay-clients)", id_, client_label_);
+    if (!listener_.implicit_tls) {
+      tls::PlainStream plain(client_);
+      reply("554 5.7.1 " + relay.helo + " relaying denied for [" + remote.address().to_string() +
+            "]\r\n");
+      co_await flush(plain);
+    }
+    co_return;
+  }
+  advertise_tls_ = config_.tls_advertise_hosts.matches(remote.address());
+  spdlog::debug("{} relay session from {}", id_, client_label_);
+  Next next = Next::go_on;
+  if (listener_.implicit_tls) {
+    tls_.emplace(client_, services_.runtime.current_tls());
+    next = Next::start_tls;
+  } else {
+    tls::PlainStream plain(client_);
+    next = co_await serve(plain);
+  }
+  if (next == Next::start_tls) {
+    deadline_.arm(config_.tls_handshake_timeout);
+    co_await tls_->handshake(ec);
+    if (!ec) co_await serve(*tls_);
+  }
+  co_await finish();
+}
+
+template <class Stream>
+asio::awaitable<Session::Next> Session::serve(Stream& client) {
+  if (!greeted_) {
+    greeted_ = true;
+    reply("220 " + config_.relay.helo + " ESMTP smtp-tls-proxy relay\r\n");
+  }
+  while (true) {
+    const auto frame = framer_.next(client_in_.view());
+    client_in_.consume(frame.consumed);
+    if (frame.status == smtp::CommandFramer::Status::need_more) {
+      if (stopping_ && !in_transaction_) {
+        reply("421 4.3.2 " + config_.relay.helo + " shutting down\r\n");
+        end_reason_ = "shutdown";
+        co_await flush(client);
+        co_return Next::close;
+      }
+      if (!co_await flush(client)) co_return Next::close;
+      const bool read = co_await read_client(client, Clock::time_point::max());
+      if (!read && stopping_) continue;  // woken to stop: say so above
+      if (!read) co_return Next::close;
+      continue;
+    }
+    Next next = Next::go_on;
+    if (frame.status == smtp::CommandFramer::Status::line_too_long) {
+      ++errors_;
+      reply("500 5.5.2 line too long\r\n");
+    } else {
+      const auto parsed = smtp::parse_command(frame.line);
+      if (parsed.syntax != smtp::CommandSyntax::ok) {
+        ++errors_;
+        reply("500 5.5.2 malformed command\r\n");
+      } else {
+        next = co_await on_command(client, parsed.command);
+      }
+    }
+    if (errors_ >= config_.max_errors) {
+      reply("421 4.7.0 too many errors\r\n");
+      end_reason_ = "too many errors";
+      next = Next::close;
+    }
+    if (next != Next::go_on) {
+      const bool flushed = co_await flush(client);
+      co_return flushed ? next : Next::close;
+    }
+  }
+}
+
+template <class Stream>
+asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::Command& command) {
+  switch (command.verb) {
+    case Verb::ehlo:
+    case Verb::helo: {
+      const bool linked = co_await ensure_link();
+      if (!linked) co_return Next::close;
+      in_transaction_ = false;
+      reply(command.verb == Verb::ehlo ? ehlo_reply() : "250 " + config_.relay.helo + "\r\n");
+      co_return Next::go_on;
+    }
+    case Verb::starttls:
+      if (tls_ || !advertise_tls_ || listener_.implicit_tls) {
+        reply("454 4.7.0 TLS not available\r\n");
+        co_return Next::go_on;
+      }
+      reply("220 2.0.0 Ready to start TLS\r\n");
+      client_in_.clear();  // nothing sent in the clear after STARTTLS is read (RFC 3207)
+      framer_.reset();
+      tls_.emplace(client_, services_.runtime.current_tls());
+      co_return Next::start_tls;
+    case Verb::quit:
+      reply("221 2.0.0 " + config_.relay.helo + " closing connection\r\n");
+      end_reason_ = "quit";
+      co_return Next::close;
+    case Verb::xclient:
+    case Verb::xforward:
+    case Verb::turn:
+    case Verb::auth:
+      ++errors_;
+      reply("502 5.5.1 not offered here\r\n");
+      co_return Next::go_on;
+    case Verb::noop:
+      reply("250 2.0.0 OK\r\n");
+      co_return Next::go_on;
+    default:
+      break;
+  }
+  if (!link_) {
+    ++errors_;
+    reply("503 5.5.1 EHLO first\r\n");
+    co_return Next::go_on;
+  }
+  if (command.verb == Verb::data) co_return co_await on_data(client, command);
+  if (command.verb == Verb::bdat) co_return co_await on_bdat(client, command);
+  std::string line(command.line);
+  line += "\r\n";
+  const bool forwarded = co_await forward(line);
+  if (!forwarded) co_return Next::close;
+  if (command.verb == Verb::mail) in_transaction_ = true;
+  if (command.verb == Verb::rset) in_transaction_ = false;
+  co_return Next::go_on;
+}
+
+template <class Stream>
+asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Command& command) {
+  Upstream& up = link_->upstream;
+  std::string line(command.line);
+  line += "\r\n";
+  const auto go = co_await up.command(line);
+  if (go.status != smtp::ReplyScan::Status::complete) {
+    lost_link("DATA");
+    co_return Next::close;
+  }
+  reply(up.reply(go));
+  const bool proceed = go.code == 354;
+  up.consume(go);
+  if (!proceed) co_return Next::go_on;
+  if (!co_await flush(client)) co_return Next::close;
+  Source<Stream> source{*this, client};
+  const auto content = co_await relay::data(source, up, filter_, {}, config_.bare_lf,
+                                            config_.smtp_receive_timeout, to_relay_);
+  if (content.status == relay::ContentResult::Status::source_ended) co_return Next::close;
+  if (content.status == relay::ContentResult::Status::bare_line_ending) {
+    reply("550 5.6.2 bare CR or LF in the message: refused\r\n");
+    lost_link("a refused message");
+    co_return Next::close;
+  }
+  const auto verdict = co_await up.read_reply();
+  if (verdict.status != smtp::ReplyScan::Status::complete) {
+    // RFC 1047: the relay host may have taken the message; it may then arrive twice.
+    reply("451 4.4.2 relay host lost after the message was sent; it may be delivered twice\r\n");
+    spdlog::warn("{} relay host {} lost before its reply to a message", id_, link_->label);
+    link_.reset();
+    co_return Next::close;
+  }
+  reply(up.reply(verdict));
+  if (verdict.code / 100 == 2) {
+    ++link_->messages;
+    ++messages_;
+  }
+  spdlog::info("{} message from {} to {}: \"{}\"", id_, client_label_, link_->label,
+               log::escape(up.reply(verdict).substr(0, up.reply(verdict).size() - 2), 200));
+  up.consume(verdict);
+  in_transaction_ = false;
+  co_return Next::go_on;
+}
+
+template <class Stream>
+asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Command& command) {
+  if (!command.bdat || !link_->capabilities.chunking) {
+    ++errors_;
+    reply("501 5.5.4 BDAT not available\r\n");
+    co_return Next::close;  // its chunk follows: the stream cannot be read as commands
+  }
+  Upstream& up = link_->upstream;
+  to_relay_.assign(command.line);
+  to_relay_ += "\r\n";
+  Source<Stream> source{*this, client};
+  const bool whole = co_await relay::chunk(source, up, command.bdat->size, true,
+                                           config_.smtp_receive_timeout, to_relay_);
+  if (!whole) co_return Next::close;
+  const auto verdict = co_await up.read_reply();
+  if (verdict.status != smtp::ReplyScan::Status::complete) {
+    reply(
+        "451 4.4.2 relay host lost during BDAT; a message it completed may be delivered "
+        "twice\r\n");
+    link_.reset();
+    co_return Next::close;
+  }
+  reply(up.reply(verdict));
+  if (command.bdat->last && verdict.code / 100 == 2) {
+    ++link_->messages;
+    ++messages_;
+  }
+  up.consume(verdict);
+  co_return Next::go_on;
+}
+
+asio::awaitable<bool> Session::ensure_link() {
+  if (link_) co_return true;
+  auto connected =
+      co_await connect_relay(services_.policy, worker_.deadlines, id_ + " (" + client_label_ + ")");
+  if (!connected.link) {
+    reply("421 " + connected.failure.enhanced_code + " " + config_.relay.helo +
+          " cannot relay now: " + connected.failure.text + "\r\n");
+    end_reason_ = "no relay host";
+    co_return false;
+  }
+  link_ = std::move(connected.link);
+  co_return true;
+}
+
+asio::awaitable<bool> Session::forward(std::string_view line) {
+  Upstream& up = link_->upstream;
+  const auto scan = co_await up.command(line);
+  if (scan.status != smtp::ReplyScan::Status::complete) {
+    lost_link("a command");
+    co_return false;
+  }
+  reply(up.reply(scan));
+  up.consume(scan);
+  co_return true;
+}
+
+void Session::lost_link(std::string_view during) {
+  reply("421 4.4.2 " + config_.relay.helo + " lost the relay host connection\r\n");
+  spdlog::warn("{} relay host {} lost during {}", id_, link_ ? link_->label : "", during);
+  end_reason_ = "relay host lost";
+  link_.reset();
+}
+
+// The relay host's EHLO reply, as the local client may use it: STARTTLS only for our own
+// TLS, no AUTH (the relay host's AUTH is the proxy's to use), CHUNKING when the relay has it.
+std::string Session::ehlo_reply() const {
+  smtp::EhloRewrite rewrite;
+  rewrite.offer_starttls = advertise_tls_ && !tls_ && !listener_.implicit_tls;
+  rewrite.hide_auth = true;
+  return smtp::rewrite_ehlo_reply(link_->ehlo_reply, rewrite);
+}
+
+asio::awaitable<void> Session::finish() {
+  if (link_ && !link_->upstream.lost()) co_await link_->upstream.quit(kQuitTimeout);
+  link_.reset();
+  deadline_.cancel();
+  if (tls_) tls_->shutdown();
+  error_code ignored;
+  client_.shutdown(tcp::socket::shutdown_both, ignored);
+  client_.close(ignored);
+  spdlog::info("{} relay session client={} messages={} end=\"{}\"", id_, client_label_, messages_,
+               end_reason_);
+}
+
+}  // namespace
+
+SessionServices::SessionServices(Runtime& runtime_in)
+    : runtime(runtime_in),
+      config(runtime_in.config),
+      credentials(config.relay.auth_file.empty() ? Credentials()
+                                                 : Credentials::load(config.relay.auth_file)),
+      policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials} {}
+
+void SessionServices::start(tcp::socket socket, std::size_t listener_index, WorkerState& worker) {
+  const auto executor = socket.get_executor();
+  auto session = std::make_shared<Session>(std::move(socket), listener_index, *this, worker);
+  asio::co_spawn(executor, session->run(), [session](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("relay session ended by an internal error: {}", ex.what());
+    }
+  });
+}
+
+}  // namespace stp::outbound

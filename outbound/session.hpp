@@ -1,0 +1,40 @@
+// The outbound relay's session: a local MTA or device (a --relay-clients address on a
+// --relay-listen port) hands mail to the proxy, which relays it to a relay host over the
+// connection of relay_link.hpp. The local client hears the relay host's own verdicts (its
+// RCPT, DATA and BDAT replies); whatever the proxy itself cannot do (no relay host, TLS
+// policy not met, AUTH refused, the relay host lost) is a 4xx naming the cause, so the local
+// MTA keeps the message queued: never a 5xx for a local failure, never a 2xx the relay host
+// did not give.
+//
+// Trusts the local client only as far as --relay-clients says; its commands are parsed as
+// the inbound side parses them, and XCLIENT, XFORWARD, TURN and AUTH are not passed on.
+#pragma once
+
+#include "metrics/metrics.hpp"
+#include "outbound/credentials.hpp"
+#include "outbound/relay_link.hpp"
+#include "proxy/runtime.hpp"
+
+#include <atomic>
+#include <memory>
+
+namespace stp::outbound {
+
+// What every relay session shares; the server's SessionFactory for --relay-listen ports.
+class SessionServices final : public SessionFactory {
+ public:
+  // Reads --relay-auth-file and builds the TLS client context; throws std::invalid_argument
+  // naming the flag.
+  explicit SessionServices(Runtime& runtime);
+
+  void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
+             WorkerState& worker) override;
+
+  Runtime& runtime;
+  const Config& config;
+  Credentials credentials;
+  RelayPolicy policy;
+  std::atomic<std::uint64_t> next_session_id{1};
+};
+
+}  // namespace stp::outbound

@@ -1,0 +1,116 @@
+"""The outbound relay (issue 21): a local client hands mail to a --relay-listen port and the
+proxy delivers it to a relay host, against real peers: the session's private Postfix as a
+TLS relay host (its certificate for postfix.test from the test CA), smtp-sink as a relay host
+without STARTTLS, Python's smtplib and raw SmtpClient as the local clients.
+
+What is trusted: the conftest fixtures and the peers' own behaviour and logs. What is checked:
+what the local client hears (the relay host's verdicts, or a 4xx naming the cause, never a
+2xx the relay host did not give), what the relay host received (byte-exact in its Maildir),
+and the proxy's log lines about the relay connection.
+"""
+
+from __future__ import annotations
+
+import smtplib
+
+from conftest import (LOOPBACK, SENDER, SmtpClient, client_content, free_port,
+                      simple_message, unique)
+
+
+def relay_proxy(proxy, postfix, relay_host: str, *flags: str):
+    """A proxy relaying out from a fresh --relay-listen port to `relay_host` (and serving
+    inbound as usual: both directions in one process)."""
+    port = free_port()
+    p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--relay-host",
+              relay_host, *flags)
+    p.relay_port = port
+    return p
+
+
+def send(port: int, to: str, message: bytes, source: str = LOOPBACK) -> dict:
+    with smtplib.SMTP(LOOPBACK, port, source_address=(source, 0), timeout=30) as s:
+        s.ehlo("legacy-mta.example")
+        return s.sendmail(SENDER, [to], message)
+
+
+def test_relays_over_verified_tls_to_postfix(proxy, postfix, pki):
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--relay-tls-verify-hosts", "*",
+                    "--relay-tls-verify-cert-hostnames", "")
+    box = postfix.new_mailbox()
+    token = unique("relay")
+    message = simple_message(token, box.address)
+    assert send(p.relay_port, box.address, message) == {}
+    delivered = box.wait(1)[0]
+    assert client_content(delivered) == message.replace(b"\r\n", b"\n")
+    log = p.stderr()
+    assert "Verified TLS connection established to" in log
+    assert "CV=yes" in log and "X=TLSv1.3:" in log
+    assert "DN=\"CN=postfix.test\"" in log
+    # Postfix's own Received line: the message came to it over TLS (ESMTPS), from our EHLO.
+    assert b"with ESMTPS id" in delivered, delivered[:600]
+
+
+def test_a_certificate_for_another_name_in_verify_mode_is_a_4xx(proxy, postfix, pki):
+    """Postfix's certificate names postfix.test, the relay host is configured as 127.0.0.1:
+    verification fails, no other host is left, and the local client hears 421 4.7.5 (its
+    message stays queued), never a 5xx."""
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--relay-tls-verify-hosts", "*")
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+        assert reply.code == 421, reply
+        assert "4.7.5" in reply.lines[-1] and "certificate must verify" in reply.lines[-1]
+    assert "passed over: TLS negotiation failed (certificate must verify)" in p.stderr()
+
+
+def test_try_verify_records_the_mismatch_and_delivers(proxy, postfix, pki):
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca))
+    box = postfix.new_mailbox()
+    assert send(p.relay_port, box.address, simple_message(unique("try"), box.address)) == {}
+    box.wait(1)
+    log = p.stderr()
+    assert "Untrusted TLS connection established to" in log and "CV=no" in log
+
+
+def test_a_client_outside_relay_clients_is_refused(proxy, postfix):
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-clients", "192.0.2.0/24")
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        reply = c.greeting()
+        assert reply.code == 554 and "5.7.1" in reply.lines[-1], reply
+    assert "not in --relay-clients" in p.stderr()
+
+
+def test_a_relay_host_without_starttls(proxy, postfix, smtp_sink):
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, sink.backend)
+    token = unique("clear")
+    assert send(p.relay_port, "someone@example.net", simple_message(token, "x@example.net")) == {}
+    assert token in sink.wait_for_dump(token)
+    assert "X=none" in p.stderr()
+
+
+def test_require_tls_with_a_relay_host_that_has_none_is_a_4xx(proxy, postfix, smtp_sink):
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, sink.backend, "--relay-hosts-require-tls", "*")
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+        assert reply.code == 421, reply
+        assert "4.7.5" in reply.lines[-1] and "TLS required" in reply.lines[-1]
+    assert sink.commands() == [] or "MAIL" not in " ".join(sink.commands())
+
+
+def test_relay_host_verdicts_reach_the_local_client(proxy, postfix, pki):
+    """A recipient the relay host refuses is refused with its own reply."""
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca))
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
+        reply = c.command("RCPT TO:<nobody@elsewhere.invalid>")
+        assert reply.code // 100 in (4, 5), reply
+        assert c.command("QUIT").code == 221
