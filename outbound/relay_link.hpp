@@ -19,6 +19,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,7 +41,12 @@ class RelayLink : public Deadline::Owner {
   RelayLink(const RelayLink&) = delete;
   RelayLink& operator=(const RelayLink&) = delete;
 
-  void on_deadline_expired() override { upstream.cancel(); }
+  // While waiting in a LinkPool the deadline is its idle time, and the pool is told.
+  void on_deadline_expired() override {
+    upstream.cancel();
+    if (auto hook = std::move(on_idle_expired)) hook(*this);  // may destroy this
+  }
+  std::function<void(RelayLink&)> on_idle_expired;
 
   std::string log_id;  // before upstream, which keeps a view of it
   Deadline deadline;

@@ -360,6 +360,7 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
     co_return Next::close;
   }
   reply(up.reply(verdict));
+  if (command.bdat->last) in_transaction_ = false;
   if (command.bdat->last && verdict.code / 100 == 2) {
     ++link_->messages;
     ++messages_;
@@ -370,6 +371,12 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
 
 asio::awaitable<bool> Session::ensure_link() {
   if (link_) co_return true;
+  link_ = co_await services_.pool_for(worker_).take();
+  if (link_) {
+    spdlog::info("{} relay connection H={} reused for {} (after {} messages)", id_, link_->label,
+                 client_label_, link_->messages);
+    co_return true;
+  }
   auto connected =
       co_await connect_relay(services_.policy, worker_.deadlines, id_ + " (" + client_label_ + ")");
   if (!connected.link) {
@@ -411,6 +418,10 @@ std::string Session::ehlo_reply() const {
 }
 
 asio::awaitable<void> Session::finish() {
+  // Kept for the next session unless a stop is under way or a transaction is still open
+  // there (an RSET mid-BDAT is read differently by some MTAs).
+  if (link_ && !stopping_ && !in_transaction_)
+    link_ = services_.pool_for(worker_).put(std::move(link_));
   if (link_ && !link_->upstream.lost()) co_await link_->upstream.quit(kQuitTimeout);
   link_.reset();
   deadline_.cancel();
@@ -430,6 +441,13 @@ SessionServices::SessionServices(Runtime& runtime_in)
       credentials(config.relay.auth_file.empty() ? Credentials()
                                                  : Credentials::load(config.relay.auth_file)),
       policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials} {}
+
+LinkPool& SessionServices::pool_for(const WorkerState& worker) {
+  std::lock_guard lock(pools_mutex_);
+  auto& pool = pools_[&worker];
+  if (!pool) pool = std::make_unique<LinkPool>(config.relay);
+  return *pool;
+}
 
 void SessionServices::start(tcp::socket socket, std::size_t listener_index, WorkerState& worker) {
   const auto executor = socket.get_executor();

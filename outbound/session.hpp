@@ -12,11 +12,14 @@
 
 #include "metrics/metrics.hpp"
 #include "outbound/credentials.hpp"
+#include "outbound/link_pool.hpp"
 #include "outbound/relay_link.hpp"
 #include "proxy/runtime.hpp"
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
 
 namespace stp::outbound {
 
@@ -30,11 +33,18 @@ class SessionServices final : public SessionFactory {
   void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
              WorkerState& worker) override;
 
+  // The relay host connections kept on `worker`'s thread (made at its first use).
+  LinkPool& pool_for(const WorkerState& worker);
+
   Runtime& runtime;
   const Config& config;
   Credentials credentials;
   RelayPolicy policy;
   std::atomic<std::uint64_t> next_session_id{1};
+
+ private:
+  std::mutex pools_mutex_;
+  std::map<const WorkerState*, std::unique_ptr<LinkPool>> pools_;
 };
 
 }  // namespace stp::outbound

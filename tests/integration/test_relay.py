@@ -114,3 +114,42 @@ def test_relay_host_verdicts_reach_the_local_client(proxy, postfix, pki):
         reply = c.command("RCPT TO:<nobody@elsewhere.invalid>")
         assert reply.code // 100 in (4, 5), reply
         assert c.command("QUIT").code == 221
+
+
+def test_the_next_session_reuses_the_tls_connection(proxy, postfix, pki):
+    """The second local session goes out on the first one's TLS connection (RSET first), and
+    both messages arrive; with --relay-connection-max-messages 1 nothing is reused."""
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--threads", "1")
+    box = postfix.new_mailbox()
+    for n in range(3):
+        assert send(p.relay_port, box.address, simple_message(unique(f"r{n}"), box.address)) == {}
+    box.wait(3)
+    log = p.stderr()
+    assert log.count("TLS connection established to") == 1, log
+    assert log.count("reused for") == 2, log
+
+    q = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--threads", "1", "--relay-connection-max-messages", "1")
+    other = postfix.new_mailbox()
+    for n in range(2):
+        assert send(q.relay_port, other.address,
+                    simple_message(unique(f"m{n}"), other.address)) == {}
+    other.wait(2)
+    assert q.stderr().count("TLS connection established to") == 2
+    assert "reused for" not in q.stderr()
+
+
+def test_a_kept_connection_the_relay_host_closed_is_replaced_quietly(proxy, postfix, smtp_sink):
+    """smtp-sink is stopped and started again between two sessions: the kept connection fails
+    its RSET, a new one is made, and the client hears nothing of it."""
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, sink.backend, "--threads", "1")
+    first, second = unique("a"), unique("b")
+    assert send(p.relay_port, "x@example.net", simple_message(first, "x@example.net")) == {}
+    sink.wait_for_dump(first)
+    sink.stop()
+    sink.start()
+    assert send(p.relay_port, "x@example.net", simple_message(second, "x@example.net")) == {}
+    assert second in sink.wait_for_dump(second)
+    assert p.stderr().count("relay connection H=") == 2

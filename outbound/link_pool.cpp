@@ -1,0 +1,61 @@
+// Relay host connections kept between sessions; see link_pool.hpp.
+#include "outbound/link_pool.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace stp::outbound {
+
+LinkPool::~LinkPool() {
+  for (auto& link : idle_) link->on_idle_expired = nullptr;
+}
+
+bool LinkPool::reusable(const RelayLink& link) const {
+  if (link.upstream.lost() || !link.upstream.open() || link.upstream.has_input()) return false;
+  if (relay_.connection_idle.count() == 0) return false;
+  if (link.messages >= relay_.connection_max_messages) return false;
+  // Exim's hosts_nopass_tls: a connection that used TLS is not handed on to such a host.
+  if (link.tls_facts && relay_.hosts_nopass_tls.matches(link.host->name, link.endpoint.address())) {
+    return false;
+  }
+  return true;
+}
+
+std::unique_ptr<RelayLink> LinkPool::put(std::unique_ptr<RelayLink> link) {
+  if (!link || !reusable(*link)) return link;
+  link->deadline.arm(relay_.connection_idle);
+  link->on_idle_expired = [this](RelayLink& expired) { expire(expired); };
+  idle_.push_back(std::move(link));
+  return nullptr;
+}
+
+// Its idle time is up: closed without a word (the relay host sees the connection end, as
+// after its own idle timeout).
+void LinkPool::expire(RelayLink& link) {
+  const auto it = std::find_if(idle_.begin(), idle_.end(),
+                               [&](const auto& held) { return held.get() == &link; });
+  if (it == idle_.end()) return;
+  spdlog::debug("{} relay connection H={} closed after {}s idle", link.log_id, link.label,
+                relay_.connection_idle.count());
+  link.upstream.close();
+  idle_.erase(it);  // destroys `link`: the caller returns at once
+}
+
+boost::asio::awaitable<std::unique_ptr<RelayLink>> LinkPool::take() {
+  while (!idle_.empty()) {
+    auto link = std::move(idle_.back());
+    idle_.pop_back();
+    link->on_idle_expired = nullptr;
+    link->deadline.cancel();
+    const auto reset = co_await link->upstream.command("RSET\r\n");
+    if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
+      link->upstream.consume(reset);
+      co_return link;
+    }
+    spdlog::debug("{} relay connection H={} not reused: no 250 to RSET", link->log_id, link->label);
+  }
+  co_return nullptr;
+}
+
+}  // namespace stp::outbound
