@@ -153,3 +153,23 @@ def test_a_kept_connection_the_relay_host_closed_is_replaced_quietly(proxy, post
     assert send(p.relay_port, "x@example.net", simple_message(second, "x@example.net")) == {}
     assert second in sink.wait_for_dump(second)
     assert p.stderr().count("relay connection H=") == 2
+
+
+def auth_file(tmp_path, line: str) -> str:
+    path = tmp_path / "relay-auth"
+    path.write_text("# relay hosts\n" + line + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_credentials_make_tls_required(proxy, postfix, smtp_sink, tmp_path):
+    """smtp-sink offers no STARTTLS: a host with credentials is passed over, the password
+    never goes out in the clear."""
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, sink.backend, "--relay-auth-file",
+                    auth_file(tmp_path, f"{LOOPBACK} user secret"))
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+        assert reply.code == 421 and "TLS required" in reply.lines[-1], reply
+    assert not any("AUTH" in command for command in sink.commands())
