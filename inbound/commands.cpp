@@ -3,6 +3,7 @@
 // the MTA connection to open; and each MTA reply is read for what it changes (the transaction,
 // the greeting, AUTH, BDAT). Replies queue in order (PendingReply) and go out in flush_group.
 #include "inbound/session.hpp"
+#include "smtp/proxy_protocol.hpp"
 
 #include "acl/policy.hpp"
 #include "proxy/log.hpp"
@@ -24,15 +25,6 @@ constexpr std::uint64_t kMaxDiscardedChunk = 64 * 1024 * 1024;
 // The largest BDAT message sent on: Exim reads a chunk's size into 32 bits (and never offers
 // SIZE above 2^31 - 1), with room below that for the trace header.
 constexpr std::uint64_t kMaxBdatMessage = 0x7fffffff - 64 * 1024;
-
-// "PROXY" alone or followed by a space: a load balancer's v1 header sent as a command.
-bool is_proxy_header_line(std::string_view line) {
-  constexpr std::string_view kProxy = "PROXY";
-  if (line.size() < kProxy.size() || (line.size() > kProxy.size() && line[5] != ' ')) return false;
-  return std::equal(kProxy.begin(), kProxy.end(), line.begin(), [](char a, char b) {
-    return a == std::toupper(static_cast<unsigned char>(b));
-  });
-}
 
 }  // namespace
 
@@ -111,7 +103,7 @@ Session::GroupEnd Session::group_end_after(Verb verb) {
 
 Session::GroupEnd Session::on_command(const smtp::Command& command) {
   const Verb verb = command.verb;
-  if (is_proxy_header_line(command.line)) {
+  if (proxy_protocol::is_header_line(command.line)) {
     // Only a trusted load balancer may say who the client is, and only before anything else.
     violation(metrics::Violation::client_proxy_header);
     spdlog::warn("{} {} sent a PROXY header but is not in --proxy-protocol-hosts; refused", id_,

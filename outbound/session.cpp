@@ -7,6 +7,7 @@
 #include "proxy/log.hpp"
 #include "proxy/relay.hpp"
 #include "smtp/data_filter.hpp"
+#include "smtp/proxy_protocol.hpp"
 #include "tls/tls_context.hpp"
 #include "tls/tls_stream.hpp"
 
@@ -241,6 +242,12 @@ asio::awaitable<Session::Next> Session::serve(Stream& client) {
 
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::Command& command) {
+  if (proxy_protocol::is_header_line(command.line)) {
+    ++errors_;
+    spdlog::warn("{} {} sent a PROXY header to the relay port; refused", id_, client_label_);
+    reply("550 5.7.1 not permitted\r\n");
+    co_return Next::go_on;
+  }
   switch (command.verb) {
     case Verb::ehlo:
     case Verb::helo: {

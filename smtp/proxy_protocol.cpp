@@ -1,9 +1,11 @@
 // PROXY protocol encoding and decoding; see proxy_protocol.hpp.
 #include "smtp/proxy_protocol.hpp"
+
 #include "smtp/address.hpp"
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <cstring>
 
@@ -244,6 +246,14 @@ Decoded decode(std::string_view input) {
   const std::size_t prefix = std::min(input.size(), kV1Prefix.size());
   if (input.substr(0, prefix) != kV1Prefix.substr(0, prefix)) return invalid();
   return prefix < kV1Prefix.size() ? Decoded{} : decode_v1(input);
+}
+
+bool is_header_line(std::string_view line) {
+  constexpr std::string_view kProxy = "PROXY";
+  if (line.size() < kProxy.size() || (line.size() > kProxy.size() && line[5] != ' ')) return false;
+  return std::equal(kProxy.begin(), kProxy.end(), line.begin(), [](char a, char b) {
+    return a == std::toupper(static_cast<unsigned char>(b));
+  });
 }
 
 }  // namespace stp::proxy_protocol

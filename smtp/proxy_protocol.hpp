@@ -70,4 +70,8 @@ struct Decoded {
 // Decodes the header at the start of `input` (either version).
 Decoded decode(std::string_view input);
 
+// "PROXY" alone or followed by a space, in any case: a load balancer's v1 header sent where a
+// command is read. Never passed on: only a trusted load balancer may say who the client is.
+bool is_header_line(std::string_view line);
+
 }  // namespace stp::proxy_protocol

@@ -173,3 +173,18 @@ def test_credentials_make_tls_required(proxy, postfix, smtp_sink, tmp_path):
         reply = c.ehlo()
         assert reply.code == 421 and "TLS required" in reply.lines[-1], reply
     assert not any("AUTH" in command for command in sink.commands())
+
+
+def test_xclient_xforward_and_proxy_lines_are_never_passed_on(proxy, postfix, smtp_sink):
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, sink.backend)
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        for line in ("XCLIENT ADDR=192.0.2.1", "XFORWARD ADDR=192.0.2.1",
+                     "PROXY TCP4 192.0.2.1 192.0.2.2 1 25", "AUTH PLAIN AGZvbwBiYXI="):
+            reply = c.command(line)
+            assert 500 <= reply.code < 600, (line, reply)
+        assert c.command("QUIT").code == 221
+    verbs = {command.split()[0].upper() for command in sink.commands() if command.strip()}
+    assert not verbs & {"XCLIENT", "XFORWARD", "PROXY", "AUTH"}, sink.commands()
