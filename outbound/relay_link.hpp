@@ -34,7 +34,7 @@ struct RelayPolicy {
 };
 
 // One relay host connection, greeted, past EHLO (and STARTTLS and AUTH when they apply).
-class RelayLink : public Deadline::Owner {
+class RelayLink final : public Deadline::Owner {
  public:
   RelayLink(const boost::asio::any_io_executor& executor, DeadlineQueue& deadlines,
             std::string log_id);

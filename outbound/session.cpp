@@ -28,9 +28,9 @@ using Clock = std::chrono::steady_clock;
 constexpr std::size_t kInputSize = 16 * 1024;
 constexpr auto kQuitTimeout = std::chrono::seconds(5);
 
-class Session : public Connection,
-                public Deadline::Owner,
-                public std::enable_shared_from_this<Session> {
+class Session final : public Connection,
+                      public Deadline::Owner,
+                      public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket client, std::size_t listener_index, SessionServices& services,
           WorkerState& worker)
