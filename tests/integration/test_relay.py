@@ -12,6 +12,10 @@ and the proxy's log lines about the relay connection.
 from __future__ import annotations
 
 import smtplib
+import socketserver
+import threading
+
+import pytest
 
 from conftest import (LOOPBACK, SENDER, SmtpClient, client_content, free_port,
                       simple_message, unique)
@@ -188,3 +192,145 @@ def test_xclient_xforward_and_proxy_lines_are_never_passed_on(proxy, postfix, sm
         assert c.command("QUIT").code == 221
     verbs = {command.split()[0].upper() for command in sink.commands() if command.strip()}
     assert not verbs & {"XCLIENT", "XFORWARD", "PROXY", "AUTH"}, sink.commands()
+
+
+class ScriptedRelay:
+    """A relay host that offers STARTTLS and answers it as told: `starttls_reply` ("454 ...",
+    "554 ...") or, with "break", 220 and then bytes that are no TLS record, and closes. What
+    no real relay host does on demand; everything else is plain SMTP, messages kept in
+    `messages`, one entry per connection in `connections` (True when STARTTLS was asked)."""
+
+    def __init__(self, starttls_reply: str):
+        self.starttls_reply = starttls_reply
+        self.messages: list[bytes] = []
+        self.connections: list[bool] = []
+        self.server = socketserver.ThreadingTCPServer((LOOPBACK, 0), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        relay = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            timeout = 20
+
+            def handle(self):
+                asked = False
+                relay.connections.append(False)
+                index = len(relay.connections) - 1
+                say = self.wfile.write
+                say(b"220 scripted.example ESMTP\r\n")
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    verb = line.split(b" ")[0].strip().upper()
+                    if verb in (b"EHLO", b"HELO"):
+                        say(b"250-scripted.example\r\n250-PIPELINING\r\n" +
+                            (b"" if asked else b"250-STARTTLS\r\n") + b"250 8BITMIME\r\n")
+                    elif verb == b"STARTTLS":
+                        asked = True
+                        relay.connections[index] = True
+                        if relay.starttls_reply == "break":
+                            say(b"220 go ahead\r\n")
+                            self.wfile.flush()
+                            self.rfile.read(5)
+                            say(b"this is no TLS record\r\n")
+                            return
+                        say(relay.starttls_reply.encode() + b"\r\n")
+                    elif verb == b"DATA":
+                        say(b"354 go on\r\n")
+                        data = b""
+                        while not data.endswith(b"\r\n.\r\n"):
+                            chunk = self.rfile.readline()
+                            if not chunk:
+                                return
+                            data += chunk
+                        relay.messages.append(data)
+                        say(b"250 2.0.0 kept\r\n")
+                    elif verb == b"QUIT":
+                        say(b"221 bye\r\n")
+                        return
+                    else:
+                        say(b"250 2.0.0 ok\r\n")
+
+        return Handler
+
+    @property
+    def backend(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted_relay():
+    made: list[ScriptedRelay] = []
+
+    def start(starttls_reply: str) -> ScriptedRelay:
+        relay = ScriptedRelay(starttls_reply)
+        made.append(relay)
+        return relay
+
+    yield start
+    for relay in made:
+        relay.stop()
+
+
+def relay_outcome(port: int) -> int:
+    """Sends one message; the code of the first refusal (EHLO's 421), or 250."""
+    with SmtpClient(port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+        if reply.code != 250:
+            return reply.code
+        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
+        assert c.command("RCPT TO:<x@example.net>").code == 250
+        assert c.command("DATA").code == 354
+        c.send(simple_message(unique("s"), "x@example.net") + b".\r\n")
+        code = c.read_reply().code
+        c.command("QUIT")
+        return code
+
+
+@pytest.mark.parametrize("tryclear", ["on", "off"])
+def test_a_4xx_to_starttls_goes_on_in_the_clear_only_with_tryclear(proxy, postfix,
+                                                                   scripted_relay, tryclear):
+    relay = scripted_relay("454 4.7.0 TLS not available due to local problem")
+    p = relay_proxy(proxy, postfix, relay.backend, "--relay-tls-tempfail-tryclear", tryclear)
+    code = relay_outcome(p.relay_port)
+    if tryclear == "on":
+        assert code == 250 and len(relay.messages) == 1
+        assert "refused STARTTLS" in p.stderr() and "going on in the clear" in p.stderr()
+    else:
+        assert code == 421 and relay.messages == []
+
+
+@pytest.mark.parametrize("require", [False, True])
+def test_a_5xx_to_starttls_goes_on_in_the_clear_unless_tls_is_required(proxy, postfix,
+                                                                       scripted_relay, require):
+    relay = scripted_relay("554 5.7.0 no TLS here")
+    flags = ("--relay-hosts-require-tls", "*") if require else ("--relay-tls-tempfail-tryclear",
+                                                                "off")
+    p = relay_proxy(proxy, postfix, relay.backend, *flags)
+    code = relay_outcome(p.relay_port)
+    assert (code, len(relay.messages)) == ((421, 0) if require else (250, 1))
+
+
+@pytest.mark.parametrize("tryclear", ["on", "off"])
+def test_a_failed_handshake_never_goes_on_on_the_same_connection(proxy, postfix, scripted_relay,
+                                                                 tryclear):
+    """tryclear on: a new connection, no STARTTLS on it, the message delivered in the clear;
+    off: 421, nothing delivered."""
+    relay = scripted_relay("break")
+    p = relay_proxy(proxy, postfix, relay.backend, "--relay-tls-tempfail-tryclear", tryclear)
+    code = relay_outcome(p.relay_port)
+    if tryclear == "on":
+        assert code == 250 and len(relay.messages) == 1
+        assert relay.connections == [True, False], relay.connections
+    else:
+        assert code == 421 and relay.messages == []
+        assert relay.connections == [True]
