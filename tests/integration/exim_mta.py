@@ -53,7 +53,7 @@ local_interfaces = {loopback}
 proxy_protocol_timeout = 1s
 host_lookup =
 rfc1413_hosts =
-tls_advertise_hosts =
+{tls_setting}
 keep_environment =
 timezone = UTC
 smtp_accept_max = 64
@@ -109,8 +109,9 @@ class Exim:
     `sections`, more sections at the end (`begin authenticators`)."""
 
     def __init__(self, binary: Path, proxy_hosts: str, extra: str = "", sections: str = "",
-                 acls: str = ""):
+                 acls: str = "", tls: str = ""):
         self.binary = binary
+        self.tls = tls  # main-section TLS settings; none: no TLS (tls_advertise_hosts empty)
         self.proxy_hosts = proxy_hosts
         self.extra = extra
         self.acls = acls
@@ -136,7 +137,8 @@ class Exim:
         self.config.write_text(CONFIG.format(
             binary=self.binary, hostname=EXIM_HOSTNAME, dir=self.dir, port=self.port,
             loopback=LOOPBACK, proxy_setting=setting + "\n" + self.extra, domain=EXIM_DOMAIN,
-            user=EXIM_USER, acls=self.acls) + self.sections)
+            user=EXIM_USER, acls=self.acls,
+            tls_setting=self.tls or "tls_advertise_hosts =") + self.sections)
         self.config.chmod(0o644)
 
     def start(self) -> None:

@@ -11,14 +11,19 @@ and the proxy's log lines about the relay connection.
 
 from __future__ import annotations
 
+import os
+import shutil
 import smtplib
 import socketserver
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from conftest import (LOOPBACK, SENDER, SmtpClient, client_content, free_port,
                       simple_message, unique)
+from exim_mta import PLAIN_AUTHENTICATOR, Exim, exim_binary
 
 
 def relay_proxy(proxy, postfix, relay_host: str, *flags: str):
@@ -334,3 +339,54 @@ def test_a_failed_handshake_never_goes_on_on_the_same_connection(proxy, postfix,
     else:
         assert code == 421 and relay.messages == []
         assert relay.connections == [True]
+
+
+@pytest.fixture
+def exim_relay(pki, tmp_path_factory):
+    """Exim 4.96 as a relay host with TLS (Postfix's certificate, postfix.test, from the test
+    CA) and its plaintext authenticator (PLAIN, user "user" / "pass"), offered only under
+    TLS."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root")
+    certs = Path(tempfile.mkdtemp(prefix="stp-exim-tls-"))
+    certs.chmod(0o755)
+    for name, source in (("cert.pem", pki.postfix_cert), ("key.pem", pki.postfix_key)):
+        shutil.copy(source, certs / name)
+        (certs / name).chmod(0o644)  # read by Debian-exim at STARTTLS; a test key only
+    tls = (f"tls_advertise_hosts = *\ntls_certificate = {certs / 'cert.pem'}\n"
+           f"tls_privatekey = {certs / 'key.pem'}\n"
+           "auth_advertise_hosts = ${if eq{$tls_in_cipher}{}{}{*}}")
+    e = Exim(exim_binary(), "", tls=tls, sections=PLAIN_AUTHENTICATOR)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.stop()
+        shutil.rmtree(certs, ignore_errors=True)
+
+
+def test_auth_plain_under_tls_to_exim(proxy, postfix, pki, exim_relay, tmp_path):
+    """Exim offers AUTH only under TLS: the proxy authenticates with the credentials file's
+    password after STARTTLS, and Exim records the login on the message."""
+    exim = exim_relay
+    p = relay_proxy(proxy, postfix, exim.backend, "--relay-tls-verify-certificates", str(pki.ca),
+                    "--relay-auth-file", auth_file(tmp_path, f"{LOOPBACK} user pass"))
+    address = exim.new_address()
+    token = unique("auth")
+    assert send(p.relay_port, address, simple_message(token, address)) == {}
+    assert token.encode() in exim.wait_delivered(address)
+    assert "AUTH=user" in p.stderr() and "X=TLSv1.3:" in p.stderr()
+    exim.wait_for_log(r"<= \S+ .*A=plain:user")
+    assert "pass" not in p.stderr().replace("passed", "")
+
+
+def test_auth_refused_by_exim_is_a_4xx(proxy, postfix, pki, exim_relay, tmp_path):
+    p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--relay-auth-file",
+                    auth_file(tmp_path, f"{LOOPBACK} user wrong-password"))
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+        assert reply.code == 421, reply
+        assert "4.7.0" in reply.lines[-1] and "AUTH as user refused" in reply.lines[-1]
+    assert "wrong-password" not in p.stderr()
