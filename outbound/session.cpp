@@ -405,6 +405,11 @@ asio::awaitable<bool> Session::forward(std::string_view line) {
   }
   reply(up.reply(scan));
   up.consume(scan);
+  if (scan.code == 421) {  // the relay host is closing: so is this session, with its words
+    end_reason_ = "relay host closed (421)";
+    link_.reset();
+    co_return false;
+  }
   co_return true;
 }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (LOOPBACK, SENDER, SmtpClient, client_content, free_port,
+from conftest import (LOOPBACK, SENDER, ConnectionClosed, SmtpClient, client_content, free_port,
                       simple_message, unique)
 from exim_mta import PLAIN_AUTHENTICATOR, Exim, exim_binary
 
@@ -390,3 +390,19 @@ def test_auth_refused_by_exim_is_a_4xx(proxy, postfix, pki, exim_relay, tmp_path
         assert reply.code == 421, reply
         assert "4.7.0" in reply.lines[-1] and "AUTH as user refused" in reply.lines[-1]
     assert "wrong-password" not in p.stderr()
+
+
+def test_a_421_from_the_relay_host_ends_the_local_session_with_it(proxy, postfix, smtp_sink):
+    """smtp-sink -Q mail: 421 and disconnect at MAIL. The client hears that 421 and the
+    session ends (the relay host's connection is gone)."""
+    sink = smtp_sink(xclient=False, extra=("-Q", "mail"))
+    p = relay_proxy(proxy, postfix, sink.backend)
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        reply = c.command(f"MAIL FROM:<{SENDER}>")
+        assert reply.code == 421, reply
+        c.settimeout(10)
+        with pytest.raises((ConnectionClosed, ConnectionResetError)):
+            c.read_reply()
+    assert 'end="relay host closed (421)"' in p.stderr()
