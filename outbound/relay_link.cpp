@@ -30,7 +30,16 @@ struct Attempt {
   Next next = Next::next_address;
   std::string why;  // for the log and the local client's reply
   std::string code = "4.4.1";
+  std::string_view reason = "connect";  // the metrics' word for why
 };
+
+}  // namespace
+
+std::string label_of(const RelayHost& host) {
+  return host.name + ":" + std::to_string(host.port);
+}
+
+namespace {
 
 std::string one_line(std::string_view reply) {
   while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.remove_suffix(1);
@@ -49,17 +58,28 @@ class Connector {
       const auto endpoints = co_await resolve(host);
       if (endpoints.empty()) {
         result.failure = {"4.4.3", host.name + ": " + last_why_};
+        if (policy_.metrics) policy_.metrics->passed_over(label_of(host), "resolve");
         continue;
       }
       for (const auto& endpoint : endpoints) {
         Attempt attempt = co_await try_address(host, endpoint, false, result.link);
         if (attempt.next == Next::again_in_clear) {
+          if (policy_.metrics) policy_.metrics->tryclear(label_of(host));
           spdlog::info("{} relay host {} [{}]:{}: {}; connecting again to deliver in the clear",
                        log_id_, host.name, endpoint.address().to_string(), endpoint.port(),
                        attempt.why);
           attempt = co_await try_address(host, endpoint, true, result.link);
         }
-        if (attempt.next == Next::done) co_return result;
+        if (attempt.next == Next::done) {
+          if (policy_.metrics) {
+            const auto& t = result.link->tls_facts;
+            policy_.metrics->connection(label_of(host), !t            ? "clear"
+                                                        : t->verified ? "verified"
+                                                                      : "encrypted");
+          }
+          co_return result;
+        }
+        if (policy_.metrics) policy_.metrics->passed_over(label_of(host), attempt.reason);
         spdlog::warn("{} relay host {} [{}]:{} passed over: {}", log_id_, host.name,
                      endpoint.address().to_string(), endpoint.port(), attempt.why);
         result.failure = {attempt.code, host.name + ": " + attempt.why};
@@ -117,18 +137,19 @@ class Connector {
 
     Upstream::Target target{.endpoint = endpoint, .host = host.name, .port = endpoint.port()};
     const bool connected = co_await up.connect(target, kConnectTimeout);
-    if (!connected) co_return Attempt{Next::next_address, "cannot connect"};
+    if (!connected) co_return Attempt{Next::next_address, "cannot connect", "4.4.1", "connect"};
     if (implicit) {
       const bool secured = co_await up.start_tls(policy_.tls, parameters);
-      if (!secured) co_return Attempt{Next::next_address, "TLS on connect failed", "4.7.5"};
+      if (!secured)
+        co_return Attempt{Next::next_address, "TLS on connect failed", "4.7.5", "tls_failed"};
     }
     const auto greeting = co_await up.read_reply();
     if (greeting.status != smtp::ReplyScan::Status::complete) {
-      co_return Attempt{Next::next_address, "no greeting"};
+      co_return Attempt{Next::next_address, "no greeting", "4.4.1", "greeting"};
     }
     if (greeting.code != 220) {
-      co_return Attempt{Next::next_address,
-                        "greeted with \"" + one_line(up.reply(greeting)) + "\""};
+      co_return Attempt{Next::next_address, "greeted with \"" + one_line(up.reply(greeting)) + "\"",
+                        "4.4.1", "greeting"};
     }
     up.consume(greeting);
     auto attempt = co_await ehlo(*link);
@@ -138,10 +159,10 @@ class Connector {
       attempt = co_await negotiate_tls(*link, parameters, require_tls, verify);
       if (attempt.next != Next::done) co_return attempt;
     } else if (in_clear && require_tls) {
-      co_return Attempt{Next::next_host, "TLS required and not to be had", "4.7.5"};
+      co_return Attempt{Next::next_host, "TLS required and not to be had", "4.7.5", "tls_required"};
     }
     if (!link->tls_facts && require_tls) {
-      co_return Attempt{Next::next_host, "TLS required and not offered", "4.7.5"};
+      co_return Attempt{Next::next_host, "TLS required and not offered", "4.7.5", "tls_required"};
     }
     if (credential) {
       attempt = co_await authenticate(*link, *credential);
@@ -156,11 +177,12 @@ class Connector {
     Upstream& up = link.upstream;
     const auto reply = co_await up.ehlo(relay_.helo);
     if (reply.scan.status != smtp::ReplyScan::Status::complete) {
-      co_return Attempt{Next::next_address, "no reply to EHLO"};
+      co_return Attempt{Next::next_address, "no reply to EHLO", "4.4.1", "ehlo"};
     }
     if (reply.scan.code != 250) {
       co_return Attempt{Next::next_address,
-                        "EHLO refused: \"" + one_line(up.reply(reply.scan)) + "\""};
+                        "EHLO refused: \"" + one_line(up.reply(reply.scan)) + "\"", "4.4.1",
+                        "ehlo"};
     }
     link.ehlo_reply = std::string(up.reply(reply.scan));
     link.capabilities = reply.capabilities;
@@ -185,10 +207,11 @@ class Connector {
         up.consume(started.scan);
         if (require_tls) {
           co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\"), TLS required",
-                            "4.7.5"};
+                            "4.7.5", "tls_required"};
         }
         if (temporary && !relay_.tls_tempfail_tryclear) {
-          co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\")", "4.7.5"};
+          co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\")", "4.7.5",
+                            "tls_failed"};
         }
         spdlog::info("{} {} refused STARTTLS (\"{}\"): going on in the clear", log_id_, link.label,
                      said);
@@ -197,10 +220,10 @@ class Connector {
       case Upstream::StartTls::failed: {
         const std::string why = "TLS negotiation failed";
         if (verify) {
-          co_return Attempt{Next::next_host, why + " (certificate must verify)", "4.7.5"};
+          co_return Attempt{Next::next_host, why + " (certificate must verify)", "4.7.5", "verify"};
         }
         if (require_tls || !relay_.tls_tempfail_tryclear) {
-          co_return Attempt{Next::next_host, why, "4.7.5"};
+          co_return Attempt{Next::next_host, why, "4.7.5", "tls_failed"};
         }
         co_return Attempt{Next::again_in_clear, why};
       }
@@ -215,7 +238,7 @@ class Connector {
     Upstream& up = link.upstream;
     const auto mechanism = smtp::choose_sasl_mechanism(link.capabilities);
     if (!mechanism) {
-      co_return Attempt{Next::next_host, "offers no AUTH PLAIN or LOGIN", "4.7.0"};
+      co_return Attempt{Next::next_host, "offers no AUTH PLAIN or LOGIN", "4.7.0", "auth"};
     }
     smtp::ReplyScan scan{smtp::ReplyScan::Status::malformed};
     if (*mechanism == smtp::SaslMechanism::plain) {
@@ -233,7 +256,7 @@ class Connector {
       }
     }
     if (scan.status != smtp::ReplyScan::Status::complete) {
-      co_return Attempt{Next::next_address, "lost during AUTH"};
+      co_return Attempt{Next::next_address, "lost during AUTH", "4.4.1", "auth"};
     }
     if (scan.code != 235) {
       const std::string said = one_line(up.reply(scan));
@@ -242,6 +265,7 @@ class Connector {
     }
     up.consume(scan);
     link.auth_user = credential.user;
+    if (policy_.metrics) policy_.metrics->auth(label_of(*link.host), "ok");
     co_return Attempt{Next::done, {}};
   }
 

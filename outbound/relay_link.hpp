@@ -8,6 +8,7 @@
 // certificate through OpenSSL against the configured CAs and names.
 #pragma once
 
+#include "metrics/relay_metrics.hpp"
 #include "outbound/credentials.hpp"
 #include "proxy/config.hpp"
 #include "proxy/deadline.hpp"
@@ -26,12 +27,17 @@
 
 namespace stp::outbound {
 
-// What every connection shares: the configuration, the TLS client context, the credentials.
+// What every connection shares: the configuration, the TLS client context, the credentials,
+// the metrics (null in tests that need none).
 struct RelayPolicy {
   const Config& config;
   std::shared_ptr<const tls::ClientContext> tls;
   const Credentials& credentials;
+  metrics::RelayMetrics* metrics = nullptr;
 };
+
+// A relay host as metrics and logs name it: "smtp.example.net:587".
+std::string label_of(const RelayHost& host);
 
 // One relay host connection, greeted, past EHLO (and STARTTLS and AUTH when they apply).
 class RelayLink final : public Deadline::Owner {

@@ -108,6 +108,7 @@ class Session final : public Connection,
   asio::awaitable<bool> forward(std::string_view line);
   void reply(std::string_view text) { to_client_.append(text); }
   void lost_link(std::string_view during);
+  void count_message(int code);
   std::string ehlo_reply() const;
   asio::awaitable<void> finish();
 
@@ -167,6 +168,7 @@ asio::awaitable<void> Session::run() {
   const auto& relay = config_.relay;
   if (!relay.clients.matches(remote.address())) {
     spdlog::warn("{} relay refused to {} (not in --relay-clients)", id_, client_label_);
+    services_.metrics.client_refused();
     if (!listener_.implicit_tls) {
       tls::PlainStream plain(client_);
       reply("554 5.7.1 " + relay.helo + " relaying denied for [" + remote.address().to_string() +
@@ -328,11 +330,13 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
   if (verdict.status != smtp::ReplyScan::Status::complete) {
     // RFC 1047: the relay host may have taken the message; it may then arrive twice.
     reply("451 4.4.2 relay host lost after the message was sent; it may be delivered twice\r\n");
+    count_message(0);
     spdlog::warn("{} relay host {} lost before its reply to a message", id_, link_->label);
     link_.reset();
     co_return Next::close;
   }
   reply(up.reply(verdict));
+  count_message(verdict.code);
   if (verdict.code / 100 == 2) {
     ++link_->messages;
     ++messages_;
@@ -367,7 +371,10 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
     co_return Next::close;
   }
   reply(up.reply(verdict));
-  if (command.bdat->last) in_transaction_ = false;
+  if (command.bdat->last) {
+    in_transaction_ = false;
+    count_message(verdict.code);
+  }
   if (command.bdat->last && verdict.code / 100 == 2) {
     ++link_->messages;
     ++messages_;
@@ -382,6 +389,7 @@ asio::awaitable<bool> Session::ensure_link() {
   if (link_) {
     spdlog::info("{} relay connection H={} reused for {} (after {} messages)", id_, link_->label,
                  client_label_, link_->messages);
+    services_.metrics.reused(label_of(*link_->host));
     co_return true;
   }
   auto connected =
@@ -411,6 +419,15 @@ asio::awaitable<bool> Session::forward(std::string_view line) {
     co_return false;
   }
   co_return true;
+}
+
+// The relay host's verdict on a message, for the metrics (0: it gave none).
+void Session::count_message(int code) {
+  const std::string_view verdict = code == 0         ? "lost"
+                                   : code / 100 == 2 ? "accepted"
+                                   : code / 100 == 4 ? "tempfailed"
+                                                     : "rejected";
+  services_.metrics.message(label_of(*link_->host), verdict);
 }
 
 void Session::lost_link(std::string_view during) {
@@ -452,7 +469,9 @@ SessionServices::SessionServices(Runtime& runtime_in)
       config(runtime_in.config),
       credentials(config.relay.auth_file.empty() ? Credentials()
                                                  : Credentials::load(config.relay.auth_file)),
-      policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials} {}
+      metrics(runtime_in.metrics.registry()),
+      policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials, &metrics} {
+}
 
 LinkPool& SessionServices::pool_for(const WorkerState& worker) {
   std::lock_guard lock(pools_mutex_);

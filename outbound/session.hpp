@@ -11,6 +11,7 @@
 #pragma once
 
 #include "metrics/metrics.hpp"
+#include "metrics/relay_metrics.hpp"
 #include "outbound/credentials.hpp"
 #include "outbound/link_pool.hpp"
 #include "outbound/relay_link.hpp"
@@ -39,6 +40,7 @@ class SessionServices final : public SessionFactory {
   Runtime& runtime;
   const Config& config;
   Credentials credentials;
+  metrics::RelayMetrics metrics;
   RelayPolicy policy;
   std::atomic<std::uint64_t> next_session_id{1};
 

@@ -24,6 +24,7 @@ import pytest
 from conftest import (LOOPBACK, SENDER, ConnectionClosed, SmtpClient, client_content, free_port,
                       simple_message, unique)
 from exim_mta import PLAIN_AUTHENTICATOR, Exim, exim_binary
+from ops_support import scrape, value
 
 
 def relay_proxy(proxy, postfix, relay_host: str, *flags: str):
@@ -406,3 +407,42 @@ def test_a_421_from_the_relay_host_ends_the_local_session_with_it(proxy, postfix
         with pytest.raises((ConnectionClosed, ConnectionResetError)):
             c.read_reply()
     assert 'end="relay host closed (421)"' in p.stderr()
+
+
+def test_relay_metrics_per_configured_relay_host(proxy, postfix, pki, scripted_relay):
+    """Scraped from /metrics: the TLS outcome of each connection, the reuse, the relay
+    host's verdicts, tryclear fallbacks and hosts passed over, labelled by the relay host as
+    configured, and the local clients refused."""
+    metrics_port = free_port()
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--relay-tls-verify-hosts", "*",
+                    "--relay-tls-verify-cert-hostnames", "", "--threads", "1",
+                    "--metrics-listen", f"{LOOPBACK}:{metrics_port}")
+    box = postfix.new_mailbox()
+    for n in range(2):
+        assert send(p.relay_port, box.address, simple_message(unique(f"q{n}"), box.address)) == {}
+    box.wait(2)
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:  # a recipient Postfix refuses
+        assert c.greeting().code == 220 and c.ehlo().code == 250
+        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
+        assert c.command("RCPT TO:<nobody@elsewhere.invalid>").code // 100 in (4, 5)
+        assert c.command("QUIT").code == 221
+    host = postfix.backend
+    samples = scrape(metrics_port)
+    assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host=host,
+                 tls="verified") == 1
+    assert value(samples, "smtp_tls_proxy_relay_connection_reuses_total", relay_host=host) == 2
+    assert value(samples, "smtp_tls_proxy_relay_messages_total", relay_host=host,
+                 verdict="accepted") == 2
+
+    relay = scripted_relay("break")
+    q = relay_proxy(proxy, postfix, relay.backend, "--relay-clients", "127.0.0.1",
+                    "--metrics-listen", f"{LOOPBACK}:{(other := free_port())}")
+    assert relay_outcome(q.relay_port) == 250
+    with SmtpClient(q.relay_port, source="127.0.0.2") as c:
+        assert c.greeting().code == 554
+    samples = scrape(other)
+    assert value(samples, "smtp_tls_proxy_relay_tryclear_total", relay_host=relay.backend) == 1
+    assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host=relay.backend,
+                 tls="clear") == 1
+    assert value(samples, "smtp_tls_proxy_relay_clients_refused_total") == 1

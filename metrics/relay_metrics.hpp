@@ -1,0 +1,45 @@
+// The outbound relay's metrics, in the process's registry: per configured relay host (its
+// "name:port" as --relay-host gives it, a low-cardinality label; never a recipient or an
+// address), the connections made and how TLS went, the reasons a host was passed over,
+// tryclear fallbacks, reuses, AUTH results and the relay hosts' verdicts on messages.
+// Counted a few times per connection and message; each call looks its series up under the
+// family's lock.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/registry.h>
+
+#include <string>
+#include <string_view>
+
+namespace stp::metrics {
+
+class RelayMetrics {
+ public:
+  explicit RelayMetrics(prometheus::Registry& registry);
+
+  // tls: "verified", "encrypted" (not verified), "clear".
+  void connection(std::string_view relay_host, std::string_view tls);
+  // reason: a short word ("connect", "greeting", "ehlo", "tls_required", "tls_failed",
+  // "verify", "auth", "resolve").
+  void passed_over(std::string_view relay_host, std::string_view reason);
+  void tryclear(std::string_view relay_host);
+  void reused(std::string_view relay_host);
+  // result: "ok" or "refused".
+  void auth(std::string_view relay_host, std::string_view result);
+  // verdict: "accepted" (2xx), "rejected" (5xx), "tempfailed" (4xx), "lost" (no reply).
+  void message(std::string_view relay_host, std::string_view verdict);
+  void client_refused();
+
+ private:
+  prometheus::Family<prometheus::Counter>& connections_;
+  prometheus::Family<prometheus::Counter>& passed_over_;
+  prometheus::Family<prometheus::Counter>& tryclear_;
+  prometheus::Family<prometheus::Counter>& reuses_;
+  prometheus::Family<prometheus::Counter>& auth_;
+  prometheus::Family<prometheus::Counter>& messages_;
+  prometheus::Counter& clients_refused_;
+};
+
+}  // namespace stp::metrics
