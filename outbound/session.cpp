@@ -473,6 +473,15 @@ SessionServices::SessionServices(Runtime& runtime_in)
       policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials, &metrics} {
 }
 
+void SessionServices::start_serving(asio::io_context& io) {
+  probe_ = std::make_unique<RelayProbe>(io, config);
+  probe_->start();
+}
+
+void SessionServices::stop_serving() {
+  if (probe_) probe_->stop();
+}
+
 LinkPool& SessionServices::pool_for(const WorkerState& worker) {
   std::lock_guard lock(pools_mutex_);
   auto& pool = pools_[&worker];

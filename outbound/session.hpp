@@ -15,6 +15,7 @@
 #include "outbound/credentials.hpp"
 #include "outbound/link_pool.hpp"
 #include "outbound/relay_link.hpp"
+#include "outbound/relay_probe.hpp"
 #include "proxy/runtime.hpp"
 
 #include <atomic>
@@ -33,6 +34,9 @@ class SessionServices final : public SessionFactory {
 
   void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
              WorkerState& worker) override;
+  void start_serving(boost::asio::io_context& io) override;
+  void stop_serving() override;
+  bool ready() const override { return probe_ && probe_->up(); }
 
   // The relay host connections kept on `worker`'s thread (made at its first use).
   LinkPool& pool_for(const WorkerState& worker);
@@ -45,6 +49,7 @@ class SessionServices final : public SessionFactory {
   std::atomic<std::uint64_t> next_session_id{1};
 
  private:
+  std::unique_ptr<RelayProbe> probe_;
   std::mutex pools_mutex_;
   std::map<const WorkerState*, std::unique_ptr<LinkPool>> pools_;
 };

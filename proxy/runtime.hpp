@@ -9,6 +9,7 @@
 #include "proxy/memory_return.hpp"
 #include "tls/tls_context.hpp"
 
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
@@ -67,6 +68,12 @@ class SessionFactory {
   // uncounts itself from sessions_alive.
   virtual void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
                      WorkerState& worker) = 0;
+  // Once, on `io` (the first worker's loop), before the first session: the direction's own
+  // work (a health probe); stopped when the server drains.
+  virtual void start_serving(boost::asio::io_context& /*io*/) {}
+  virtual void stop_serving() {}
+  // Whether the direction can serve now, for /readyz (called from any thread).
+  virtual bool ready() const { return true; }
 
  protected:
   ~SessionFactory() = default;

@@ -103,7 +103,8 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
 Server::~Server() = default;
 
 bool Server::ready() const {
-  return !draining_.load() && (!serves_inbound() || probe_.mta_up());
+  return !draining_.load() && (!serves_inbound() || probe_.mta_up()) &&
+         (!relay_ || relay_->ready());
 }
 
 Server::Worker& Server::next_worker() {
@@ -208,6 +209,7 @@ asio::awaitable<void> Server::drain() {
     acceptor.close(ignored);
   }
   probe_.stop();
+  if (relay_) relay_->stop_serving();
   for_each_session([](Connection& s) { s.drain(); });
 
   asio::steady_timer timer(workers_[0]->io);
@@ -274,6 +276,7 @@ int Server::run(SessionFactory& inbound, SessionFactory* relay) {
                  metrics::endpoint_label(*config_.metrics_listen));
   }
   if (serves_inbound()) probe_.start();  // relaying out only: there is no MTA behind
+  if (relay_) relay_->start_serving(workers_[0]->io);
   asio::co_spawn(workers_[0]->io, watch_certificate_files(), asio::detached);
   signals_.async_wait([this](const error_code& ec, int signal) { on_signal(ec, signal); });
 

@@ -17,6 +17,7 @@ import smtplib
 import socketserver
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ import pytest
 from conftest import (LOOPBACK, SENDER, ConnectionClosed, SmtpClient, client_content, free_port,
                       simple_message, unique)
 from exim_mta import PLAIN_AUTHENTICATOR, Exim, exim_binary
-from ops_support import scrape, value
+from ops_support import http_get, scrape, value
 
 
 def relay_proxy(proxy, postfix, relay_host: str, *flags: str):
@@ -204,7 +205,8 @@ class ScriptedRelay:
     """A relay host that offers STARTTLS and answers it as told: `starttls_reply` ("454 ...",
     "554 ...") or, with "break", 220 and then bytes that are no TLS record, and closes. What
     no real relay host does on demand; everything else is plain SMTP, messages kept in
-    `messages`, one entry per connection in `connections` (True when STARTTLS was asked)."""
+    `messages`, one entry per connection that said EHLO in `connections` (True when STARTTLS
+    was asked)."""
 
     def __init__(self, starttls_reply: str):
         self.starttls_reply = starttls_reply
@@ -223,8 +225,7 @@ class ScriptedRelay:
 
             def handle(self):
                 asked = False
-                relay.connections.append(False)
-                index = len(relay.connections) - 1
+                index = None  # counted at EHLO: the readiness probe only reads the greeting
                 say = self.wfile.write
                 say(b"220 scripted.example ESMTP\r\n")
                 while True:
@@ -233,6 +234,9 @@ class ScriptedRelay:
                         return
                     verb = line.split(b" ")[0].strip().upper()
                     if verb in (b"EHLO", b"HELO"):
+                        if index is None:
+                            relay.connections.append(False)
+                            index = len(relay.connections) - 1
                         say(b"250-scripted.example\r\n250-PIPELINING\r\n" +
                             (b"" if asked else b"250-STARTTLS\r\n") + b"250 8BITMIME\r\n")
                     elif verb == b"STARTTLS":
@@ -446,3 +450,19 @@ def test_relay_metrics_per_configured_relay_host(proxy, postfix, pki, scripted_r
     assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host=relay.backend,
                  tls="clear") == 1
     assert value(samples, "smtp_tls_proxy_relay_clients_refused_total") == 1
+
+
+def test_readyz_needs_a_relay_host_that_answers(proxy, postfix):
+    """/readyz is 200 while a relay host greets the probe; with the only relay host down
+    (nothing listens on its port) it is 503, though the MTA behind the inbound side is up."""
+    up_port, down_port = free_port(), free_port()
+    relay_proxy(proxy, postfix, postfix.backend, "--metrics-listen", f"{LOOPBACK}:{up_port}")
+    nothing = free_port()
+    relay_proxy(proxy, postfix, f"{LOOPBACK}:{nothing}", "--metrics-listen",
+                f"{LOOPBACK}:{down_port}")
+    deadline = time.monotonic() + 10
+    while http_get(up_port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert http_get(up_port, "/readyz")[0] == 200
+    assert http_get(down_port, "/readyz")[0] == 503
+    assert http_get(down_port, "/healthz")[0] == 200
