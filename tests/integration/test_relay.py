@@ -12,6 +12,7 @@ and the proxy's log lines about the relay connection.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import smtplib
 import socketserver
@@ -466,3 +467,19 @@ def test_readyz_needs_a_relay_host_that_answers(proxy, postfix):
     assert http_get(up_port, "/readyz")[0] == 200
     assert http_get(down_port, "/readyz")[0] == 503
     assert http_get(down_port, "/healthz")[0] == 200
+
+
+def test_a_kept_connection_is_closed_after_its_idle_time(proxy, postfix, smtp_sink):
+    """--relay-connection-idle 1s: a session 2 s after the last one gets a new connection; the
+    kept one was closed meanwhile (smtp-sink saw it end)."""
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, sink.backend, "--threads", "1",
+                    "--relay-connection-idle", "1s", "--log-level", "debug")
+    assert send(p.relay_port, "x@example.net", simple_message(unique("i"), "x@example.net")) == {}
+    deadline = time.monotonic() + 10
+    while "closed after 1s idle" not in p.stderr() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "closed after 1s idle" in p.stderr()
+    assert send(p.relay_port, "x@example.net", simple_message(unique("j"), "x@example.net")) == {}
+    assert len(re.findall(r"relay connection H=\S+ \[\S+\]:\d+ X=", p.stderr())) == 2
+    assert "reused for" not in p.stderr()
