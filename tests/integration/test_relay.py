@@ -347,11 +347,25 @@ def test_a_failed_handshake_never_goes_on_on_the_same_connection(proxy, postfix,
         assert relay.connections == [True]
 
 
-@pytest.fixture
-def exim_relay(pki, tmp_path_factory):
+# Exim's LOGIN, the same fixed words as PLAIN_AUTHENTICATOR: for a relay host that offers
+# only LOGIN.
+LOGIN_AUTHENTICATOR = """
+begin authenticators
+
+login:
+  driver = plaintext
+  public_name = LOGIN
+  server_prompts = Username:: : Password::
+  server_condition = ${if and {{eq{$auth1}{user}}{eq{$auth2}{pass}}}}
+  server_set_id = $auth1
+"""
+
+
+@pytest.fixture(params=["PLAIN"])
+def exim_relay(pki, request):
     """Exim 4.96 as a relay host with TLS (Postfix's certificate, postfix.test, from the test
-    CA) and its plaintext authenticator (PLAIN, user "user" / "pass"), offered only under
-    TLS."""
+    CA) and a plaintext authenticator (PLAIN, or LOGIN when the test asks; user "user" /
+    "pass"), offered only under TLS."""
     if os.geteuid() != 0:
         pytest.skip("a private Exim needs root")
     certs = Path(tempfile.mkdtemp(prefix="stp-exim-tls-"))
@@ -362,7 +376,8 @@ def exim_relay(pki, tmp_path_factory):
     tls = (f"tls_advertise_hosts = *\ntls_certificate = {certs / 'cert.pem'}\n"
            f"tls_privatekey = {certs / 'key.pem'}\n"
            "auth_advertise_hosts = ${if eq{$tls_in_cipher}{}{}{*}}")
-    e = Exim(exim_binary(), "", tls=tls, sections=PLAIN_AUTHENTICATOR)
+    sections = LOGIN_AUTHENTICATOR if request.param == "LOGIN" else PLAIN_AUTHENTICATOR
+    e = Exim(exim_binary(), "", tls=tls, sections=sections)
     try:
         e.start()
         yield e
@@ -483,3 +498,15 @@ def test_a_kept_connection_is_closed_after_its_idle_time(proxy, postfix, smtp_si
     assert send(p.relay_port, "x@example.net", simple_message(unique("j"), "x@example.net")) == {}
     assert len(re.findall(r"relay connection H=\S+ \[\S+\]:\d+ X=", p.stderr())) == 2
     assert "reused for" not in p.stderr()
+
+
+@pytest.mark.parametrize("exim_relay", ["LOGIN"], indirect=True)
+def test_auth_login_when_the_relay_host_offers_only_login(proxy, postfix, pki, exim_relay,
+                                                          tmp_path):
+    p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--relay-auth-file", auth_file(tmp_path, f"{LOOPBACK} user pass"))
+    address = exim_relay.new_address()
+    token = unique("login")
+    assert send(p.relay_port, address, simple_message(token, address)) == {}
+    assert token.encode() in exim_relay.wait_delivered(address)
+    exim_relay.wait_for_log(r"<= \S+ .*A=login:user")
