@@ -4,10 +4,10 @@
 
 #include "proxy/backend_probe.hpp"
 #include "proxy/log.hpp"
+#include "proxy/spawn_session.hpp"
 #include "smtp/address.hpp"
 
 #include <boost/asio/bind_allocator.hpp>
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -31,21 +31,6 @@ std::string endpoint_label(const asio::ip::address& address, std::uint16_t port)
 std::string session_id(std::uint64_t n) {
   // Twelve hex digits: unique within a process, short enough to grep for.
   return fmt::format("{:012X}", n & 0xFFFFFFFFFFFFull);
-}
-
-// Runs `step` of `session`, counted awake until it ends or parks; an exception (a bug) is
-// logged and ends that session only.
-void spawn(const std::shared_ptr<Session>& session, asio::awaitable<void> step,
-           const asio::any_io_executor& executor, MemoryReturn& memory) {
-  asio::co_spawn(executor, std::move(step),
-                 [session, awake = AwakeSession(memory)](std::exception_ptr e) {
-                   if (!e) return;
-                   try {
-                     std::rethrow_exception(e);
-                   } catch (const std::exception& ex) {
-                     spdlog::error("session ended by an internal error: {}", ex.what());
-                   }
-                 });
 }
 
 }  // namespace
@@ -101,7 +86,7 @@ Session::~Session() {
 
 void Session::start(std::shared_ptr<Session> session) {
   auto executor = session->client_.get_executor();
-  spawn(session, session->run(), executor, session->worker_.memory);
+  spawn_session(session, session->run(), executor, session->worker_.memory);
 }
 
 void Session::drain() {
@@ -218,7 +203,7 @@ void Session::park() {
   auto resume = [self = shared_from_this()](const error_code& ec) {
     self->parked_wait_ = ec;
     auto executor = self->client_.get_executor();
-    spawn(self, self->proceed(), executor, self->worker_.memory);
+    spawn_session(self, self->proceed(), executor, self->worker_.memory);
   };
   client_.async_wait(tcp::socket::wait_read,
                      asio::bind_allocator(std::allocator<void>(), std::move(resume)));

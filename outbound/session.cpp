@@ -6,13 +6,11 @@
 #include "proxy/input_buffer.hpp"
 #include "proxy/log.hpp"
 #include "proxy/relay.hpp"
+#include "proxy/spawn_session.hpp"
 #include "smtp/data_filter.hpp"
 #include "smtp/proxy_protocol.hpp"
 #include "tls/tls_context.hpp"
 #include "tls/tls_stream.hpp"
-
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 
 #include <fmt/format.h>
 
@@ -492,14 +490,7 @@ LinkPool& SessionServices::pool_for(const WorkerState& worker) {
 void SessionServices::start(tcp::socket socket, std::size_t listener_index, WorkerState& worker) {
   const auto executor = socket.get_executor();
   auto session = std::make_shared<Session>(std::move(socket), listener_index, *this, worker);
-  asio::co_spawn(executor, session->run(), [session](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      spdlog::error("relay session ended by an internal error: {}", ex.what());
-    }
-  });
+  spawn_session(session, session->run(), executor, worker.memory);
 }
 
 }  // namespace stp::outbound
