@@ -26,7 +26,8 @@ class RelayMetrics {
   void passed_over(std::string_view relay_host, std::string_view reason);
   void tryclear(std::string_view relay_host);
   void reused(std::string_view relay_host);
-  // result: "ok" or "refused".
+  // result: "ok" or "refused" (the proxy's own credentials); "client_ok" or "client_refused"
+  // (a local client's AUTH relayed).
   void auth(std::string_view relay_host, std::string_view result);
   // verdict: "accepted" (2xx), "rejected" (5xx), "tempfailed" (4xx), "lost" (no reply).
   void message(std::string_view relay_host, std::string_view verdict);

@@ -63,7 +63,8 @@ class RelayLink final : public Deadline::Owner {
   std::string ehlo_reply;  // the relay host's last EHLO reply, whole
   smtp::MtaCapabilities capabilities;
   std::optional<tls::SessionFacts> tls_facts;  // when the connection is encrypted
-  std::string auth_user;                       // when AUTH succeeded
+  std::string auth_user;                       // when the proxy's own AUTH succeeded
+  bool client_authenticated = false;           // a local client's AUTH went over it: never shared
   unsigned messages = 0;                       // accepted on this connection
 };
 

@@ -25,6 +25,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::size_t kInputSize = 16 * 1024;
 constexpr auto kQuitTimeout = std::chrono::seconds(5);
+// RFC 4954's limit for a line of an AUTH exchange, less its CRLF.
+constexpr std::size_t kMaxAuthResponse = 12286;
 
 class Session final : public Connection,
                       public Deadline::Owner,
@@ -97,6 +99,8 @@ class Session final : public Connection,
   template <class Stream>
   asio::awaitable<Next> on_bdat(Stream& client, const smtp::Command& command);
   template <class Stream>
+  asio::awaitable<Next> on_auth(Stream& client, const smtp::Command& command);
+  template <class Stream>
   asio::awaitable<bool> read_client(Stream& client, Clock::time_point limit);
   template <class Stream>
   asio::awaitable<bool> flush(Stream& client);
@@ -108,6 +112,7 @@ class Session final : public Connection,
   void lost_link(std::string_view during);
   void count_message(int code);
   std::string ehlo_reply() const;
+  bool may_relay_auth() const;
   asio::awaitable<void> finish();
 
   SessionServices& services_;
@@ -271,10 +276,12 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
       reply("221 2.0.0 " + config_.relay.helo + " closing connection\r\n");
       end_reason_ = "quit";
       co_return Next::close;
+    case Verb::auth:
+      if (may_relay_auth()) co_return co_await on_auth(client, command);
+      [[fallthrough]];
     case Verb::xclient:
     case Verb::xforward:
     case Verb::turn:
-    case Verb::auth:
       ++errors_;
       reply("502 5.5.1 not offered here\r\n");
       co_return Next::go_on;
@@ -381,6 +388,68 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
   co_return Next::go_on;
 }
 
+// The local client's own AUTH, relayed line by line to the relay host: its 334 challenges to
+// the client, the client's responses to it, until a reply other than 334. The connection is
+// the client's from here on, whatever the outcome: it is never kept for another session.
+template <class Stream>
+asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Command& command) {
+  Upstream& up = link_->upstream;
+  link_->client_authenticated = true;
+  std::string line(command.line);
+  line += "\r\n";
+  auto scan = co_await up.command(line);
+  while (scan.status == smtp::ReplyScan::Status::complete && scan.code == 334) {
+    reply(up.reply(scan));
+    up.consume(scan);
+    if (!co_await flush(client)) co_return Next::close;
+    auto frame = framer_.next(client_in_.view());
+    while (frame.status == smtp::CommandFramer::Status::need_more) {
+      if (!co_await read_client(client, Clock::time_point::max())) co_return Next::close;
+      frame = framer_.next(client_in_.view());
+    }
+    client_in_.consume(frame.consumed);
+    std::string_view refused;
+    if (frame.status == smtp::CommandFramer::Status::line_too_long ||
+        frame.line.size() > kMaxAuthResponse) {
+      refused = "500 5.5.6 authentication exchange line is too long\r\n";
+    } else if (smtp::has_control_character(frame.line)) {
+      refused = "501 5.5.2 bad character in an authentication response\r\n";
+    }
+    if (!refused.empty()) {
+      // "*" ends the exchange (RFC 4954); the relay host's 501 to it is not the client's.
+      ++errors_;
+      const auto cancelled = co_await up.command("*\r\n");
+      if (cancelled.status != smtp::ReplyScan::Status::complete) {
+        lost_link("AUTH");
+        co_return Next::close;
+      }
+      up.consume(cancelled);
+      reply(refused);
+      co_return Next::go_on;
+    }
+    line.assign(frame.line);
+    line += "\r\n";
+    scan = co_await up.command(line);
+  }
+  if (scan.status != smtp::ReplyScan::Status::complete) {
+    lost_link("AUTH");
+    co_return Next::close;
+  }
+  const int code = scan.code;
+  reply(up.reply(scan));
+  up.consume(scan);
+  const auto mechanism = command.arguments.substr(0, command.arguments.find(' '));
+  spdlog::info("{} AUTH {} from {} relayed to {}: {}", id_, log::escape(mechanism, 20),
+               client_label_, link_->label, code);
+  services_.metrics.auth(label_of(*link_->host), code / 100 == 2 ? "client_ok" : "client_refused");
+  if (code == 421) {
+    end_reason_ = "relay host closed (421)";
+    link_.reset();
+    co_return Next::close;
+  }
+  co_return Next::go_on;
+}
+
 asio::awaitable<bool> Session::ensure_link() {
   if (link_) co_return true;
   link_ = co_await services_.pool_for(worker_).take();
@@ -436,12 +505,20 @@ void Session::lost_link(std::string_view during) {
 }
 
 // The relay host's EHLO reply, as the local client may use it: STARTTLS only for our own
-// TLS, no AUTH (the relay host's AUTH is the proxy's to use), CHUNKING when the relay has it.
+// TLS, AUTH only as may_relay_auth() says, CHUNKING when the relay has it.
 std::string Session::ehlo_reply() const {
   smtp::EhloRewrite rewrite;
   rewrite.offer_starttls = advertise_tls_ && !tls_ && !listener_.implicit_tls;
-  rewrite.hide_auth = true;
+  rewrite.hide_auth = !may_relay_auth();
   return smtp::rewrite_ehlo_reply(link_->ehlo_reply, rewrite);
+}
+
+// A local client may use the relay host's AUTH itself when the proxy has no credentials of
+// its own for that host and the connection to it is encrypted: a password never crosses the
+// network in the clear, and the proxy never lends its own login.
+bool Session::may_relay_auth() const {
+  return link_ && link_->capabilities.auth && link_->tls_facts && link_->auth_user.empty() &&
+         !services_.credentials.find(link_->host->name, link_->host->port);
 }
 
 asio::awaitable<void> Session::finish() {

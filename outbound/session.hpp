@@ -7,7 +7,9 @@
 // did not give.
 //
 // Trusts the local client only as far as --relay-clients says; its commands are parsed as
-// the inbound side parses them, and XCLIENT, XFORWARD, TURN and AUTH are not passed on.
+// the inbound side parses them, and XCLIENT, XFORWARD and TURN are not passed on. Its own
+// AUTH is relayed only over an encrypted relay host connection for which the proxy holds no
+// credentials, and such a connection is never kept for another session.
 #pragma once
 
 #include "metrics/metrics.hpp"

@@ -510,3 +510,73 @@ def test_auth_login_when_the_relay_host_offers_only_login(proxy, postfix, pki, e
     assert send(p.relay_port, address, simple_message(token, address)) == {}
     assert token.encode() in exim_relay.wait_delivered(address)
     exim_relay.wait_for_log(r"<= \S+ .*A=login:user")
+
+
+@pytest.mark.parametrize("exim_relay", ["PLAIN", "LOGIN"], indirect=True)
+def test_a_local_clients_own_auth_is_relayed_over_tls(proxy, postfix, pki, exim_relay):
+    """Without credentials of its own the proxy offers the relay host's AUTH to the local
+    client once its connection there is encrypted, and relays the exchange (LOGIN: two 334
+    challenges). Exim records the client's login; the connection is not kept for the next
+    session, which makes a new one."""
+    p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca))
+    address = exim_relay.new_address()
+    token = unique("own-auth")
+    with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
+        s.ehlo("device.example")
+        assert s.has_extn("auth")
+        assert s.login("user", "pass")[0] == 235
+        assert s.sendmail(SENDER, [address], simple_message(token, address)) == {}
+    assert token.encode() in exim_relay.wait_delivered(address)
+    exim_relay.wait_for_log(rf"<= \S+ .*A={exim_relay_mechanism(exim_relay)}:user")
+    with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
+        s.ehlo("device.example")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            s.login("user", "wrong")
+        assert refused.value.smtp_code == 535  # Exim's own verdict
+    log = p.stderr()
+    assert "reused for" not in log
+    assert "relayed to" in log and "wrong" not in log and "pass" not in log.replace("passed", "")
+
+
+def exim_relay_mechanism(exim: Exim) -> str:
+    return "login" if "public_name = LOGIN" in exim.sections else "plain"
+
+
+@pytest.mark.parametrize("exim_relay", ["LOGIN"], indirect=True)
+def test_an_over_long_auth_response_cancels_the_exchange(proxy, postfix, pki, exim_relay):
+    """A response line over RFC 4954's limit is not sent on: the proxy ends the exchange with
+    "*" and says 500 5.5.6; the session goes on and a proper login then works."""
+    p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--max-line-length", "16000")
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        assert c.command("AUTH LOGIN").code == 334
+        reply = c.command(b"A" * 13000)
+        assert reply.code == 500 and "5.5.6" in reply.lines[-1], reply
+        assert c.command("AUTH LOGIN").code == 334
+        assert c.command("dXNlcg==").code == 334  # "user"
+        assert c.command("cGFzcw==").code == 235  # "pass"
+
+
+@pytest.fixture
+def exim_in_the_clear():
+    """Exim without TLS, offering AUTH PLAIN to everyone (its default)."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root")
+    e = Exim(exim_binary(), "", sections=PLAIN_AUTHENTICATOR)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.stop()
+
+
+def test_auth_is_never_relayed_over_a_clear_connection(proxy, postfix, exim_in_the_clear):
+    p = relay_proxy(proxy, postfix, exim_in_the_clear.backend)
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+        assert reply.code == 250 and not any("AUTH" in line for line in reply.lines), reply
+        assert c.command("AUTH PLAIN AHVzZXIAcGFzcw==").code == 502
