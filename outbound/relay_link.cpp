@@ -20,11 +20,10 @@ using boost::system::error_code;
 
 namespace {
 
-constexpr auto kConnectTimeout = std::chrono::seconds(30);
-constexpr auto kReplyTimeout = std::chrono::minutes(5);
-
 // What to do after one attempt at one address.
 enum class Next { done, next_address, next_host, again_in_clear };
+
+constexpr auto kQuitTimeout = std::chrono::seconds(5);
 
 struct Attempt {
   Next next = Next::next_address;
@@ -125,8 +124,22 @@ class Connector {
     link->endpoint = endpoint;
     link->label =
         host.name + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
-    Upstream& up = link->upstream;
-    up.set_timeout(kReplyTimeout);
+    link->upstream.set_timeout(relay_.command_timeout);
+    const auto attempt = co_await converse(*link, in_clear);
+    if (attempt.next == Next::done) {
+      log_connection(*link);
+      out = std::move(link);
+    } else if (!link->upstream.lost()) {
+      co_await link->upstream.quit(kQuitTimeout);  // RFC 5321 4.1.1.10: not just a close
+    }
+    co_return attempt;
+  }
+
+  // Greeting, EHLO, STARTTLS and AUTH as the policy says, on a new connection.
+  asio::awaitable<Attempt> converse(RelayLink& link, bool in_clear) {
+    const RelayHost& host = *link.host;
+    const auto& endpoint = link.endpoint;
+    Upstream& up = link.upstream;
     const auto address = endpoint.address();
     const Credential* credential = policy_.credentials.find(host.name, host.port);
     const bool require_tls = relay_.hosts_require_tls.matches(host.name, address) || credential;
@@ -136,7 +149,7 @@ class Connector {
     const bool verify = parameters.verification == tls::ServerVerification::verify;
 
     Upstream::Target target{.endpoint = endpoint, .host = host.name, .port = endpoint.port()};
-    const bool connected = co_await up.connect(target, kConnectTimeout);
+    const bool connected = co_await up.connect(target, relay_.connect_timeout);
     if (!connected) co_return Attempt{Next::next_address, "cannot connect", "4.4.1", "connect"};
     if (implicit) {
       const bool secured = co_await up.start_tls(policy_.tls, parameters);
@@ -152,24 +165,22 @@ class Connector {
                         "4.4.1", "greeting"};
     }
     up.consume(greeting);
-    auto attempt = co_await ehlo(*link);
+    auto attempt = co_await ehlo(link);
     if (attempt.next != Next::done) co_return attempt;
 
     if (!implicit && !in_clear) {
-      attempt = co_await negotiate_tls(*link, parameters, require_tls, verify);
+      attempt = co_await negotiate_tls(link, parameters, require_tls, verify);
       if (attempt.next != Next::done) co_return attempt;
     } else if (in_clear && require_tls) {
       co_return Attempt{Next::next_host, "TLS required and not to be had", "4.7.5", "tls_required"};
     }
-    if (!link->tls_facts && require_tls) {
+    if (!link.tls_facts && require_tls) {
       co_return Attempt{Next::next_host, "TLS required and not offered", "4.7.5", "tls_required"};
     }
     if (credential) {
-      attempt = co_await authenticate(*link, *credential);
+      attempt = co_await authenticate(link, *credential);
       if (attempt.next != Next::done) co_return attempt;
     }
-    log_connection(*link);
-    out = std::move(link);
     co_return Attempt{Next::done, {}};
   }
 
@@ -260,8 +271,11 @@ class Connector {
     }
     if (scan.code != 235) {
       const std::string said = one_line(up.reply(scan));
+      up.consume(scan);
+      if (policy_.metrics) policy_.metrics->auth(label_of(*link.host), "refused");
       co_return Attempt{Next::next_host,
-                        "AUTH as " + credential.user + " refused: \"" + said + "\"", "4.7.0"};
+                        "AUTH as " + credential.user + " refused: \"" + said + "\"", "4.7.0",
+                        "auth"};
     }
     up.consume(scan);
     link.auth_user = credential.user;

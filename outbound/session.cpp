@@ -106,8 +106,9 @@ class Session final : public Connection,
   asio::awaitable<bool> flush(Stream& client);
 
   asio::awaitable<bool> ensure_link();
-  // The relay host's reply to `line`, passed to the client; false when the link is lost.
-  asio::awaitable<bool> forward(std::string_view line);
+  // The relay host's reply to `line`, passed to the client: its code, 0 when the link is
+  // lost (or closing with 421).
+  asio::awaitable<int> forward(std::string_view line);
   void reply(std::string_view text) { to_client_.append(text); }
   void lost_link(std::string_view during);
   void count_message(int code);
@@ -300,9 +301,9 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
   if (command.verb == Verb::bdat) co_return co_await on_bdat(client, command);
   std::string line(command.line);
   line += "\r\n";
-  const bool forwarded = co_await forward(line);
-  if (!forwarded) co_return Next::close;
-  if (command.verb == Verb::mail) in_transaction_ = true;
+  const int code = co_await forward(line);
+  if (code == 0) co_return Next::close;
+  if (command.verb == Verb::mail && code / 100 == 2) in_transaction_ = true;
   if (command.verb == Verb::rset) in_transaction_ = false;
   co_return Next::go_on;
 }
@@ -331,11 +332,14 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
     lost_link("a refused message");
     co_return Next::close;
   }
+  up.set_timeout(config_.relay.final_timeout);
   const auto verdict = co_await up.read_reply();
+  up.set_timeout(config_.relay.command_timeout);
   if (verdict.status != smtp::ReplyScan::Status::complete) {
     // RFC 1047: the relay host may have taken the message; it may then arrive twice.
     reply("451 4.4.2 relay host lost after the message was sent; it may be delivered twice\r\n");
     count_message(0);
+    end_reason_ = "relay host lost";
     spdlog::warn("{} relay host {} lost before its reply to a message", id_, link_->label);
     link_.reset();
     co_return Next::close;
@@ -367,11 +371,16 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
   const bool whole = co_await relay::chunk(source, up, command.bdat->size, true,
                                            config_.smtp_receive_timeout, to_relay_);
   if (!whole) co_return Next::close;
+  up.set_timeout(command.bdat->last ? config_.relay.final_timeout : config_.relay.command_timeout);
   const auto verdict = co_await up.read_reply();
+  up.set_timeout(config_.relay.command_timeout);
   if (verdict.status != smtp::ReplyScan::Status::complete) {
     reply(
         "451 4.4.2 relay host lost during BDAT; a message it completed may be delivered "
         "twice\r\n");
+    count_message(0);
+    spdlog::warn("{} relay host {} lost before its reply to a chunk", id_, link_->label);
+    end_reason_ = "relay host lost";
     link_.reset();
     co_return Next::close;
   }
@@ -471,21 +480,21 @@ asio::awaitable<bool> Session::ensure_link() {
   co_return true;
 }
 
-asio::awaitable<bool> Session::forward(std::string_view line) {
+asio::awaitable<int> Session::forward(std::string_view line) {
   Upstream& up = link_->upstream;
   const auto scan = co_await up.command(line);
   if (scan.status != smtp::ReplyScan::Status::complete) {
     lost_link("a command");
-    co_return false;
+    co_return 0;
   }
   reply(up.reply(scan));
   up.consume(scan);
   if (scan.code == 421) {  // the relay host is closing: so is this session, with its words
     end_reason_ = "relay host closed (421)";
     link_.reset();
-    co_return false;
+    co_return 0;
   }
-  co_return true;
+  co_return scan.code;
 }
 
 // The relay host's verdict on a message, for the metrics (0: it gave none).

@@ -78,6 +78,11 @@ struct RelayConfig {
   std::chrono::seconds connection_idle{10};
   unsigned connection_max_messages = 100;
   acl::HostList hosts_nopass_tls;
+  // Exim's connect_timeout, command_timeout and final_timeout; each bounds one whole wait (a
+  // reply trickled a byte at a time is no longer than one sent at once).
+  std::chrono::seconds connect_timeout{30};
+  std::chrono::seconds command_timeout{300};
+  std::chrono::seconds final_timeout{600};
 
   bool enabled() const { return !hosts.empty(); }
 };

@@ -133,6 +133,30 @@ std::vector<Flag> relay_connection_flags() {
              c.relay.connection_max_messages =
                  static_cast<unsigned>(number_in_range(v.front(), 1, 100000, "a number"));
            }},
+      {.name = "relay-connect-timeout",
+       .argument = "DURATION",
+       .defaults = {"30s"},
+       .help = "how long a connection to a relay host may take before the next is tried",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.relay.connect_timeout = duration_value(v.front(), ZeroDuration::refused);
+           }},
+      {.name = "relay-command-timeout",
+       .argument = "DURATION",
+       .defaults = {"5m"},
+       .help = "how long to wait for a relay host's reply to a command (and for its greeting)",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.relay.command_timeout = duration_value(v.front(), ZeroDuration::refused);
+           }},
+      {.name = "relay-final-timeout",
+       .argument = "DURATION",
+       .defaults = {"10m"},
+       .help = "how long to wait for a relay host's verdict on a whole message",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.relay.final_timeout = duration_value(v.front(), ZeroDuration::refused);
+           }},
       {.name = "relay-hosts-nopass-tls",
        .argument = "HOSTLIST",
        .defaults = {""},

@@ -82,6 +82,8 @@ asio::awaitable<bool> Upstream::write(std::string_view bytes) {
 
 asio::awaitable<smtp::ReplyScan> Upstream::read_reply() {
   constexpr smtp::ReplyScan kFailed{smtp::ReplyScan::Status::malformed};
+  // One bound for the whole reply: a peer trickling it byte by byte gains no time.
+  const auto reply_limit = std::min(Clock::now() + timeout_, limit_);
   while (true) {
     const auto scan = smtp::scan_reply(input_.view(), kMaxReplyLength);
     if (scan.status == smtp::ReplyScan::Status::complete) co_return scan;
@@ -97,7 +99,7 @@ asio::awaitable<smtp::ReplyScan> Upstream::read_reply() {
       lost_ = true;
       co_return kFailed;
     }
-    arm();
+    deadline_.arm_at(reply_limit);
     error_code ec;
     const auto n = co_await read_some(ec);
     if (ec) {

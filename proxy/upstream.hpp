@@ -46,7 +46,8 @@ class Upstream {
   Upstream(const boost::asio::any_io_executor& executor, Deadline& deadline,
            std::string_view log_id, std::string_view peer);
 
-  // Each operation below waits at most `timeout`, and never past `limit`.
+  // Each operation below waits at most `timeout` (a reply: all of it, however slowly it
+  // comes), and never past `limit`.
   void set_timeout(Clock::duration timeout) { timeout_ = timeout; }
   void set_limit(Clock::time_point limit) { limit_ = limit; }
   // How loudly a failure is logged (a probe that fails every few seconds: debug).

@@ -769,6 +769,17 @@ class Proxy:
     def stderr(self) -> str:
         return tail(self.stderr_path)
 
+    def wait_for_log(self, pattern: str, timeout: float = 5.0) -> re.Match:
+        """The first match of `pattern` in the log: a session's last line is written after
+        its client saw the connection close."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.stderr())
+            if m:
+                return m
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in the proxy's log:\n{self.stderr()}")
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

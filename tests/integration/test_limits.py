@@ -36,16 +36,6 @@ def session_lines(p) -> list[str]:
     return [line for line in p.stderr().splitlines() if " session client=" in line]
 
 
-def wait_for_log(p, pattern: str, timeout: float = 5.0) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, p.stderr())
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the proxy's log:\n{p.stderr()}")
-
-
 def deliver(client: SmtpClient, box, token: str) -> None:
     reply = client.send_message(SENDER, [box.address], simple_message(token, box.address))
     assert reply.code == 250, reply
@@ -69,7 +59,7 @@ def test_max_connections_refuses_with_421_and_recovers(postfix, proxy):
         with connect_from(p.tls_port, OTHER_CLIENT) as s:
             s.settimeout(5)
             assert s.recv(100) == b""
-        wait_for_log(p, r"2 sessions open \(--max-connections\); refusing")
+        p.wait_for_log(r"2 sessions open \(--max-connections\); refusing")
     finally:
         for c in held:
             c.close()
@@ -103,7 +93,7 @@ def test_max_connections_per_host_spares_other_hosts(postfix, proxy):
             assert other.ehlo().code == 250
             deliver(other, box, unique("m"))
         box.wait(1)
-        wait_for_log(p, r"\[127\.0\.0\.2\]:\d+ has 2 sessions open already")
+        p.wait_for_log(r"\[127\.0\.0\.2\]:\d+ has 2 sessions open already")
     finally:
         for c in held:
             c.close()
@@ -123,7 +113,7 @@ def test_max_errors_closes_with_421(postfix, proxy):
         reply = c.read_reply()  # at once, before the next command
         assert reply.text.startswith("421 4.7.0 ") and reply.text.endswith("too many errors")
         assert c.read_until_closed() == b""
-    wait_for_log(p, r'session client=\[127\.0\.0\.2\]:\d+ .* end="too many errors"')
+    p.wait_for_log(r'session client=\[127\.0\.0\.2\]:\d+ .* end="too many errors"')
 
 
 def test_errors_below_the_limit_do_not_close(postfix, proxy):
@@ -197,7 +187,7 @@ def test_user_drops_root_after_binding(postfix, proxy):
     p = proxy(postfix.backend, "--user", "nobody")
     # The ports listen before root is dropped (binding 25 needs it): the switch is done once
     # the log says so, and then every thread of the process has given up root.
-    wait_for_log(p, r"running as user nobody \(uid 65534\)")
+    p.wait_for_log(r"running as user nobody \(uid 65534\)")
     tasks = list(Path(f"/proc/{p.proc.pid}/task").iterdir())
     assert tasks
     for task in tasks:
@@ -230,7 +220,7 @@ def test_running_as_root_without_user_warns(postfix, proxy):
     if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
         pytest.skip("needs root")
     p = proxy(postfix.backend)
-    wait_for_log(p, r"warning running as root: use --user")
+    p.wait_for_log(r"warning running as root: use --user")
 
 
 # --------------------------------------------------------------------------- descriptor limit
@@ -261,7 +251,7 @@ def test_descriptor_limit_is_raised_for_max_connections(smtp_sink, proxy):
     raises its soft limit to that (not further), says so, and serves."""
     p = proxy_with_descriptor_limit(smtp_sink, proxy, 1000, soft=256, hard=4096)
     assert open_files_limit(p.proc.pid) == (2128, 4096)
-    wait_for_log(p, r"info descriptor limit \(RLIMIT_NOFILE\) raised from 256 to 2128 "
+    p.wait_for_log(r"info descriptor limit \(RLIMIT_NOFILE\) raised from 256 to 2128 "
                     r"for --max-connections 1000")
     assert "warning descriptor limit" not in p.stderr()
     with SmtpClient(p.plain_port) as c:
@@ -285,7 +275,7 @@ def test_descriptor_limit_that_cannot_be_met_is_a_warning_with_the_numbers(smtp_
         pytest.skip(f"fs.nr_open is {nr_open}: 1 000 000 sessions fit")
     p = proxy_with_descriptor_limit(smtp_sink, proxy, 1_000_000, soft=256, hard=4096)
     assert open_files_limit(p.proc.pid) == (4096, 4096)
-    wait_for_log(p, r"warning descriptor limit \(RLIMIT_NOFILE\) 4096 is enough for about 1984 "
+    p.wait_for_log(r"warning descriptor limit \(RLIMIT_NOFILE\) 4096 is enough for about 1984 "
                     r"sessions, fewer than --max-connections 1000000 \(2000128 needed\)")
     with SmtpClient(p.plain_port) as c:
         assert c.greeting().code == 220
@@ -410,14 +400,14 @@ def test_header_then_ehlo_in_one_packet(postfix, proxy):
         c.send(b"PROXY TCP4 198.51.100.7 127.0.0.1 4567 25\r\nNOOP\r\n")
         assert c.greeting().code == 220
         assert c.read_reply().code == 250
-    wait_for_log(p, r"session client=\[198\.51\.100\.7\]:4567 ")
+    p.wait_for_log(r"session client=\[198\.51\.100\.7\]:4567 ")
     # v2, and implicit TLS whose ClientHello follows the header at once.
     with SmtpClient(p.tls_port) as c:
         c.send(v2_header("198.51.100.8", 4568, LOOPBACK, p.tls_port))
         c.wrap_tls()
         assert c.greeting().code == 220
         assert c.command("QUIT").code == 221
-    wait_for_log(p, r"session client=\[198\.51\.100\.8\]:4568 ")
+    p.wait_for_log(r"session client=\[198\.51\.100\.8\]:4568 ")
 
 
 def test_untrusted_client_cannot_claim_an_address(postfix, proxy):

@@ -204,13 +204,18 @@ def test_xclient_xforward_and_proxy_lines_are_never_passed_on(proxy, postfix, sm
 
 class ScriptedRelay:
     """A relay host that offers STARTTLS and answers it as told: `starttls_reply` ("454 ...",
-    "554 ...") or, with "break", 220 and then bytes that are no TLS record, and closes. What
-    no real relay host does on demand; everything else is plain SMTP, messages kept in
-    `messages`, one entry per connection that said EHLO in `connections` (True when STARTTLS
-    was asked)."""
+    "554 ...") or, with "break", 220 and then bytes that are no TLS record, and closes. Its
+    EHLO reply can be replaced (`ehlo_reply`) and sent a byte every `trickle` seconds; with
+    `silent_after_data` it never answers a message's final dot. What no real relay host does
+    on demand; everything else is plain SMTP, messages kept in `messages`, one entry per
+    connection that said EHLO in `connections` (True when STARTTLS was asked)."""
 
-    def __init__(self, starttls_reply: str):
+    def __init__(self, starttls_reply: str, ehlo_reply: bytes | None = None, trickle: float = 0,
+                 silent_after_data: bool = False):
         self.starttls_reply = starttls_reply
+        self.ehlo_reply = ehlo_reply
+        self.trickle = trickle
+        self.silent_after_data = silent_after_data
         self.messages: list[bytes] = []
         self.connections: list[bool] = []
         self.server = socketserver.ThreadingTCPServer((LOOPBACK, 0), self._handler())
@@ -238,8 +243,15 @@ class ScriptedRelay:
                         if index is None:
                             relay.connections.append(False)
                             index = len(relay.connections) - 1
-                        say(b"250-scripted.example\r\n250-PIPELINING\r\n" +
+                        reply = relay.ehlo_reply or (
+                            b"250-scripted.example\r\n250-PIPELINING\r\n" +
                             (b"" if asked else b"250-STARTTLS\r\n") + b"250 8BITMIME\r\n")
+                        if not relay.trickle:
+                            say(reply)
+                        for i in range(len(reply) if relay.trickle else 0):
+                            say(reply[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(relay.trickle)
                     elif verb == b"STARTTLS":
                         asked = True
                         relay.connections[index] = True
@@ -259,6 +271,9 @@ class ScriptedRelay:
                                 return
                             data += chunk
                         relay.messages.append(data)
+                        if relay.silent_after_data:
+                            self.rfile.read()  # until the proxy gives up and closes
+                            return
                         say(b"250 2.0.0 kept\r\n")
                     elif verb == b"QUIT":
                         say(b"221 bye\r\n")
@@ -281,8 +296,8 @@ class ScriptedRelay:
 def scripted_relay():
     made: list[ScriptedRelay] = []
 
-    def start(starttls_reply: str) -> ScriptedRelay:
-        relay = ScriptedRelay(starttls_reply)
+    def start(starttls_reply: str, **behaviour) -> ScriptedRelay:
+        relay = ScriptedRelay(starttls_reply, **behaviour)
         made.append(relay)
         return relay
 
@@ -303,7 +318,8 @@ def relay_outcome(port: int) -> int:
         assert c.command("DATA").code == 354
         c.send(simple_message(unique("s"), "x@example.net") + b".\r\n")
         code = c.read_reply().code
-        c.command("QUIT")
+        if code != 451:  # after a 451 for a lost relay host the proxy has closed
+            c.command("QUIT")
         return code
 
 
@@ -426,7 +442,7 @@ def test_a_421_from_the_relay_host_ends_the_local_session_with_it(proxy, postfix
         c.settimeout(10)
         with pytest.raises((ConnectionClosed, ConnectionResetError)):
             c.read_reply()
-    assert 'end="relay host closed (421)"' in p.stderr()
+    p.wait_for_log(r'end="relay host closed \(421\)"')
 
 
 def test_relay_metrics_per_configured_relay_host(proxy, postfix, pki, scripted_relay):
@@ -580,3 +596,60 @@ def test_auth_is_never_relayed_over_a_clear_connection(proxy, postfix, exim_in_t
         reply = c.ehlo()
         assert reply.code == 250 and not any("AUTH" in line for line in reply.lines), reply
         assert c.command("AUTH PLAIN AHVzZXIAcGFzcw==").code == 502
+
+
+def test_a_relay_host_trickling_its_reply_is_timed_out(proxy, postfix, scripted_relay):
+    """Its EHLO reply a byte every 0.2 s (about 12 s in all): --relay-command-timeout bounds
+    the whole reply, not each byte, so the host is given up after 2 s and the client hears
+    421 from the proxy in time."""
+    relay = scripted_relay("554 no", trickle=0.2)
+    p = relay_proxy(proxy, postfix, relay.backend, "--relay-command-timeout", "2s")
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        began = time.monotonic()
+        reply = c.ehlo()
+        waited = time.monotonic() - began
+    assert reply.code == 421 and "4.4." in reply.lines[-1], reply
+    assert waited < 8, waited
+    assert "timeout" in p.stderr()
+
+
+def test_a_relay_host_silent_after_the_message_is_a_451(proxy, postfix, scripted_relay):
+    """No verdict within --relay-final-timeout after the final dot: 451 (it may have taken
+    the message: RFC 1047), never a 2xx, and the session ends."""
+    relay = scripted_relay("554 no", silent_after_data=True)
+    p = relay_proxy(proxy, postfix, relay.backend, "--relay-final-timeout", "2s")
+    assert relay_outcome(p.relay_port) == 451
+    assert len(relay.messages) == 1
+    assert "lost before its reply to a message" in p.stderr()
+
+
+@pytest.mark.parametrize("ehlo_reply", [b"250-scripted.example\r\nnot a reply line\r\n",
+                                        b"250-" + b"x" * 20000 + b"\r\n250 OK\r\n"],
+                         ids=["malformed", "overlong"])
+def test_a_relay_host_breaking_the_protocol_is_passed_over(proxy, postfix, scripted_relay,
+                                                           ehlo_reply):
+    relay = scripted_relay("554 no", ehlo_reply=ehlo_reply)
+    p = relay_proxy(proxy, postfix, relay.backend)
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        reply = c.ehlo()
+    assert reply.code == 421, reply
+    assert ("malformed reply" if b"not a" in ehlo_reply else "overlong reply") in p.stderr()
+
+
+def test_commands_pipelined_past_starttls_are_dropped(proxy, postfix, pki):
+    """RFC 3207: what the client sent after STARTTLS in the same packet is not kept: a MAIL
+    there must not open a transaction under TLS, so Postfix answers the RCPT 503."""
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca))
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        c.send(f"STARTTLS\r\nMAIL FROM:<{SENDER}>\r\n".encode())
+        assert c.read_reply().code == 220
+        c.wrap_tls()
+        assert c.pending() == b""
+        assert c.ehlo().code == 250
+        reply = c.command("RCPT TO:<someone@example.net>")
+        assert reply.code == 503, reply

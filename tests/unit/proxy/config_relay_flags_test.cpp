@@ -41,6 +41,21 @@ TEST(RelayConfig, DefaultsOnceOn) {
   EXPECT_EQ(r.connection_idle, 10s);
   EXPECT_EQ(r.connection_max_messages, 100u);
   EXPECT_EQ(r.tls_min_protocol, "TLSv1.2");
+  EXPECT_EQ(r.connect_timeout, 30s);
+  EXPECT_EQ(r.command_timeout, 5min);
+  EXPECT_EQ(r.final_timeout, 10min);
+}
+
+TEST(RelayConfig, Timeouts) {
+  const Config config = parse({"--relay-listen", "127.0.0.1:10587", "--relay-host", "smtp.example",
+                               "--relay-connect-timeout", "5s", "--relay-command-timeout", "1m",
+                               "--relay-final-timeout", "90s"});
+  EXPECT_EQ(config.relay.connect_timeout, 5s);
+  EXPECT_EQ(config.relay.command_timeout, 1min);
+  EXPECT_EQ(config.relay.final_timeout, 90s);
+  EXPECT_THROW(parse({"--relay-listen", "127.0.0.1:10587", "--relay-host", "smtp.example",
+                      "--relay-command-timeout", "0"}),
+               std::invalid_argument);
 }
 
 TEST(RelayConfig, WithoutListenTheProxyRelaysOutOnly) {
