@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: smtp-tls-proxy, nginx's mail proxy and a direct plaintext
-connection to Postfix's smtp-sink (the MTA behind both), interleaved round by round.
+connection to Postfix's smtp-sink (the MTA behind both), interleaved round by round; and for
+the outbound relay, smtp-tls-proxy against stunnel in client mode, both relaying local plain
+SMTP sessions over STARTTLS to one relay host.
 
 For every case and round, each target gets a fresh smtp-sink and a fresh server on free
-loopback ports; bench/loadgen drives it; the server's CPU time (utime+stime of all its
-processes, nginx master and workers) is read from /proc before and after, so CPU per session
-does not depend on how the cores were shared. Held-session cases read VmRSS of the server's
-processes before and while the sessions are held. Prints a Markdown table of medians and
-min-max per figure with the ratio smtp-tls-proxy / nginx, and writes it with every raw
-loadgen result as Markdown and JSON into bench/results/.
+loopback ports (for the relay cases also a fresh relay host: a second smtp-tls-proxy, inbound,
+in front of the smtp-sink, whose CPU is not counted); bench/loadgen drives it; the server's CPU
+time (utime+stime of all its processes, nginx master and workers) is read from /proc before
+and after, so CPU per session does not depend on how the cores were shared. Held-session cases
+read VmRSS of the server's processes before and while the sessions are held. Prints a Markdown
+table of medians and min-max per figure with the ratios smtp-tls-proxy / nginx and
+smtp-tls-proxy / stunnel (and issue 21's relay ratios), and writes it with every raw loadgen
+result as Markdown and JSON into bench/results/.
 
-Trusts: the binaries it is pointed at, Debian's nginx (+ libnginx-mod-mail) and smtp-sink,
-openssl(1) to make a throw-away PKI, and /proc. Exits 1 when any load generator run had more
-than 1 % failed sessions (after writing the results), 2 on a usage or set-up error.
+Trusts: the binaries it is pointed at, Debian's nginx (+ libnginx-mod-mail), stunnel4 and
+smtp-sink, openssl(1) to make a throw-away PKI, and /proc. Exits 1 when any load generator run
+had more than 1 % failed sessions (after writing the results), 2 on a usage or set-up error.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,8 +47,14 @@ ECDSA_SIGALGS = "ECDSA+SHA256"
 RSA_SIGALGS = "rsa_pss_rsae_sha256:rsa_pkcs1_sha256"
 
 # ------------------------------------------------------------------------------ the cases
+# Targets of the inbound cases, and of the relay cases (stunnel: client mode, protocol smtp).
+INBOUND_TARGETS = ["proxy", "proxy-b", "nginx", "sink", "openssl"]
+RELAY_TARGETS = ["proxy", "proxy-b", "stunnel"]
+TARGETS = INBOUND_TARGETS + ["stunnel"]
+
 # loadgen flags per case; "server" selects server-side extras (client-certificate checks);
-# "hold" cases measure RSS per held session instead of latency.
+# "hold" cases measure RSS per held session instead of latency; "targets" limits the targets
+# (default: INBOUND_TARGETS).
 CASES: dict[str, dict] = {
     "ecdsa": dict(title="STARTTLS, full handshake, ECDSA P-256, 1 KiB message",
                   mode="starttls", sessions=3000, concurrency=50, sigalgs=ECDSA_SIGALGS),
@@ -78,6 +89,18 @@ CASES: dict[str, dict] = {
                              sigalgs=ECDSA_SIGALGS,
                              # smtp-sink itself takes minutes for 10 000 sessions
                              targets=["proxy", "nginx"]),
+    # The outbound relay (issue 21): loadgen speaks plain SMTP to the relaying server, which
+    # relays over STARTTLS to a relay host (an inbound smtp-tls-proxy in front of the sink,
+    # see measure()); "relay" says whether the proxy keeps relay host connections for the
+    # next session (stunnel never does).
+    "relay-new": dict(title="outbound relay: plain SMTP in, one 1 KiB message per session, "
+                            "a new STARTTLS connection to the relay host for each (reuse off)",
+                      mode="plain", sessions=3000, concurrency=10, relay="new",
+                      targets=RELAY_TARGETS),
+    "relay-reuse": dict(title="outbound relay as relay-new, relay host connections kept for "
+                              "the next session (the proxy's defaults: 10 s idle, 100 messages)",
+                        mode="plain", sessions=6000, concurrency=10, relay="reuse",
+                        targets=RELAY_TARGETS),
     # The CI smoke (bench/smoke.sh): a few hundred sessions each way, proxy only.
     "smoke-plain": dict(title="smoke: plain SMTP through the proxy", mode="plain",
                         sessions=300, concurrency=20, smoke=True),
@@ -89,11 +112,11 @@ CASES: dict[str, dict] = {
 }
 DEFAULT_CASES = [c for c, spec in CASES.items() if not spec.get("smoke")]
 SMOKE_CASES = [c for c, spec in CASES.items() if spec.get("smoke")]
-TARGETS = ["proxy", "proxy-b", "nginx", "sink", "openssl"]
 TARGET_TITLES = {"proxy": "smtp-tls-proxy", "proxy-b": "smtp-tls-proxy B",
                  "nginx": "nginx mail proxy",
                  "sink": "smtp-sink direct (plain)",
-                 "openssl": "OpenSSL handshake alone (in memory)"}
+                 "openssl": "OpenSSL handshake alone (in memory)",
+                 "stunnel": "stunnel (client mode)"}
 # Cases where bench/handshake gives OpenSSL's own server cost per handshake as a reference.
 OPENSSL_CASES = {"ecdsa", "rsa", "implicit", "resumed", "client-cert"}
 
@@ -243,21 +266,21 @@ def make_pki(d: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------ servers
 
 
-class Sink:
-    """Postfix's smtp-sink on a free loopback port."""
+class Foreground:
+    """A server run in the foreground with its output in a log file: argv, and the ports it
+    must listen on before a run starts."""
 
-    def __init__(self, d: Path, max_connections: int):
-        self.port = free_port()
-        self.log = d / "smtp-sink.log"
-        self.argv = ["smtp-sink", "-u", "nobody", "-m", str(max_connections), "-t", "600",
-                     f"{LOOPBACK}:{self.port}", "4096"]
-        self.proc: subprocess.Popen | None = None
+    name = ""
+    argv: list[str]
+    ports: list[int]
+    log: Path
+    proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log)
-        wait_listening([self.port], self.proc, "smtp-sink", self.log)
+        wait_listening(self.ports, self.proc, self.name, self.log)
 
     def pids(self) -> list[int]:
         return [self.proc.pid]
@@ -266,17 +289,48 @@ class Sink:
         stop(self.proc)
 
 
-# Single-valued flags of Proxy's defaults that extra flags may replace.
+class Sink(Foreground):
+    """Postfix's smtp-sink on a free loopback port."""
+
+    name = "smtp-sink"
+
+    def __init__(self, d: Path, max_connections: int):
+        self.port = free_port()
+        self.ports = [self.port]
+        self.log = d / "smtp-sink.log"
+        self.argv = ["smtp-sink", "-u", "nobody", "-m", str(max_connections), "-t", "600",
+                     f"{LOOPBACK}:{self.port}", "4096"]
+
+
+# Single-valued flags of Proxy's and RelayProxy's defaults that extra flags may replace.
 REPLACEABLE = {"--threads", "--backend-metadata", "--client-name-lookup", "--max-connections",
-               "--max-connections-per-host", "--metrics-listen", "--hostname"}
+               "--max-connections-per-host", "--metrics-listen", "--hostname",
+               "--relay-connection-idle", "--relay-helo"}
 
 
-class Proxy:
+def with_extra(argv: list[str], extra: list[str]) -> list[str]:
+    """argv and the extra flags, each replacing a default of the same name (the proxy refuses
+    repeats of single-valued flags): "--threads 1" for an A/B run."""
+    argv = list(argv)
+    for flag in {a.split("=", 1)[0] for a in extra if a.startswith("--")} & REPLACEABLE:
+        if flag in argv:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+    return argv + list(extra)
+
+
+class Proxy(Foreground):
+    """smtp-tls-proxy inbound: a STARTTLS and an implicit-TLS listener in front of the sink."""
+
+    name = "smtp-tls-proxy"
+
     def __init__(self, d: Path, binary: Path, pki: dict, sink: Sink, server_mode: str | None,
-                 extra: list[str] = ()):
+                 extra: list[str] = (), certificates: tuple[str, ...] = ("ecdsa", "rsa")):
         self.plain_port, self.tls_port = free_port(), free_port()
+        self.metrics_port = free_port()
+        self.ports = [self.plain_port, self.tls_port]
         self.log = d / "proxy.log"
-        self.argv = [
+        argv = [
             str(binary),
             "--listen", f"{LOOPBACK}:{self.plain_port}",
             "--listen", f"{LOOPBACK}:{self.tls_port}",
@@ -286,37 +340,98 @@ class Proxy:
             # the proxy tells it nothing, while nginx sends XCLIENT (one more MTA exchange).
             "--backend-metadata", "none",
             "--hostname", "bench.example",
-            "--tls-certificate", str(pki["ecdsa"]), "--tls-privatekey", str(pki["ecdsa_key"]),
-            "--tls-certificate", str(pki["rsa"]), "--tls-privatekey", str(pki["rsa_key"]),
             "--client-name-lookup", "off",  # nginx: no resolver configured, no lookup
             "--threads", str(os.cpu_count() or 2),
             "--max-connections", "12000",
             "--max-connections-per-host", "12000",  # every client here is 127.0.0.1
+            "--metrics-listen", f"{LOOPBACK}:{self.metrics_port}",
+        ]
+        for name in certificates:
+            argv += ["--tls-certificate", str(pki[name]), "--tls-privatekey",
+                     str(pki[name + "_key"])]
+        if server_mode == "verify":
+            argv += ["--tls-verify-hosts", "*", "--tls-verify-certificates", str(pki["ca"])]
+        self.argv = with_extra(argv, extra)
+
+
+def relay_host_counts(host: Proxy, sink: Sink) -> dict[str, float]:
+    """The relay host's CPU time so far (its smtp-sink's included), and from its /metrics its
+    TLS handshakes and how many of them resumed a session."""
+    counts = {"cpu_s": sum(cpu_seconds(host.pids() + sink.pids())), "handshakes": 0.0,
+              "resumed": 0.0}
+    url = f"http://{LOOPBACK}:{host.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+    except OSError as e:
+        raise SetupError(f"the relay host's {url}: {e}:\n{tail(host.log)}") from e
+    for line in text.splitlines():
+        if line.startswith("smtp_tls_proxy_tls_handshakes_total{") and 'result="ok"' in line:
+            counts["handshakes"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("smtp_tls_proxy_tls_resumed_total "):
+            counts["resumed"] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+class RelayProxy(Foreground):
+    """smtp-tls-proxy relaying out only: plain SMTP in on --relay-listen, STARTTLS to the
+    relay host, whose chain must verify against the bench CA; its name is not checked (it is
+    reached as 127.0.0.1, its certificate names bench.example), as with stunnel."""
+
+    name = "smtp-tls-proxy"
+
+    def __init__(self, d: Path, binary: Path, pki: dict, relay_host: Proxy, reuse: bool,
+                 extra: list[str] = ()):
+        self.plain_port = free_port()
+        self.ports = [self.plain_port]
+        self.log = d / "proxy.log"
+        argv = [
+            str(binary),
+            "--relay-listen", f"{LOOPBACK}:{self.plain_port}",
+            "--relay-host", f"{LOOPBACK}:{relay_host.plain_port}",
+            "--relay-tls-verify-certificates", str(pki["ca"]),
+            "--relay-tls-verify-hosts", "*",
+            "--relay-tls-verify-cert-hostnames", "",
+            "--relay-helo", "bench.example",
+            "--hostname", "bench.example",
+            # For the STARTTLS it offers local clients (unused here): none generated at start.
+            "--tls-certificate", str(pki["ecdsa"]), "--tls-privatekey", str(pki["ecdsa_key"]),
+            "--client-name-lookup", "off",
+            "--threads", str(os.cpu_count() or 2),
             "--metrics-listen", f"{LOOPBACK}:{free_port()}",
         ]
-        if server_mode == "verify":
-            self.argv += ["--tls-verify-hosts", "*", "--tls-verify-certificates",
-                          str(pki["ca"])]
-        # An extra flag replaces a default of the same name (the proxy refuses repeats of
-        # single-valued flags): "--threads 1" for an A/B run.
-        for flag in {a.split("=", 1)[0] for a in extra if a.startswith("--")} & REPLACEABLE:
-            i = self.argv.index(flag)
-            del self.argv[i:i + 2]
-        self.argv += list(extra)
-        self.proc: subprocess.Popen | None = None
+        if not reuse:
+            argv += ["--relay-connection-idle", "0"]  # no relay host connection is kept
+        self.argv = with_extra(argv, extra)
 
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log)
-        wait_listening([self.plain_port, self.tls_port], self.proc, "smtp-tls-proxy",
-                       self.log)
 
-    def pids(self) -> list[int]:
-        return [self.proc.pid]
+class Stunnel(Foreground):
+    """stunnel in client mode: plain SMTP in, STARTTLS (protocol = smtp) to the relay host,
+    whose chain must verify against the bench CA (no name check, as with RelayProxy); one
+    process, a thread per connection, its default log level (notice) into a file. Not to
+    syslog: with no syslog daemon (no /dev/log) glibc writes each line to /dev/console, which
+    cost stunnel 3-4 ms of kernel time per connection here."""
 
-    def stop(self) -> None:
-        stop(self.proc)
+    name = "stunnel"
+
+    def __init__(self, d: Path, pki: dict, relay_host: Proxy):
+        self.plain_port = free_port()
+        self.ports = [self.plain_port]
+        self.log = d / "stunnel.log"
+        conf = d / "stunnel.conf"
+        conf.write_text(f"""; generated by bench/run.py
+foreground = yes
+pid =
+syslog = no
+[relay]
+client = yes
+protocol = smtp
+accept = {LOOPBACK}:{self.plain_port}
+connect = {LOOPBACK}:{relay_host.plain_port}
+CAfile = {pki['ca']}
+verifyChain = yes
+""")
+        self.argv = ["stunnel", str(conf)]
 
 
 class Nginx:
@@ -451,15 +566,25 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
     d.chmod(0o755)
     hold = case.get("hold", 0)
     sink = Sink(d, max(1024, hold + 2000))
+    relay, relay_host = case.get("relay"), None
     server = None
     record: dict = {"case": case_name, "target": target, "round": rnd}
     try:
         sink.start()
-        if target == "proxy":
-            server = Proxy(d, args.proxy, pki, sink, case.get("server"), args.proxy_args)
-        elif target == "proxy-b":
-            server = Proxy(d, args.proxy_b or args.proxy, pki, sink, case.get("server"),
-                           args.proxy_b_args)
+        if relay:
+            # The same for every target: the --proxy binary, inbound, with the ECDSA
+            # certificate only, in front of the sink; not measured.
+            (d / "relay-host").mkdir(mode=0o755)
+            relay_host = Proxy(d / "relay-host", args.proxy, pki, sink, None,
+                               certificates=("ecdsa",))
+            relay_host.start()
+        if target in ("proxy", "proxy-b"):
+            binary = args.proxy if target == "proxy" else args.proxy_b or args.proxy
+            extra = args.proxy_args if target == "proxy" else args.proxy_b_args
+            server = (RelayProxy(d, binary, pki, relay_host, relay == "reuse", extra) if relay
+                      else Proxy(d, binary, pki, sink, case.get("server"), extra))
+        elif target == "stunnel":
+            server = Stunnel(d, pki, relay_host)
         elif target == "nginx":
             server = Nginx(d, pki, sink, case.get("server"))
         else:
@@ -471,6 +596,7 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
         pids = server.pids()
         time.sleep(0.2)  # let start-up work (nginx workers, proxy threads) finish
         rss_before = rss_kib(pids)
+        host_before = relay_host_counts(relay_host, sink) if relay_host else None
         cpu_before = cpu_seconds(pids)
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -496,6 +622,9 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
         stderr_lines.append(err)
         time.sleep(0.1)  # closing handshakes the server is still doing
         cpu_after = cpu_seconds(pids)
+        if relay_host:
+            host_after = relay_host_counts(relay_host, sink)
+            record["relay_host"] = {k: host_after[k] - host_before[k] for k in host_after}
         record["wall_s"] = time.monotonic() - started
         record["loadgen_rc"] = proc.returncode
         record["loadgen_stderr"] = "".join(stderr_lines).strip()
@@ -515,6 +644,8 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
     finally:
         if server is not None and server is not sink:
             server.stop()
+        if relay_host is not None:
+            relay_host.stop()
         sink.stop()
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -532,6 +663,8 @@ def figures(rec: dict) -> dict[str, float | None]:
         if hs["resumed"]:
             f["resumed, %"] = 100.0 * hs["resumed"] / hs["handshakes"]
         return f
+    if "relay_host" in rec:
+        return relay_figures(rec)
     lg = rec["loadgen"]
     ok = lg["sessions_ok"]
     cpu = rec["server_cpu_s"]
@@ -563,6 +696,26 @@ def figures(rec: dict) -> dict[str, float | None]:
     return f
 
 
+def relay_figures(rec: dict) -> dict[str, float | None]:
+    """Per-run figures of a relay case: one message per session, so per message."""
+    lg = rec["loadgen"]
+    msgs = lg["messages_ok"]
+    host = rec["relay_host"]
+    return {
+        "server CPU per message, ms": rec["server_cpu_s"] * 1000 / msgs if msgs else None,
+        "of which kernel (stime), ms": rec["server_cpu_sys_s"] * 1000 / msgs if msgs else None,
+        "session p50, ms": (lg["session_ms"] or {}).get("p50"),
+        "session p99, ms": (lg["session_ms"] or {}).get("p99"),
+        "messages/s": lg["messages_per_s"],
+        "relay host TLS handshakes per message": host["handshakes"] / msgs if msgs else None,
+        "of which resumed, %": (100.0 * host["resumed"] / host["handshakes"]
+                                if host["handshakes"] else None),
+        "relay host and sink CPU per message (not counted above), ms": (
+            host["cpu_s"] * 1000 / msgs if msgs else None),
+        "failed sessions": lg["sessions_failed"],
+    }
+
+
 def summarise(records: list[dict], cases: list[str], targets: list[str]) -> dict:
     summary: dict = {}
     for case in cases:
@@ -588,10 +741,44 @@ def summarise(records: list[dict], cases: list[str], targets: list[str]) -> dict
             b = row.get("proxy-b")
             if p and b and p["median"]:
                 row["ratio_b_a"] = b["median"] / p["median"]
+            st = row.get("stunnel")
+            if p and st and st["median"]:
+                row["ratio_proxy_stunnel"] = p["median"] / st["median"]
             if any(t in row for t in targets):
                 out[name] = row
         summary[case] = out
     return summary
+
+
+# Issue 21's relay targets: what, numerator and denominator (each the median of a case's
+# figure for a target), the bound.
+CPU_PER_MESSAGE = "server CPU per message, ms"
+RELAY_GOALS = [
+    ("CPU per message without reuse, proxy / stunnel", ("relay-new", CPU_PER_MESSAGE, "proxy"),
+     ("relay-new", CPU_PER_MESSAGE, "stunnel"), ("≤", 0.8)),
+    ("CPU per message, proxy with reuse / without", ("relay-reuse", CPU_PER_MESSAGE, "proxy"),
+     ("relay-new", CPU_PER_MESSAGE, "proxy"), ("≤", 0.15)),
+    ("messages/s at concurrency 10, proxy with reuse / stunnel",
+     ("relay-reuse", "messages/s", "proxy"), ("relay-reuse", "messages/s", "stunnel"),
+     ("≥", 5.0)),
+]
+
+
+def relay_goals(summary: dict) -> list[dict]:
+    """Issue 21's ratios where the run has both of a ratio's figures."""
+    def median(case: str, figure: str, target: str) -> float | None:
+        s = summary.get(case, {}).get(figure, {}).get(target)
+        return s["median"] if s else None
+
+    out = []
+    for what, numerator, denominator, (op, bound) in RELAY_GOALS:
+        a, b = median(*numerator), median(*denominator)
+        if a is not None and b:
+            ratio = a / b
+            out.append({"figure": what, "ratio": ratio, "numerator": a, "denominator": b,
+                        "target": f"{op} {bound:g}",
+                        "met": ratio <= bound if op == "≤" else ratio >= bound})
+    return out
 
 
 def fmt(v: float) -> str:
@@ -611,11 +798,12 @@ def markdown(summary: dict, machine: dict, targets: list[str], rounds: int) -> s
              f"Medians over {rounds} interleaved rounds, (min–max) across rounds. Server CPU is "
              "utime+stime of all the server's processes from /proc.", ""]
     head = "| case | figure | " + " | ".join(TARGET_TITLES[t] for t in targets)
-    show_ratio = "proxy" in targets and "nginx" in targets
-    show_ab = "proxy" in targets and "proxy-b" in targets
-    lines.append(head + (" | proxy / nginx" if show_ratio else "") +
-                 (" | B / proxy" if show_ab else "") + " |")
-    lines.append("|" + "---|" * (2 + len(targets) + show_ratio + show_ab))
+    ratios = [(key, title) for key, title, other in (
+        ("ratio_proxy_nginx", "proxy / nginx", "nginx"), ("ratio_b_a", "B / proxy", "proxy-b"),
+        ("ratio_proxy_stunnel", "proxy / stunnel", "stunnel"))
+        if "proxy" in targets and other in targets]
+    lines.append(head + "".join(f" | {title}" for _, title in ratios) + " |")
+    lines.append("|" + "---|" * (2 + len(targets) + len(ratios)))
     for case, figs in summary.items():
         first = True
         for name, row in figs.items():
@@ -625,16 +813,19 @@ def markdown(summary: dict, machine: dict, targets: list[str], rounds: int) -> s
                 cells.append("" if not s else
                              f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
                              if s["min"] != s["max"] else fmt(s["median"]))
-            ratio = row.get("ratio_proxy_nginx")
             label = f"**{case}**" if first else ""
             first = False
             line = f"| {label} | {name} | " + " | ".join(cells)
-            if show_ratio:
-                line += f" | {fmt(ratio) if ratio is not None else ''}"
-            if show_ab:
-                ab = row.get("ratio_b_a")
-                line += f" | {fmt(ab) if ab is not None else ''}"
+            for key, _ in ratios:
+                line += f" | {fmt(row[key]) if key in row else ''}"
             lines.append(line + " |")
+    goals = relay_goals(summary)
+    if goals:
+        lines += ["", "| issue 21 (outbound relay) | ratio of the medians | target | met |",
+                  "|---|---|---|---|"]
+        lines += [f"| {g['figure']} | {fmt(g['ratio'])} ({fmt(g['numerator'])} / "
+                  f"{fmt(g['denominator'])}) | {g['target']} | {'yes' if g['met'] else 'no'} |"
+                  for g in goals]
     lines.append("")
     lines.append("Cases: " + "; ".join(f"**{c}**: {CASES[c]['title']}" for c in summary))
     return "\n".join(lines) + "\n"
@@ -652,6 +843,11 @@ def machine_info(proxy: Path) -> dict:
     openssl = subprocess.run(["openssl", "version"], capture_output=True,
                              text=True).stdout.strip()
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    stunnel = ""
+    if shutil.which("stunnel"):  # "stunnel 5.68 on x86_64-pc-linux-gnu platform" on stderr
+        out = subprocess.run(["stunnel", "-version"], capture_output=True, text=True).stderr
+        stunnel = next((line.split(" on ")[0] for line in out.splitlines()
+                        if line.startswith("stunnel ")), "")
     load = open("/proc/loadavg").read().split()[:3]
     cores = os.cpu_count()
     version = subprocess.run([str(proxy), "--version"], capture_output=True,
@@ -659,12 +855,14 @@ def machine_info(proxy: Path) -> dict:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     info = {"cores": cores, "cpu_model": model, "openssl": openssl, "nginx": nginx,
+            "stunnel": stunnel,
             "kernel": platform.release(), "loadavg_start": load, "proxy_binary": str(proxy),
             "proxy_version": version, "git_head": commit,
             "proxy_binary_mtime": dt.datetime.fromtimestamp(
                 proxy.stat().st_mtime, dt.timezone.utc).isoformat() if proxy.exists() else ""}
     info["rlimit_nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     info["line"] = (f"{cores} cores, {model}, {openssl}, {nginx.replace('nginx version: ', '')},"
+                    + (f" {stunnel}," if stunnel else "") +
                     f" Linux {platform.release()}, RLIMIT_NOFILE {info['rlimit_nofile']},"
                     f" load average at start {' '.join(load)}")
     return info
@@ -687,9 +885,11 @@ def main() -> int:
                     help="multiply every case's session count (not held sessions) by this")
     ap.add_argument("--proxy", type=Path,
                     default=Path(os.environ.get("STP_BINARY", REPO / "build/smtp-tls-proxy")),
-                    help="smtp-tls-proxy binary (default: $STP_BINARY or build/smtp-tls-proxy)")
+                    help="smtp-tls-proxy binary, also the relay cases' relay host "
+                         "(default: $STP_BINARY or build/smtp-tls-proxy)")
     ap.add_argument("--proxy-args", type=shlex.split, default=[],
-                    help="extra flags for smtp-tls-proxy, e.g. \"--log-level warn\"")
+                    help="extra flags for smtp-tls-proxy (in the relay cases the relaying "
+                         "one, not the relay host), e.g. \"--log-level warn\"")
     ap.add_argument("--proxy-b", type=Path, default=None,
                     help="a second smtp-tls-proxy binary, run as target proxy-b (A/B tests)")
     ap.add_argument("--proxy-b-args", type=shlex.split, default=None,
@@ -731,13 +931,15 @@ def main() -> int:
             ap.error(f"unknown target {t!r}")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    binaries = [args.loadgen] + ([args.proxy] if "proxy" in targets else []) + (
+    relaying = any("relay" in CASES[c] for c in cases)  # the relay host is args.proxy
+    binaries = [args.loadgen] + ([args.proxy] if "proxy" in targets or relaying else []) + (
         [args.proxy_b] if args.proxy_b else []) + (
         [args.handshake] if "openssl" in targets and set(cases) & OPENSSL_CASES else [])
     for binary in binaries:
         if not os.access(binary, os.X_OK):
             ap.error(f"{binary} is not an executable: build first (cmake --build build)")
-    needs = ["smtp-sink", "openssl"] + (["nginx"] if "nginx" in targets else [])
+    needs = ["smtp-sink", "openssl"] + (["nginx"] if "nginx" in targets else []) + (
+        ["stunnel"] if "stunnel" in targets and relaying else [])
     for tool in needs:
         if shutil.which(tool) is None:
             ap.error(f"{tool} is missing: run scripts/install-deps.sh test")
@@ -770,8 +972,8 @@ def main() -> int:
     try:
         pki = make_pki(work / "pki")
         for case in cases:
-            allowed = ["proxy"] if CASES[case].get("smoke") else CASES[case].get("targets",
-                                                                                  TARGETS)
+            allowed = ["proxy"] if CASES[case].get("smoke") else CASES[case].get(
+                "targets", INBOUND_TARGETS)
             if case not in OPENSSL_CASES:
                 allowed = [t for t in allowed if t != "openssl"]
             case_targets = [t for t in targets if t in allowed] or ["proxy"]
@@ -810,7 +1012,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"started": started.isoformat(), "machine": machine, "rounds": args.rounds,
            "cases": {c: CASES[c] for c in cases}, "targets": shown_targets,
-           "summary": summary, "runs": records,
+           "summary": summary, "relay_goals": relay_goals(summary), "runs": records,
            "failed_runs": len(failed_runs)}
     (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(md)
