@@ -26,7 +26,7 @@ build_packages=(
 run_packages=(openssl postfix swaks libnet-ssleay-perl libio-socket-ssl-perl ca-certificates)
 test_packages=(
   python3 python3-pytest clang-format iproute2 procps haproxy
-  nginx libnginx-mod-mail stunnel4
+  nginx libnginx-mod-mail stunnel4 sasl2-bin libsasl2-modules
   debootstrap podman buildah uidmap fuse-overlayfs libcap2-bin yamllint prometheus
   docker-compose shellcheck testssl.sh
   clang libclang-rt-14-dev
