@@ -96,11 +96,11 @@ CASES: dict[str, dict] = {
     "relay-new": dict(title="outbound relay: plain SMTP in, one 1 KiB message per session, "
                             "a new STARTTLS connection to the relay host for each (reuse off)",
                       mode="plain", sessions=3000, concurrency=10, relay="new",
-                      targets=RELAY_TARGETS),
+                      extra=["--pipelining"], targets=RELAY_TARGETS),
     "relay-reuse": dict(title="outbound relay as relay-new, relay host connections kept for "
                               "the next session (the proxy's defaults: 10 s idle, 100 messages)",
                         mode="plain", sessions=6000, concurrency=10, relay="reuse",
-                        targets=RELAY_TARGETS),
+                        extra=["--pipelining"], targets=RELAY_TARGETS),
     # The CI smoke (bench/smoke.sh): a few hundred sessions each way, proxy only.
     "smoke-plain": dict(title="smoke: plain SMTP through the proxy", mode="plain",
                         sessions=300, concurrency=20, smoke=True),

@@ -43,20 +43,14 @@ void LinkPool::expire(RelayLink& link) {
   idle_.erase(it);  // destroys `link`: the caller returns at once
 }
 
-boost::asio::awaitable<std::unique_ptr<RelayLink>> LinkPool::take() {
-  while (!idle_.empty()) {
-    auto link = std::move(idle_.back());
-    idle_.pop_back();
-    link->on_idle_expired = nullptr;
-    link->deadline.cancel();
-    const auto reset = co_await link->upstream.command("RSET\r\n");
-    if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
-      link->upstream.consume(reset);
-      co_return link;
-    }
-    spdlog::debug("{} relay connection H={} not reused: no 250 to RSET", link->log_id, link->label);
-  }
-  co_return nullptr;
+std::unique_ptr<RelayLink> LinkPool::take() {
+  if (idle_.empty()) return nullptr;
+  auto link = std::move(idle_.back());
+  idle_.pop_back();
+  link->on_idle_expired = nullptr;
+  link->deadline.cancel();
+  link->reset_pending = true;
+  return link;
 }
 
 }  // namespace stp::outbound

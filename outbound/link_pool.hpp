@@ -2,13 +2,11 @@
 // without its limitation: one process, so a TLS connection is kept as it is). One pool per
 // worker thread, touched only on that thread: a connection's socket belongs to that thread's
 // event loop. A connection waits at most --relay-connection-idle and carries at most
-// --relay-connection-max-messages; before it is used again it is told RSET, and any failure
-// there closes it quietly (a new one is made, no error reaches the client).
+// --relay-connection-max-messages; before it is used again it owes the relay host an RSET
+// (RelayLink::reset_pending), which the session sends with its first commands.
 #pragma once
 
 #include "outbound/relay_link.hpp"
-
-#include <boost/asio/awaitable.hpp>
 
 #include <memory>
 #include <vector>
@@ -22,8 +20,8 @@ class LinkPool {
   LinkPool(const LinkPool&) = delete;
   LinkPool& operator=(const LinkPool&) = delete;
 
-  // A kept connection that answered RSET, most recently kept first; null when none did.
-  boost::asio::awaitable<std::unique_ptr<RelayLink>> take();
+  // The most recently kept connection, its RSET pending; null when none is kept.
+  std::unique_ptr<RelayLink> take();
   // Keeps `link` for the next session if it may be reused; otherwise leaves it to the caller
   // (to QUIT): returned non-null.
   std::unique_ptr<RelayLink> put(std::unique_ptr<RelayLink> link);

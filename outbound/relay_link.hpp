@@ -65,6 +65,7 @@ class RelayLink final : public Deadline::Owner {
   std::optional<tls::SessionFacts> tls_facts;  // when the connection is encrypted
   std::string auth_user;                       // when the proxy's own AUTH succeeded
   bool client_authenticated = false;           // a local client's AUTH went over it: never shared
+  bool reset_pending = false;                  // kept for another session: RSET before use
   unsigned messages = 0;                       // accepted on this connection
 };
 

@@ -1,6 +1,7 @@
 // The outbound relay's session; see session.hpp. One coroutine per local client, templated on
-// its stream (plain, then TLS after STARTTLS); commands are handled one at a time in the
-// order they came, replies to pipelined commands leave together.
+// its stream (plain, then TLS after STARTTLS). Commands are handled in the order they came;
+// MAIL, RCPT, RSET and DATA that the client pipelined go to a relay host that offers
+// PIPELINING as one group (RFC 2920), and their replies leave together.
 #include "outbound/session.hpp"
 
 #include "proxy/input_buffer.hpp"
@@ -25,6 +26,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::size_t kInputSize = 16 * 1024;
 constexpr auto kQuitTimeout = std::chrono::seconds(5);
+// Commands sent to the relay host in one group at most (their replies must fit in its
+// socket buffer while the group is still being written).
+constexpr std::size_t kMaxGroup = 100;
 // RFC 4954's limit for a line of an AUTH exchange, less its CRLF.
 constexpr std::size_t kMaxAuthResponse = 12286;
 
@@ -106,9 +110,17 @@ class Session final : public Connection,
   asio::awaitable<bool> flush(Stream& client);
 
   asio::awaitable<bool> ensure_link();
-  // The relay host's reply to `line`, passed to the client: its code, 0 when the link is
-  // lost (or closing with 421).
-  asio::awaitable<int> forward(std::string_view line);
+  // Whether `verb` joins the group of commands for the relay host.
+  bool joins_group(Verb verb) const;
+  // Sends the group (after the RSET a kept connection owes) and passes the relay host's
+  // replies to the client; false when the link is lost (or closing with 421), which ends the
+  // session.
+  asio::awaitable<bool> send_group();
+  // RSET on a kept connection, with `lines` in the same write when the relay host pipelines;
+  // when it fails the connection is replaced, the client none the wiser. True with `sent`
+  // when `lines` went too; false when no relay host is left.
+  asio::awaitable<bool> reset_kept_link(const std::string& lines, bool& sent);
+  asio::awaitable<bool> read_replies(const std::vector<Verb>& verbs);
   void reply(std::string_view text) { to_client_.append(text); }
   void lost_link(std::string_view during);
   void count_message(int code);
@@ -129,6 +141,9 @@ class Session final : public Connection,
   DataFilter filter_;
   std::string to_client_;
   std::string to_relay_;
+  std::string group_;  // command lines for the relay host, not sent yet
+  std::vector<Verb> group_verbs_;
+  int last_code_ = 0;  // the relay host's reply to the group's last command
   std::unique_ptr<RelayLink> link_;
   std::string client_label_;
   bool advertise_tls_ = false;
@@ -209,6 +224,10 @@ asio::awaitable<Session::Next> Session::serve(Stream& client) {
     const auto frame = framer_.next(client_in_.view());
     client_in_.consume(frame.consumed);
     if (frame.status == smtp::CommandFramer::Status::need_more) {
+      if (!co_await send_group()) {
+        co_await flush(client);
+        co_return Next::close;
+      }
       if (stopping_ && !in_transaction_) {
         reply("421 4.3.2 " + config_.relay.helo + " shutting down\r\n");
         end_reason_ = "shutdown";
@@ -222,11 +241,18 @@ asio::awaitable<Session::Next> Session::serve(Stream& client) {
       continue;
     }
     Next next = Next::go_on;
+    const auto parsed = frame.status == smtp::CommandFramer::Status::line
+                            ? smtp::parse_command(frame.line)
+                            : smtp::ParsedCommand{};
+    const bool joins = parsed.syntax == smtp::CommandSyntax::ok && joins_group(parsed.command.verb);
+    if (!joins && !co_await send_group()) {  // its replies before any other
+      co_await flush(client);
+      co_return Next::close;
+    }
     if (frame.status == smtp::CommandFramer::Status::line_too_long) {
       ++errors_;
       reply("500 5.5.2 line too long\r\n");
     } else {
-      const auto parsed = smtp::parse_command(frame.line);
       if (parsed.syntax != smtp::CommandSyntax::ok) {
         ++errors_;
         reply("500 5.5.2 malformed command\r\n");
@@ -299,29 +325,23 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
   }
   if (command.verb == Verb::data) co_return co_await on_data(client, command);
   if (command.verb == Verb::bdat) co_return co_await on_bdat(client, command);
-  std::string line(command.line);
-  line += "\r\n";
-  const int code = co_await forward(line);
-  if (code == 0) co_return Next::close;
-  if (command.verb == Verb::mail && code / 100 == 2) in_transaction_ = true;
-  if (command.verb == Verb::rset) in_transaction_ = false;
-  co_return Next::go_on;
+  group_.append(command.line).append("\r\n");
+  group_verbs_.push_back(command.verb);
+  // Held while the client's next command is already here and may join it.
+  const bool more = client_in_.view().find('\n') != std::string_view::npos;
+  if (link_->capabilities.pipelining && more && group_verbs_.size() < kMaxGroup)
+    co_return Next::go_on;
+  const bool sent = co_await send_group();
+  co_return sent ? Next::go_on : Next::close;
 }
 
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Command& command) {
   Upstream& up = link_->upstream;
-  std::string line(command.line);
-  line += "\r\n";
-  const auto go = co_await up.command(line);
-  if (go.status != smtp::ReplyScan::Status::complete) {
-    lost_link("DATA");
-    co_return Next::close;
-  }
-  reply(up.reply(go));
-  const bool proceed = go.code == 354;
-  up.consume(go);
-  if (!proceed) co_return Next::go_on;
+  group_.append(command.line).append("\r\n");
+  group_verbs_.push_back(command.verb);
+  if (!co_await send_group()) co_return Next::close;
+  if (last_code_ != 354) co_return Next::go_on;
   if (!co_await flush(client)) co_return Next::close;
   Source<Stream> source{*this, client};
   const auto content = co_await relay::data(source, up, filter_, {}, config_.bare_lf,
@@ -364,6 +384,7 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
     reply("501 5.5.4 BDAT not available\r\n");
     co_return Next::close;  // its chunk follows: the stream cannot be read as commands
   }
+  if (!co_await send_group()) co_return Next::close;  // a kept connection's RSET
   Upstream& up = link_->upstream;
   to_relay_.assign(command.line);
   to_relay_ += "\r\n";
@@ -402,6 +423,7 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
 // the client's from here on, whatever the outcome: it is never kept for another session.
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Command& command) {
+  if (!co_await send_group()) co_return Next::close;  // a kept connection's RSET
   Upstream& up = link_->upstream;
   link_->client_authenticated = true;
   std::string line(command.line);
@@ -461,13 +483,8 @@ asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Comm
 
 asio::awaitable<bool> Session::ensure_link() {
   if (link_) co_return true;
-  link_ = co_await services_.pool_for(worker_).take();
-  if (link_) {
-    spdlog::info("{} relay connection H={} reused for {} (after {} messages)", id_, link_->label,
-                 client_label_, link_->messages);
-    services_.metrics.reused(label_of(*link_->host));
-    co_return true;
-  }
+  link_ = services_.pool_for(worker_).take();
+  if (link_) co_return true;  // reused once it answers RSET
   auto connected =
       co_await connect_relay(services_.policy, worker_.deadlines, id_ + " (" + client_label_ + ")");
   if (!connected.link) {
@@ -480,21 +497,86 @@ asio::awaitable<bool> Session::ensure_link() {
   co_return true;
 }
 
-asio::awaitable<int> Session::forward(std::string_view line) {
-  Upstream& up = link_->upstream;
-  const auto scan = co_await up.command(line);
-  if (scan.status != smtp::ReplyScan::Status::complete) {
+bool Session::joins_group(Verb verb) const {
+  return link_ &&
+         (verb == Verb::mail || verb == Verb::rcpt || verb == Verb::rset || verb == Verb::data);
+}
+
+asio::awaitable<bool> Session::send_group() {
+  if (!link_ || (group_verbs_.empty() && !link_->reset_pending)) co_return true;
+  const std::string lines = std::exchange(group_, {});
+  const auto verbs = std::exchange(group_verbs_, {});
+  bool sent = false;
+  if (link_->reset_pending && !co_await reset_kept_link(lines, sent)) co_return false;
+  if (sent) co_return co_await read_replies(verbs);
+  if (verbs.size() > 1 && !link_->capabilities.pipelining) {
+    // A replacement connection without PIPELINING: one command at a time after all.
+    std::size_t begin = 0;
+    for (const Verb verb : verbs) {
+      const auto end = lines.find("\r\n", begin) + 2;
+      if (!co_await link_->upstream.write(std::string_view(lines).substr(begin, end - begin))) {
+        lost_link("a command");
+        co_return false;
+      }
+      const std::vector<Verb> one{verb};  // (GCC 12: no braced list in a co_await)
+      if (!co_await read_replies(one)) co_return false;
+      begin = end;
+    }
+    co_return true;
+  }
+  if (verbs.empty()) co_return true;
+  if (!co_await link_->upstream.write(lines)) {
     lost_link("a command");
-    co_return 0;
+    co_return false;
   }
-  reply(up.reply(scan));
-  up.consume(scan);
-  if (scan.code == 421) {  // the relay host is closing: so is this session, with its words
-    end_reason_ = "relay host closed (421)";
+  co_return co_await read_replies(verbs);
+}
+
+asio::awaitable<bool> Session::reset_kept_link(const std::string& lines, bool& sent) {
+  while (link_->reset_pending) {
+    link_->reset_pending = false;
+    Upstream& up = link_->upstream;
+    sent = link_->capabilities.pipelining && !lines.empty();
+    std::string reset_lines = "RSET\r\n";
+    if (sent) reset_lines += lines;
+    const bool written = co_await up.write(reset_lines);
+    auto reset = smtp::ReplyScan{smtp::ReplyScan::Status::malformed};
+    if (written) reset = co_await up.read_reply();
+    if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
+      up.consume(reset);
+      spdlog::info("{} relay connection H={} reused for {} (after {} messages)", id_, link_->label,
+                   client_label_, link_->messages);
+      services_.metrics.reused(label_of(*link_->host));
+      co_return true;
+    }
+    spdlog::debug("{} relay connection H={} not reused: no 250 to RSET", id_, link_->label);
     link_.reset();
-    co_return 0;
+    sent = false;
+    if (!co_await ensure_link()) co_return false;  // another kept one, or a new one
   }
-  co_return scan.code;
+  co_return true;
+}
+
+asio::awaitable<bool> Session::read_replies(const std::vector<Verb>& verbs) {
+  Upstream& up = link_->upstream;
+  for (const Verb verb : verbs) {
+    const auto scan = co_await up.read_reply();
+    if (scan.status != smtp::ReplyScan::Status::complete) {
+      lost_link("a command");
+      co_return false;
+    }
+    reply(up.reply(scan));
+    last_code_ = scan.code;
+    up.consume(scan);
+    if (last_code_ == 421) {  // the relay host is closing: so is this session, with its words
+      end_reason_ = "relay host closed (421)";
+      link_.reset();
+      co_return false;
+    }
+    if (verb == Verb::mail && last_code_ / 100 == 2) in_transaction_ = true;
+    if (verb == Verb::rset) in_transaction_ = false;
+  }
+  co_return true;
 }
 
 // The relay host's verdict on a message, for the metrics (0: it gave none).

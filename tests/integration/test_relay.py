@@ -152,9 +152,12 @@ def test_the_next_session_reuses_the_tls_connection(proxy, postfix, pki):
     assert "reused for" not in q.stderr()
 
 
-def test_a_kept_connection_the_relay_host_closed_is_replaced_quietly(proxy, postfix, smtp_sink):
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one-by-one", "pipelined"])
+def test_a_kept_connection_the_relay_host_closed_is_replaced_quietly(proxy, postfix, smtp_sink,
+                                                                     pipelined):
     """smtp-sink is stopped and started again between two sessions: the kept connection fails
-    its RSET, a new one is made, and the client hears nothing of it."""
+    the RSET sent with the next session's first commands, a new one is made, those commands
+    go again on it, and the client hears nothing of it."""
     sink = smtp_sink(xclient=False)
     p = relay_proxy(proxy, postfix, sink.backend, "--threads", "1")
     first, second = unique("a"), unique("b")
@@ -162,7 +165,16 @@ def test_a_kept_connection_the_relay_host_closed_is_replaced_quietly(proxy, post
     sink.wait_for_dump(first)
     sink.stop()
     sink.start()
-    assert send(p.relay_port, "x@example.net", simple_message(second, "x@example.net")) == {}
+    if pipelined:
+        with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+            assert c.greeting().code == 220 and c.ehlo().code == 250
+            c.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<x@example.net>\r\nDATA\r\n".encode())
+            assert [c.read_reply().code for _ in range(3)] == [250, 250, 354]
+            c.send(simple_message(second, "x@example.net") + b".\r\n")
+            assert c.read_reply().code == 250
+            assert c.command("QUIT").code == 221
+    else:
+        assert send(p.relay_port, "x@example.net", simple_message(second, "x@example.net")) == {}
     assert second in sink.wait_for_dump(second)
     assert p.stderr().count("relay connection H=") == 2
 
@@ -653,3 +665,27 @@ def test_commands_pipelined_past_starttls_are_dropped(proxy, postfix, pki):
         assert c.ehlo().code == 250
         reply = c.command("RCPT TO:<someone@example.net>")
         assert reply.code == 503, reply
+
+
+def test_pipelined_commands_keep_their_order_and_verdicts(proxy, postfix, pki):
+    """A local client pipelining MAIL, three RCPTs (one that Postfix refuses) and DATA: the
+    group goes to Postfix (which offers PIPELINING) and each reply comes back in order, its
+    own; the message reaches the two accepted mailboxes and only them."""
+    p = relay_proxy(proxy, postfix, postfix.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca))
+    boxes = [postfix.new_mailbox(), postfix.new_mailbox()]
+    token = unique("group")
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert "PIPELINING" in " ".join(c.ehlo().lines)
+        c.send((f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{boxes[0].address}>\r\n"
+                "RCPT TO:<nobody@elsewhere.invalid>\r\n"
+                f"RCPT TO:<{boxes[1].address}>\r\nDATA\r\n").encode())
+        codes = [c.read_reply().code for _ in range(5)]
+        assert codes[:2] == [250, 250] and codes[2] // 100 == 5 and codes[3:] == [250, 354], codes
+        c.send(simple_message(token, boxes[0].address) + b".\r\n")
+        assert c.read_reply().code == 250
+        c.send(b"RSET\r\nNOOP\r\nQUIT\r\n")
+        assert [c.read_reply().code for _ in range(3)] == [250, 250, 221]
+    for box in boxes:
+        assert token.encode() in box.wait(1)[0]
