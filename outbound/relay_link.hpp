@@ -66,6 +66,7 @@ class RelayLink final : public Deadline::Owner {
   std::string auth_user;                       // when the proxy's own AUTH succeeded
   bool client_authenticated = false;           // a local client's AUTH went over it: never shared
   bool reset_pending = false;                  // kept for another session: RSET before use
+  bool kept = false;                           // used again after its first session
   unsigned messages = 0;                       // accepted on this connection
 };
 

@@ -124,6 +124,8 @@ class Session final : public Connection,
   void reply(std::string_view text) { to_client_.append(text); }
   void lost_link(std::string_view during);
   void count_message(int code);
+  // The relay host's verdict on a whole message: counted and logged.
+  void message_done(std::string_view verdict, int code);
   std::string ehlo_reply() const;
   bool may_relay_auth() const;
   asio::awaitable<void> finish();
@@ -365,13 +367,7 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
     co_return Next::close;
   }
   reply(up.reply(verdict));
-  count_message(verdict.code);
-  if (verdict.code / 100 == 2) {
-    ++link_->messages;
-    ++messages_;
-  }
-  spdlog::info("{} message from {} to {}: \"{}\"", id_, client_label_, link_->label,
-               log::escape(up.reply(verdict).substr(0, up.reply(verdict).size() - 2), 200));
+  message_done(up.reply(verdict), verdict.code);
   up.consume(verdict);
   in_transaction_ = false;
   co_return Next::go_on;
@@ -408,11 +404,7 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
   reply(up.reply(verdict));
   if (command.bdat->last) {
     in_transaction_ = false;
-    count_message(verdict.code);
-  }
-  if (command.bdat->last && verdict.code / 100 == 2) {
-    ++link_->messages;
-    ++messages_;
+    message_done(up.reply(verdict), verdict.code);
   }
   up.consume(verdict);
   co_return Next::go_on;
@@ -544,8 +536,7 @@ asio::awaitable<bool> Session::reset_kept_link(const std::string& lines, bool& s
     if (written) reset = co_await up.read_reply();
     if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
       up.consume(reset);
-      spdlog::info("{} relay connection H={} reused for {} (after {} messages)", id_, link_->label,
-                   client_label_, link_->messages);
+      link_->kept = true;
       services_.metrics.reused(label_of(*link_->host));
       co_return true;
     }
@@ -586,6 +577,26 @@ void Session::count_message(int code) {
                                    : code / 100 == 4 ? "tempfailed"
                                                      : "rejected";
   services_.metrics.message(label_of(*link_->host), verdict);
+}
+
+void Session::message_done(std::string_view verdict, int code) {
+  count_message(code);
+  const unsigned before = link_->messages;
+  if (code / 100 == 2) {
+    ++link_->messages;
+    ++messages_;
+  }
+  // One line per message; a kept connection's reuse is told here rather than in a line of
+  // its own (the connection's own line was written when it was made).
+  while (!verdict.empty() && (verdict.back() == '\n' || verdict.back() == '\r'))
+    verdict.remove_suffix(1);
+  if (link_->kept) {
+    spdlog::info("{} message from {} to {} over a kept connection (after {} messages): \"{}\"", id_,
+                 client_label_, link_->label, before, log::escape(verdict, 200));
+  } else {
+    spdlog::info("{} message from {} to {} over a new connection: \"{}\"", id_, client_label_,
+                 link_->label, log::escape(verdict, 200));
+  }
 }
 
 void Session::lost_link(std::string_view during) {
