@@ -16,6 +16,7 @@ import re
 import shutil
 import smtplib
 import socketserver
+import subprocess
 import tempfile
 import threading
 import time
@@ -24,9 +25,16 @@ from pathlib import Path
 import pytest
 
 from conftest import (LOOPBACK, SENDER, ConnectionClosed, SmtpClient, client_content, free_port,
-                      simple_message, unique)
+                      listening_ports, simple_message, unique)
 from exim_mta import PLAIN_AUTHENTICATOR, Exim, exim_binary
 from ops_support import http_get, scrape, value
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while port not in listening_ports():
+        assert time.monotonic() < deadline, f"nothing listens on {port}"
+        time.sleep(0.05)
 
 
 def relay_proxy(proxy, postfix, relay_host: str, *flags: str):
@@ -689,3 +697,29 @@ def test_pipelined_commands_keep_their_order_and_verdicts(proxy, postfix, pki):
         assert [c.read_reply().code for _ in range(3)] == [250, 250, 221]
     for box in boxes:
         assert token.encode() in box.wait(1)[0]
+
+
+def test_a_relay_host_certificate_chain_over_the_bound_is_refused(proxy, postfix, pki, tmp_path):
+    """A relay host (openssl s_server, TLS on connect) sends its certificate and 200 copies of
+    the CA's (about 90 KiB): the proxy takes no chain over 64 KiB (OpenSSL would take 100
+    KiB), the handshake fails, and with TLS required the client hears 421, never a 2xx or a
+    hang. (Exim 4.96 does not send a chain file's duplicates, so it cannot show this.)"""
+    duplicates = tmp_path / "duplicates.pem"
+    duplicates.write_bytes(Path(pki.ca).read_bytes() * 200)
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"{LOOPBACK}:{port}", "-cert", str(pki.postfix_cert),
+         "-key", str(pki.postfix_key), "-cert_chain", str(duplicates), "-quiet"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        p = relay_proxy(proxy, postfix, f"{LOOPBACK}:{port}", "--relay-tls-on-connect-ports",
+                        str(port), "--relay-hosts-require-tls", "*")
+        with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+            assert c.greeting().code == 220
+            reply = c.ehlo()
+        assert reply.code == 421 and "4.7.5" in reply.lines[-1], reply
+        assert "excessive message size" in p.stderr()
+    finally:
+        server.kill()
+        server.wait()
