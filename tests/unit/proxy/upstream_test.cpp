@@ -7,6 +7,7 @@
 #include "tests/unit/proxy/loopback_peer.hpp"
 
 #include <gtest/gtest.h>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <string>
@@ -211,6 +212,27 @@ TEST_F(UpstreamTest, ASilentPeerTimesOutAndTheConnectionIsLost) {
         EXPECT_FALSE(written);
         const auto again = co_await upstream_.command("NOOP\r\n");
         EXPECT_EQ(again.status, ReplyScan::Status::malformed);
+        upstream_.close();
+      });
+}
+
+TEST_F(UpstreamTest, ATrickledReplyGetsOneTimeoutForAllOfIt) {
+  run(
+      [&](LoopbackPeer& peer) -> asio::awaitable<void> {
+        asio::steady_timer pause(co_await asio::this_coro::executor);
+        for (const char byte : std::string_view("250 trickled\r\n")) {
+          if (!co_await peer.send(std::string_view(&byte, 1))) co_return;
+          pause.expires_after(50ms);  // each byte well inside the timeout, all of them not
+          co_await pause.async_wait(asio::use_awaitable);
+        }
+        co_await peer.line();
+      },
+      [&]() -> asio::awaitable<void> {
+        upstream_.set_timeout(300ms);
+        if (!co_await connect()) co_return;
+        const auto scan = co_await upstream_.read_reply();
+        EXPECT_EQ(scan.status, ReplyScan::Status::malformed);
+        EXPECT_TRUE(deadline_.expired());
         upstream_.close();
       });
 }
