@@ -254,6 +254,14 @@ std::vector<Flag> client_certificate_flags() {
        .help = "PEM certificate revocation lists (one file may hold several)",
        .default_help = "none",
        .apply = [](Config& c, const Values& v) { c.tls_crl = v.front(); }},
+      {.name = "tls-ticket-key-file",
+       .argument = "FILE",
+       .defaults = {""},
+       .help = "session ticket keys shared by replicas, so a client resumes on any of them: "
+               "base64 lines of 80 bytes (openssl rand 80 | base64 -w0), the first encrypts, "
+               "all decrypt; reloaded with the certificates",
+       .default_help = "keys of its own, rotated every 12 hours",
+       .apply = [](Config& c, const Values& v) { c.tls_ticket_key_file = v.front(); }},
       {.name = "tls-verify-depth",
        .argument = "N",
        .defaults = {"9"},

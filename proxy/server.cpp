@@ -52,6 +52,7 @@ std::string file_signature(const Config& config) {
     add(config.tls_verify_certificates);
   }
   if (!config.tls_crl.empty()) add(config.tls_crl);
+  if (!config.tls_ticket_key_file.empty()) add(config.tls_ticket_key_file);
   return signature;
 }
 

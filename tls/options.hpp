@@ -27,6 +27,7 @@ struct ServerOptions {
   std::string crl;                  // PEM file of CRLs
   unsigned verify_depth = 9;
   std::chrono::seconds verify_cache_time{60};  // 0: every client chain verified afresh
+  std::string ticket_key_file;  // shared session ticket keys; empty: the process's own
 };
 
 // The client side: what the proxy offers and trusts when it connects to a relay host (Exim's

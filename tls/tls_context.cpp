@@ -4,9 +4,11 @@
 #include "tls/context_setup.hpp"
 #include "tls/library_context.hpp"
 #include "tls/openssl_values.hpp"
+#include "tls/ticket_keys.hpp"
 #include "tls/tls_stream.hpp"
 #include "tls/verify_cache.hpp"
 
+#include <fmt/format.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -236,6 +238,26 @@ TrustStore use_client_verification(SSL_CTX* ctx, const ServerOptions& options) {
   return trust;
 }
 
+// Sessions, and the tickets that carry them, resume only under the TLS policy that made them:
+// the session ID context is a digest of that policy, so a reload that changes protocols,
+// ciphers or client verification starts afresh, while one that renews a certificate (and
+// replicas run alike) keeps them.
+void use_session_context(SSL_CTX* ctx, const ServerOptions& options) {
+  const std::string policy =
+      fmt::format("smtp-tls-proxy\n{}\n{}\n{}\n{}\n{}\n{}\n{}", options.min_protocol,
+                  options.require_ciphers, options.ciphersuites, options.dhparam,
+                  options.verify_certificates, options.crl, options.verify_depth);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  std::size_t length = 0;
+  if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, policy.data(), policy.size(), digest,
+                   &length) != 1) {
+    fail("--tls-certificate", "cannot make the session ID context");
+  }
+  SSL_CTX_set_session_id_context(
+      ctx, digest,
+      static_cast<unsigned int>(std::min<std::size_t>(length, SSL_MAX_SID_CTX_LENGTH)));
+}
+
 }  // namespace
 
 std::string take_openssl_errors() {
@@ -268,7 +290,7 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   // record buffers.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
-  SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>("smtp-tls-proxy"), 14);
+  use_session_context(ctx, options);
   // Read whole flights in one system call rather than a record header and then its body.
   SSL_CTX_set_read_ahead(ctx, 1);
   // Resumption by stateless tickets: one ticket per handshake (a client resumes one session
@@ -278,6 +300,12 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   // ticket back until the session's first reply, so the two share a segment.
   SSL_CTX_set_num_tickets(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // Ticket keys outlive the context: a reload keeps every ticket valid, and replicas given
+  // one key file resume each other's sessions.
+  self->ticket_keys_ = options.ticket_key_file.empty()
+                           ? TicketKeys::own()
+                           : TicketKeys::from_file(options.ticket_key_file);
+  self->ticket_keys_->install(ctx);
 
   setup::use_protocols_and_ciphers(ctx, "--tls-", options.min_protocol, options.require_ciphers,
                                    options.ciphersuites);

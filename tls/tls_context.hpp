@@ -16,6 +16,7 @@
 
 namespace stp::tls {
 
+class TicketKeys;
 class VerifyCache;
 
 class ServerContext {
@@ -44,6 +45,7 @@ class ServerContext {
   bool self_signed_ = false;
   std::vector<Certificate> certificates_;
   std::unique_ptr<VerifyCache> verify_cache_;  // null when off or nothing is verified
+  std::shared_ptr<TicketKeys> ticket_keys_;
 };
 
 // The OpenSSL error queue as one line (and cleared), for logs and error messages.
