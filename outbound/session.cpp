@@ -151,6 +151,7 @@ class Session final : public Connection,
   bool advertise_tls_ = false;
   bool greeted_ = false;
   bool in_transaction_ = false;
+  bool chunking_offered_ = false;  // told at EHLO: the relay host's CHUNKING, passed on
   unsigned errors_ = 0;
   unsigned messages_ = 0;
   std::string_view end_reason_ = "client closed";
@@ -288,6 +289,7 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
       const bool linked = co_await ensure_link();
       if (!linked) co_return Next::close;
       in_transaction_ = false;
+      chunking_offered_ = command.verb == Verb::ehlo && link_->capabilities.chunking;
       reply(command.verb == Verb::ehlo ? ehlo_reply() : "250 " + config_.relay.helo + "\r\n");
       co_return Next::go_on;
     }
@@ -375,12 +377,17 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
 
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Command& command) {
-  if (!command.bdat || !link_->capabilities.chunking) {
+  if (!command.bdat || !chunking_offered_) {
     ++errors_;
     reply("501 5.5.4 BDAT not available\r\n");
     co_return Next::close;  // its chunk follows: the stream cannot be read as commands
   }
   if (!co_await send_group()) co_return Next::close;  // a kept connection's RSET
+  if (!link_->capabilities.chunking) {  // the connection was replaced by one without it
+    reply("421 4.3.0 " + config_.relay.helo + " the relay host does not take BDAT now\r\n");
+    end_reason_ = "relay host without CHUNKING";
+    co_return Next::close;
+  }
   Upstream& up = link_->upstream;
   to_relay_.assign(command.line);
   to_relay_ += "\r\n";
@@ -416,6 +423,10 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Command& command) {
   if (!co_await send_group()) co_return Next::close;  // a kept connection's RSET
+  if (!may_relay_auth()) {  // the connection was replaced by one that must not carry it
+    reply("454 4.7.0 authentication not available now\r\n");
+    co_return Next::go_on;
+  }
   Upstream& up = link_->upstream;
   link_->client_authenticated = true;
   std::string line(command.line);

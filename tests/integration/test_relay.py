@@ -226,13 +226,15 @@ class ScriptedRelay:
     """A relay host that offers STARTTLS and answers it as told: `starttls_reply` ("454 ...",
     "554 ...") or, with "break", 220 and then bytes that are no TLS record, and closes. Its
     EHLO reply can be replaced (`ehlo_reply`) and sent a byte every `trickle` seconds; with
-    `silent_after_data` it never answers a message's final dot. What no real relay host does
+    `silent_after_data` it never answers a message's final dot; with `refuse_rset` set, 421 to
+    RSET. What no real relay host does
     on demand; everything else is plain SMTP, messages kept in `messages`, one entry per
     connection that said EHLO in `connections` (True when STARTTLS was asked)."""
 
     def __init__(self, starttls_reply: str, ehlo_reply: bytes | None = None, trickle: float = 0,
                  silent_after_data: bool = False):
         self.starttls_reply = starttls_reply
+        self.refuse_rset = False  # set: 421 to RSET, and the connection closed
         self.ehlo_reply = ehlo_reply
         self.trickle = trickle
         self.silent_after_data = silent_after_data
@@ -297,6 +299,9 @@ class ScriptedRelay:
                         say(b"250 2.0.0 kept\r\n")
                     elif verb == b"QUIT":
                         say(b"221 bye\r\n")
+                        return
+                    elif verb == b"RSET" and relay.refuse_rset:
+                        say(b"421 4.3.2 closing\r\n")
                         return
                     else:
                         say(b"250 2.0.0 ok\r\n")
@@ -723,3 +728,25 @@ def test_a_relay_host_certificate_chain_over_the_bound_is_refused(proxy, postfix
     finally:
         server.kill()
         server.wait()
+
+
+def test_bdat_to_a_replacement_without_chunking_is_a_421(proxy, postfix, scripted_relay,
+                                                         smtp_sink):
+    """The kept connection (to a host with CHUNKING, so the client was offered it) fails its
+    RSET and the only host left has no CHUNKING: the client's BDAT is answered 421 and the
+    session ends; the chunk never reaches the other host as commands."""
+    first = scripted_relay("554 no", ehlo_reply=b"250-scripted.example\r\n250-PIPELINING\r\n"
+                                                b"250 CHUNKING\r\n")
+    sink = smtp_sink(xclient=False)
+    p = relay_proxy(proxy, postfix, first.backend, "--relay-host", sink.backend,
+                    "--threads", "1")
+    assert relay_outcome(p.relay_port) == 250
+    first.refuse_rset = True
+    first.stop()  # no new connections; the kept one still answers, with 421 to RSET
+    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
+        assert c.greeting().code == 220
+        assert "CHUNKING" in " ".join(c.ehlo().lines)
+        c.send(b"BDAT 12 LAST\r\nMAIL FROM:<>")
+        reply = c.read_reply()
+        assert reply.code == 421 and "4.3.0" in reply.lines[-1], reply
+    assert not any("MAIL FROM:<>" in line or "BDAT" in line for line in sink.commands())
