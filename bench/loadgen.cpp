@@ -72,6 +72,7 @@ struct Options {
   Mode mode = Mode::starttls;
   std::string host = "127.0.0.1";
   std::uint16_t port = 25;
+  std::vector<std::uint16_t> alternate_ports;  // sessions go round-robin over port and these
   std::uint64_t sessions = 1000;
   std::uint64_t concurrency = 50;
   std::uint64_t msgs_per_session = 1;
@@ -98,6 +99,9 @@ An SMTP load generator: one event loop, one coroutine per session, one JSON line
   --mode plain|starttls|implicit  how TLS starts (default: starttls)
   --host ADDR                     server address or name (default: 127.0.0.1)
   --port N                        server port (default: 25)
+  --alternate-port N              repeatable: sessions go round-robin over --port and these
+                                  (replicas: with --tls-resume, a ticket from one is offered to
+                                  the next)
   --sessions N                    SMTP sessions to run (default: 1000)
   --concurrency N                 sessions in flight at once (default: 50)
   --msgs-per-session N            messages per session, 0 for none (default: 1)
@@ -197,6 +201,10 @@ Options parse_options(int argc, char** argv) {
       const auto v = parse_number<std::uint32_t>(flag, value());
       if (v == 0 || v > 65535) throw UsageError("--port: out of range");
       o.port = static_cast<std::uint16_t>(v);
+    } else if (flag == "--alternate-port") {
+      const auto v = parse_number<std::uint32_t>(flag, value());
+      if (v == 0 || v > 65535) throw UsageError("--alternate-port: out of range");
+      o.alternate_ports.push_back(static_cast<std::uint16_t>(v));
     } else if (flag == "--sessions") {
       o.sessions = positive(parse_number<std::uint64_t>(flag, value()));
       sessions_given = true;
@@ -392,7 +400,8 @@ class Runner {
   const Options& options() const { return options_; }
   asio::io_context& io() { return io_; }
   ssl::context& tls() { return tls_; }
-  const tcp::endpoint& target() const { return target_; }
+  // The server for the next session: --port and --alternate-port in turn.
+  const tcp::endpoint& next_target() { return targets_[next_target_++ % targets_.size()]; }
   const std::optional<asio::ip::address>& source() const { return source_; }
   const std::string& message() const { return message_; }
   Stats& stats() { return stats_; }
@@ -428,7 +437,8 @@ class Runner {
   // outlives the coroutine frames io_ destroys if run() ends by an exception.
   Options options_;
   ssl::context tls_{ssl::context::tls_client};
-  tcp::endpoint target_;
+  std::vector<tcp::endpoint> targets_;
+  std::size_t next_target_ = 0;
   std::optional<asio::ip::address> source_;
   std::string message_;
   Stats stats_;
@@ -620,7 +630,7 @@ awaitable<void> Session::greeting_and_ehlo(Stream& stream, bool greeting) {
 
 awaitable<void> Session::connect() {
   phase_ = "connect";
-  const auto& target = runner_.target();
+  const auto& target = runner_.next_target();
   socket_.open(target.protocol());
   if (!runner_.options().nagle) socket_.set_option(tcp::no_delay(true));
   if (const auto& source = runner_.source()) {
@@ -781,7 +791,10 @@ Runner::Runner(Options options) : options_(std::move(options)) {
   tcp::resolver resolver(io_);
   const auto results = resolver.resolve(options_.host, std::to_string(options_.port));
   if (results.empty()) throw UsageError("--host: no address for " + options_.host);
-  target_ = results.begin()->endpoint();
+  targets_.push_back(results.begin()->endpoint());
+  for (const auto port : options_.alternate_ports) {
+    targets_.emplace_back(targets_.front().address(), port);
+  }
   if (!options_.bind.empty()) {
     error_code ec;
     source_ = asio::ip::make_address(options_.bind, ec);
@@ -1044,8 +1057,9 @@ std::string Runner::result_json(double elapsed, double cpu_user, double cpu_sys)
                                                        : "implicit";
   std::ostringstream j;
   j << "{\"mode\":\"" << mode << "\",\"host\":" << json_string(options_.host)
-    << ",\"port\":" << options_.port << ",\"bind\":" << json_string(options_.bind)
-    << ",\"sessions\":" << options_.sessions << ",\"concurrency\":" << options_.concurrency
+    << ",\"port\":" << options_.port << ",\"alternate_ports\":" << options_.alternate_ports.size()
+    << ",\"bind\":" << json_string(options_.bind) << ",\"sessions\":" << options_.sessions
+    << ",\"concurrency\":" << options_.concurrency
     << ",\"msgs_per_session\":" << (options_.hold ? 0 : options_.msgs_per_session)
     << ",\"msg_size\":" << options_.msg_size
     << ",\"pipelining\":" << (options_.pipelining ? "true" : "false")

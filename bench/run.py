@@ -21,6 +21,7 @@ had more than 1 % failed sessions (after writing the results), 2 on a usage or s
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import os
@@ -72,6 +73,13 @@ CASES: dict[str, dict] = {
     "resumed": dict(title="STARTTLS, resumed TLS session (ticket), 1 KiB message",
                     mode="starttls", sessions=3000, concurrency=50, sigalgs=ECDSA_SIGALGS,
                     extra=["--tls-resume"]),
+    # Issue 22: two proxy processes given one --tls-ticket-key-file, sessions alternating
+    # between them, each offering the ticket the other issued.
+    "resumed-replicas": dict(title="as resumed, over two proxy processes sharing ticket keys "
+                                   "(loadgen alternating between them)",
+                             mode="starttls", sessions=3000, concurrency=50,
+                             sigalgs=ECDSA_SIGALGS, extra=["--tls-resume"], replicas=2,
+                             targets=["proxy", "proxy-b"]),
     "client-cert": dict(title="STARTTLS, client certificate verified (ECDSA P-256 chain)",
                         mode="starttls", sessions=2000, concurrency=50,
                         sigalgs=ECDSA_SIGALGS, client_cert=True, server="verify"),
@@ -373,6 +381,40 @@ def relay_host_counts(host: Proxy, sink: Sink) -> dict[str, float]:
     return counts
 
 
+class Replicas:
+    """Proxy processes on one sink sharing a --tls-ticket-key-file (issue 22): the load
+    generator's sessions alternate between them."""
+
+    def __init__(self, d: Path, binary: Path, pki: dict, sink: Sink, count: int,
+                 extra: list[str] = ()):
+        keys = d / "ticket-keys"
+        keys.write_text("".join(base64.b64encode(os.urandom(80)).decode() + "\n"
+                                for _ in range(2)))
+        self.members = []
+        for i in range(count):
+            (d / f"replica-{i}").mkdir(mode=0o755)
+            # One thread each: two replicas hold the cores one process with two threads would.
+            self.members.append(Proxy(d / f"replica-{i}", binary, pki, sink, None,
+                                      ["--threads", "1", *extra, "--tls-ticket-key-file",
+                                       str(keys)]))
+        self.plain_port = self.members[0].plain_port
+        self.tls_port = self.members[0].tls_port
+        self.alternate_ports = [m.plain_port for m in self.members[1:]]
+        self.proc = self.members[0].proc
+
+    def start(self) -> None:
+        for m in self.members:
+            m.start()
+        self.proc = self.members[0].proc
+
+    def pids(self) -> list[int]:
+        return [pid for m in self.members for pid in m.pids()]
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+
 class RelayProxy(Foreground):
     """smtp-tls-proxy relaying out only: plain SMTP in on --relay-listen, STARTTLS to the
     relay host, whose chain must verify against the bench CA; its name is not checked (it is
@@ -519,6 +561,7 @@ def loadgen_argv(loadgen: Path, case: dict, target: str, server, pki: dict,
     if target == "sink":
         port = server.port
     argv = [str(loadgen), "--mode", mode, "--host", LOOPBACK, "--port", str(port),
+            *[a for p in getattr(server, "alternate_ports", []) for a in ("--alternate-port", str(p))],
             "--concurrency", str(case["concurrency"]), "--time-limit", "600",
             "--io-timeout", "60"]
     if "hold" in case:
@@ -581,8 +624,12 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
         if target in ("proxy", "proxy-b"):
             binary = args.proxy if target == "proxy" else args.proxy_b or args.proxy
             extra = args.proxy_args if target == "proxy" else args.proxy_b_args
-            server = (RelayProxy(d, binary, pki, relay_host, relay == "reuse", extra) if relay
-                      else Proxy(d, binary, pki, sink, case.get("server"), extra))
+            if relay:
+                server = RelayProxy(d, binary, pki, relay_host, relay == "reuse", extra)
+            elif case.get("replicas"):
+                server = Replicas(d, binary, pki, sink, case["replicas"], extra)
+            else:
+                server = Proxy(d, binary, pki, sink, case.get("server"), extra)
         elif target == "stunnel":
             server = Stunnel(d, pki, relay_host)
         elif target == "nginx":
@@ -750,28 +797,34 @@ def summarise(records: list[dict], cases: list[str], targets: list[str]) -> dict
     return summary
 
 
-# Issue 21's relay targets: what, numerator and denominator (each the median of a case's
-# figure for a target), the bound.
+# The issues' targets: which issue, what, numerator and denominator (each the median of a
+# case's figure for a target), the bound.
 CPU_PER_MESSAGE = "server CPU per message, ms"
-RELAY_GOALS = [
-    ("CPU per message without reuse, proxy / stunnel", ("relay-new", CPU_PER_MESSAGE, "proxy"),
+CPU_PER_SESSION = "server CPU per session, ms"
+GOALS = [
+    ("CPU per message without reuse, proxy / stunnel (issue 21)",
+     ("relay-new", CPU_PER_MESSAGE, "proxy"),
      ("relay-new", CPU_PER_MESSAGE, "stunnel"), ("≤", 0.8)),
-    ("CPU per message, proxy with reuse / without", ("relay-reuse", CPU_PER_MESSAGE, "proxy"),
+    ("CPU per message, proxy with reuse / without (issue 21)",
+     ("relay-reuse", CPU_PER_MESSAGE, "proxy"),
      ("relay-new", CPU_PER_MESSAGE, "proxy"), ("≤", 0.15)),
-    ("messages/s at concurrency 10, proxy with reuse / stunnel",
+    ("messages/s at concurrency 10, proxy with reuse / stunnel (issue 21)",
      ("relay-reuse", "messages/s", "proxy"), ("relay-reuse", "messages/s", "stunnel"),
      ("≥", 5.0)),
+    ("CPU per session resumed, over two replicas / on one (issue 22)",
+     ("resumed-replicas", CPU_PER_SESSION, "proxy"), ("resumed", CPU_PER_SESSION, "proxy"),
+     ("≤", 1.1)),
 ]
 
 
-def relay_goals(summary: dict) -> list[dict]:
-    """Issue 21's ratios where the run has both of a ratio's figures."""
+def goals(summary: dict) -> list[dict]:
+    """The issues' ratios where the run has both of a ratio's figures."""
     def median(case: str, figure: str, target: str) -> float | None:
         s = summary.get(case, {}).get(figure, {}).get(target)
         return s["median"] if s else None
 
     out = []
-    for what, numerator, denominator, (op, bound) in RELAY_GOALS:
+    for what, numerator, denominator, (op, bound) in GOALS:
         a, b = median(*numerator), median(*denominator)
         if a is not None and b:
             ratio = a / b
@@ -819,13 +872,12 @@ def markdown(summary: dict, machine: dict, targets: list[str], rounds: int) -> s
             for key, _ in ratios:
                 line += f" | {fmt(row[key]) if key in row else ''}"
             lines.append(line + " |")
-    goals = relay_goals(summary)
-    if goals:
-        lines += ["", "| issue 21 (outbound relay) | ratio of the medians | target | met |",
-                  "|---|---|---|---|"]
+    met = goals(summary)
+    if met:
+        lines += ["", "| target | ratio of the medians | bound | met |", "|---|---|---|---|"]
         lines += [f"| {g['figure']} | {fmt(g['ratio'])} ({fmt(g['numerator'])} / "
                   f"{fmt(g['denominator'])}) | {g['target']} | {'yes' if g['met'] else 'no'} |"
-                  for g in goals]
+                  for g in met]
     lines.append("")
     lines.append("Cases: " + "; ".join(f"**{c}**: {CASES[c]['title']}" for c in summary))
     return "\n".join(lines) + "\n"
@@ -1012,7 +1064,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"started": started.isoformat(), "machine": machine, "rounds": args.rounds,
            "cases": {c: CASES[c] for c in cases}, "targets": shown_targets,
-           "summary": summary, "relay_goals": relay_goals(summary), "runs": records,
+           "summary": summary, "goals": goals(summary), "runs": records,
            "failed_runs": len(failed_runs)}
     (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(md)
