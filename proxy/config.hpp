@@ -104,10 +104,11 @@ struct Config {
 
   std::vector<std::string> tls_certificates;  // paired in order with tls_privatekeys
   std::vector<std::string> tls_privatekeys;   // may be shorter: key then sits in the cert file
-  std::string tls_ticket_key_file;    // session ticket keys shared by replicas; empty: its own
-  acl::HostList tls_advertise_hosts;  // default `*`
-  std::string tls_require_ciphers;    // empty: OpenSSL's defaults; `_` already `-`
-  std::string tls_ciphersuites;       // empty: OpenSSL's defaults
+  std::string tls_ticket_key_file;  // session ticket keys shared by replicas; empty: its own
+  std::vector<tls::NamedCertificate> tls_sni_certificates;  // chosen by the SNI name asked for
+  acl::HostList tls_advertise_hosts;                        // default `*`
+  std::string tls_require_ciphers;           // empty: OpenSSL's defaults; `_` already `-`
+  std::string tls_ciphersuites;              // empty: OpenSSL's defaults
   std::string tls_min_protocol = "TLSv1.2";  // TLSv1.2 or TLSv1.3
   std::string tls_dhparam;                   // empty, a PEM file, or ffdhe2048..ffdhe8192
 

@@ -188,6 +188,14 @@ std::vector<Flag> server_tls_flags() {
                "omitted: the key is in the certificate file)",
        .default_help = "in the certificate file",
        .apply = [](Config& c, const Values& v) { c.tls_privatekeys = files(v); }},
+      {.name = "tls-sni-certificate",
+       .kind = Kind::list,
+       .argument = "NAME=FILE[,KEYFILE]",
+       .help = "the certificate for clients asking for NAME (exact, or *.example.org) by SNI "
+               "(repeatable; one name's RSA and ECDSA files each once); a name no flag gives "
+               "is answered by a certificate whose DNS names cover it, else --tls-certificate",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_sni_certificates = sni_certificates(v); }},
       {.name = "tls-advertise-hosts",
        .argument = "HOSTLIST",
        .defaults = {"*"},

@@ -197,6 +197,33 @@ Values files(const Values& values) {
   return values;
 }
 
+std::vector<tls::NamedCertificate> sni_certificates(const Values& values) {
+  std::vector<tls::NamedCertificate> out;
+  for (const std::string& value : values) {
+    const auto equals = value.find('=');
+    if (equals == std::string::npos) bad("not NAME=FILE[,KEYFILE]", value);
+    std::string name = value.substr(0, equals);
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const std::string_view host = name.starts_with("*.") ? std::string_view(name).substr(2) : name;
+    if (host.empty() || host.find('*') != std::string_view::npos ||
+        host.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-_") != std::string::npos ||
+        host.front() == '.' || host.back() == '.') {
+      bad("not a host name or *.domain", value);
+    }
+    const std::string files = value.substr(equals + 1);
+    const auto comma = files.find(',');
+    tls::NamedCertificate named{
+        .name = name, .certificate = files.substr(0, comma), .privatekey = {}};
+    if (comma != std::string::npos) named.privatekey = files.substr(comma + 1);
+    if (named.certificate.empty() || (comma != std::string::npos && named.privatekey.empty())) {
+      bad("empty file name", value);
+    }
+    out.push_back(std::move(named));
+  }
+  return out;
+}
+
 }  // namespace stp::flags
 
 namespace stp {

@@ -83,5 +83,7 @@ acl::HostList host_list(const Values& values,
                         acl::HostList::Names names = acl::HostList::Names::refused);
 // File names, none empty (the files are opened later, by whoever reads them).
 Values files(const Values& values);
+// NAME=FILE[,KEYFILE] each: NAME a host name or *.domain (lower-cased), FILE not empty.
+std::vector<tls::NamedCertificate> sni_certificates(const Values& values);
 
 }  // namespace stp::flags

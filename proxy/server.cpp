@@ -53,6 +53,10 @@ std::string file_signature(const Config& config) {
   }
   if (!config.tls_crl.empty()) add(config.tls_crl);
   if (!config.tls_ticket_key_file.empty()) add(config.tls_ticket_key_file);
+  for (const auto& named : config.tls_sni_certificates) {
+    add(named.certificate);
+    if (!named.privatekey.empty()) add(named.privatekey);
+  }
   return signature;
 }
 

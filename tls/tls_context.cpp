@@ -1,6 +1,7 @@
 // Server TLS context set-up; see tls_context.hpp.
 #include "tls/tls_context.hpp"
 
+#include "tls/certificate_sets.hpp"
 #include "tls/context_setup.hpp"
 #include "tls/library_context.hpp"
 #include "tls/openssl_values.hpp"
@@ -242,11 +243,13 @@ TrustStore use_client_verification(SSL_CTX* ctx, const ServerOptions& options) {
 // the session ID context is a digest of that policy, so a reload that changes protocols,
 // ciphers or client verification starts afresh, while one that renews a certificate (and
 // replicas run alike) keeps them.
-void use_session_context(SSL_CTX* ctx, const ServerOptions& options) {
-  const std::string policy =
-      fmt::format("smtp-tls-proxy\n{}\n{}\n{}\n{}\n{}\n{}\n{}", options.min_protocol,
-                  options.require_ciphers, options.ciphersuites, options.dhparam,
-                  options.verify_certificates, options.crl, options.verify_depth);
+std::string session_policy(const ServerOptions& options) {
+  return fmt::format("smtp-tls-proxy\n{}\n{}\n{}\n{}\n{}\n{}\n{}", options.min_protocol,
+                     options.require_ciphers, options.ciphersuites, options.dhparam,
+                     options.verify_certificates, options.crl, options.verify_depth);
+}
+
+void use_session_context(SSL_CTX* ctx, const std::string& policy) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   std::size_t length = 0;
   if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, policy.data(), policy.size(), digest,
@@ -290,7 +293,8 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   // record buffers.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
-  use_session_context(ctx, options);
+  const std::string policy = session_policy(options);
+  use_session_context(ctx, policy);
   // Read whole flights in one system call rather than a record header and then its body.
   SSL_CTX_set_read_ahead(ctx, 1);
   // Resumption by stateless tickets: one ticket per handshake (a client resumes one session
@@ -328,6 +332,13 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
   self->certificates_ = describe_certificates(ctx);
+  if (!options.sni_certificates.empty()) {
+    self->sni_sets_ = std::make_unique<CertificateSets>(options.sni_certificates, ctx, policy);
+    self->sni_sets_->install(ctx);
+    for (const auto& d : self->sni_sets_->describe()) {
+      self->certificates_.push_back({d.label, d.not_after});
+    }
+  }
   return self;
 }
 

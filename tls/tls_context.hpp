@@ -16,6 +16,7 @@
 
 namespace stp::tls {
 
+class CertificateSets;
 class TicketKeys;
 class VerifyCache;
 
@@ -46,6 +47,7 @@ class ServerContext {
   std::vector<Certificate> certificates_;
   std::unique_ptr<VerifyCache> verify_cache_;  // null when off or nothing is verified
   std::shared_ptr<TicketKeys> ticket_keys_;
+  std::unique_ptr<CertificateSets> sni_sets_;  // null without --tls-sni-certificate
 };
 
 // The OpenSSL error queue as one line (and cleared), for logs and error messages.

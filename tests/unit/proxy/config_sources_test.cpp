@@ -66,6 +66,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "hostname",
                                              "tls-certificate",
                                              "tls-privatekey",
+                                             "tls-sni-certificate",
                                              "tls-advertise-hosts",
                                              "tls-require-ciphers",
                                              "tls-ciphersuites",

@@ -92,6 +92,23 @@ TEST(ConfigValues, SplitListTrimsItemsAndRefusesEmptyOnes) {
   EXPECT_EQ(bad_value_of([] { flags::split_list("a,"); }).second, "a,");
 }
 
+TEST(ConfigValues, SniCertificatesAreNameEqualsFilesLowerCased) {
+  const auto named = flags::sni_certificates(
+      {"MX.Example.org=/etc/mx.pem", "*.example.net=/etc/w.pem,/etc/w.key"});
+  ASSERT_EQ(named.size(), 2u);
+  EXPECT_EQ(named[0].name, "mx.example.org");
+  EXPECT_EQ(named[0].certificate, "/etc/mx.pem");
+  EXPECT_EQ(named[0].privatekey, "");
+  EXPECT_EQ(named[1].name, "*.example.net");
+  EXPECT_EQ(named[1].privatekey, "/etc/w.key");
+  for (const char* value : {"mx.example.org", "=/etc/mx.pem", "a b=/f", "*=/f", "a.*.org=/f",
+                            "*.*.org=/f", ".example.org=/f", "mx.example.org="}) {
+    EXPECT_FALSE(bad_value_of([&] { flags::sni_certificates({value}); }).first.empty()) << value;
+  }
+  EXPECT_EQ(bad_value_of([] { flags::sni_certificates({"mx.example.org=/f,"}); }).first,
+            "empty file name");
+}
+
 TEST(ConfigValues, NumbersAreWholeDecimalsInTheirRange) {
   EXPECT_EQ(flags::parse_number("42", 1, 100), 42u);
   EXPECT_EQ(flags::parse_number("1", 1, 100), 1u);

@@ -1,0 +1,214 @@
+// Certificates chosen per SNI name; see certificate_sets.hpp.
+#include "tls/certificate_sets.hpp"
+
+#include "tls/library_context.hpp"
+#include "tls/session_facts.hpp"
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <stdexcept>
+
+namespace stp::tls {
+namespace {
+
+const std::string kFlag = "--tls-sni-certificate";
+
+[[noreturn]] void fail(const std::string& why) {
+  ERR_clear_error();
+  throw std::invalid_argument(kFlag + ": " + why);
+}
+
+std::string lower(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+std::vector<std::string> dns_names_of(X509* certificate) {
+  std::vector<std::string> names;
+  auto* sans = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(certificate, NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans, i);
+    if (name->type != GEN_DNS) continue;
+    const auto* text = reinterpret_cast<const char*>(ASN1_STRING_get0_data(name->d.dNSName));
+    names.push_back(lower({text, static_cast<std::size_t>(ASN1_STRING_length(name->d.dNSName))}));
+  }
+  GENERAL_NAMES_free(sans);
+  return names;
+}
+
+bool any_covers(const std::vector<std::string>& patterns, std::string_view name) {
+  return std::any_of(patterns.begin(), patterns.end(),
+                     [&](const std::string& pattern) { return name_covers(pattern, name); });
+}
+
+}  // namespace
+
+bool name_covers(std::string_view pattern, std::string_view name) {
+  if (pattern.starts_with("*.")) {
+    const auto dot = name.find('.');
+    return dot != std::string_view::npos && dot > 0 && name.substr(dot) == pattern.substr(1);
+  }
+  return pattern == name;
+}
+
+std::optional<std::string> server_name_of(const unsigned char* body, std::size_t size) {
+  const auto u16 = [&](std::size_t at) {
+    return static_cast<std::size_t>(body[at] << 8 | body[at + 1]);
+  };
+  if (size < 2 || u16(0) != size - 2) return std::nullopt;
+  std::size_t at = 2;
+  while (at + 3 <= size) {
+    const unsigned type = body[at];
+    const std::size_t length = u16(at + 1);
+    at += 3;
+    if (length > size - at) return std::nullopt;
+    if (type == 0) {  // host_name
+      std::string name = lower({reinterpret_cast<const char*>(body + at), length});
+      if (!name.empty() && name.back() == '.') name.pop_back();
+      if (!is_host_name(name)) return std::nullopt;
+      return name;
+    }
+    at += length;
+  }
+  return std::nullopt;
+}
+
+struct CertificateSets::Loaded {
+  X509* leaf = nullptr;
+  EVP_PKEY* key = nullptr;
+  STACK_OF(X509) * chain = nullptr;
+  ~Loaded() {
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    sk_X509_pop_free(chain, X509_free);
+  }
+};
+
+struct CertificateSets::Set {
+  std::vector<std::string> patterns;   // the names it was given for
+  std::vector<std::string> dns_names;  // its certificates' own
+  std::vector<std::unique_ptr<Loaded>> certificates;
+  std::string session_context;  // sessions made under this set resume only under it
+};
+
+CertificateSets::CertificateSets(const std::vector<NamedCertificate>& named, SSL_CTX* defaults,
+                                 const std::string& policy) {
+  for (long more = SSL_CTX_set_current_cert(defaults, SSL_CERT_SET_FIRST); more == 1;
+       more = SSL_CTX_set_current_cert(defaults, SSL_CERT_SET_NEXT)) {
+    if (X509* certificate = SSL_CTX_get0_certificate(defaults)) {
+      for (auto& name : dns_names_of(certificate)) default_names_.push_back(std::move(name));
+    }
+  }
+  ERR_clear_error();
+  for (const auto& entry : named) {
+    const auto it = std::find_if(sets_.begin(), sets_.end(), [&](const auto& set) {
+      return set->patterns.front() == entry.name;
+    });
+    Set& set = it != sets_.end() ? **it : *sets_.emplace_back(std::make_unique<Set>());
+    if (set.patterns.empty()) {
+      set.patterns.push_back(entry.name);
+      set.session_context = policy + "\nsni:" + entry.name;
+    }
+    auto loaded = std::make_unique<Loaded>();
+    BIO* in = BIO_new_file(entry.certificate.c_str(), "r");
+    if (!in) fail("cannot read " + entry.certificate);
+    loaded->leaf = PEM_read_bio_X509_AUX(in, nullptr, nullptr, nullptr);
+    loaded->chain = sk_X509_new_null();
+    while (X509* extra = PEM_read_bio_X509(in, nullptr, nullptr, nullptr)) {
+      sk_X509_push(loaded->chain, extra);
+    }
+    BIO_free(in);
+    if (!loaded->leaf) fail("no certificate in " + entry.certificate);
+    const std::string& key_file = entry.privatekey.empty() ? entry.certificate : entry.privatekey;
+    BIO* key_in = BIO_new_file(key_file.c_str(), "r");
+    if (key_in) loaded->key = PEM_read_bio_PrivateKey(key_in, nullptr, nullptr, nullptr);
+    BIO_free(key_in);
+    if (!loaded->key) fail("cannot load private key from " + key_file);
+    if (X509_check_private_key(loaded->leaf, loaded->key) != 1) {
+      fail("key in " + key_file + " does not match certificate " + entry.certificate);
+    }
+    for (auto& name : dns_names_of(loaded->leaf)) set.dns_names.push_back(std::move(name));
+    set.certificates.push_back(std::move(loaded));
+  }
+  ERR_clear_error();
+}
+
+CertificateSets::~CertificateSets() = default;
+
+void CertificateSets::install(SSL_CTX* ctx) const {
+  SSL_CTX_set_client_hello_cb(ctx, &CertificateSets::on_client_hello,
+                              const_cast<CertificateSets*>(this));
+}
+
+const CertificateSets::Set* CertificateSets::choose(std::string_view name) const {
+  for (const auto& set : sets_) {
+    if (set->patterns.front() == name) return set.get();
+  }
+  for (const auto& set : sets_) {
+    if (any_covers(set->patterns, name)) return set.get();
+  }
+  if (any_covers(default_names_, name)) return nullptr;
+  for (const auto& set : sets_) {
+    if (any_covers(set->dns_names, name)) return set.get();
+  }
+  return nullptr;
+}
+
+int CertificateSets::on_client_hello(SSL* ssl, int* alert, void* arg) {
+  const auto* self = static_cast<const CertificateSets*>(arg);
+  const unsigned char* body = nullptr;
+  std::size_t size = 0;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &body, &size) != 1) {
+    return SSL_CLIENT_HELLO_SUCCESS;
+  }
+  const auto name = server_name_of(body, size);
+  const Set* set = name ? self->choose(*name) : nullptr;
+  if (!set) return SSL_CLIENT_HELLO_SUCCESS;
+  SSL_certs_clear(ssl);
+  for (const auto& c : set->certificates) {
+    if (SSL_use_cert_and_key(ssl, c->leaf, c->key, c->chain, 1) != 1) {
+      *alert = SSL_AD_INTERNAL_ERROR;
+      return SSL_CLIENT_HELLO_ERROR;
+    }
+  }
+  // The session ID context of the set (after the policy's, which the SSL holds now): a
+  // session made under another set is not resumed under this one.
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  std::size_t length = 0;
+  if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, set->session_context.data(),
+                   set->session_context.size(), digest, &length) != 1 ||
+      SSL_set_session_id_context(
+          ssl, digest, static_cast<unsigned int>(std::min<std::size_t>(length, 32))) != 1) {
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+std::vector<CertificateSets::Description> CertificateSets::describe() const {
+  std::vector<Description> out;
+  for (const auto& set : sets_) {
+    for (const auto& c : set->certificates) {
+      char cn[256] = "";
+      X509_NAME_get_text_by_NID(X509_get_subject_name(c->leaf), NID_commonName, cn, sizeof cn);
+      const ASN1_TIME* end = X509_get0_notAfter(c->leaf);
+      std::tm tm{};
+      if (ASN1_TIME_to_tm(end, &tm) != 1) continue;
+      const char* type = EVP_PKEY_get_base_id(c->key) == EVP_PKEY_RSA ? "RSA" : "ECDSA";
+      out.push_back({std::string(cn) + " " + type, static_cast<double>(timegm(&tm))});
+    }
+  }
+  ERR_clear_error();
+  return out;
+}
+
+}  // namespace stp::tls
