@@ -97,7 +97,9 @@ struct CertificateSets::Set {
   std::vector<std::string> patterns;   // the names it was given for
   std::vector<std::string> dns_names;  // its certificates' own
   std::vector<std::unique_ptr<Loaded>> certificates;
-  std::string session_context;  // sessions made under this set resume only under it
+  // The session ID context (a digest of the policy and the set's name): sessions made under
+  // this set resume only under it.
+  std::vector<unsigned char> session_context;
 };
 
 CertificateSets::CertificateSets(const std::vector<NamedCertificate>& named, SSL_CTX* defaults,
@@ -116,7 +118,14 @@ CertificateSets::CertificateSets(const std::vector<NamedCertificate>& named, SSL
     Set& set = it != sets_.end() ? **it : *sets_.emplace_back(std::make_unique<Set>());
     if (set.patterns.empty()) {
       set.patterns.push_back(entry.name);
-      set.session_context = policy + "\nsni:" + entry.name;
+      const std::string context = policy + "\nsni:" + entry.name;
+      unsigned char digest[EVP_MAX_MD_SIZE];
+      std::size_t length = 0;
+      if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, context.data(), context.size(),
+                       digest, &length) != 1) {
+        fail("cannot make the session ID context");
+      }
+      set.session_context.assign(digest, digest + std::min<std::size_t>(length, 32));
     }
     auto loaded = std::make_unique<Loaded>();
     BIO* in = BIO_new_file(entry.certificate.c_str(), "r");
@@ -180,14 +189,10 @@ int CertificateSets::on_client_hello(SSL* ssl, int* alert, void* arg) {
       return SSL_CLIENT_HELLO_ERROR;
     }
   }
-  // The session ID context of the set (after the policy's, which the SSL holds now): a
-  // session made under another set is not resumed under this one.
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  std::size_t length = 0;
-  if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, set->session_context.data(),
-                   set->session_context.size(), digest, &length) != 1 ||
-      SSL_set_session_id_context(
-          ssl, digest, static_cast<unsigned int>(std::min<std::size_t>(length, 32))) != 1) {
+  // The set's session ID context in place of the policy's: a session made under another set
+  // is not resumed under this one.
+  if (SSL_set_session_id_context(ssl, set->session_context.data(),
+                                 static_cast<unsigned int>(set->session_context.size())) != 1) {
     *alert = SSL_AD_INTERNAL_ERROR;
     return SSL_CLIENT_HELLO_ERROR;
   }
