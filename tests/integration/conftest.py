@@ -355,7 +355,7 @@ smtpd_error_sleep_time = 0
 
 # The services master(8) needs, chroot off; then the smtpd listeners the tests use.
 SMTPD_SERVICES = ("main", "strict", "noxclient", "ipv4only", "nochunking")
-MASTER_CF = """\
+POSTFIX_SERVICES = """\
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -379,6 +379,8 @@ anvil     unix  -       -       n       -       1       anvil
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+MASTER_CF = POSTFIX_SERVICES + """\
 {loopback}:{main_port} inet n - n - - smtpd
   -o syslog_name=postfix/main
   -o smtpd_authorized_xforward_hosts=127.0.0.0/8

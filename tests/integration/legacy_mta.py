@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import (DELIVERY_TIMEOUT, LOOPBACK, POSTFIX_MASTER, POSTFIX_SBIN, REPO_ROOT,
-                      free_port, run, stop_process, tail, wait_for_banner)
+from conftest import (DELIVERY_TIMEOUT, LOOPBACK, POSTFIX_MASTER, POSTFIX_SBIN, POSTFIX_SERVICES,
+                      REPO_ROOT, free_port, run, stop_process, tail, wait_for_banner)
 from exim_mta import EXIM_USER
 
 README = REPO_ROOT / "README.md"
@@ -112,30 +112,7 @@ smtp_tls_security_level = none
 """
 
 # The services master(8) needs (chroot off), and one smtpd for SMTP submission.
-LEGACY_MASTER_CF = """\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-{loopback}:{port} inet n - n - - smtpd
-"""
+LEGACY_MASTER_CF = POSTFIX_SERVICES + "{loopback}:{port} inet n - n - - smtpd\n"
 
 
 class QueueEntry:
