@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <ctime>
 #include <stdexcept>
 
 namespace stp::tls {
@@ -199,20 +198,11 @@ int CertificateSets::on_client_hello(SSL* ssl, int* alert, void* arg) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
-std::vector<CertificateSets::Description> CertificateSets::describe() const {
-  std::vector<Description> out;
+std::vector<const X509*> CertificateSets::certificates() const {
+  std::vector<const X509*> out;
   for (const auto& set : sets_) {
-    for (const auto& c : set->certificates) {
-      char cn[256] = "";
-      X509_NAME_get_text_by_NID(X509_get_subject_name(c->leaf), NID_commonName, cn, sizeof cn);
-      const ASN1_TIME* end = X509_get0_notAfter(c->leaf);
-      std::tm tm{};
-      if (ASN1_TIME_to_tm(end, &tm) != 1) continue;
-      const char* type = EVP_PKEY_get_base_id(c->key) == EVP_PKEY_RSA ? "RSA" : "ECDSA";
-      out.push_back({std::string(cn) + " " + type, static_cast<double>(timegm(&tm))});
-    }
+    for (const auto& c : set->certificates) out.push_back(c->leaf);
   }
-  ERR_clear_error();
   return out;
 }
 

@@ -42,11 +42,8 @@ class CertificateSets {
   // Makes `ctx` pick a set at each ClientHello; these sets must outlive it.
   void install(SSL_CTX* ctx) const;
 
-  struct Description {
-    std::string label;  // subject CN and key type
-    double not_after;   // Unix time
-  };
-  std::vector<Description> describe() const;
+  // Every set's leaf certificates, for the expiry metric.
+  std::vector<const X509*> certificates() const;
 
  private:
   struct Loaded;

@@ -121,17 +121,20 @@ std::string key_type(const X509* certificate) {
   }
 }
 
+// A server certificate as the expiry metric names it: its subject CN and key type.
+void describe(const X509* certificate, std::vector<ServerContext::Certificate>& out) {
+  char cn[256] = "";
+  X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn, sizeof cn);
+  const auto not_after = unix_time(X509_get0_notAfter(certificate));
+  if (!not_after) return;
+  out.push_back({std::string(cn) + " " + key_type(certificate), static_cast<double>(*not_after)});
+}
+
 std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
   std::vector<ServerContext::Certificate> out;
   for (long more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); more == 1;
        more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT)) {
-    const X509* certificate = SSL_CTX_get0_certificate(ctx);
-    if (!certificate) continue;
-    char cn[256] = "";
-    X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn, sizeof cn);
-    const auto not_after = unix_time(X509_get0_notAfter(certificate));
-    if (!not_after) continue;
-    out.push_back({std::string(cn) + " " + key_type(certificate), static_cast<double>(*not_after)});
+    if (const X509* certificate = SSL_CTX_get0_certificate(ctx)) describe(certificate, out);
   }
   ERR_clear_error();
   return out;
@@ -335,8 +338,8 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   if (!options.sni_certificates.empty()) {
     self->sni_sets_ = std::make_unique<CertificateSets>(options.sni_certificates, ctx, policy);
     self->sni_sets_->install(ctx);
-    for (const auto& d : self->sni_sets_->describe()) {
-      self->certificates_.push_back({d.label, d.not_after});
+    for (const X509* certificate : self->sni_sets_->certificates()) {
+      describe(certificate, self->certificates_);
     }
   }
   return self;

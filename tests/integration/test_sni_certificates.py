@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LOOPBACK, SmtpClient, free_port, proxy_binary, run
+from ops_support import scrape, value
 
 
 def make_certificate(d: Path, ca: tuple[Path, Path], name: str, sans: list[str], kind: str
@@ -74,13 +75,20 @@ def answered(p, servername: str | None, *extra: str) -> tuple[str, str]:
 
 
 def test_the_certificate_follows_the_name_asked_for(proxy, postfix, sni_pki):
-    p = proxy(postfix.backend, *sni_flags(sni_pki))
+    metrics_port = free_port()
+    p = proxy(postfix.backend, *sni_flags(sni_pki), "--metrics-listen",
+              f"{LOOPBACK}:{metrics_port}")
     assert answered(p, "mail.example.org")[0] == "mail.example.org"  # exact
     assert answered(p, "SMTP.example.org")[0] == "mail.example.org"  # its certificate covers it
     assert answered(p, "a.example.net")[0] == "wild.example.net"  # wildcard
     assert answered(p, "b.a.example.net")[0] == "proxy.test"  # one label only: the default
     assert answered(p, "unknown.example.com")[0] == "proxy.test"
     assert answered(p, None)[0] == "proxy.test"  # no SNI
+    # Every set's certificates have their expiry watched, as the default's.
+    samples = scrape(metrics_port)
+    for label in ("wild.example.net ECDSA", "mail.example.org RSA", "mail.example.org ECDSA"):
+        assert value(samples, "smtp_tls_proxy_certificate_expiry_timestamp_seconds",
+                     certificate=label), label
 
 
 def test_an_rsa_only_client_gets_the_names_rsa_certificate(proxy, postfix, sni_pki):
