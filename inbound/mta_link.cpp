@@ -196,6 +196,7 @@ std::string Session::received_header() {
                          : std::string_view(),
       .client_address = identity_.address,
       .tls = tls_facts_ ? &*tls_facts_ : nullptr,
+      .name_certificate = config_.chooses_server_certificate(),
       .hostname = config_.hostname,
       .id = id_,
       .now = std::time(nullptr),

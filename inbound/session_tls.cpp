@@ -5,6 +5,7 @@
 
 #include "proxy/log.hpp"
 #include "smtp/address.hpp"
+#include "tls/certificate_sets.hpp"
 #include "tls/tls_context.hpp"
 #include "tls/verify_cache.hpp"
 
@@ -31,8 +32,15 @@ void count_verification(metrics::Metrics& metrics, const SSL* ssl) {
 
 void Session::start_tls_stream() {
   tls_.emplace(client_, services_.runtime.current_tls());
-  if (tls_->native_handle()) {
-    tls::request_client_certificate(tls_->native_handle(), certificate_request_);
+  SSL* ssl = tls_->native_handle();
+  if (!ssl) return;
+  tls::request_client_certificate(ssl, certificate_request_);
+  const auto& hosts = config_.tls_host_certificates.hosts;
+  for (std::size_t i = 0; i < hosts.size(); ++i) {
+    if (hosts[i].matches(identity_.address)) {
+      tls::answer_with_host_set(ssl, i);
+      break;
+    }
   }
 }
 
@@ -125,6 +133,11 @@ void Session::record_tls_session() {
                t.resumed ? "reused" : "established", name, unmapped(identity_.address).to_string(),
                t.sni.empty() ? std::string() : " to " + log::escape(t.sni, 100), t.protocol,
                t.cipher, t.cipher_bits, t.cipher_algorithm_bits, details, id_);
+  if (config_.chooses_server_certificate()) {
+    spdlog::info("{} answered {} with the certificate of CN \"{}\"", id_,
+                 t.sni.empty() ? std::string("no SNI") : "SNI " + t.sni,
+                 log::escape(t.server_common_name, 100));
+  }
   if (!t.refused_sni.empty()) {
     spdlog::info("{} {} asked for SNI \"{}\", not a host name; taken as no SNI", id_, client_label_,
                  log::escape(t.refused_sni, 100));

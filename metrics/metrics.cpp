@@ -255,7 +255,9 @@ void Metrics::declare_operations() {
   auto& r = *registry_;
   certificate_expiry_ = &BuildGauge()
                              .Name("smtp_tls_proxy_certificate_expiry_timestamp_seconds")
-                             .Help("notAfter of each configured server certificate, Unix time")
+                             .Help(
+                                 "notAfter of each server certificate in use (subject CN and key "
+                                 "type, file), Unix time")
                              .Register(r);
   auto& reloads = BuildCounter()
                       .Name("smtp_tls_proxy_config_reloads_total")
@@ -295,14 +297,13 @@ void Metrics::verify_failure(std::string_view reason) {
   verify_failures_->Add({{"reason", std::string(reason)}}).Increment();
 }
 
-void Metrics::set_certificate_expiry(
-    const std::vector<std::pair<std::string, double>>& certificates) {
+void Metrics::set_certificate_expiry(const std::vector<ServerCertificate>& certificates) {
   std::lock_guard lock(certificate_mutex_);
   for (auto* gauge : certificate_gauges_) certificate_expiry_->Remove(gauge);
   certificate_gauges_.clear();
-  for (const auto& [label, not_after] : certificates) {
-    auto& gauge = certificate_expiry_->Add({{"certificate", label}});
-    gauge.Set(not_after);
+  for (const auto& c : certificates) {
+    auto& gauge = certificate_expiry_->Add({{"certificate", c.label}, {"file", c.file}});
+    gauge.Set(c.not_after);
     certificate_gauges_.push_back(&gauge);
   }
 }

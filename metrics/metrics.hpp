@@ -96,8 +96,13 @@ class Metrics {
   // Counted once per established TLS session.
   void tls_session(std::string_view protocol, std::string_view cipher, bool resumed);
   void verify_failure(std::string_view reason);
-  // Replaces the certificate expiry series with these (label, notAfter as Unix time).
-  void set_certificate_expiry(const std::vector<std::pair<std::string, double>>& certificates);
+  struct ServerCertificate {
+    std::string label;  // subject CN and key type
+    std::string file;   // the file it came from (never a client's name)
+    double not_after;   // Unix time
+  };
+  // Replaces the certificate expiry series with these.
+  void set_certificate_expiry(const std::vector<ServerCertificate>& certificates);
 
   prometheus::Counter& backend_connect_failures() { return *backend_connect_failures_; }
   prometheus::Counter& backend_xclient_failures() { return *backend_xclient_failures_; }

@@ -121,6 +121,7 @@ tls::ServerOptions server_tls_options(const Config& config) {
       .verify_cache_time = config.tls_verify_cache_time,
       .ticket_key_file = config.tls_ticket_key_file,
       .sni_certificates = config.tls_sni_certificates,
+      .host_certificates = config.tls_host_certificates.certificates,
   };
 }
 

@@ -87,6 +87,14 @@ struct RelayConfig {
   bool enabled() const { return !hosts.empty(); }
 };
 
+// --tls-host-certificate: the certificates chosen by the client's address.
+struct HostCertificates {
+  // Each distinct host list, in order of first appearance: a client that hosts[i] matches
+  // (the first that does) is answered by tls::answer_with_host_set(ssl, i).
+  std::vector<acl::HostList> hosts;
+  std::vector<tls::NamedCertificate> certificates;  // name: the text of its host list
+};
+
 struct Config {
   std::vector<Listener> listeners;
   std::vector<std::uint16_t> tls_on_connect_ports;
@@ -106,7 +114,8 @@ struct Config {
   std::vector<std::string> tls_privatekeys;   // may be shorter: key then sits in the cert file
   std::string tls_ticket_key_file;  // session ticket keys shared by replicas; empty: its own
   std::vector<tls::NamedCertificate> tls_sni_certificates;  // chosen by the SNI name asked for
-  acl::HostList tls_advertise_hosts;                        // default `*`
+  HostCertificates tls_host_certificates;    // chosen by the client's address, before SNI
+  acl::HostList tls_advertise_hosts;         // default `*`
   std::string tls_require_ciphers;           // empty: OpenSSL's defaults; `_` already `-`
   std::string tls_ciphersuites;              // empty: OpenSSL's defaults
   std::string tls_min_protocol = "TLSv1.2";  // TLSv1.2 or TLSv1.3
@@ -152,6 +161,11 @@ struct Config {
   std::chrono::seconds reload_check_interval{10};
 
   RelayConfig relay;
+
+  // Whether a session's server certificate is chosen among several (by SNI or by host).
+  bool chooses_server_certificate() const {
+    return !tls_sni_certificates.empty() || !tls_host_certificates.hosts.empty();
+  }
 };
 
 // Looks up an environment variable; returns nullopt when unset.

@@ -196,6 +196,14 @@ std::vector<Flag> server_tls_flags() {
                "is answered by a certificate whose DNS names cover it, else --tls-certificate",
        .default_help = "none",
        .apply = [](Config& c, const Values& v) { c.tls_sni_certificates = sni_certificates(v); }},
+      {.name = "tls-host-certificate",
+       .kind = Kind::list,
+       .argument = "HOSTLIST=FILE[,KEYFILE]",
+       .help = "the certificate for clients whose address (after a trusted PROXY header) the "
+               "host list matches, whatever SNI they send (repeatable, split at the last `=`; "
+               "one host list's RSA and ECDSA files each once; the first matching list wins)",
+       .default_help = "none",
+       .apply = [](Config& c, const Values& v) { c.tls_host_certificates = host_certificates(v); }},
       {.name = "tls-advertise-hosts",
        .argument = "HOSTLIST",
        .defaults = {"*"},

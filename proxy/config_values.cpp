@@ -197,6 +197,24 @@ Values files(const Values& values) {
   return values;
 }
 
+namespace {
+
+// The FILE[,KEYFILE] part of `value` (from `files_at`) for `name`.
+tls::NamedCertificate certificate_files(std::string name, const std::string& value,
+                                        std::size_t files_at) {
+  const std::string files = value.substr(files_at);
+  const auto comma = files.find(',');
+  tls::NamedCertificate named{
+      .name = std::move(name), .certificate = files.substr(0, comma), .privatekey = {}};
+  if (comma != std::string::npos) named.privatekey = files.substr(comma + 1);
+  if (named.certificate.empty() || (comma != std::string::npos && named.privatekey.empty())) {
+    bad("empty file name", value);
+  }
+  return named;
+}
+
+}  // namespace
+
 std::vector<tls::NamedCertificate> sni_certificates(const Values& values) {
   std::vector<tls::NamedCertificate> out;
   for (const std::string& value : values) {
@@ -211,15 +229,24 @@ std::vector<tls::NamedCertificate> sni_certificates(const Values& values) {
         host.front() == '.' || host.back() == '.') {
       bad("not a host name or *.domain", value);
     }
-    const std::string files = value.substr(equals + 1);
-    const auto comma = files.find(',');
-    tls::NamedCertificate named{
-        .name = name, .certificate = files.substr(0, comma), .privatekey = {}};
-    if (comma != std::string::npos) named.privatekey = files.substr(comma + 1);
-    if (named.certificate.empty() || (comma != std::string::npos && named.privatekey.empty())) {
-      bad("empty file name", value);
+    out.push_back(certificate_files(std::move(name), value, equals + 1));
+  }
+  return out;
+}
+
+HostCertificates host_certificates(const Values& values) {
+  HostCertificates out;
+  for (const std::string& value : values) {
+    const auto equals = value.rfind('=');
+    if (equals == std::string::npos) bad("not HOSTLIST=FILE[,KEYFILE]", value);
+    acl::HostList hosts = host_list({value.substr(0, equals)});
+    if (hosts.empty()) bad("empty host list", value);
+    std::string name = hosts.text();
+    if (std::none_of(out.hosts.begin(), out.hosts.end(),
+                     [&](const acl::HostList& known) { return known.text() == name; })) {
+      out.hosts.push_back(std::move(hosts));
     }
-    out.push_back(std::move(named));
+    out.certificates.push_back(certificate_files(std::move(name), value, equals + 1));
   }
   return out;
 }

@@ -85,5 +85,7 @@ acl::HostList host_list(const Values& values,
 Values files(const Values& values);
 // NAME=FILE[,KEYFILE] each: NAME a host name or *.domain (lower-cased), FILE not empty.
 std::vector<tls::NamedCertificate> sni_certificates(const Values& values);
+// HOSTLIST=FILE[,KEYFILE] each, split at the last `=`: a host list that is not empty.
+HostCertificates host_certificates(const Values& values);
 
 }  // namespace stp::flags

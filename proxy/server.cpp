@@ -5,6 +5,7 @@
 
 #include "proxy/log.hpp"
 
+#include <fmt/chrono.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/v6_only.hpp>
@@ -53,9 +54,12 @@ std::string file_signature(const Config& config) {
   }
   if (!config.tls_crl.empty()) add(config.tls_crl);
   if (!config.tls_ticket_key_file.empty()) add(config.tls_ticket_key_file);
-  for (const auto& named : config.tls_sni_certificates) {
-    add(named.certificate);
-    if (!named.privatekey.empty()) add(named.privatekey);
+  for (const auto* chosen :
+       {&config.tls_sni_certificates, &config.tls_host_certificates.certificates}) {
+    for (const auto& named : *chosen) {
+      add(named.certificate);
+      if (!named.privatekey.empty()) add(named.privatekey);
+    }
   }
   return signature;
 }
@@ -94,13 +98,7 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
   if (config_.metrics_listen) {
     http_.emplace(workers_[0]->io, *config_.metrics_listen, metrics_, [this] { return ready(); });
   }
-  metrics_.set_certificate_expiry([&] {
-    std::vector<std::pair<std::string, double>> out;
-    for (const auto& c : runtime_.current_tls()->certificates()) {
-      out.emplace_back(c.label, c.not_after);
-    }
-    return out;
-  }());
+  publish_certificates(*runtime_.current_tls());
   reload_signature_ = file_signature(config_);
   reply_too_many_connections_ = "421 4.7.0 " + config.hostname + " Error: too many connections\r\n";
 }
@@ -178,14 +176,23 @@ void Server::refuse_over_limit(tcp::socket socket, const Listener& listener) {
   socket.close(ignored);
 }
 
+void Server::publish_certificates(const tls::ServerContext& tls) {
+  std::vector<metrics::Metrics::ServerCertificate> expiry;
+  for (const auto& c : tls.certificates()) {
+    expiry.push_back({c.label, c.file, c.not_after});
+    const auto not_after = static_cast<std::time_t>(c.not_after);
+    spdlog::info("TLS certificate \"{}\" from {} valid until {:%Y-%m-%d %H:%M:%S} UTC",
+                 log::escape(c.label, 300), log::escape(c.file, 300), fmt::gmtime(not_after));
+  }
+  metrics_.set_certificate_expiry(expiry);
+}
+
 void Server::reload(std::string_view why) {
   reload_signature_ = file_signature(config_);
   try {
     auto fresh = tls::ServerContext::create(server_tls_options(config_));
     runtime_.server_tls.store(fresh);
-    std::vector<std::pair<std::string, double>> expiry;
-    for (const auto& c : fresh->certificates()) expiry.emplace_back(c.label, c.not_after);
-    metrics_.set_certificate_expiry(expiry);
+    publish_certificates(*fresh);
     metrics_.reload(metrics::Reload::success).Increment();
     spdlog::info("TLS certificates reloaded ({})", why);
   } catch (const std::exception& e) {

@@ -61,6 +61,8 @@ class Server {
   boost::asio::awaitable<void> drain();
   boost::asio::awaitable<void> watch_certificate_files();
   void refuse_over_limit(boost::asio::ip::tcp::socket socket, const Listener& listener);
+  // The expiry metric and a log line per server certificate.
+  void publish_certificates(const tls::ServerContext& tls);
   void reload(std::string_view why);
   void on_signal(const boost::system::error_code& ec, int signal);
   template <class Action>

@@ -70,6 +70,13 @@ std::string build_received_header(const ReceivedFields& f) {
     } else {
       h += "\t(No client certificate requested)\r\n";
     }
+    std::string answered;
+    if (!t.sni.empty()) answered = "SNI " + sanitize_for_header(t.sni);
+    if (f.name_certificate) {
+      answered += (answered.empty() ? "" : ", ") + std::string("certificate CN \"") +
+                  sanitize_for_header(t.server_common_name, 64, Spaces::keep) + "\"";
+    }
+    if (!answered.empty()) h += "\t(" + answered + ")\r\n";
   }
   h += "\tby " + std::string(f.hostname) + " (smtp-tls-proxy) with " +
        std::string(with_protocol(f.extended_helo, f.tls != nullptr, f.authenticated)) + " id " +

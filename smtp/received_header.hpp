@@ -5,8 +5,12 @@
 //   	(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)
 //   	 key-exchange X25519 server-signature ECDSA (P-256) server-digest SHA256)
 //   	(Client CN "alice", Issuer "Example CA" (verified OK))
+//   	(SNI mx.example.org, certificate CN "mx.example.org")
 //   	by mx.example.org (smtp-tls-proxy) with ESMTPS id 4F1C2A000001;
 //   	Wed, 25 Nov 2026 10:00:00 +0000
+//
+// The SNI line is there when the client asked for a name, or the certificate was chosen among
+// several.
 //
 // Pure: everything comes in as arguments. The HELO name and the certificate names are the
 // client's text; they are reduced to printable ASCII without the characters that would end a
@@ -31,6 +35,9 @@ struct ReceivedFields {
   std::string_view client_name;  // verified reverse name; empty: "unknown"
   boost::asio::ip::address client_address;
   const tls::SessionFacts* tls = nullptr;  // null when not encrypted
+  // Name the certificate that answered: the proxy chooses among several (by SNI, by host).
+  // The SNI asked for is named whenever there is one.
+  bool name_certificate = false;
   std::string_view hostname;
   std::string_view id;
   std::time_t now = 0;

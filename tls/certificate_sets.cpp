@@ -11,16 +11,21 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <stdexcept>
 
 namespace stp::tls {
 namespace {
 
-const std::string kFlag = "--tls-sni-certificate";
-
-[[noreturn]] void fail(const std::string& why) {
+[[noreturn]] void fail(const std::string& flag, const std::string& why) {
   ERR_clear_error();
-  throw std::invalid_argument(kFlag + ": " + why);
+  throw std::invalid_argument(flag + ": " + why);
+}
+
+// The SSL slot holding 1 + the index of the host set a session answers with (0: none).
+int host_set_slot() {
+  static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
 }
 
 std::string lower(std::string_view text) {
@@ -51,37 +56,12 @@ bool any_covers(const std::vector<std::string>& patterns, std::string_view name)
 
 }  // namespace
 
-bool name_covers(std::string_view pattern, std::string_view name) {
-  if (pattern.starts_with("*.")) {
-    const auto dot = name.find('.');
-    return dot != std::string_view::npos && dot > 0 && name.substr(dot) == pattern.substr(1);
-  }
-  return pattern == name;
-}
-
-std::optional<std::string> server_name_of(const unsigned char* body, std::size_t size) {
-  const auto u16 = [&](std::size_t at) {
-    return static_cast<std::size_t>(body[at] << 8 | body[at + 1]);
-  };
-  if (size < 2 || u16(0) != size - 2) return std::nullopt;
-  std::size_t at = 2;
-  while (at + 3 <= size) {
-    const unsigned type = body[at];
-    const std::size_t length = u16(at + 1);
-    at += 3;
-    if (length > size - at) return std::nullopt;
-    if (type == 0) {  // host_name
-      std::string name = lower({reinterpret_cast<const char*>(body + at), length});
-      if (!name.empty() && name.back() == '.') name.pop_back();
-      if (!is_host_name(name)) return std::nullopt;
-      return name;
-    }
-    at += length;
-  }
-  return std::nullopt;
+void answer_with_host_set(SSL* ssl, std::size_t index) {
+  SSL_set_ex_data(ssl, host_set_slot(), reinterpret_cast<void*>(index + 1));
 }
 
 struct CertificateSets::Loaded {
+  std::string file;
   X509* leaf = nullptr;
   EVP_PKEY* key = nullptr;
   STACK_OF(X509) * chain = nullptr;
@@ -101,7 +81,8 @@ struct CertificateSets::Set {
   std::vector<unsigned char> session_context;
 };
 
-CertificateSets::CertificateSets(const std::vector<NamedCertificate>& named, SSL_CTX* defaults,
+CertificateSets::CertificateSets(const std::vector<NamedCertificate>& by_name,
+                                 const std::vector<NamedCertificate>& by_host, SSL_CTX* defaults,
                                  const std::string& policy) {
   for (long more = SSL_CTX_set_current_cert(defaults, SSL_CERT_SET_FIRST); more == 1;
        more = SSL_CTX_set_current_cert(defaults, SSL_CERT_SET_NEXT)) {
@@ -110,44 +91,52 @@ CertificateSets::CertificateSets(const std::vector<NamedCertificate>& named, SSL
     }
   }
   ERR_clear_error();
+  load(by_name, "--tls-sni-certificate", "sni", policy, sets_);
+  load(by_host, "--tls-host-certificate", "host", policy, host_sets_);
+  ERR_clear_error();
+}
+
+void CertificateSets::load(const std::vector<NamedCertificate>& named, const std::string& flag,
+                           const std::string& kind, const std::string& policy,
+                           std::vector<std::unique_ptr<Set>>& sets) {
   for (const auto& entry : named) {
-    const auto it = std::find_if(sets_.begin(), sets_.end(), [&](const auto& set) {
+    const auto it = std::find_if(sets.begin(), sets.end(), [&](const auto& set) {
       return set->patterns.front() == entry.name;
     });
-    Set& set = it != sets_.end() ? **it : *sets_.emplace_back(std::make_unique<Set>());
+    Set& set = it != sets.end() ? **it : *sets.emplace_back(std::make_unique<Set>());
     if (set.patterns.empty()) {
       set.patterns.push_back(entry.name);
-      const std::string context = policy + "\nsni:" + entry.name;
+      const std::string context = policy + "\n" + kind + ":" + entry.name;
       unsigned char digest[EVP_MAX_MD_SIZE];
       std::size_t length = 0;
       if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, context.data(), context.size(),
                        digest, &length) != 1) {
-        fail("cannot make the session ID context");
+        fail(flag, "cannot make the session ID context");
       }
       set.session_context.assign(digest, digest + std::min<std::size_t>(length, 32));
     }
     auto loaded = std::make_unique<Loaded>();
+    loaded->file = entry.certificate;
     BIO* in = BIO_new_file(entry.certificate.c_str(), "r");
-    if (!in) fail("cannot read " + entry.certificate);
+    if (!in) fail(flag, "cannot read " + entry.certificate);
     loaded->leaf = PEM_read_bio_X509_AUX(in, nullptr, nullptr, nullptr);
     loaded->chain = sk_X509_new_null();
     while (X509* extra = PEM_read_bio_X509(in, nullptr, nullptr, nullptr)) {
       sk_X509_push(loaded->chain, extra);
     }
     BIO_free(in);
-    if (!loaded->leaf) fail("no certificate in " + entry.certificate);
+    if (!loaded->leaf) fail(flag, "no certificate in " + entry.certificate);
     const std::string& key_file = entry.privatekey.empty() ? entry.certificate : entry.privatekey;
     BIO* key_in = BIO_new_file(key_file.c_str(), "r");
     if (key_in) loaded->key = PEM_read_bio_PrivateKey(key_in, nullptr, nullptr, nullptr);
     BIO_free(key_in);
-    if (!loaded->key) fail("cannot load private key from " + key_file);
+    if (!loaded->key) fail(flag, "cannot load private key from " + key_file);
     if (X509_check_private_key(loaded->leaf, loaded->key) != 1) {
-      fail("key in " + key_file + " does not match certificate " + entry.certificate);
+      fail(flag, "key in " + key_file + " does not match certificate " + entry.certificate);
     }
     for (auto& name : dns_names_of(loaded->leaf)) set.dns_names.push_back(std::move(name));
     set.certificates.push_back(std::move(loaded));
   }
-  ERR_clear_error();
 }
 
 CertificateSets::~CertificateSets() = default;
@@ -173,13 +162,19 @@ const CertificateSets::Set* CertificateSets::choose(std::string_view name) const
 
 int CertificateSets::on_client_hello(SSL* ssl, int* alert, void* arg) {
   const auto* self = static_cast<const CertificateSets*>(arg);
-  const unsigned char* body = nullptr;
-  std::size_t size = 0;
-  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &body, &size) != 1) {
-    return SSL_CLIENT_HELLO_SUCCESS;
+  const Set* set = nullptr;
+  const auto host_set = reinterpret_cast<std::uintptr_t>(SSL_get_ex_data(ssl, host_set_slot()));
+  if (host_set > 0 && host_set <= self->host_sets_.size()) {
+    set = self->host_sets_[host_set - 1].get();
+  } else {
+    const unsigned char* body = nullptr;
+    std::size_t size = 0;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &body, &size) != 1) {
+      return SSL_CLIENT_HELLO_SUCCESS;
+    }
+    const auto name = server_name_of(body, size);
+    set = name ? self->choose(*name) : nullptr;
   }
-  const auto name = server_name_of(body, size);
-  const Set* set = name ? self->choose(*name) : nullptr;
   if (!set) return SSL_CLIENT_HELLO_SUCCESS;
   SSL_certs_clear(ssl);
   for (const auto& c : set->certificates) {
@@ -198,10 +193,12 @@ int CertificateSets::on_client_hello(SSL* ssl, int* alert, void* arg) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
-std::vector<const X509*> CertificateSets::certificates() const {
-  std::vector<const X509*> out;
-  for (const auto& set : sets_) {
-    for (const auto& c : set->certificates) out.push_back(c->leaf);
+std::vector<CertificateSets::Leaf> CertificateSets::certificates() const {
+  std::vector<Leaf> out;
+  for (const auto* sets : {&host_sets_, &sets_}) {
+    for (const auto& set : *sets) {
+      for (const auto& c : set->certificates) out.push_back({c->leaf, c->file});
+    }
   }
   return out;
 }

@@ -13,9 +13,10 @@ namespace stp::tls {
 // How a certificate's distinguished name is written (Exim's tls_peerdn format).
 enum class PeerDnFormat { openssl, rfc2253 };
 
-// A certificate for the clients that ask for a name (--tls-sni-certificate NAME=FILE[,KEY]).
+// A certificate for the clients that ask for a name (--tls-sni-certificate NAME=FILE[,KEY]) or
+// connect from a host list's address (--tls-host-certificate HOSTLIST=FILE[,KEY]).
 struct NamedCertificate {
-  std::string name;         // "mx.example.org" or "*.example.org", lower case
+  std::string name;  // "mx.example.org" or "*.example.org", lower case; or the host list's text
   std::string certificate;  // PEM chain, leaf first
   std::string privatekey;   // empty: in the certificate file
 };
@@ -35,7 +36,8 @@ struct ServerOptions {
   unsigned verify_depth = 9;
   std::chrono::seconds verify_cache_time{60};  // 0: every client chain verified afresh
   std::string ticket_key_file;  // shared session ticket keys; empty: the process's own
-  std::vector<NamedCertificate> sni_certificates;  // chosen by the name a client asks for
+  std::vector<NamedCertificate> sni_certificates;   // chosen by the name a client asks for
+  std::vector<NamedCertificate> host_certificates;  // chosen by the session (answer_with_host_set)
 };
 
 // The client side: what the proxy offers and trusts when it connects to a relay host (Exim's

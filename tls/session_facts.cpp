@@ -199,24 +199,6 @@ std::optional<std::string> common_name_of(const X509_NAME* name) {
   return text;
 }
 
-bool is_host_name(std::string_view name) {
-  constexpr std::size_t kMaxName = 255;
-  constexpr std::size_t kMaxLabel = 63;
-  if (name.empty() || name.size() > kMaxName) return false;
-  std::size_t label = 0;
-  for (const char c : name) {
-    if (c == '.') {
-      if (label == 0) return false;
-      label = 0;
-      continue;
-    }
-    const bool ldh =
-        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
-    if (!ldh || ++label > kMaxLabel) return false;
-  }
-  return label > 0;
-}
-
 SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
                                   PeerDnFormat dn_format) {
   SessionFacts facts;
@@ -240,6 +222,10 @@ SessionFacts gather_session_facts(SSL* ssl, ClientCertificateRequest request,
     const int id = key ? EVP_PKEY_get_base_id(key) : NID_undef;
     const char* kind = id == EVP_PKEY_RSA ? "RSA" : id == EVP_PKEY_EC ? "EC" : OBJ_nid2sn(id);
     if (key && kind) facts.server_key = kind + std::to_string(EVP_PKEY_get_bits(key));
+    if (server) {
+      facts.server_common_name =
+          common_name_of(X509_get_subject_name(certificate)).value_or(std::string());
+    }
     // Postfix adds these details for TLS 1.3, where the cipher name no longer carries them.
     if (SSL_version(ssl) >= TLS1_3_VERSION) {
       facts.server_signature = describe_key(key, true);

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "tls/options.hpp"
+#include "tls/server_name.hpp"
 
 #include <openssl/ssl.h>
 
@@ -26,10 +27,6 @@ enum class ClientCertificateRequest {
   try_verify,  // asked for; the handshake goes on whatever comes
   verify,      // asked for; no certificate or a bad one ends the handshake
 };
-
-// RFC 6066's HostName: letters, digits, hyphens and dots, labels of 1 to 63 bytes, at most
-// 255 bytes, no trailing dot. An SNI that is not one is treated as absent.
-bool is_host_name(std::string_view name);
 
 // The one CN of a name, as UTF-8 (empty when it has none); nullopt when it has several (which
 // would the MTA be told?) or one holding a NUL (a C string would cut "good.example\0.evil").
@@ -66,6 +63,9 @@ struct SessionFacts {
   // "RSA2048"): ours in the accept role, the peer's in the connect role.
   std::string server_certificate_signature;
   std::string server_key;
+  // The subject CN of the certificate that answered, in the accept role (empty: none, or not
+  // one CN).
+  std::string server_common_name;
   std::string sni;          // the name the client asked for: a host name (is_host_name)
   std::string refused_sni;  // what it sent instead, if not a host name: only logged, escaped
   bool resumed = false;

@@ -121,23 +121,16 @@ std::string key_type(const X509* certificate) {
   }
 }
 
-// A server certificate as the expiry metric names it: its subject CN and key type.
-void describe(const X509* certificate, std::vector<ServerContext::Certificate>& out) {
+// A server certificate as the expiry metric names it: its subject CN and key type, and its
+// file.
+void describe(const X509* certificate, const std::string& file,
+              std::vector<ServerContext::Certificate>& out) {
   char cn[256] = "";
   X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn, sizeof cn);
   const auto not_after = unix_time(X509_get0_notAfter(certificate));
   if (!not_after) return;
-  out.push_back({std::string(cn) + " " + key_type(certificate), static_cast<double>(*not_after)});
-}
-
-std::vector<ServerContext::Certificate> describe_certificates(SSL_CTX* ctx) {
-  std::vector<ServerContext::Certificate> out;
-  for (long more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); more == 1;
-       more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT)) {
-    if (const X509* certificate = SSL_CTX_get0_certificate(ctx)) describe(certificate, out);
-  }
-  ERR_clear_error();
-  return out;
+  out.push_back(
+      {std::string(cn) + " " + key_type(certificate), file, static_cast<double>(*not_after)});
 }
 
 // Sessions that ask for a client certificate resume from the server's own cache, their
@@ -321,12 +314,27 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
   if (options.certificates.empty()) {
     use_self_signed(ctx, options.hostname);
     self->self_signed_ = true;
+    describe(SSL_CTX_get0_certificate(ctx), "self-signed", self->certificates_);
   } else {
+    // Each file's certificate, the context's current one once loaded; a later file of the
+    // same key type replaces an earlier one, so the last file loaded at an address is its.
+    std::vector<std::pair<const X509*, const std::string*>> loaded_from;
     for (std::size_t i = 0; i < options.certificates.size(); ++i) {
       const auto& certificate = options.certificates[i];
       const auto& key = i < options.privatekeys.size() ? options.privatekeys[i] : certificate;
       setup::use_certificate_and_key(ctx, "--tls-", certificate, key);
+      loaded_from.emplace_back(SSL_CTX_get0_certificate(ctx), &certificate);
     }
+    for (long more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); more == 1;
+         more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT)) {
+      const X509* certificate = SSL_CTX_get0_certificate(ctx);
+      const auto from = std::find_if(loaded_from.rbegin(), loaded_from.rend(),
+                                     [&](const auto& pair) { return pair.first == certificate; });
+      if (certificate && from != loaded_from.rend()) {
+        describe(certificate, *from->second, self->certificates_);
+      }
+    }
+    ERR_clear_error();
   }
   const TrustStore trust = use_client_verification(ctx, options);
   if (!options.verify_certificates.empty() && options.verify_cache_time.count() > 0) {
@@ -334,12 +342,12 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
         options.verify_cache_time, kVerifyCacheCapacity, trust.crl_horizon, trust.reads_files);
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
-  self->certificates_ = describe_certificates(ctx);
-  if (!options.sni_certificates.empty()) {
-    self->sni_sets_ = std::make_unique<CertificateSets>(options.sni_certificates, ctx, policy);
-    self->sni_sets_->install(ctx);
-    for (const X509* certificate : self->sni_sets_->certificates()) {
-      describe(certificate, self->certificates_);
+  if (!options.sni_certificates.empty() || !options.host_certificates.empty()) {
+    self->chosen_sets_ = std::make_unique<CertificateSets>(options.sni_certificates,
+                                                           options.host_certificates, ctx, policy);
+    self->chosen_sets_->install(ctx);
+    for (const auto& leaf : self->chosen_sets_->certificates()) {
+      describe(leaf.certificate, leaf.file, self->certificates_);
     }
   }
   return self;

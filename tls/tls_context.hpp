@@ -35,9 +35,11 @@ class ServerContext {
 
   struct Certificate {
     std::string label;  // subject CN and key type, e.g. "mx.example.org ECDSA"
+    std::string file;   // where it was loaded from; "self-signed" for the generated one
     double not_after;   // Unix time
   };
-  // The server certificates in use, one per key type.
+  // The server certificates in use: the default set's (one per key type), then the host
+  // sets' and the SNI sets'.
   const std::vector<Certificate>& certificates() const { return certificates_; }
 
  private:
@@ -47,7 +49,8 @@ class ServerContext {
   std::vector<Certificate> certificates_;
   std::unique_ptr<VerifyCache> verify_cache_;  // null when off or nothing is verified
   std::shared_ptr<TicketKeys> ticket_keys_;
-  std::unique_ptr<CertificateSets> sni_sets_;  // null without --tls-sni-certificate
+  // Null without --tls-sni-certificate and --tls-host-certificate.
+  std::unique_ptr<CertificateSets> chosen_sets_;
 };
 
 // The OpenSSL error queue as one line (and cleared), for logs and error messages.

@@ -13,7 +13,8 @@ ends, as Postfix stores and delivers lines):
     Received: from HELO (unknown [ADDR])             <- the proxy's own trace header
     [<TAB>(using TLS... with cipher ... (N/N bits)
     <TAB> key-exchange ... server-signature ... server-digest ...)
-    <TAB>(No client certificate requested)]          (TLS sessions only)
+    <TAB>(No client certificate requested)           (TLS sessions only)
+    <TAB>(SNI proxy.test)]                           (the name the client asked for)
     <TAB>by proxy.test (smtp-tls-proxy) with ESMTP[S] id SESSIONID;
     <TAB>DATE
     CONTENT                                          <- the client's bytes, CRLF -> LF
@@ -46,7 +47,8 @@ PROXY_RECEIVED = (
     rb"Received: from (?P<helo>\S+) \(unknown \[(?P<addr>[0-9.]+)\]\)\n"
     rb"(?P<tls>\t\(using (?P<tls_version>TLSv1\.[23]) with cipher [A-Z0-9_-]+ \(\d+/\d+ bits\)\n"
     rb"\t(?: key-exchange [^\n]*)\)\n"
-    rb"\t\((?:No client certificate requested|Client did not present a certificate)\)\n)?"
+    rb"\t\((?:No client certificate requested|Client did not present a certificate)\)\n"
+    rb"\t\(SNI proxy\.test\)\n)?"
     rb"\tby proxy\.test \(smtp-tls-proxy\) with (?P<proto>ESMTPS?) id (?P<session_id>\w+);\n"
     rb"\t" + DATE + rb"\n")
 # The headers cleanup(8) adds to a message without them when it takes the client for a local

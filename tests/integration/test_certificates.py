@@ -168,9 +168,11 @@ def header_fields(message: bytes) -> list[bytes]:
 def proxy_received_pattern(client_addr: str = CLIENT_ADDR, helo: str = "client.test",
                            tls: tuple[str, str, int] | None = None,
                            server_signature: str = "ECDSA (P-256)",
-                           client: str | None = None, with_: str = "ESMTPS") -> re.Pattern:
+                           client: str | None = None, with_: str = "ESMTPS",
+                           sni: str | None = PROXY_HOSTNAME) -> re.Pattern:
     """The proxy's Received header, as Postfix stores it (LF), exactly: Postfix's layout,
-    `client` is the certificate comment without its parentheses."""
+    `client` is the certificate comment without its parentheses, `sni` the name the client
+    asked for (SmtpClient asks for PROXY_HOSTNAME)."""
     p = re.escape(f"Received: from {helo} (unknown [{client_addr}])") + r"\n"
     if tls is not None:
         protocol, cipher, bits = tls
@@ -178,6 +180,8 @@ def proxy_received_pattern(client_addr: str = CLIENT_ADDR, helo: str = "client.t
         p += re.escape(f"\t key-exchange X25519 server-signature {server_signature} "
                        "server-digest SHA256)") + r"\n"
         p += re.escape(f"\t({client})") + r"\n"
+        if sni:
+            p += re.escape(f"\t(SNI {sni})") + r"\n"
     p += re.escape(f"\tby {PROXY_HOSTNAME} (smtp-tls-proxy) with {with_} id ")
     p += r"(?P<id>[0-9A-F]+);\n\t(?P<date>[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d \+0000)$"
     return re.compile(p.encode())

@@ -2,7 +2,10 @@
 `openssl s_client -starttls smtp -servername` as the client: exact names, wildcards, a name
 covered by a set's certificate without a flag of its own, no SNI, an unknown name, an
 RSA-only client; and a session made under one certificate is not resumed under another
-(Python's ssl). The MTA is the private Postfix.
+(Python's ssl). Certificates chosen by the client's address (--tls-host-certificate), by its
+connection's source or a trusted PROXY header, before SNI (Python's ssl, the certificate read
+by `openssl x509`). What answered is named in the session log, the Received header and the
+expiry metric (by file). The MTA is the private Postfix.
 
 What is trusted: openssl's own output (the server certificate's subject and key). What is
 checked: which certificate answered.
@@ -19,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOOPBACK, SmtpClient, free_port, proxy_binary, run
+from conftest import (CLIENT_ADDR, LOOPBACK, SENDER, SmtpClient, free_port, proxy_binary, run,
+                      simple_message)
 from ops_support import scrape, value
 
 
@@ -159,3 +163,112 @@ def test_a_reload_takes_a_renewed_set(proxy, postfix, sni_pki, tmp_path):
     assert answered(p, "mail.example.org")[0] == "renewed.example.org"
     assert answered(p, "a.example.net")[0] == "wild.example.net"
     assert answered(p, None)[0] == "proxy.test"
+
+
+def partner_flags(sni_pki, hosts: str = "127.0.0.3,198.51.100.0/24") -> list[str]:
+    chain, key = sni_pki["partner-ecdsa"]
+    return ["--tls-host-certificate", f"{hosts}={chain},{key}"]
+
+
+def answered_from(p, source: str, servername: str, proxy_header: bytes = b"") -> str:
+    """The subject CN of the certificate the proxy answered a STARTTLS from `source` with."""
+    with SmtpClient(p.plain_port, source=source, server_hostname=servername) as c:
+        if proxy_header:
+            c.send(proxy_header)
+        assert c.greeting().code == 220 and c.ehlo().code == 250
+        assert c.starttls().code == 220
+        der = c.sock.getpeercert(binary_form=True)
+    pem = ssl.DER_cert_to_PEM_cert(der).encode()
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "multiline"],
+                         input=pem, capture_output=True, timeout=20, check=True).stdout.decode()
+    return re.search(r"commonName\s*=\s*(\S+)", out).group(1)
+
+
+@pytest.fixture(scope="module")
+def partner_pki(sni_pki):
+    d = Path(sni_pki["mail-ecdsa"][0]).parent
+    sni_pki["partner-ecdsa"] = make_certificate(d, (d / "ca.crt", d / "ca.key"),
+                                                "partner.example.com", ["partner.example.com"],
+                                                "ecdsa")
+    return sni_pki
+
+
+def test_the_client_address_chooses_before_the_name(proxy, postfix, partner_pki):
+    metrics_port = free_port()
+    p = proxy(postfix.backend, *sni_flags(partner_pki), *partner_flags(partner_pki),
+              "--proxy-protocol-hosts", "127.0.0.4", "--metrics-listen",
+              f"{LOOPBACK}:{metrics_port}")
+    assert answered_from(p, CLIENT_ADDR, "mail.example.org") == "mail.example.org"
+    assert answered_from(p, "127.0.0.3", "mail.example.org") == "partner.example.com"
+    assert answered_from(p, "127.0.0.3", "unknown.example.com") == "partner.example.com"
+    # The address a trusted PROXY header gives is the client's, not the balancer's.
+    assert answered_from(p, "127.0.0.4", "mail.example.org",
+                         b"PROXY TCP4 198.51.100.7 127.0.0.1 4567 25\r\n") == "partner.example.com"
+    assert answered_from(p, "127.0.0.4", "mail.example.org",
+                         b"PROXY TCP4 203.0.113.5 127.0.0.1 4567 25\r\n") == "mail.example.org"
+    p.wait_for_log(r'answered SNI mail\.example\.org with the certificate of CN '
+                   r'"partner\.example\.com"')
+    # The expiry metric and the start-up log name each certificate's file, never a client name.
+    partner_file = str(partner_pki["partner-ecdsa"][0])
+    samples = scrape(metrics_port)
+    assert value(samples, "smtp_tls_proxy_certificate_expiry_timestamp_seconds",
+                 certificate="partner.example.com ECDSA", file=partner_file)
+    assert value(samples, "smtp_tls_proxy_certificate_expiry_timestamp_seconds",
+                 certificate="mail.example.org RSA", file=str(partner_pki["mail-rsa"][0]))
+    p.wait_for_log(r'TLS certificate "partner\.example\.com ECDSA" from '
+                   + re.escape(partner_file) + r" valid until \d{4}-\d\d-\d\d")
+
+
+def test_a_host_set_resumes_only_its_own_sessions(proxy, postfix, partner_pki):
+    p = proxy(postfix.backend, *partner_flags(partner_pki, "127.0.0.3"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def session(source: str, offered=None):
+        with SmtpClient(p.plain_port, source=source, context=ctx, session=offered) as c:
+            assert c.greeting().code == 220 and c.ehlo().code == 250
+            assert c.starttls().code == 220
+            assert c.ehlo().code == 250
+            c.command("QUIT")
+            return c.sock.session_reused, c.sock.session
+
+    _, partner = session("127.0.0.3")
+    assert session("127.0.0.3", partner)[0]
+    assert not session(CLIENT_ADDR, partner)[0]  # the default set's client: a full handshake
+    _, default = session(CLIENT_ADDR)
+    assert not session("127.0.0.3", default)[0]
+
+
+def test_the_received_header_names_the_sni_and_the_certificate(proxy, postfix, partner_pki):
+    p = proxy(postfix.backend, *sni_flags(partner_pki), *partner_flags(partner_pki))
+    for source, servername, cn in ((CLIENT_ADDR, "smtp.example.org", "mail.example.org"),
+                                   ("127.0.0.3", "mail.example.org", "partner.example.com")):
+        box = postfix.new_mailbox()
+        with SmtpClient(p.plain_port, source=source, server_hostname=servername) as c:
+            assert c.greeting().code == 220 and c.ehlo().code == 250
+            assert c.starttls().code == 220
+            assert c.ehlo().code == 250
+            token = box.address
+            reply = c.send_message(SENDER, [box.address],
+                                   simple_message(token, box.address)[:-2])
+            assert reply.code == 250, reply
+        (message,) = box.wait()
+        expected = f'\t(SNI {servername}, certificate CN "{cn}")\n\tby proxy.test'.encode()
+        assert expected in message, message.decode(errors="replace")
+
+
+def test_a_bad_host_set_stops_start_up_naming_the_flag(postfix, pki, tmp_path, partner_pki):
+    chain, key = partner_pki["partner-ecdsa"]
+    for value, why in ((f"127.0.0.3={chain},{partner_pki['mail-rsa'][1]}", "does not match"),
+                       (f"127.0.0.3={tmp_path / 'missing.pem'}", "cannot read"),
+                       (f"={chain}", "empty host list"),
+                       (f"not-an-address={chain}", "not-an-address")):
+        done = subprocess.run(
+            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{free_port()}", "--backend",
+             postfix.backend, "--tls-certificate", str(pki.cert), "--tls-privatekey",
+             str(pki.key), "--metrics-listen", "", "--tls-host-certificate", value],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+        assert done.returncode == 2, value
+        stderr = done.stderr.decode()
+        assert "--tls-host-certificate" in stderr and why in stderr, stderr

@@ -90,7 +90,7 @@ void use_dynamic_families(Metrics& m) {
   m.handshake(Handshake::ok, "TLSv1.3", 0.003);
   m.tls_session("TLSv1.3", "TLS_AES_256_GCM_SHA384", false);
   m.verify_failure("expired");
-  m.set_certificate_expiry({{"mx.example.org EC", 1795600800}});
+  m.set_certificate_expiry({{"mx.example.org EC", "/etc/tls/ec.pem", 1795600800}});
 }
 
 struct Expected {
@@ -138,7 +138,7 @@ const Expected kFamilies[] = {
     {"smtp_tls_proxy_protocol_violations_total", MetricType::Counter,
      "Client protocol violations, by kind"},
     {"smtp_tls_proxy_certificate_expiry_timestamp_seconds", MetricType::Gauge,
-     "notAfter of each configured server certificate, Unix time"},
+     "notAfter of each server certificate in use (subject CN and key type, file), Unix time"},
     {"smtp_tls_proxy_config_reloads_total", MetricType::Counter,
      "Certificate and configuration reloads, by result"},
     {"smtp_tls_proxy_build_info", MetricType::Gauge,
@@ -456,18 +456,29 @@ TEST(Metrics, HistogramsObserve) {
 TEST(Metrics, CertificateExpiryIsReplaced) {
   Metrics m(listeners());
   const char* name = "smtp_tls_proxy_certificate_expiry_timestamp_seconds";
-  m.set_certificate_expiry({{"mx.example.org EC", 1795600800}, {"mx.example.org RSA", 1790000000}});
-  EXPECT_EQ(family(m, name).metric.size(), 2u);
-  EXPECT_EQ(value(m, name, {{"certificate", "mx.example.org EC"}}), 1795600800.0);
-  EXPECT_EQ(value(m, name, {{"certificate", "mx.example.org RSA"}}), 1790000000.0);
+  m.set_certificate_expiry({{"mx.example.org EC", "/etc/tls/ec.pem", 1795600800},
+                            {"mx.example.org RSA", "/etc/tls/rsa.pem", 1790000000},
+                            {"mx.example.org RSA", "/etc/tls/partner-rsa.pem", 1780000000}});
+  EXPECT_EQ(family(m, name).metric.size(), 3u);
+  EXPECT_EQ(value(m, name, {{"certificate", "mx.example.org EC"}, {"file", "/etc/tls/ec.pem"}}),
+            1795600800.0);
+  EXPECT_EQ(value(m, name, {{"certificate", "mx.example.org RSA"}, {"file", "/etc/tls/rsa.pem"}}),
+            1790000000.0);
+  EXPECT_EQ(
+      value(m, name, {{"certificate", "mx.example.org RSA"}, {"file", "/etc/tls/partner-rsa.pem"}}),
+      1780000000.0);
 
   // A reload with a renewed RSA certificate and without the EC one: the EC series is gone.
-  m.set_certificate_expiry({{"mx.example.org RSA", 1800000000}, {"new.example.org RSA", 1.9e9}});
+  m.set_certificate_expiry({{"mx.example.org RSA", "/etc/tls/rsa.pem", 1800000000},
+                            {"new.example.org RSA", "/etc/tls/new.pem", 1.9e9}});
   const MetricFamily f = family(m, name);
   EXPECT_EQ(f.metric.size(), 2u);
-  EXPECT_EQ(find_child(f, {{"certificate", "mx.example.org EC"}}), nullptr);
-  EXPECT_EQ(value(m, name, {{"certificate", "mx.example.org RSA"}}), 1800000000.0);
-  EXPECT_EQ(value(m, name, {{"certificate", "new.example.org RSA"}}), 1.9e9);
+  EXPECT_EQ(find_child(f, {{"certificate", "mx.example.org EC"}, {"file", "/etc/tls/ec.pem"}}),
+            nullptr);
+  EXPECT_EQ(value(m, name, {{"certificate", "mx.example.org RSA"}, {"file", "/etc/tls/rsa.pem"}}),
+            1800000000.0);
+  EXPECT_EQ(value(m, name, {{"certificate", "new.example.org RSA"}, {"file", "/etc/tls/new.pem"}}),
+            1.9e9);
 
   // No certificates: no series.
   m.set_certificate_expiry({});
@@ -518,8 +529,8 @@ TEST(Metrics, SerializeHasASampleLineForEachFamily) {
   EXPECT_TRUE(has_line_starting(
       "smtp_tls_proxy_tls_handshakes_total{protocol=\"TLSv1.3\",result=\"ok\"} 1\n"));
   EXPECT_TRUE(has_line_starting(
-      "smtp_tls_proxy_certificate_expiry_timestamp_seconds{certificate=\"mx.example.org EC\"} "
-      "1795600800\n"));
+      "smtp_tls_proxy_certificate_expiry_timestamp_seconds{certificate=\"mx.example.org EC\","
+      "file=\"/etc/tls/ec.pem\"} 1795600800\n"));
   EXPECT_TRUE(has_line_starting("smtp_tls_proxy_tls_handshake_duration_seconds_count 1\n"));
 }
 

@@ -67,6 +67,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "tls-certificate",
                                              "tls-privatekey",
                                              "tls-sni-certificate",
+                                             "tls-host-certificate",
                                              "tls-advertise-hosts",
                                              "tls-require-ciphers",
                                              "tls-ciphersuites",

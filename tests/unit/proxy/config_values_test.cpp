@@ -109,6 +109,32 @@ TEST(ConfigValues, SniCertificatesAreNameEqualsFilesLowerCased) {
             "empty file name");
 }
 
+TEST(ConfigValues, HostCertificatesSplitAtTheLastEqualsSign) {
+  const auto chosen = flags::host_certificates({"192.0.2.0/24,2001:db8::/32=/etc/p.pem",
+                                                "10.0.0.1=/etc/a.pem,/etc/a.key",
+                                                "192.0.2.0/24,2001:db8::/32=/etc/p-ec.pem"});
+  // One host list given twice (its RSA and ECDSA files) is one list.
+  ASSERT_EQ(chosen.hosts.size(), 2u);
+  EXPECT_TRUE(chosen.hosts[0].matches(boost::asio::ip::make_address("192.0.2.9")));
+  EXPECT_FALSE(chosen.hosts[0].matches(boost::asio::ip::make_address("10.0.0.1")));
+  EXPECT_TRUE(chosen.hosts[1].matches(boost::asio::ip::make_address("10.0.0.1")));
+  ASSERT_EQ(chosen.certificates.size(), 3u);
+  EXPECT_EQ(chosen.certificates[0].name, chosen.hosts[0].text());
+  EXPECT_EQ(chosen.certificates[0].certificate, "/etc/p.pem");
+  EXPECT_EQ(chosen.certificates[1].name, chosen.hosts[1].text());
+  EXPECT_EQ(chosen.certificates[1].privatekey, "/etc/a.key");
+  EXPECT_EQ(chosen.certificates[2].name, chosen.hosts[0].text());
+  EXPECT_EQ(chosen.certificates[2].certificate, "/etc/p-ec.pem");
+
+  EXPECT_EQ(bad_value_of([] { flags::host_certificates({"/etc/p.pem"}); }).first,
+            "not HOSTLIST=FILE[,KEYFILE]");
+  EXPECT_EQ(bad_value_of([] { flags::host_certificates({"=/etc/p.pem"}); }).first,
+            "empty host list");
+  EXPECT_EQ(bad_value_of([] { flags::host_certificates({"10.0.0.1="}); }).first, "empty file name");
+  EXPECT_FALSE(bad_value_of([] { flags::host_certificates({"mx.example.org=/f"}); }).first.empty());
+  EXPECT_FALSE(bad_value_of([] { flags::host_certificates({"10.0.0.0/33=/f"}); }).first.empty());
+}
+
 TEST(ConfigValues, NumbersAreWholeDecimalsInTheirRange) {
   EXPECT_EQ(flags::parse_number("42", 1, 100), 42u);
   EXPECT_EQ(flags::parse_number("1", 1, 100), 1u);

@@ -94,6 +94,30 @@ TEST(ReceivedHeader, Tls13WithDetailsAndVerifiedCertificate) {
   expect_well_formed(header);
 }
 
+TEST(ReceivedHeader, TheSniAskedForAndTheCertificateThatAnsweredAreNamed) {
+  auto t = tls12_no_request();
+  t.sni = "mx.example.net";
+  t.server_common_name = "mx.example.net";
+  auto f = fields(&t);
+  const std::string sni_only = build_received_header(f);
+  EXPECT_NE(sni_only.find("\t(No client certificate requested)\r\n"
+                          "\t(SNI mx.example.net)\r\n"
+                          "\tby mx.example.org"),
+            std::string::npos)
+      << sni_only;
+
+  f.name_certificate = true;  // the proxy chose it among several
+  EXPECT_NE(build_received_header(f).find(
+                "\t(SNI mx.example.net, certificate CN \"mx.example.net\")\r\n\tby "),
+            std::string::npos);
+  t.sni.clear();
+  t.server_common_name = "Partner \"MX\"\r\n";  // the operator's text, still made safe
+  const std::string header = build_received_header(f);
+  EXPECT_NE(header.find("\t(certificate CN \"Partner ?MX???\")\r\n\tby "), std::string::npos)
+      << header;
+  expect_well_formed(header);
+}
+
 TEST(ReceivedHeader, Tls12HasNoDetailsLine) {
   auto t = tls12_no_request();
   t.request = tls::ClientCertificateRequest::try_verify;
