@@ -1,6 +1,7 @@
 // Certificates chosen per SNI name; see certificate_sets.hpp.
 #include "tls/certificate_sets.hpp"
 
+#include "tls/context_setup.hpp"
 #include "tls/library_context.hpp"
 #include "tls/session_facts.hpp"
 
@@ -134,6 +135,7 @@ void CertificateSets::load(const std::vector<NamedCertificate>& named, const std
     if (X509_check_private_key(loaded->leaf, loaded->key) != 1) {
       fail(flag, "key in " + key_file + " does not match certificate " + entry.certificate);
     }
+    setup::check_chain_order(flag, entry.certificate, loaded->leaf, loaded->chain);
     for (auto& name : dns_names_of(loaded->leaf)) set.dns_names.push_back(std::move(name));
     set.certificates.push_back(std::move(loaded));
   }

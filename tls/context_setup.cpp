@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -84,6 +85,23 @@ void use_certificate_and_key(SSL_CTX* ctx, std::string_view prefix,
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     fail(key_flag, "key in " + key_file + " does not match certificate " + certificate_file);
+  }
+  STACK_OF(X509)* chain = nullptr;
+  SSL_CTX_get0_chain_certs(ctx, &chain);
+  check_chain_order(certificate_flag, certificate_file, SSL_CTX_get0_certificate(ctx), chain);
+}
+
+void check_chain_order(std::string_view flag, const std::string& file, X509* leaf,
+                       const STACK_OF(X509) * chain) {
+  X509* subject = leaf;
+  for (int i = 0; i < sk_X509_num(chain); ++i) {
+    X509* issuer = sk_X509_value(chain, i);
+    if (X509_check_issued(issuer, subject) != X509_V_OK) {
+      fail(flag, "the certificates in " + file + " are not in order: certificate " +
+                     std::to_string(i + 2) +
+                     " did not issue the one before it (leaf first, then each one's issuer)");
+    }
+    subject = issuer;
   }
 }
 

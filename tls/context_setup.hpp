@@ -31,6 +31,11 @@ void use_protocols_and_ciphers(SSL_CTX* ctx, std::string_view prefix,
 void use_certificate_and_key(SSL_CTX* ctx, std::string_view prefix,
                              const std::string& certificate_file, const std::string& key_file);
 
+// Checks that `chain` (the certificates after `leaf` in `file`) is in order: each one the
+// issuer of the one before it, as clients expect them. Flag `flag`.
+void check_chain_order(std::string_view flag, const std::string& file, X509* leaf,
+                       const STACK_OF(X509) * chain);
+
 // Where the trust store finds its CAs.
 enum class CaSource { system, directory, file };
 

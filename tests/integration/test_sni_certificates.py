@@ -272,3 +272,27 @@ def test_a_bad_host_set_stops_start_up_naming_the_flag(postfix, pki, tmp_path, p
         assert done.returncode == 2, value
         stderr = done.stderr.decode()
         assert "--tls-host-certificate" in stderr and why in stderr, stderr
+
+
+def test_a_chain_out_of_order_stops_start_up(postfix, pki, tmp_path, sni_pki):
+    """Leaf first, then each certificate's issuer: a chain file with a stranger after the leaf
+    is refused for the default set and for a named set alike (the sets of the other tests,
+    leaf then CA, start)."""
+    mail_chain, mail_key = sni_pki["mail-ecdsa"]
+    mail_leaf = Path(str(mail_chain).replace(".pem", ".crt"))
+    wild_leaf = Path(str(sni_pki["wild-ecdsa"][0]).replace(".pem", ".crt"))
+    disordered = tmp_path / "disordered.pem"
+    disordered.write_bytes(mail_leaf.read_bytes() + wild_leaf.read_bytes())
+    for flag, flags in (
+            ("--tls-certificate",
+             ["--tls-certificate", str(disordered), "--tls-privatekey", str(mail_key)]),
+            ("--tls-sni-certificate",
+             ["--tls-certificate", str(pki.cert), "--tls-privatekey", str(pki.key),
+              "--tls-sni-certificate", f"mail.example.org={disordered},{mail_key}"])):
+        done = subprocess.run(
+            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{free_port()}", "--backend",
+             postfix.backend, "--metrics-listen", "", *flags],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+        stderr = done.stderr.decode()
+        assert done.returncode == 2, stderr
+        assert f"{flag}: the certificates in {disordered} are not in order" in stderr, stderr
