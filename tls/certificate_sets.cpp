@@ -77,10 +77,26 @@ struct CertificateSets::Set {
   std::vector<std::string> patterns;   // the names it was given for
   std::vector<std::string> dns_names;  // its certificates' own
   std::vector<std::unique_ptr<Loaded>> certificates;
-  // The session ID context (a digest of the policy and the set's name): sessions made under
-  // this set resume only under it.
-  std::vector<unsigned char> session_context;
+  SessionContexts session_contexts;  // of the policy and the set's name
 };
+
+CertificateSets::SessionContexts CertificateSets::session_contexts(const std::string& flag,
+                                                                   const std::string& text) {
+  SessionContexts contexts;
+  for (const auto request : {ClientCertificateRequest::none, ClientCertificateRequest::try_verify,
+                             ClientCertificateRequest::verify}) {
+    const std::string input = text + "\nrequest:" + std::to_string(static_cast<int>(request));
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    std::size_t length = 0;
+    if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, input.data(), input.size(), digest,
+                     &length) != 1) {
+      fail(flag, "cannot make the session ID context");
+    }
+    contexts[static_cast<std::size_t>(request)].assign(
+        digest, digest + std::min<std::size_t>(length, SSL_MAX_SID_CTX_LENGTH));
+  }
+  return contexts;
+}
 
 CertificateSets::CertificateSets(const std::vector<NamedCertificate>& by_name,
                                  const std::vector<NamedCertificate>& by_host, SSL_CTX* defaults,
@@ -92,6 +108,7 @@ CertificateSets::CertificateSets(const std::vector<NamedCertificate>& by_name,
     }
   }
   ERR_clear_error();
+  default_contexts_ = session_contexts("--tls-certificate", policy);
   load(by_name, "--tls-sni-certificate", "sni", policy, sets_);
   load(by_host, "--tls-host-certificate", "host", policy, host_sets_);
   ERR_clear_error();
@@ -107,14 +124,7 @@ void CertificateSets::load(const std::vector<NamedCertificate>& named, const std
     Set& set = it != sets.end() ? **it : *sets.emplace_back(std::make_unique<Set>());
     if (set.patterns.empty()) {
       set.patterns.push_back(entry.name);
-      const std::string context = policy + "\n" + kind + ":" + entry.name;
-      unsigned char digest[EVP_MAX_MD_SIZE];
-      std::size_t length = 0;
-      if (EVP_Q_digest(tls_library_context(), "SHA256", nullptr, context.data(), context.size(),
-                       digest, &length) != 1) {
-        fail(flag, "cannot make the session ID context");
-      }
-      set.session_context.assign(digest, digest + std::min<std::size_t>(length, 32));
+      set.session_contexts = session_contexts(flag, policy + "\n" + kind + ":" + entry.name);
     }
     auto loaded = std::make_unique<Loaded>();
     loaded->file = entry.certificate;
@@ -166,29 +176,34 @@ int CertificateSets::on_client_hello(SSL* ssl, int* alert, void* arg) {
   const auto* self = static_cast<const CertificateSets*>(arg);
   const Set* set = nullptr;
   const auto host_set = reinterpret_cast<std::uintptr_t>(SSL_get_ex_data(ssl, host_set_slot()));
+  const unsigned char* body = nullptr;
+  std::size_t size = 0;
   if (host_set > 0 && host_set <= self->host_sets_.size()) {
     set = self->host_sets_[host_set - 1].get();
-  } else {
-    const unsigned char* body = nullptr;
-    std::size_t size = 0;
-    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &body, &size) != 1) {
-      return SSL_CLIENT_HELLO_SUCCESS;
-    }
+  } else if (!self->sets_.empty() &&
+             SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &body, &size) == 1) {
     const auto name = server_name_of(body, size);
     set = name ? self->choose(*name) : nullptr;
   }
-  if (!set) return SSL_CLIENT_HELLO_SUCCESS;
-  SSL_certs_clear(ssl);
-  for (const auto& c : set->certificates) {
-    if (SSL_use_cert_and_key(ssl, c->leaf, c->key, c->chain, 1) != 1) {
-      *alert = SSL_AD_INTERNAL_ERROR;
-      return SSL_CLIENT_HELLO_ERROR;
+  if (set) {
+    SSL_certs_clear(ssl);
+    for (const auto& c : set->certificates) {
+      if (SSL_use_cert_and_key(ssl, c->leaf, c->key, c->chain, 1) != 1) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_CLIENT_HELLO_ERROR;
+      }
     }
   }
-  // The set's session ID context in place of the policy's: a session made under another set
-  // is not resumed under this one.
-  if (SSL_set_session_id_context(ssl, set->session_context.data(),
-                                 static_cast<unsigned int>(set->session_context.size())) != 1) {
+  // Set before OpenSSL looks for the session to resume, which happens after this callback.
+  const int mode = SSL_get_verify_mode(ssl);
+  const auto request = (mode & SSL_VERIFY_PEER) == 0 ? ClientCertificateRequest::none
+                       : (mode & SSL_VERIFY_FAIL_IF_NO_PEER_CERT) != 0
+                           ? ClientCertificateRequest::verify
+                           : ClientCertificateRequest::try_verify;
+  const auto& context =
+      (set ? set->session_contexts : self->default_contexts_)[static_cast<std::size_t>(request)];
+  if (SSL_set_session_id_context(ssl, context.data(), static_cast<unsigned int>(context.size())) !=
+      1) {
     *alert = SSL_AD_INTERNAL_ERROR;
     return SSL_CLIENT_HELLO_ERROR;
   }

@@ -118,14 +118,10 @@ std::string format_dn(const X509_NAME* name, PeerDnFormat format) {
 }  // namespace
 
 void request_client_certificate(SSL* ssl, ClientCertificateRequest request) {
+  // A session resumes only under the request it was made under (one that never had to show
+  // a certificate must not let a client of --tls-verify-hosts in without one): the server
+  // context's ClientHello callback makes the session ID context of it (CertificateSets).
   if (request != ClientCertificateRequest::none) {
-    // A session resumes only under the policy it was made under: one that never had to show
-    // a certificate must not let a client of --tls-verify-hosts in without one.
-    const std::string_view context = request == ClientCertificateRequest::verify
-                                         ? "smtp-tls-proxy/verify"
-                                         : "smtp-tls-proxy/try-verify";
-    SSL_set_session_id_context(ssl, reinterpret_cast<const unsigned char*>(context.data()),
-                               static_cast<unsigned>(context.size()));
     // Where the context keeps sessions (it does when it verifies client certificates), such
     // a session resumes from that cache rather than from a stateless ticket.
     const long cache_mode = SSL_CTX_get_session_cache_mode(SSL_get_SSL_CTX(ssl));

@@ -33,7 +33,8 @@ enum class ClientCertificateRequest {
 std::optional<std::string> common_name_of(const X509_NAME* name);
 
 // Sets how this session asks for a client certificate (before the handshake), and with it
-// which earlier sessions it may resume: only those made under the same request.
+// which earlier sessions it may resume: only those made under the same request (the server
+// context's ClientHello callback reads the request from the verify mode; CertificateSets).
 void request_client_certificate(SSL* ssl, ClientCertificateRequest request);
 
 struct PeerCertificate {

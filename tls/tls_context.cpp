@@ -342,13 +342,11 @@ std::shared_ptr<const ServerContext> ServerContext::create(const ServerOptions& 
         options.verify_cache_time, kVerifyCacheCapacity, trust.crl_horizon, trust.reads_files);
     SSL_CTX_set_cert_verify_callback(ctx, &VerifyCache::verify, self->verify_cache_.get());
   }
-  if (!options.sni_certificates.empty() || !options.host_certificates.empty()) {
-    self->chosen_sets_ = std::make_unique<CertificateSets>(options.sni_certificates,
-                                                           options.host_certificates, ctx, policy);
-    self->chosen_sets_->install(ctx);
-    for (const auto& leaf : self->chosen_sets_->certificates()) {
-      describe(leaf.certificate, leaf.file, self->certificates_);
-    }
+  self->certificate_sets_ = std::make_unique<CertificateSets>(
+      options.sni_certificates, options.host_certificates, ctx, policy);
+  self->certificate_sets_->install(ctx);
+  for (const auto& leaf : self->certificate_sets_->certificates()) {
+    describe(leaf.certificate, leaf.file, self->certificates_);
   }
   return self;
 }

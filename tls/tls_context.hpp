@@ -49,8 +49,8 @@ class ServerContext {
   std::vector<Certificate> certificates_;
   std::unique_ptr<VerifyCache> verify_cache_;  // null when off or nothing is verified
   std::shared_ptr<TicketKeys> ticket_keys_;
-  // Null without --tls-sni-certificate and --tls-host-certificate.
-  std::unique_ptr<CertificateSets> chosen_sets_;
+  // The certificates chosen per client, and every handshake's session ID context.
+  std::unique_ptr<CertificateSets> certificate_sets_;
 };
 
 // The OpenSSL error queue as one line (and cleared), for logs and error messages.

@@ -974,12 +974,19 @@ def test_a_session_made_without_a_certificate_does_not_resume_for_verify_hosts(
 
 
 @pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
-def test_a_try_verify_session_is_not_resumed_by_a_verify_host(postfix, proxy, cert_pki, version):
+@pytest.mark.parametrize("chosen", [None, "sni", "host"])
+def test_a_try_verify_session_is_not_resumed_by_a_verify_host(postfix, proxy, cert_pki, version,
+                                                              chosen):
     """Sessions are kept per certificate policy: one made (and verified) where a certificate is
     only asked for gets a full handshake from a --tls-verify-hosts client, whose own
-    verification then decides."""
+    verification then decides. Also when the certificate that answers is chosen by the SNI
+    asked for or by the client's address (its set's sessions are kept per policy too)."""
+    chain, key = cert_pki.server_chain["ecdsa"], cert_pki.server_key["ecdsa"]
+    choose = {None: [],
+              "sni": ["--tls-sni-certificate", f"{PROXY_HOSTNAME}={chain},{key}"],
+              "host": ["--tls-host-certificate", f"{CLIENT_ADDR},127.0.0.4={chain},{key}"]}
     p = proxy(postfix.backend, *server_cert_flags(cert_pki), *verify_flags(cert_pki),
-              "--tls-try-verify-hosts", "127.0.0.4")
+              "--tls-try-verify-hosts", "127.0.0.4", *choose[chosen])
     ctx = client_context(cert_pki, "valid")
     ctx.maximum_version = getattr(ssl.TLSVersion, version)
     _, session = starttls_session(p, ctx, source="127.0.0.4")
