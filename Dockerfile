@@ -44,7 +44,8 @@ LABEL org.opencontainers.image.title="smtp-tls-proxy" \
 
 # Runtime libraries, found with `ldd` + `dpkg -S` on the built binary:
 #   libssl3 (libssl.so.3, libcrypto.so.3), libboost-program-options1.81.0, libspdlog1.10,
-#   libfmt9, libprometheus-cpp-core1.0; libstdc++6, libgcc-s1 and libc6 are in the base.
+#   libfmt9, libprometheus-cpp-core1.0, libunbound8; libstdc++6, libgcc-s1 and libc6 are in
+#   the base. dns-root-data: the DNSSEC root key, the resolver's default trust anchor.
 # This layer does not depend on the binary, so a rebuild after a source change reuses it.
 # libcap2-bin only lends setcap to the next step, which purges it again.
 # The setuid/setgid bits of the base's tools are cleared: the container may run without
@@ -54,7 +55,7 @@ RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends \
       libssl3 libboost-program-options1.81.0 libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 \
-      libcap2-bin; \
+      libunbound8 dns-root-data libcap2-bin; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     find / -xdev -type f -perm /6000 -exec chmod ug-s {} +; \
     groupadd --gid "$APP_GID" smtp-tls-proxy; \

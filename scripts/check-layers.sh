@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fails when a source file includes a layer above its own. The layers, bottom up:
 #   smtp/ tls/ acl/ metrics/   pure codecs, TLS, policy decisions, metrics: know no runtime
+#   dns/                       the validating resolver (libunbound) and DNS record data
 #   proxy/                     the runtime both directions share (server, config, upstream)
 #   inbound/ outbound/         the two directions' sessions, which know nothing of each other
 #   app/                       the process: plugs the directions into the server (may include all)
@@ -25,7 +26,7 @@ check() { # check LAYER FORBIDDEN_PREFIX...
   fi
 }
 
-for lower in smtp tls acl metrics; do check "$lower" proxy inbound outbound; done
+for lower in smtp tls acl metrics dns; do check "$lower" proxy inbound outbound; done
 check proxy inbound outbound
 check inbound outbound
 check outbound inbound

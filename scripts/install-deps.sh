@@ -20,16 +20,18 @@ esac
 build_packages=(
   build-essential cmake ninja-build pkg-config
   libboost1.81-dev libboost-program-options1.81-dev
-  libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
+  libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libunbound-dev
   libgtest-dev libgmock-dev
 )
-run_packages=(openssl postfix swaks libnet-ssleay-perl libio-socket-ssl-perl ca-certificates)
+run_packages=(openssl postfix swaks libnet-ssleay-perl libio-socket-ssl-perl ca-certificates
+  dns-root-data)
 test_packages=(
   python3 python3-pytest clang-format iproute2 procps haproxy
   nginx libnginx-mod-mail stunnel4 sasl2-bin libsasl2-modules
   debootstrap podman buildah uidmap fuse-overlayfs libcap2-bin yamllint prometheus
   docker-compose shellcheck testssl.sh
   clang libclang-rt-14-dev
+  nsd unbound ldnsutils bind9-dnsutils
 )
 
 packages=("${build_packages[@]}")

@@ -30,12 +30,15 @@ trap cleanup EXIT
 
 # Sanitizer builds: GCC (the compiler the release build uses), -O1 with debug information and
 # assertions on; never the benchmark or the fuzzers. TARGET narrows the build (the TSan pass
-# runs only the integration tests, so it needs only the proxy); default everything else.
-build() { # build DIR SANITIZERS [TARGET]
+# runs only the integration tests, so it needs only the proxy and the tests' tools); default
+# everything else.
+build() { # build DIR SANITIZERS ["TARGET..."]
   local started=$SECONDS
   cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DSTP_WERROR=ON \
     -DSTP_SANITIZE="$2" -DSTP_BENCH=OFF -DSTP_FUZZ=OFF >/dev/null
-  cmake --build "$1" -j "$jobs" ${3:+--target "$3"}
+  local targets=()
+  [ -n "${3:-}" ] && read -r -a targets <<<"$3"
+  cmake --build "$1" -j "$jobs" ${3:+--target} "${targets[@]}"
   echo "sanitize.sh: built $1 ($2${3:+, $3 only}) in $((SECONDS - started)) s"
 }
 
@@ -87,7 +90,7 @@ integration() { # integration BUILD_DIR WHAT
   mkdir -p "$reports"
   local wrapper started=$SECONDS status=0
   wrapper=$(make_wrapper "$repo/$1/smtp-tls-proxy" "$reports")
-  STP_BINARY=$wrapper STP_SANITIZER=$2 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+  STP_BINARY=$wrapper STP_TOOLS_DIR=$repo/$1/tests STP_SANITIZER=$2 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
     --basetemp="$work/pytest-$2" "${extra_pytest[@]}" tests/integration || status=$?
   echo "sanitize.sh: integration tests under $2 took $((SECONDS - started)) s"
   check_reports "$reports" "$2" || status=1
@@ -105,7 +108,7 @@ if [ "$what" != tsan ]; then
     integration build-asan asan+ubsan || status=1
 fi
 if [ "$what" != asan ]; then
-  build build-tsan thread smtp-tls-proxy
+  build build-tsan thread "smtp-tls-proxy dns_lookup"
   TSAN_OPTIONS=$tsan_opts integration build-tsan tsan || status=1
 fi
 [ $status -eq 0 ] && echo "sanitize.sh: clean ($what)"

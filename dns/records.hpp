@@ -1,0 +1,36 @@
+// The record data the outbound side reads from DNS answers: names in wire format, MX, A and
+// AAAA. Pure functions over the bytes libunbound hands over (each record's rdata, names
+// uncompressed), every length checked.
+//
+// Trusts nothing: the bytes come from the network (validated or not); a malformed record is
+// nullopt, never a partial value.
+#pragma once
+
+#include <boost/asio/ip/address.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace stp::dns {
+
+// Record types asked for.
+enum class RecordType : std::uint16_t { a = 1, mx = 15, aaaa = 28, tlsa = 52, txt = 16 };
+
+// A name in DNS wire format (length-prefixed labels, the root last, no compression) as
+// lower-case text without the trailing dot ("" for the root); `consumed` gets its length in
+// bytes. nullopt when malformed, compressed, or not a host name (letters, digits, hyphens
+// and, as in real MX names, underscores).
+std::optional<std::string> read_name(std::string_view wire, std::size_t* consumed = nullptr);
+
+struct MxRecord {
+  std::uint16_t preference = 0;
+  std::string exchange;  // "" for the root: a null MX when it is the only one (RFC 7505)
+};
+std::optional<MxRecord> read_mx(std::string_view rdata);
+
+// An A record's rdata (4 bytes) or an AAAA record's (16 bytes).
+std::optional<boost::asio::ip::address> read_address(RecordType type, std::string_view rdata);
+
+}  // namespace stp::dns
