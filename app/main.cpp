@@ -118,7 +118,7 @@ int run(int argc, char** argv) {
     }
     stp::inbound::SessionServices inbound(server.runtime());
     std::optional<stp::outbound::SessionServices> relay;
-    if (!config->relay.hosts.empty()) relay.emplace(server.runtime());
+    if (config->relay.enabled()) relay.emplace(server.runtime());
     return server.run(inbound, relay ? &*relay : nullptr);
   } catch (const std::invalid_argument& e) {  // ConfigError, or a lower layer's setup error
     report("", e.what());

@@ -17,7 +17,7 @@ bool LinkPool::reusable(const RelayLink& link) const {
   if (link.messages >= relay_.connection_max_messages) return false;
   if (link.client_authenticated) return false;  // the next client must not inherit its login
   // Exim's hosts_nopass_tls: a connection that used TLS is not handed on to such a host.
-  if (link.tls_facts && relay_.hosts_nopass_tls.matches(link.host->name, link.endpoint.address())) {
+  if (link.tls_facts && relay_.hosts_nopass_tls.matches(link.host.name, link.endpoint.address())) {
     return false;
   }
   return true;

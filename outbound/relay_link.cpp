@@ -47,23 +47,34 @@ std::string one_line(std::string_view reply) {
 
 class Connector {
  public:
-  Connector(const RelayPolicy& policy, DeadlineQueue& deadlines, std::string_view log_id)
-      : policy_(policy), relay_(policy.config.relay), deadlines_(deadlines), log_id_(log_id) {}
+  Connector(const RelayPolicy& policy, DeadlineQueue& deadlines, std::string_view log_id,
+            std::string metrics_label)
+      : policy_(policy),
+        relay_(policy.config.relay),
+        deadlines_(deadlines),
+        log_id_(log_id),
+        metrics_label_(std::move(metrics_label)) {}
 
-  asio::awaitable<RelayConnectResult> run() {
+  asio::awaitable<RelayConnectResult> run(const std::vector<RelayTarget>& targets) {
     RelayConnectResult result;
     result.failure = {"4.4.1", "no relay host configured"};
-    for (const RelayHost& host : relay_.hosts) {
-      const auto endpoints = co_await resolve(host);
-      if (endpoints.empty()) {
+    for (const RelayTarget& target : targets) {
+      const RelayHost& host = target.host;
+      auto endpoints = target.endpoints;
+      if (!endpoints) {
+        endpoints = co_await resolve(host);
+      } else if (endpoints->empty()) {
+        last_why_ = target.why_none;
+      }
+      if (endpoints->empty()) {
         result.failure = {"4.4.3", host.name + ": " + last_why_};
-        if (policy_.metrics) policy_.metrics->passed_over(label_of(host), "resolve");
+        if (policy_.metrics) policy_.metrics->passed_over(label(host), "resolve");
         continue;
       }
-      for (const auto& endpoint : endpoints) {
+      for (const auto& endpoint : *endpoints) {
         Attempt attempt = co_await try_address(host, endpoint, false, result.link);
         if (attempt.next == Next::again_in_clear) {
-          if (policy_.metrics) policy_.metrics->tryclear(label_of(host));
+          if (policy_.metrics) policy_.metrics->tryclear(label(host));
           spdlog::info("{} relay host {} [{}]:{}: {}; connecting again to deliver in the clear",
                        log_id_, host.name, endpoint.address().to_string(), endpoint.port(),
                        attempt.why);
@@ -72,13 +83,13 @@ class Connector {
         if (attempt.next == Next::done) {
           if (policy_.metrics) {
             const auto& t = result.link->tls_facts;
-            policy_.metrics->connection(label_of(host), !t            ? "clear"
-                                                        : t->verified ? "verified"
-                                                                      : "encrypted");
+            policy_.metrics->connection(label(host), !t            ? "clear"
+                                                     : t->verified ? "verified"
+                                                                   : "encrypted");
           }
           co_return result;
         }
-        if (policy_.metrics) policy_.metrics->passed_over(label_of(host), attempt.reason);
+        if (policy_.metrics) policy_.metrics->passed_over(label(host), attempt.reason);
         spdlog::warn("{} relay host {} [{}]:{} passed over: {}", log_id_, host.name,
                      endpoint.address().to_string(), endpoint.port(), attempt.why);
         result.failure = {attempt.code, host.name + ": " + attempt.why};
@@ -89,6 +100,10 @@ class Connector {
   }
 
  private:
+  std::string label(const RelayHost& host) const {
+    return metrics_label_.empty() ? label_of(host) : metrics_label_;
+  }
+
   asio::awaitable<std::vector<tcp::endpoint>> resolve(const RelayHost& host) {
     error_code ec;
     const auto address = asio::ip::make_address(host.name, ec);
@@ -120,7 +135,8 @@ class Connector {
                                        bool in_clear, std::unique_ptr<RelayLink>& out) {
     auto link = std::make_unique<RelayLink>(co_await asio::this_coro::executor, deadlines_,
                                             std::string(log_id_));
-    link->host = &host;
+    link->host = host;
+    link->metrics_label = label(host);
     link->endpoint = endpoint;
     link->label =
         host.name + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
@@ -137,7 +153,7 @@ class Connector {
 
   // Greeting, EHLO, STARTTLS and AUTH as the policy says, on a new connection.
   asio::awaitable<Attempt> converse(RelayLink& link, bool in_clear) {
-    const RelayHost& host = *link.host;
+    const RelayHost& host = link.host;
     const auto& endpoint = link.endpoint;
     Upstream& up = link.upstream;
     const auto address = endpoint.address();
@@ -204,7 +220,7 @@ class Connector {
   // STARTTLS as Exim's smtp transport does it.
   asio::awaitable<Attempt> negotiate_tls(RelayLink& link, const tls::ConnectParameters& parameters,
                                          bool require_tls, bool verify) {
-    const RelayHost& host = *link.host;
+    const RelayHost& host = link.host;
     const bool avoid = relay_.hosts_avoid_tls.matches(host.name, link.endpoint.address());
     if (avoid || !link.capabilities.starttls) co_return Attempt{Next::done, {}};
     Upstream& up = link.upstream;
@@ -272,14 +288,14 @@ class Connector {
     if (scan.code != 235) {
       const std::string said = one_line(up.reply(scan));
       up.consume(scan);
-      if (policy_.metrics) policy_.metrics->auth(label_of(*link.host), "refused");
+      if (policy_.metrics) policy_.metrics->auth(link.metrics_label, "refused");
       co_return Attempt{Next::next_host,
                         "AUTH as " + credential.user + " refused: \"" + said + "\"", "4.7.0",
                         "auth"};
     }
     up.consume(scan);
     link.auth_user = credential.user;
-    if (policy_.metrics) policy_.metrics->auth(label_of(*link.host), "ok");
+    if (policy_.metrics) policy_.metrics->auth(link.metrics_label, "ok");
     co_return Attempt{Next::done, {}};
   }
 
@@ -289,7 +305,7 @@ class Connector {
     if (const auto& t = link.tls_facts) {
       tls_fields = "X=" + t->exim_cipher_field() + " CV=" + (t->verified ? "yes" : "no");
       if (t->peer) tls_fields += " DN=\"" + log::escape(t->peer->subject, 200) + "\"";
-      const std::string sni = relay_.tls_sni.empty() ? link.host->name : relay_.tls_sni;
+      const std::string sni = relay_.tls_sni.empty() ? link.host.name : relay_.tls_sni;
       if (tls::sni_may_be_sent(sni)) tls_fields += " SNI=\"" + sni + "\"";
       spdlog::info("{} {} TLS connection established to {}: {} with cipher {} ({}/{} bits)",
                    log_id_, t->verified ? "Verified" : "Untrusted", link.label, t->protocol,
@@ -303,6 +319,7 @@ class Connector {
   const RelayConfig& relay_;
   DeadlineQueue& deadlines_;
   std::string_view log_id_;
+  std::string metrics_label_;  // empty: each relay host's own
   std::string last_why_;
 };
 
@@ -316,8 +333,19 @@ RelayLink::RelayLink(const asio::any_io_executor& executor, DeadlineQueue& deadl
 
 asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& policy,
                                                   DeadlineQueue& deadlines, std::string log_id) {
-  Connector connector(policy, deadlines, log_id);
-  auto result = co_await connector.run();
+  std::vector<RelayTarget> targets;
+  for (const RelayHost& host : policy.config.relay.hosts) targets.push_back({host, {}, {}});
+  Connector connector(policy, deadlines, log_id, {});
+  auto result = co_await connector.run(targets);
+  co_return result;
+}
+
+asio::awaitable<RelayConnectResult> connect_targets(const RelayPolicy& policy,
+                                                    std::vector<RelayTarget> targets,
+                                                    std::string metrics_label,
+                                                    DeadlineQueue& deadlines, std::string log_id) {
+  Connector connector(policy, deadlines, log_id, std::move(metrics_label));
+  auto result = co_await connector.run(targets);
   co_return result;
 }
 

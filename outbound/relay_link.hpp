@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace stp::outbound {
 
@@ -57,7 +58,8 @@ class RelayLink final : public Deadline::Owner {
   std::string log_id;  // before upstream, which keeps a view of it
   Deadline deadline;
   Upstream upstream;
-  const RelayHost* host = nullptr;
+  RelayHost host;
+  std::string metrics_label;  // the relay host as metrics name it (never a domain's MX)
   boost::asio::ip::tcp::endpoint endpoint;
   std::string label;       // "smtp.example.net [192.0.2.1]:587", for logs
   std::string ehlo_reply;  // the relay host's last EHLO reply, whole
@@ -76,6 +78,13 @@ struct RelayFailure {
   std::string text;           // "no relay host reachable: smtp.example.net: connection refused"
 };
 
+// A host to try and, when the caller looked them up itself (MX routing), its addresses.
+struct RelayTarget {
+  RelayHost host;
+  std::optional<std::vector<boost::asio::ip::tcp::endpoint>> endpoints;  // nullopt: resolve
+  std::string why_none;  // when `endpoints` is empty: why
+};
+
 struct RelayConnectResult {
   std::unique_ptr<RelayLink> link;  // null on failure
   RelayFailure failure;
@@ -85,5 +94,13 @@ struct RelayConnectResult {
 boost::asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& policy,
                                                          DeadlineQueue& deadlines,
                                                          std::string log_id);
+
+// Tries `targets` in order, each address in turn, under the same policy; metrics name every
+// one of them `metrics_label`.
+boost::asio::awaitable<RelayConnectResult> connect_targets(const RelayPolicy& policy,
+                                                           std::vector<RelayTarget> targets,
+                                                           std::string metrics_label,
+                                                           DeadlineQueue& deadlines,
+                                                           std::string log_id);
 
 }  // namespace stp::outbound

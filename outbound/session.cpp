@@ -4,11 +4,13 @@
 // PIPELINING as one group (RFC 2920), and their replies leave together.
 #include "outbound/session.hpp"
 
+#include "outbound/mx_route.hpp"
 #include "proxy/input_buffer.hpp"
 #include "proxy/log.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/spawn_session.hpp"
 #include "smtp/data_filter.hpp"
+#include "smtp/mail_path.hpp"
 #include "smtp/proxy_protocol.hpp"
 #include "tls/tls_context.hpp"
 #include "tls/tls_stream.hpp"
@@ -110,6 +112,15 @@ class Session final : public Connection,
   asio::awaitable<bool> flush(Stream& client);
 
   asio::awaitable<bool> ensure_link();
+  // --relay-route mx: the transaction's commands the proxy answers itself.
+  bool by_mx() const { return config_.relay.by_mx(); }
+  Next on_mx_mail(const smtp::Command& command);
+  asio::awaitable<Next> on_mx_rcpt(const smtp::Command& command);
+  // The first recipient's domain routed and its MX connected, or the reply its RCPTs get.
+  asio::awaitable<void> open_destination(const std::string& domain);
+  // Ends the transaction and its MX connection (QUIT).
+  asio::awaitable<void> end_transaction();
+  std::string mx_ehlo_reply() const;
   // Whether `verb` joins the group of commands for the relay host.
   bool joins_group(Verb verb) const;
   // Sends the group (after the RSET a kept connection owes) and passes the relay host's
@@ -152,6 +163,15 @@ class Session final : public Connection,
   bool greeted_ = false;
   bool in_transaction_ = false;
   bool chunking_offered_ = false;  // told at EHLO: the relay host's CHUNKING, passed on
+  // --relay-route mx: the sender, held until the first recipient names where the transaction
+  // goes; that domain; the reply its recipients get when it has nowhere to go; the MX's
+  // refusal of the held MAIL, which its recipients get instead of its 503s.
+  bool said_helo_ = false;
+  std::string held_mail_;
+  std::string destination_;
+  std::string destination_refusal_;
+  std::string mail_refusal_;
+  unsigned accepted_recipients_ = 0;
   unsigned errors_ = 0;
   unsigned messages_ = 0;
   std::string_view end_reason_ = "client closed";
@@ -286,6 +306,12 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
   switch (command.verb) {
     case Verb::ehlo:
     case Verb::helo: {
+      if (by_mx()) {  // nowhere to connect yet: the first recipient decides
+        co_await end_transaction();
+        said_helo_ = true;
+        reply(command.verb == Verb::ehlo ? mx_ehlo_reply() : "250 " + config_.relay.helo + "\r\n");
+        co_return Next::go_on;
+      }
       const bool linked = co_await ensure_link();
       if (!linked) co_return Next::close;
       in_transaction_ = false;
@@ -322,7 +348,40 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
     default:
       break;
   }
-  if (!link_) {
+  if (by_mx()) {
+    if (!said_helo_) {
+      ++errors_;
+      reply("503 5.5.1 EHLO first\r\n");
+      co_return Next::go_on;
+    }
+    switch (command.verb) {
+      case Verb::mail:
+        co_return on_mx_mail(command);
+      case Verb::rcpt: {
+        const Next next = co_await on_mx_rcpt(command);
+        co_return next;
+      }
+      case Verb::rset:
+        co_await end_transaction();
+        reply("250 2.0.0 Ok\r\n");
+        co_return Next::go_on;
+      case Verb::data:
+        // The recipients' replies first: whether any was accepted decides.
+        if (!co_await send_group()) co_return Next::close;
+        if (!link_ || accepted_recipients_ == 0) {
+          reply("554 5.5.1 no valid recipients\r\n");
+          co_return Next::go_on;
+        }
+        break;
+      case Verb::bdat:
+        break;  // CHUNKING is not offered: on_bdat refuses it
+      default:
+        ++errors_;
+        reply("502 5.5.1 not offered here\r\n");
+        co_return Next::go_on;
+    }
+  }
+  if (!link_ && !(by_mx() && command.verb == Verb::bdat)) {
     ++errors_;
     reply("503 5.5.1 EHLO first\r\n");
     co_return Next::go_on;
@@ -372,6 +431,7 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
   message_done(up.reply(verdict), verdict.code);
   up.consume(verdict);
   in_transaction_ = false;
+  if (by_mx()) co_await end_transaction();
   co_return Next::go_on;
 }
 
@@ -475,7 +535,7 @@ asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Comm
   const auto mechanism = command.arguments.substr(0, command.arguments.find(' '));
   spdlog::info("{} AUTH {} from {} relayed to {}: {}", id_, log::escape(mechanism, 20),
                client_label_, link_->label, code);
-  services_.metrics.auth(label_of(*link_->host), code / 100 == 2 ? "client_ok" : "client_refused");
+  services_.metrics.auth(link_->metrics_label, code / 100 == 2 ? "client_ok" : "client_refused");
   if (code == 421) {
     end_reason_ = "relay host closed (421)";
     link_.reset();
@@ -501,8 +561,104 @@ asio::awaitable<bool> Session::ensure_link() {
 }
 
 bool Session::joins_group(Verb verb) const {
-  return link_ &&
-         (verb == Verb::mail || verb == Verb::rcpt || verb == Verb::rset || verb == Verb::data);
+  // Routing by MX, MAIL and RSET are answered here: whatever is waiting goes first.
+  return link_ && (verb == Verb::rcpt || verb == Verb::data ||
+                   (!by_mx() && (verb == Verb::mail || verb == Verb::rset)));
+}
+
+Session::Next Session::on_mx_mail(const smtp::Command& command) {
+  if (!held_mail_.empty()) {
+    ++errors_;
+    reply("503 5.5.1 sender already given\r\n");
+    return Next::go_on;
+  }
+  // Answered now; the MX hears it with the first recipient, and if it refuses it, each
+  // recipient gets its refusal.
+  held_mail_.assign(command.line);
+  in_transaction_ = true;
+  reply("250 2.1.0 Ok\r\n");
+  return Next::go_on;
+}
+
+asio::awaitable<Session::Next> Session::on_mx_rcpt(const smtp::Command& command) {
+  const auto domain = smtp::recipient_domain(command.arguments);
+  std::string_view answer;  // a reply the proxy gives itself
+  if (held_mail_.empty()) {
+    ++errors_;
+    answer = "503 5.5.1 MAIL first\r\n";
+  } else if (!domain) {
+    ++errors_;
+    answer = "501 5.1.3 a recipient with a domain name is needed here\r\n";
+  } else if (!destination_.empty() && *domain != destination_) {
+    // RFC 5321 4.5.3.1.10: the local MTA sends these recipients again in a transaction of
+    // their own.
+    answer = "452 4.5.3 one destination domain per transaction\r\n";
+  }
+  if (!answer.empty()) {
+    // After the replies to the recipients still on their way to the MX: in order.
+    if (!co_await send_group()) co_return Next::close;
+    reply(answer);
+    co_return Next::go_on;
+  }
+  if (destination_.empty()) co_await open_destination(*domain);
+  if (!destination_refusal_.empty()) {
+    reply(destination_refusal_);
+    co_return Next::go_on;
+  }
+  group_.append(command.line).append("\r\n");
+  group_verbs_.push_back(Verb::rcpt);
+  const bool more = client_in_.view().find('\n') != std::string_view::npos;
+  if (link_->capabilities.pipelining && more && group_verbs_.size() < kMaxGroup)
+    co_return Next::go_on;
+  const bool sent = co_await send_group();
+  co_return sent ? Next::go_on : Next::close;
+}
+
+asio::awaitable<void> Session::open_destination(const std::string& domain) {
+  destination_ = domain;
+  auto route = co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port);
+  if (route.targets.empty()) {
+    spdlog::info("{} mail from {} for {} goes nowhere: {}", id_, client_label_,
+                 log::escape(domain, 255), route.text);
+    destination_refusal_ =
+        std::to_string(route.code) + " " + route.enhanced_code + " " + route.text + "\r\n";
+    co_return;
+  }
+  std::string log_id = id_ + " (" + client_label_ + ")";
+  std::string metrics_label = "mx";
+  auto connected =
+      co_await connect_targets(services_.policy, std::move(route.targets), std::move(metrics_label),
+                               worker_.deadlines, std::move(log_id));
+  if (!connected.link) {
+    destination_refusal_ = "451 " + connected.failure.enhanced_code + " cannot deliver to " +
+                           domain + " now: " + connected.failure.text + "\r\n";
+    co_return;
+  }
+  link_ = std::move(connected.link);
+  // The held sender goes first, in the same group as the recipient (when the MX pipelines).
+  group_.append(held_mail_).append("\r\n");
+  group_verbs_.push_back(Verb::mail);
+}
+
+asio::awaitable<void> Session::end_transaction() {
+  if (link_ && !link_->upstream.lost()) co_await link_->upstream.quit(kQuitTimeout);
+  link_.reset();
+  group_.clear();
+  group_verbs_.clear();
+  held_mail_.clear();
+  destination_.clear();
+  destination_refusal_.clear();
+  mail_refusal_.clear();
+  accepted_recipients_ = 0;
+  in_transaction_ = false;
+}
+
+// Routing by MX the proxy answers EHLO itself, before it knows where mail goes: what it can
+// promise of any MX (no CHUNKING, no AUTH; the MX's own limits come back as its replies).
+std::string Session::mx_ehlo_reply() const {
+  std::string ehlo = "250-" + config_.relay.helo + "\r\n250-PIPELINING\r\n250-8BITMIME\r\n";
+  if (advertise_tls_ && !tls_ && !listener_.implicit_tls) ehlo += "250-STARTTLS\r\n";
+  return ehlo + "250 ENHANCEDSTATUSCODES\r\n";
 }
 
 asio::awaitable<bool> Session::send_group() {
@@ -548,7 +704,7 @@ asio::awaitable<bool> Session::reset_kept_link(const std::string& lines, bool& s
     if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
       up.consume(reset);
       link_->kept = true;
-      services_.metrics.reused(label_of(*link_->host));
+      services_.metrics.reused(link_->metrics_label);
       co_return true;
     }
     spdlog::debug("{} relay connection H={} not reused: no 250 to RSET", id_, link_->label);
@@ -567,7 +723,16 @@ asio::awaitable<bool> Session::read_replies(const std::vector<Verb>& verbs) {
       lost_link("a command");
       co_return false;
     }
-    reply(up.reply(scan));
+    const bool refused_mail = !mail_refusal_.empty() && scan.code != 421;
+    if (by_mx() && verb == Verb::mail && scan.code != 421) {
+      // The held MAIL: the client had its 250; a refusal is its recipients' answer.
+      if (scan.code / 100 != 2) mail_refusal_ = std::string(up.reply(scan));
+    } else if (by_mx() && verb == Verb::rcpt && refused_mail) {
+      reply(mail_refusal_);
+    } else {
+      reply(up.reply(scan));
+      if (verb == Verb::rcpt && scan.code / 100 == 2) ++accepted_recipients_;
+    }
     last_code_ = scan.code;
     up.consume(scan);
     if (last_code_ == 421) {  // the relay host is closing: so is this session, with its words
@@ -587,7 +752,7 @@ void Session::count_message(int code) {
                                    : code / 100 == 2 ? "accepted"
                                    : code / 100 == 4 ? "tempfailed"
                                                      : "rejected";
-  services_.metrics.message(label_of(*link_->host), verdict);
+  services_.metrics.message(link_->metrics_label, verdict);
 }
 
 void Session::message_done(std::string_view verdict, int code) {
@@ -630,14 +795,15 @@ std::string Session::ehlo_reply() const {
 // its own for that host and the connection to it is encrypted: a password never crosses the
 // network in the clear, and the proxy never lends its own login.
 bool Session::may_relay_auth() const {
-  return link_ && link_->capabilities.auth && link_->tls_facts && link_->auth_user.empty() &&
-         !services_.credentials.find(link_->host->name, link_->host->port);
+  return !by_mx() && link_ && link_->capabilities.auth && link_->tls_facts &&
+         link_->auth_user.empty() &&
+         !services_.credentials.find(link_->host.name, link_->host.port);
 }
 
 asio::awaitable<void> Session::finish() {
   // Kept for the next session unless a stop is under way or a transaction is still open
   // there (an RSET mid-BDAT is read differently by some MTAs).
-  if (link_ && !stopping_ && !in_transaction_)
+  if (link_ && !stopping_ && !in_transaction_ && !by_mx())
     link_ = services_.pool_for(worker_).put(std::move(link_));
   if (link_ && !link_->upstream.lost()) co_await link_->upstream.quit(kQuitTimeout);
   link_.reset();
@@ -662,12 +828,19 @@ SessionServices::SessionServices(Runtime& runtime_in)
 }
 
 void SessionServices::start_serving(asio::io_context& io) {
+  if (config.relay.by_mx()) {
+    resolver = dns::Resolver::create(io.get_executor(),
+                                     {.trust_anchor_file = config.relay.dns_trust_anchor,
+                                      .forwarders = config.relay.dns_forwarders});
+    return;
+  }
   probe_ = std::make_unique<RelayProbe>(io, config);
   probe_->start();
 }
 
 void SessionServices::stop_serving() {
   if (probe_) probe_->stop();
+  if (resolver) resolver->stop();
 }
 
 LinkPool& SessionServices::pool_for(const WorkerState& worker) {

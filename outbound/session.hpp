@@ -12,6 +12,7 @@
 // credentials, and such a connection is never kept for another session.
 #pragma once
 
+#include "dns/resolver.hpp"
 #include "metrics/metrics.hpp"
 #include "metrics/relay_metrics.hpp"
 #include "outbound/credentials.hpp"
@@ -38,7 +39,8 @@ class SessionServices final : public SessionFactory {
              WorkerState& worker) override;
   void start_serving(boost::asio::io_context& io) override;
   void stop_serving() override;
-  bool ready() const override { return probe_ && probe_->up(); }
+  // Routing by MX there is no one relay host to probe: ready once the resolver is.
+  bool ready() const override { return resolver || (probe_ && probe_->up()); }
 
   // The relay host connections kept on `worker`'s thread (made at its first use).
   LinkPool& pool_for(const WorkerState& worker);
@@ -49,6 +51,7 @@ class SessionServices final : public SessionFactory {
   metrics::RelayMetrics metrics;
   RelayPolicy policy;
   std::atomic<std::uint64_t> next_session_id{1};
+  std::shared_ptr<dns::Resolver> resolver;  // --relay-route mx; made by start_serving
 
  private:
   std::unique_ptr<RelayProbe> probe_;

@@ -54,6 +54,10 @@ struct RelayHost {
   std::uint16_t port = 25;
 };
 
+// Where the outbound relay sends mail: to the --relay-host smarthosts, or to each recipient
+// domain's MX hosts.
+enum class RelayRoute { smarthost, mx };
+
 // The outbound relay (the --relay-* flags; Exim's smtp transport options, dashed and with the
 // prefix). Off unless --relay-listen is given.
 struct RelayConfig {
@@ -84,7 +88,17 @@ struct RelayConfig {
   std::chrono::seconds command_timeout{300};
   std::chrono::seconds final_timeout{600};
 
-  bool enabled() const { return !hosts.empty(); }
+  // Set by the checks once the flags are read: smarthost with --relay-host, else mx; nullopt
+  // without --relay-listen.
+  std::optional<RelayRoute> route;
+  std::uint16_t mx_port = 25;  // where MX hosts are spoken to
+  // The validating resolver of MX routing: forwarders as "ADDRESS@PORT" (none: full
+  // recursion), and its DNSSEC trust anchors.
+  std::vector<std::string> dns_forwarders;
+  std::string dns_trust_anchor = "/usr/share/dns/root.key";
+
+  bool enabled() const { return route.has_value(); }
+  bool by_mx() const { return route == RelayRoute::mx; }
 };
 
 // --tls-host-certificate: the certificates chosen by the client's address.

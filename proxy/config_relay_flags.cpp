@@ -71,6 +71,17 @@ std::string protocol_version(const std::string& value) {
   bad("must be TLSv1.2 or TLSv1.3", value);
 }
 
+// ADDR or ADDR:PORT ([IPV6]:PORT) as libunbound takes it: ADDR@PORT. An address, never a name.
+std::string forwarder(const std::string& value) {
+  boost::system::error_code ec;
+  const auto address = boost::asio::ip::make_address(value, ec);
+  if (!ec) return address.to_string() + "@53";
+  const auto [host, port] = split_host_port(value);
+  const auto with_port = boost::asio::ip::make_address(host, ec);
+  if (ec) bad("must be an IP address, with a port or not", value);
+  return with_port.to_string() + "@" + std::to_string(port);
+}
+
 acl::HostList relay_list(const Values& values) {
   return host_list(values, acl::HostList::Names::allowed);
 }
@@ -97,6 +108,46 @@ std::vector<Flag> relay_connection_flags() {
                "port 25 unless given)",
        .default_help = "none",
        .apply = apply_relay_hosts},
+      {.name = "relay-route",
+       .argument = "smarthost|mx",
+       .defaults = {""},
+       .help = "where relayed mail goes: the --relay-host smarthosts, or each recipient "
+               "domain's MX hosts (one destination domain per transaction; the local MTA sends "
+               "the other recipients again)",
+       .default_help = "smarthost with --relay-host, else mx",
+       .apply =
+           [](Config& c, const Values& v) {
+             if (v.front().empty()) {
+               c.relay.route.reset();  // decided by check_relay
+             } else {
+               c.relay.route = one_of(v.front(), {"smarthost", "mx"}) == "mx"
+                                   ? RelayRoute::mx
+                                   : RelayRoute::smarthost;
+             }
+           }},
+      {.name = "relay-mx-port",
+       .argument = "PORT",
+       .defaults = {"25"},
+       .help = "the port MX hosts are spoken to on (tests use another)",
+       .apply = [](Config& c,
+                   const Values& v) { c.relay.mx_port = parse_port(v.front(), v.front()); }},
+      {.name = "dns-forwarder",
+       .kind = Kind::list,
+       .argument = "ADDR[:PORT]",
+       .help = "resolvers the outbound side's validating resolver forwards to (repeatable; "
+               "it validates DNSSEC itself, never trusting their AD bit)",
+       .default_help = "none: full recursion from the root",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.relay.dns_forwarders.clear();
+             for (const std::string& value : v) c.relay.dns_forwarders.push_back(forwarder(value));
+           }},
+      {.name = "dns-trust-anchor",
+       .argument = "FILE",
+       .defaults = {"/usr/share/dns/root.key"},
+       .help = "DNSSEC trust anchors (DS or DNSKEY records) of the outbound side's resolver",
+       .default_help = "Debian's dns-root-data root key",
+       .apply = [](Config& c, const Values& v) { c.relay.dns_trust_anchor = v.front(); }},
       {.name = "relay-tls-on-connect-ports",
        .argument = "LIST",
        .defaults = {"465"},
@@ -274,11 +325,21 @@ void check_relay(Config& config, const Given& given) {
   const bool relay_listeners =
       std::any_of(config.listeners.begin(), config.listeners.end(),
                   [](const Listener& l) { return l.direction == Direction::relay; });
-  if (relay_listeners && config.relay.hosts.empty()) {
-    throw ConfigError("--relay-host: needed with --relay-listen (where to relay to)");
+  auto& relay = config.relay;
+  if (!relay_listeners && (!relay.hosts.empty() || relay.route)) {
+    throw ConfigError(std::string(relay.hosts.empty()
+                                      ? "--relay-listen: needed with --relay-route"
+                                      : "--relay-listen: needed with --relay-host") +
+                      " (where local clients connect)");
   }
-  if (!relay_listeners && !config.relay.hosts.empty()) {
-    throw ConfigError("--relay-listen: needed with --relay-host (where local clients connect)");
+  if (relay_listeners && !relay.route) {
+    relay.route = relay.hosts.empty() ? RelayRoute::mx : RelayRoute::smarthost;
+  }
+  if (relay.route == RelayRoute::smarthost && relay.hosts.empty()) {
+    throw ConfigError("--relay-host: needed with --relay-route smarthost (where to relay to)");
+  }
+  if (relay.route == RelayRoute::mx && !relay.hosts.empty()) {
+    throw ConfigError("--relay-host: not used with --relay-route mx (mail goes to MX hosts)");
   }
   if (relay_listeners && !given.listen) {
     // Relaying out only: the default inbound ports are not opened.

@@ -25,7 +25,7 @@ class LinkPoolTest : public test::LoopbackTest {
   // A connected link to the loopback peer; null (and a test failure) when it could not be.
   asio::awaitable<std::unique_ptr<RelayLink>> connected_link() {
     auto link = std::make_unique<RelayLink>(io_.get_executor(), deadlines_, "L");
-    link->host = &host_;
+    link->host = host_;
     link->endpoint = acceptor_.local_endpoint();
     const bool connected = co_await link->upstream.connect(target_, 5s);
     EXPECT_TRUE(connected);

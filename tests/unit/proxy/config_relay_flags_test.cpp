@@ -107,11 +107,33 @@ TEST(RelayConfig, HostListsTakeNames) {
               HasSubstr("--tls-advertise-hosts"));
 }
 
+TEST(RelayConfig, TheRouteIsMxWithoutRelayHosts) {
+  const Config by_mx =
+      parse({"--relay-listen", "127.0.0.1:10587", "--dns-forwarder", "127.0.0.1:5353",
+             "--dns-forwarder", "::1", "--relay-mx-port", "2525"});
+  EXPECT_TRUE(by_mx.relay.by_mx());
+  EXPECT_EQ(by_mx.relay.mx_port, 2525);
+  EXPECT_EQ(by_mx.relay.dns_forwarders, (std::vector<std::string>{"127.0.0.1@5353", "::1@53"}));
+  EXPECT_EQ(by_mx.relay.dns_trust_anchor, "/usr/share/dns/root.key");
+  const Config smarthost =
+      parse({"--relay-listen", "127.0.0.1:10587", "--relay-host", "smtp.example.net"});
+  EXPECT_EQ(smarthost.relay.route, RelayRoute::smarthost);
+  EXPECT_FALSE(parse({}).relay.enabled());
+}
+
 TEST(RelayConfig, Errors) {
-  EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587"}),
-              HasSubstr("--relay-host: needed with --relay-listen"));
+  EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587", "--relay-route", "smarthost"}),
+              HasSubstr("--relay-host: needed with --relay-route smarthost"));
   EXPECT_THAT(error_of({"--relay-host", "smtp.example.net"}),
               HasSubstr("--relay-listen: needed with --relay-host"));
+  EXPECT_THAT(error_of({"--relay-route", "mx"}),
+              HasSubstr("--relay-listen: needed with --relay-route"));
+  EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587", "--relay-route", "dane"}),
+              HasSubstr("--relay-route"));
+  EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587", "--dns-forwarder", "ns.example"}),
+              HasSubstr("--dns-forwarder"));
+  EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587", "--dns-forwarder", "ns.example:53"}),
+              HasSubstr("--dns-forwarder: must be an IP address"));
   const Args on = {"--relay-listen", "127.0.0.1:10587", "--relay-host", "smtp.example.net"};
   const auto with = [&](std::initializer_list<std::string> more) {
     Args args = on;
@@ -129,6 +151,7 @@ TEST(RelayConfig, Errors) {
               HasSubstr("--relay-tls-tempfail-tryclear"));
   EXPECT_THAT(with({"--relay-clients", "relay.example.net"}), HasSubstr("--relay-clients"));
   EXPECT_THAT(with({"--relay-listen", "localhost:25"}), HasSubstr("--relay-listen"));
+  EXPECT_THAT(with({"--relay-route", "mx"}), HasSubstr("--relay-host: not used with"));
 }
 
 TEST(RelayConfig, TlsOptionsForTheClientContext) {

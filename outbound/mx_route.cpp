@@ -1,0 +1,95 @@
+// Routing by MX; see mx_route.hpp.
+#include "outbound/mx_route.hpp"
+
+#include <algorithm>
+
+namespace stp::outbound {
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+
+// MX hosts tried for one domain, and addresses in all (Postfix: 5 hosts' addresses, of 2
+// sessions): enough for any real domain, bounded for one that lists hundreds.
+constexpr std::size_t kMaxMxHosts = 10;
+constexpr std::size_t kMaxAddresses = 20;
+
+// The resolver's words in a reply line: printable ASCII only, bounded.
+std::string reply_safe(std::string_view text) {
+  std::string out;
+  for (const char c : text.substr(0, 200)) out += c >= 0x20 && c < 0x7f ? c : '?';
+  return out;
+}
+
+MxRoute nowhere(int code, std::string enhanced_code, std::string text) {
+  return MxRoute{{}, code, std::move(enhanced_code), reply_safe(text)};
+}
+
+}  // namespace
+
+std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
+                                    std::size_t limit) {
+  std::shuffle(records.begin(), records.end(), random);
+  std::stable_sort(records.begin(), records.end(),
+                   [](const auto& a, const auto& b) { return a.preference < b.preference; });
+  if (records.size() > limit) records.resize(limit);
+  return records;
+}
+
+asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
+                                     std::uint16_t port) {
+  thread_local std::mt19937 random{std::random_device{}()};
+  const auto mx = co_await resolver.lookup(domain, dns::RecordType::mx);
+  std::vector<dns::MxRecord> records;
+  switch (mx.status) {
+    case dns::Answer::Status::failure:
+      co_return nowhere(451, "4.4.3", "MX lookup for " + domain + " failed: " + mx.why);
+    case dns::Answer::Status::no_domain:
+      co_return nowhere(550, "5.1.2", "domain " + domain + " does not exist");
+    case dns::Answer::Status::no_records:
+      records.push_back({0, domain});  // RFC 5321 5.1: the domain is its own mail host
+      break;
+    case dns::Answer::Status::records:
+      for (const auto& rdata : mx.rdata) {
+        if (auto record = dns::read_mx(rdata)) records.push_back(std::move(*record));
+      }
+      if (std::any_of(records.begin(), records.end(),
+                      [](const auto& r) { return r.exchange.empty(); })) {
+        co_return nowhere(556, "5.1.10", "domain " + domain + " accepts no mail (null MX)");
+      }
+      if (records.empty()) {
+        co_return nowhere(451, "4.4.3", "no usable MX record for " + domain);
+      }
+      break;
+  }
+  MxRoute route;
+  std::size_t addresses = 0;
+  std::string why_none;
+  for (const auto& record : order_mx(std::move(records), random, kMaxMxHosts)) {
+    RelayTarget target{{record.exchange, port}, std::vector<tcp::endpoint>{}, {}};
+    // IPv4 first: where both exist it is the one more often reachable from a container.
+    for (const auto type : {dns::RecordType::a, dns::RecordType::aaaa}) {
+      const auto answer = co_await resolver.lookup(record.exchange, type);
+      if (answer.status == dns::Answer::Status::failure) {
+        target.why_none = "address lookup failed: " + answer.why;
+        continue;
+      }
+      for (const auto& rdata : answer.rdata) {
+        const auto address = dns::read_address(type, rdata);
+        if (address && addresses < kMaxAddresses) {
+          target.endpoints->emplace_back(*address, port);
+          ++addresses;
+        }
+      }
+    }
+    if (target.endpoints->empty() && target.why_none.empty()) target.why_none = "no address";
+    if (target.endpoints->empty()) why_none = record.exchange + ": " + target.why_none;
+    route.targets.push_back(std::move(target));
+  }
+  if (addresses == 0) {
+    co_return nowhere(451, "4.4.3", "no reachable address for " + domain + " (" + why_none + ")");
+  }
+  co_return route;
+}
+
+}  // namespace stp::outbound

@@ -1,0 +1,37 @@
+// Where mail for a domain goes when the proxy delivers it itself (--relay-route mx, issue 23):
+// the domain's MX hosts by preference, ties in random order (RFC 5321 5.1), each with its
+// addresses; no MX: the domain itself; a null MX (RFC 7505): nowhere. Looked up through the
+// validating resolver.
+//
+// Trusts the resolver's verdicts; the names and addresses are the network's (read by
+// dns/records.hpp). A failed lookup is a temporary failure, never a refusal.
+#pragma once
+
+#include "dns/resolver.hpp"
+#include "outbound/relay_link.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace stp::outbound {
+
+struct MxRoute {
+  std::vector<RelayTarget> targets;  // in the order to try them; empty: see the reply
+  // When there is nowhere to go: the reply a RCPT for the domain gets.
+  int code = 0;               // 451 (try later), 550 (no such domain), 556 (null MX)
+  std::string enhanced_code;  // "4.4.3"
+  std::string text;           // one line, safe to send
+};
+
+// MX records by preference, ties shuffled with `random`; at most `limit` of them.
+std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
+                                    std::size_t limit);
+
+boost::asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
+                                            std::uint16_t port);
+
+}  // namespace stp::outbound

@@ -1,0 +1,176 @@
+"""Relaying out by MX (issue 23, --relay-route mx): the proxy looks each transaction's
+destination domain up in the DNSSEC lab (dns_lab.py, through --dns-forwarder and
+--dns-trust-anchor) and delivers to its MX hosts, here smtp-sink on 127.0.0.1 at the
+--relay-mx-port. The local client is Python's smtplib (as a device would be) and Postfix's own
+smtp client (as a local MTA would be, retrying a deferred recipient in a second transaction).
+
+Cases: MX hosts in preference order, each address in turn (the first MX's address refuses);
+a second destination domain in one transaction gets 452 4.5.3 and a queueing MTA delivers it
+in another; a null MX is 556 5.1.10; no MX falls back to the domain's own address; a domain
+whose signatures expired, and one that does not exist, are refused temporarily and
+permanently; commands the proxy answers itself (EHLO, MAIL) and what it refuses.
+
+What is trusted: the lab, smtp-sink's dump. What is checked: where each message went, the
+replies the local client got, the proxy's log.
+"""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from conftest import LOOPBACK, SENDER, free_port, run, simple_message, unique
+from dns_lab import TLD, DnsLab, Zone
+from test_relay_clients import legacy_postfix  # noqa: F401 (the fixture)
+
+ZONES = [
+    # The better MX refuses connections (nothing listens on 127.0.0.21): the next one takes it.
+    Zone(f"dest.{TLD}", ["@ IN MX 10 mx1", "@ IN MX 20 mx2", "mx1 IN A 127.0.0.21",
+                         "mx2 IN A 127.0.0.1"]),
+    Zone(f"other.{TLD}", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"]),
+    Zone(f"nullmx.{TLD}", ["@ IN MX 0 ."]),
+    Zone(f"nomx.{TLD}", ["@ IN A 127.0.0.1"]),
+    Zone(f"plain.{TLD}", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"], kind="unsigned"),
+    Zone(f"expired.{TLD}", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"], kind="expired"),
+]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = DnsLab(tmp_path_factory.mktemp("mx-lab"), ZONES, forwarder_validates=False).start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def mx_proxy(proxy, postfix, smtp_sink, lab):
+    """A proxy relaying by MX from a fresh --relay-listen port, and the sink its MX hosts
+    reach."""
+    return start_mx_proxy(proxy, postfix, smtp_sink(xclient=False), lab)
+
+
+def start_mx_proxy(proxy, postfix, sink, lab):
+    port = free_port()
+    p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+              lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
+              "--relay-mx-port", str(sink.port))
+    p.relay_port = port
+    p.sink = sink
+    return p
+
+
+def smtp_commands(sink) -> list[str]:
+    """The SMTP commands the sink was sent (its log also has connects and disconnects)."""
+    return [c for c in sink.commands()
+            if c.split(" ", 1)[0].upper() in ("EHLO", "HELO", "MAIL", "RCPT", "DATA")]
+
+
+def send(port: int, recipients: list[str], token: str) -> dict:
+    with smtplib.SMTP(LOOPBACK, port, timeout=30) as s:
+        s.ehlo("device.example")
+        return s.sendmail(SENDER, recipients, simple_message(token, recipients[0]))
+
+
+def test_mail_goes_to_the_mx_hosts_in_preference_order(mx_proxy):
+    token = unique("mx")
+    assert send(mx_proxy.relay_port, [f"user@dest.{TLD}"], token) == {}
+    assert f"user@dest.{TLD}" in mx_proxy.sink.wait_for_dump(token)
+    commands = [c.upper() for c in smtp_commands(mx_proxy.sink)]
+    assert commands[:3] == ["EHLO PROXY.TEST", f"MAIL FROM:<{SENDER.upper()}>",
+                            f"RCPT TO:<USER@DEST.{TLD.upper()}>"], commands
+    log = mx_proxy.stderr()
+    assert f"relay host mx1.dest.{TLD} [127.0.0.21]" in log and "passed over" in log, log
+    assert f"to mx2.dest.{TLD} [127.0.0.1]:{mx_proxy.sink.port} over a new connection" in log, log
+
+
+def test_a_second_domain_in_one_transaction_is_452(mx_proxy):
+    token = unique("two")
+    refused = send(mx_proxy.relay_port, [f"a@dest.{TLD}", f"b@other.{TLD}", f"c@dest.{TLD}"],
+                   token)
+    assert set(refused) == {f"b@other.{TLD}"}, refused
+    code, text = refused[f"b@other.{TLD}"]
+    assert code == 452 and text.startswith(b"4.5.3 one destination domain per transaction")
+    dump = mx_proxy.sink.wait_for_dump(token)
+    assert f"a@dest.{TLD}" in dump and f"c@dest.{TLD}" in dump
+    assert f"b@other.{TLD}" not in dump
+
+
+def test_null_mx_is_refused_and_no_mx_falls_back_to_the_address(mx_proxy):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(mx_proxy.relay_port, [f"user@nullmx.{TLD}"], unique("null"))
+    code, text = refused.value.recipients[f"user@nullmx.{TLD}"]
+    assert code == 556 and text.startswith(b"5.1.10 "), text
+    token = unique("nomx")
+    assert send(mx_proxy.relay_port, [f"user@nomx.{TLD}"], token) == {}
+    mx_proxy.sink.wait_for_dump(token)
+    assert f"nomx.{TLD} [127.0.0.1]" in mx_proxy.stderr()
+
+
+def test_an_unsigned_domain_is_delivered(mx_proxy):
+    token = unique("plain")
+    assert send(mx_proxy.relay_port, [f"user@plain.{TLD}"], token) == {}
+    mx_proxy.sink.wait_for_dump(token)
+
+
+@pytest.mark.parametrize("domain, code, enhanced", [
+    (f"expired.{TLD}", 451, b"4.4.3"),  # bogus: try later, never deliver
+    (f"missing.dest.{TLD}", 550, b"5.1.2"),
+])
+def test_a_domain_that_cannot_be_routed_is_refused(mx_proxy, domain, code, enhanced):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(mx_proxy.relay_port, [f"user@{domain}"], unique("no"))
+    got_code, text = refused.value.recipients[f"user@{domain}"]
+    assert (got_code, text.split(b" ")[0]) == (code, enhanced), text
+    assert domain.encode() in text
+    assert smtp_commands(mx_proxy.sink) == []
+
+
+def test_an_mx_that_refuses_the_sender_refuses_each_recipient(proxy, postfix, smtp_sink, lab):
+    """The proxy said 250 to MAIL itself; the MX's refusal of it is what each recipient
+    hears, and DATA has no recipient."""
+    p = start_mx_proxy(proxy, postfix, smtp_sink(xclient=False, extra=("-f", "mail")), lab)
+    with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
+        s.ehlo("device.example")
+        assert s.docmd("MAIL", f"FROM:<{SENDER}>")[0] == 250
+        for rcpt in (f"a@other.{TLD}", f"b@other.{TLD}"):
+            code, text = s.docmd("RCPT", f"TO:<{rcpt}>")
+            assert code // 100 == 5 and code != 503, (code, text)
+        assert s.docmd("DATA")[0] == 554
+    assert [c.split(" ", 1)[0].upper() for c in smtp_commands(p.sink)][:2] == ["EHLO", "MAIL"]
+
+
+def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):
+    with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
+        code, text = s.ehlo("device.example")
+        assert code == 250
+        assert b"PIPELINING" in text and b"8BITMIME" in text
+        assert b"CHUNKING" not in text and b"AUTH" not in text
+        assert s.docmd("RCPT", f"TO:<user@dest.{TLD}>")[0] == 503  # no MAIL yet
+        assert s.docmd("MAIL", f"FROM:<{SENDER}>")[0] == 250
+        assert s.docmd("MAIL", f"FROM:<{SENDER}>")[0] == 503
+        assert s.docmd("RCPT", "TO:<postmaster>")[0] == 501  # no domain to route by
+        assert s.docmd("DATA")[0] == 554  # no recipient
+        assert s.docmd("VRFY", "user")[0] == 502
+        assert s.docmd("RSET")[0] == 250
+    assert smtp_commands(mx_proxy.sink) == []  # nothing reached any MX
+
+
+def test_postfix_sends_the_other_domain_in_a_transaction_of_its_own(mx_proxy, legacy_postfix):
+    """A queueing MTA (Postfix, relayhost the proxy) with one message for two domains: the
+    proxy's 452 defers the second domain's recipient, and Postfix's next attempt sends it
+    alone. Both arrive, each once."""
+    mta = legacy_postfix(mx_proxy.relay_port)
+    token = unique("legacy")
+    first, second = f"a@dest.{TLD}", f"b@other.{TLD}"
+    run(["/usr/sbin/sendmail", "-C", str(mta.etc), "-i", "-f", SENDER, "--", first, second],
+        input=simple_message(token, first).replace(b"\r\n", b"\n"))
+    (deferred,) = mta.wait_deferred(1)
+    assert any("452 4.5.3 one destination domain per transaction" in r for r in deferred.reasons)
+    assert f"<{first}>" in "\n".join(c for c in mx_proxy.sink.commands()
+                                      if c.upper().startswith("RCPT"))
+    mta.flush()
+    mta.wait_queue_empty()
+    rcpts = [c for c in smtp_commands(mx_proxy.sink) if c.upper().startswith("RCPT")]
+    assert sorted(r.lower() for r in rcpts) == [f"rcpt to:<{first}>", f"rcpt to:<{second}>"], rcpts
+    assert mx_proxy.sink.dump().count(token) >= 2
