@@ -48,6 +48,12 @@ std::optional<MxRecord> read_mx(std::string_view rdata) {
   return mx;
 }
 
+std::optional<TlsaRecord> read_tlsa(std::string_view rdata) {
+  if (rdata.size() < 4) return std::nullopt;  // three octets and some data
+  return TlsaRecord{static_cast<std::uint8_t>(rdata[0]), static_cast<std::uint8_t>(rdata[1]),
+                    static_cast<std::uint8_t>(rdata[2]), std::string(rdata.substr(3))};
+}
+
 std::optional<boost::asio::ip::address> read_address(RecordType type, std::string_view rdata) {
   if (type == RecordType::a && rdata.size() == 4) {
     std::array<unsigned char, 4> bytes{};

@@ -30,6 +30,15 @@ struct MxRecord {
 };
 std::optional<MxRecord> read_mx(std::string_view rdata);
 
+// A TLSA record (RFC 6698): certificate usage, selector, matching type, association data.
+struct TlsaRecord {
+  std::uint8_t usage = 0;
+  std::uint8_t selector = 0;
+  std::uint8_t matching_type = 0;
+  std::string data;
+};
+std::optional<TlsaRecord> read_tlsa(std::string_view rdata);
+
 // An A record's rdata (4 bytes) or an AAAA record's (16 bytes).
 std::optional<boost::asio::ip::address> read_address(RecordType type, std::string_view rdata);
 

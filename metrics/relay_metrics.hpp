@@ -19,7 +19,8 @@ class RelayMetrics {
  public:
   explicit RelayMetrics(prometheus::Registry& registry);
 
-  // tls: "verified", "encrypted" (not verified), "clear".
+  // tls: "dane" (matched DNSSEC-signed TLSA records), "verified", "encrypted" (not
+  // verified), "clear".
   void connection(std::string_view relay_host, std::string_view tls);
   // reason: a short word ("connect", "greeting", "ehlo", "tls_required", "tls_failed",
   // "verify", "auth", "resolve").

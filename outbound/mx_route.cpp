@@ -25,6 +25,32 @@ MxRoute nowhere(int code, std::string enhanced_code, std::string text) {
   return MxRoute{{}, code, std::move(enhanced_code), reply_safe(text)};
 }
 
+// DANE for one MX host whose name and addresses DNSSEC vouched for (RFC 7672 2.2): its
+// TLSA records at _PORT._tcp.HOST. Secure and usable (DANE-TA(2), DANE-EE(3)): TLS required
+// and matched against them; secure but none usable: TLS required, unauthenticated; not
+// signed, or none: no DANE. False when the lookup failed (bogus included): the host is passed
+// over rather than tried without the protection it may have asked for.
+asio::awaitable<bool> look_up_dane(dns::Resolver& resolver, RelayTarget& target) {
+  const std::string name = "_" + std::to_string(target.host.port) + "._tcp." + target.host.name;
+  const auto answer = co_await resolver.lookup(name, dns::RecordType::tlsa);
+  if (answer.status == dns::Answer::Status::failure) {
+    target.why_none = "TLSA lookup failed: " + answer.why;
+    co_return false;
+  }
+  if (answer.status != dns::Answer::Status::records || answer.security != dns::Security::secure) {
+    co_return true;
+  }
+  target.tls_required = true;
+  for (const auto& rdata : answer.rdata) {
+    const auto tlsa = dns::read_tlsa(rdata);
+    // PKIX-TA(0) and PKIX-EE(1) are not for SMTP (RFC 7672 3.1.3); OpenSSL judges the rest.
+    if (tlsa && (tlsa->usage == 2 || tlsa->usage == 3)) {
+      target.dane.push_back({tlsa->usage, tlsa->selector, tlsa->matching_type, tlsa->data});
+    }
+  }
+  co_return true;
+}
+
 }  // namespace
 
 std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
@@ -40,6 +66,8 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
                                      std::uint16_t port) {
   thread_local std::mt19937 random{std::random_device{}()};
   const auto mx = co_await resolver.lookup(domain, dns::RecordType::mx);
+  // The MX host names are DNSSEC's word only when the MX answer (or its absence) is.
+  const bool names_secure = mx.security == dns::Security::secure;
   std::vector<dns::MxRecord> records;
   switch (mx.status) {
     case dns::Answer::Status::failure:
@@ -66,13 +94,20 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
   std::size_t addresses = 0;
   std::string why_none;
   for (const auto& record : order_mx(std::move(records), random, kMaxMxHosts)) {
-    RelayTarget target{{record.exchange, port}, std::vector<tcp::endpoint>{}, {}};
+    RelayTarget target;
+    target.host = {record.exchange, port};
+    target.endpoints.emplace();
+    bool addresses_secure = names_secure;
     // IPv4 first: where both exist it is the one more often reachable from a container.
     for (const auto type : {dns::RecordType::a, dns::RecordType::aaaa}) {
       const auto answer = co_await resolver.lookup(record.exchange, type);
       if (answer.status == dns::Answer::Status::failure) {
         target.why_none = "address lookup failed: " + answer.why;
         continue;
+      }
+      if (answer.status == dns::Answer::Status::records &&
+          answer.security != dns::Security::secure) {
+        addresses_secure = false;
       }
       for (const auto& rdata : answer.rdata) {
         const auto address = dns::read_address(type, rdata);
@@ -81,6 +116,11 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
           ++addresses;
         }
       }
+    }
+    if (!target.endpoints->empty() && addresses_secure &&
+        !co_await look_up_dane(resolver, target)) {
+      addresses -= target.endpoints->size();
+      target.endpoints->clear();
     }
     if (target.endpoints->empty() && target.why_none.empty()) target.why_none = "no address";
     if (target.endpoints->empty()) why_none = record.exchange + ": " + target.why_none;

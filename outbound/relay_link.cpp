@@ -38,6 +38,13 @@ std::string label_of(const RelayHost& host) {
   return host.name + ":" + std::to_string(host.port);
 }
 
+std::string_view tls_level(const RelayLink& link) {
+  const auto& t = link.tls_facts;
+  if (!t) return "clear";
+  if (!t->verified) return "encrypted";
+  return link.dane.empty() ? "verified" : "dane";
+}
+
 namespace {
 
 std::string one_line(std::string_view reply) {
@@ -72,21 +79,16 @@ class Connector {
         continue;
       }
       for (const auto& endpoint : *endpoints) {
-        Attempt attempt = co_await try_address(host, endpoint, false, result.link);
+        Attempt attempt = co_await try_address(target, endpoint, false, result.link);
         if (attempt.next == Next::again_in_clear) {
           if (policy_.metrics) policy_.metrics->tryclear(label(host));
           spdlog::info("{} relay host {} [{}]:{}: {}; connecting again to deliver in the clear",
                        log_id_, host.name, endpoint.address().to_string(), endpoint.port(),
                        attempt.why);
-          attempt = co_await try_address(host, endpoint, true, result.link);
+          attempt = co_await try_address(target, endpoint, true, result.link);
         }
         if (attempt.next == Next::done) {
-          if (policy_.metrics) {
-            const auto& t = result.link->tls_facts;
-            policy_.metrics->connection(label(host), !t            ? "clear"
-                                                     : t->verified ? "verified"
-                                                                   : "encrypted");
-          }
+          if (policy_.metrics) policy_.metrics->connection(label(host), tls_level(*result.link));
           co_return result;
         }
         if (policy_.metrics) policy_.metrics->passed_over(label(host), attempt.reason);
@@ -131,11 +133,14 @@ class Connector {
     return p;
   }
 
-  asio::awaitable<Attempt> try_address(const RelayHost& host, const tcp::endpoint& endpoint,
+  asio::awaitable<Attempt> try_address(const RelayTarget& target, const tcp::endpoint& endpoint,
                                        bool in_clear, std::unique_ptr<RelayLink>& out) {
+    const RelayHost& host = target.host;
     auto link = std::make_unique<RelayLink>(co_await asio::this_coro::executor, deadlines_,
                                             std::string(log_id_));
     link->host = host;
+    link->tls_required_by_dns = target.tls_required;
+    link->dane = target.dane;
     link->metrics_label = label(host);
     link->endpoint = endpoint;
     link->label =
@@ -158,10 +163,16 @@ class Connector {
     Upstream& up = link.upstream;
     const auto address = endpoint.address();
     const Credential* credential = policy_.credentials.find(host.name, host.port);
-    const bool require_tls = relay_.hosts_require_tls.matches(host.name, address) || credential;
+    const bool require_tls = relay_.hosts_require_tls.matches(host.name, address) || credential ||
+                             link.tls_required_by_dns;
     const bool implicit = std::count(relay_.tls_on_connect_ports.begin(),
                                      relay_.tls_on_connect_ports.end(), endpoint.port()) > 0;
-    const auto parameters = parameters_for(host, address);
+    auto parameters = parameters_for(host, address);
+    if (!link.dane.empty()) {  // DANE: verified against the TLSA records, whatever else says
+      parameters.dane = link.dane;
+      parameters.names = {host.name};
+      parameters.verification = tls::ServerVerification::verify;
+    }
     const bool verify = parameters.verification == tls::ServerVerification::verify;
 
     Upstream::Target target{.endpoint = endpoint, .host = host.name, .port = endpoint.port()};
@@ -311,8 +322,9 @@ class Connector {
                    log_id_, t->verified ? "Verified" : "Untrusted", link.label, t->protocol,
                    t->cipher, t->cipher_bits, t->cipher_algorithm_bits);
     }
-    spdlog::info("{} relay connection H={} {}{}", log_id_, link.label, tls_fields,
-                 link.auth_user.empty() ? "" : " AUTH=" + log::escape(link.auth_user, 64));
+    spdlog::info("{} relay connection H={} {}{} TLS={}", log_id_, link.label, tls_fields,
+                 link.auth_user.empty() ? "" : " AUTH=" + log::escape(link.auth_user, 64),
+                 tls_level(link));
   }
 
   const RelayPolicy& policy_;
@@ -334,7 +346,10 @@ RelayLink::RelayLink(const asio::any_io_executor& executor, DeadlineQueue& deadl
 asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& policy,
                                                   DeadlineQueue& deadlines, std::string log_id) {
   std::vector<RelayTarget> targets;
-  for (const RelayHost& host : policy.config.relay.hosts) targets.push_back({host, {}, {}});
+  for (const RelayHost& host : policy.config.relay.hosts) {
+    targets.emplace_back();
+    targets.back().host = host;
+  }
   Connector connector(policy, deadlines, log_id, {});
   auto result = co_await connector.run(targets);
   co_return result;

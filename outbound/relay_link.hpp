@@ -60,6 +60,10 @@ class RelayLink final : public Deadline::Owner {
   Upstream upstream;
   RelayHost host;
   std::string metrics_label;  // the relay host as metrics name it (never a domain's MX)
+  // What DNSSEC said of an MX host (RelayTarget): TLS it must have, the TLSA records its
+  // certificate must match.
+  bool tls_required_by_dns = false;
+  std::vector<tls::DaneRecord> dane;
   boost::asio::ip::tcp::endpoint endpoint;
   std::string label;       // "smtp.example.net [192.0.2.1]:587", for logs
   std::string ehlo_reply;  // the relay host's last EHLO reply, whole
@@ -72,6 +76,10 @@ class RelayLink final : public Deadline::Owner {
   unsigned messages = 0;                       // accepted on this connection
 };
 
+// Postfix's words for how a connection is secured: dane (verified against DNSSEC-signed TLSA
+// records), verified (a certificate chain to a trusted CA), encrypted, clear.
+std::string_view tls_level(const RelayLink& link);
+
 // Why no connection could be made: the text for the local client's 4xx reply.
 struct RelayFailure {
   std::string enhanced_code;  // "4.4.1"
@@ -83,6 +91,10 @@ struct RelayTarget {
   RelayHost host;
   std::optional<std::vector<boost::asio::ip::tcp::endpoint>> endpoints;  // nullopt: resolve
   std::string why_none;  // when `endpoints` is empty: why
+  // DANE (RFC 7672), from the host's DNSSEC-signed TLSA records: TLS is then mandatory, and
+  // the certificate must match one of `dane` (usable records; none: TLS unauthenticated).
+  bool tls_required = false;
+  std::vector<tls::DaneRecord> dane;
 };
 
 struct RelayConnectResult {

@@ -98,6 +98,13 @@ std::string session_key(const ConnectParameters& parameters, bool sni_sent) {
     key += '\0';
   }
   key += parameters.verification == ServerVerification::verify ? 'V' : 'T';
+  for (const auto& record : parameters.dane) {  // a session verified against these only
+    key += '\0';
+    key += static_cast<char>(record.usage);
+    key += static_cast<char>(record.selector);
+    key += static_cast<char>(record.matching_type);
+    key += record.data;
+  }
   return key;
 }
 
@@ -146,6 +153,7 @@ std::shared_ptr<const ClientContext> ClientContext::create(const ClientOptions& 
   }
   if (!options.crl.empty()) setup::use_crls(ctx, kFlags, options.crl);
   SSL_CTX_set_verify_depth(ctx, static_cast<int>(options.verify_depth));
+  if (SSL_CTX_dane_enable(ctx) <= 0) setup::fail("--relay-tls-certificate", "cannot set up DANE");
   SSL_CTX_set_max_cert_list(ctx, kMaxServerChainBytes);
 
   if (options.session_cache_size > 0) {
@@ -162,11 +170,24 @@ std::shared_ptr<const ClientContext> ClientContext::create(const ClientOptions& 
 bool ClientContext::prepare(SSL* ssl, const ConnectParameters& parameters) const {
   const bool send_sni = sni_may_be_sent(parameters.sni);
   if (send_sni && SSL_set_tlsext_host_name(ssl, parameters.sni.c_str()) != 1) return false;
+  const bool dane = !parameters.dane.empty();
+  if (dane) {
+    // Before the names: SSL_dane_enable makes the first the reference name.
+    const char* base = parameters.names.empty() ? nullptr : parameters.names.front().c_str();
+    if (SSL_dane_enable(ssl, base) <= 0) return false;
+    SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);  // RFC 7672 3.1.1
+    for (const auto& r : parameters.dane) {
+      const int added =
+          SSL_dane_tlsa_add(ssl, r.usage, r.selector, r.matching_type,
+                            reinterpret_cast<const unsigned char*>(r.data.data()), r.data.size());
+      if (added < 0) return false;  // 0: unusable, left out
+    }
+  }
   if (!check_names(ssl, parameters.names)) return false;
-  SSL_set_verify(
-      ssl,
-      parameters.verification == ServerVerification::verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
-      nullptr);  // client side, SSL_VERIFY_NONE still verifies, and records
+  SSL_set_verify(ssl,
+                 dane || parameters.verification == ServerVerification::verify ? SSL_VERIFY_PEER
+                                                                               : SSL_VERIFY_NONE,
+                 nullptr);  // client side, SSL_VERIFY_NONE still verifies, and records
   if (!sessions_ || parameters.peer.empty()) return true;
 
   auto* connection = new (std::nothrow) Connection{sessions_.get(), {}, nullptr};

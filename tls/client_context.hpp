@@ -14,6 +14,7 @@
 #include <openssl/ssl.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -28,6 +29,14 @@ class SessionCache;
 enum class ServerVerification {
   try_verify,  // the handshake goes on; SSL_get_verify_result says what was wrong
   verify,      // the handshake fails
+};
+
+// A TLSA record as DANE takes it (RFC 6698): usage, selector, matching type, data.
+struct DaneRecord {
+  std::uint8_t usage = 0;
+  std::uint8_t selector = 0;
+  std::uint8_t matching_type = 0;
+  std::string data;
 };
 
 // One connection's terms.
@@ -45,6 +54,10 @@ struct ConnectParameters {
   // checked, only the chain.
   std::vector<std::string> names;
   ServerVerification verification = ServerVerification::try_verify;
+  // DANE (RFC 7672): the certificate must match one of these TLSA records, with OpenSSL's
+  // DANE support; a DANE-EE(3) match needs no name, a DANE-TA(2) match one of `names` (the
+  // first is the reference name). The verification is then `verify`. Empty: no DANE.
+  std::vector<DaneRecord> dane;
 };
 
 // Whether `name` goes out as SNI: a host name (is_host_name) and not an IPv4 address

@@ -16,12 +16,15 @@ replies the local client got, the proxy's log.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import smtplib
 
 import pytest
 
-from conftest import LOOPBACK, SENDER, free_port, run, simple_message, unique
+from conftest import LOOPBACK, MAIL_DOMAIN, SENDER, free_port, run, simple_message, unique
 from dns_lab import TLD, DnsLab, Zone
+from ops_support import scrape, value
 from test_relay_clients import legacy_postfix  # noqa: F401 (the fixture)
 
 ZONES = [
@@ -174,3 +177,85 @@ def test_postfix_sends_the_other_domain_in_a_transaction_of_its_own(mx_proxy, le
     rcpts = [c for c in smtp_commands(mx_proxy.sink) if c.upper().startswith("RCPT")]
     assert sorted(r.lower() for r in rcpts) == [f"rcpt to:<{first}>", f"rcpt to:<{second}>"], rcpts
     assert mx_proxy.sink.dump().count(token) >= 2
+
+
+# --------------------------------------------------------------------------- DANE (RFC 7672)
+
+
+def spki_sha256(certificate) -> str:
+    """The TLSA 3 1 1 data of a certificate: SHA-256 of its SubjectPublicKeyInfo, in hex."""
+    key = run(["openssl", "x509", "-in", str(certificate), "-pubkey", "-noout"]).stdout
+    der = run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=key).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+def dane_lab(tmp_path, postfix, tlsa: str | None, kind: str = "signed") -> DnsLab:
+    """The private Postfix's domain (test.example) with its MX on 127.0.0.1 and, when given,
+    a TLSA record for it at the Postfix's port."""
+    port = postfix.backend.rsplit(":", 1)[1]
+    records = ["@ IN MX 10 mx", "mx IN A 127.0.0.1"]
+    if tlsa:
+        records.append(f"_{port}._tcp.mx IN TLSA {tlsa}")
+    return DnsLab(tmp_path / "lab", [Zone(MAIL_DOMAIN, records, kind=kind)],
+                  forwarder_validates=False).start()
+
+
+def dane_proxy(proxy, postfix, lab, *extra: str):
+    port = free_port()
+    p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+              lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
+              "--relay-mx-port", postfix.backend.rsplit(":", 1)[1], *extra)
+    p.relay_port = port
+    return p
+
+
+def test_dane_ee_match_delivers_with_tls_dane(proxy, postfix, pki, tmp_path):
+    lab = dane_lab(tmp_path, postfix, f"3 1 1 {spki_sha256(pki.postfix_cert)}")
+    try:
+        metrics_port = free_port()
+        p = dane_proxy(proxy, postfix, lab, "--metrics-listen", f"{LOOPBACK}:{metrics_port}")
+        box = postfix.new_mailbox()
+        token = unique("dane")
+        assert send(p.relay_port, [box.address], token) == {}
+        assert token.encode() in box.wait(1)[0]
+        assert re.search(r"relay connection H=mx\.test\.example \[127\.0\.0\.1\]:\d+ X=TLSv1\.3:"
+                         r"\S+ CV=yes .*TLS=dane$", p.stderr(), re.M), p.stderr()
+        # Counted as such, under the one label every MX has.
+        samples = scrape(metrics_port)
+        assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host="mx",
+                     tls="dane") == 1, [k for k in samples if "relay" in k[0]]
+    finally:
+        lab.stop()
+
+
+def test_a_tlsa_mismatch_defers_and_never_falls_back_to_clear(proxy, postfix, tmp_path):
+    lab = dane_lab(tmp_path, postfix, "3 1 1 " + "00" * 32)
+    try:
+        p = dane_proxy(proxy, postfix, lab)
+        box = postfix.new_mailbox()
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            send(p.relay_port, [box.address], unique("mismatch"))
+        code, text = refused.value.recipients[box.address]
+        assert code == 451 and text.startswith(b"4.7.5 "), text
+        assert "certificate must verify" in p.stderr()
+        assert "in the clear" not in p.stderr()
+        postfix.settle()
+        assert box.messages() == []
+    finally:
+        lab.stop()
+
+
+def test_tlsa_in_an_unsigned_zone_is_not_dane(proxy, postfix, tmp_path):
+    """Without DNSSEC a TLSA record proves nothing: delivery is opportunistic (TLS=encrypted,
+    the certificate not verified against the system CAs), not refused."""
+    lab = dane_lab(tmp_path, postfix, "3 1 1 " + "00" * 32, kind="unsigned")
+    try:
+        p = dane_proxy(proxy, postfix, lab)
+        box = postfix.new_mailbox()
+        token = unique("nodane")
+        assert send(p.relay_port, [box.address], token) == {}
+        assert token.encode() in box.wait(1)[0]
+        assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
+                         re.M), p.stderr()
+    finally:
+        lab.stop()
