@@ -63,7 +63,7 @@ std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt1
 }
 
 asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
-                                     std::uint16_t port) {
+                                     std::uint16_t port, bool dane) {
   thread_local std::mt19937 random{std::random_device{}()};
   const auto mx = co_await resolver.lookup(domain, dns::RecordType::mx);
   // The MX host names are DNSSEC's word only when the MX answer (or its absence) is.
@@ -117,7 +117,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
         }
       }
     }
-    if (!target.endpoints->empty() && addresses_secure &&
+    if (dane && !target.endpoints->empty() && addresses_secure &&
         !co_await look_up_dane(resolver, target)) {
       addresses -= target.endpoints->size();
       target.endpoints->clear();

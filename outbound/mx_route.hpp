@@ -31,7 +31,8 @@ struct MxRoute {
 std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
                                     std::size_t limit);
 
+// `dane`: the TLSA records of DNSSEC-signed MX hosts are looked up (RFC 7672).
 boost::asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
-                                            std::uint16_t port);
+                                            std::uint16_t port, bool dane);
 
 }  // namespace stp::outbound

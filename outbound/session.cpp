@@ -616,7 +616,8 @@ asio::awaitable<Session::Next> Session::on_mx_rcpt(const smtp::Command& command)
 
 asio::awaitable<void> Session::open_destination(const std::string& domain) {
   destination_ = domain;
-  auto route = co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port);
+  auto route =
+      co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port, config_.relay.dane);
   if (route.targets.empty()) {
     spdlog::info("{} mail from {} for {} goes nowhere: {}", id_, client_label_,
                  log::escape(domain, 255), route.text);

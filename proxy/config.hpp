@@ -96,6 +96,7 @@ struct RelayConfig {
   // recursion), and its DNSSEC trust anchors.
   std::vector<std::string> dns_forwarders;
   std::string dns_trust_anchor = "/usr/share/dns/root.key";
+  bool dane = true;  // TLSA records of DNSSEC-signed MX hosts looked up and enforced
 
   bool enabled() const { return route.has_value(); }
   bool by_mx() const { return route == RelayRoute::mx; }

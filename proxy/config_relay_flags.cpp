@@ -148,6 +148,12 @@ std::vector<Flag> relay_connection_flags() {
        .help = "DNSSEC trust anchors (DS or DNSKEY records) of the outbound side's resolver",
        .default_help = "Debian's dns-root-data root key",
        .apply = [](Config& c, const Values& v) { c.relay.dns_trust_anchor = v.front(); }},
+      {.name = "relay-dane",
+       .argument = "on|off",
+       .defaults = {"on"},
+       .help = "routing by MX: an MX host with DNSSEC-signed TLSA records must have TLS and a "
+               "certificate that matches them (RFC 7672); off: TLSA records are not looked up",
+       .apply = [](Config& c, const Values& v) { c.relay.dane = parse_bool(v.front()); }},
       {.name = "relay-tls-on-connect-ports",
        .argument = "LIST",
        .defaults = {"465"},

@@ -1,4 +1,4 @@
-// Fuzz target: DNS record data (dns/records.cpp), the network's bytes whether DNSSEC vouched
+// Fuzz target: DNS record data (dns/records.cpp: names, MX, TLSA, A, AAAA), the network's bytes whether DNSSEC vouched
 // for them or not. Any bytes give a value or nothing, never a read past the end; a name read
 // is lower-case host-name text, re-readable from its own wire form.
 #include "dns/records.hpp"
@@ -38,6 +38,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   if (const auto mx = stp::dns::read_mx(bytes)) {
     if (mx->exchange.size() + 3 > size) std::abort();
+  }
+  if (const auto tlsa = stp::dns::read_tlsa(bytes)) {
+    if (tlsa->data.size() + 3 != size || tlsa->data.empty()) std::abort();
   }
   stp::dns::read_address(stp::dns::RecordType::a, bytes);
   stp::dns::read_address(stp::dns::RecordType::aaaa, bytes);

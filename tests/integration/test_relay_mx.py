@@ -189,15 +189,22 @@ def spki_sha256(certificate) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def dane_lab(tmp_path, postfix, tlsa: str | None, kind: str = "signed") -> DnsLab:
+def dane_lab(tmp_path, postfix, tlsa: str | None, kind: str = "signed",
+             tlsa_zone_kind: str | None = None) -> DnsLab:
     """The private Postfix's domain (test.example) with its MX on 127.0.0.1 and, when given,
-    a TLSA record for it at the Postfix's port."""
+    a TLSA record for it at the Postfix's port: in the domain's zone, or in a zone of its own
+    of `tlsa_zone_kind` (an "expired" one makes the TLSA answer bogus, the rest secure)."""
     port = postfix.backend.rsplit(":", 1)[1]
     records = ["@ IN MX 10 mx", "mx IN A 127.0.0.1"]
-    if tlsa:
+    zones = [Zone(MAIL_DOMAIN, records, kind=kind)]
+    if tlsa and tlsa_zone_kind:
+        # Delegated from the domain's zone (else its NSEC records would prove the name absent).
+        records.append(f"_{port}._tcp.mx IN NS ns")
+        zones.append(Zone(f"_{port}._tcp.mx.{MAIL_DOMAIN}", [f"@ IN TLSA {tlsa}"],
+                          kind=tlsa_zone_kind))
+    elif tlsa:
         records.append(f"_{port}._tcp.mx IN TLSA {tlsa}")
-    return DnsLab(tmp_path / "lab", [Zone(MAIL_DOMAIN, records, kind=kind)],
-                  forwarder_validates=False).start()
+    return DnsLab(tmp_path / "lab", zones, forwarder_validates=False).start()
 
 
 def dane_proxy(proxy, postfix, lab, *extra: str):
@@ -257,5 +264,38 @@ def test_tlsa_in_an_unsigned_zone_is_not_dane(proxy, postfix, tmp_path):
         assert token.encode() in box.wait(1)[0]
         assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
                          re.M), p.stderr()
+    finally:
+        lab.stop()
+
+
+def test_a_bogus_tlsa_answer_defers_the_host(proxy, postfix, pki, tmp_path):
+    """The TLSA record matches, but its signatures expired: the MX is passed over (never tried
+    without the DANE it may have asked for), and the client told to try later."""
+    lab = dane_lab(tmp_path, postfix, f"3 1 1 {spki_sha256(pki.postfix_cert)}",
+                   tlsa_zone_kind="expired")
+    try:
+        p = dane_proxy(proxy, postfix, lab)
+        box = postfix.new_mailbox()
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            send(p.relay_port, [box.address], unique("bogus"))
+        code, text = refused.value.recipients[box.address]
+        assert code == 451 and b"TLSA lookup failed: DNSSEC validation failed" in text, text
+        assert "relay connection H=" not in p.stderr()
+    finally:
+        lab.stop()
+
+
+def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, tmp_path):
+    lab = dane_lab(tmp_path, postfix, "3 1 1 " + "00" * 32)
+    try:
+        p = dane_proxy(proxy, postfix, lab, "--relay-dane", "off")
+        box = postfix.new_mailbox()
+        token = unique("daneoff")
+        assert send(p.relay_port, [box.address], token) == {}
+        assert token.encode() in box.wait(1)[0]
+        assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
+                         re.M), p.stderr()
+        assert lab.unbound_queries(f"_{postfix.backend.rsplit(':', 1)[1]}._tcp.mx.{MAIL_DOMAIN}",
+                                   "TLSA") == 0
     finally:
         lab.stop()

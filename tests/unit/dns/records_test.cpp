@@ -52,6 +52,16 @@ TEST(DnsRecords, MxHasAPreferenceAndAnExchange) {
   EXPECT_EQ(read_mx("\x00\x0a"s + wire({"mx"}) + "x"), std::nullopt);  // bytes after the name
 }
 
+TEST(DnsRecords, TlsaHasThreeOctetsAndData) {
+  const auto tlsa = read_tlsa("\x03\x01\x01"s + std::string(32, '\xab'));
+  ASSERT_TRUE(tlsa);
+  EXPECT_EQ(tlsa->usage, 3);
+  EXPECT_EQ(tlsa->selector, 1);
+  EXPECT_EQ(tlsa->matching_type, 1);
+  EXPECT_EQ(tlsa->data, std::string(32, '\xab'));
+  EXPECT_EQ(read_tlsa("\x03\x01\x01"s), std::nullopt);  // no data
+}
+
 TEST(DnsRecords, AddressesHaveTheirTypesLength) {
   EXPECT_EQ(read_address(RecordType::a, "\x7f\x00\x00\x15"s)->to_string(), "127.0.0.21");
   EXPECT_EQ(read_address(RecordType::aaaa, std::string(15, '\0') + '\1')->to_string(), "::1");

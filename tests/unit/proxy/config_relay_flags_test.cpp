@@ -115,6 +115,8 @@ TEST(RelayConfig, TheRouteIsMxWithoutRelayHosts) {
   EXPECT_EQ(by_mx.relay.mx_port, 2525);
   EXPECT_EQ(by_mx.relay.dns_forwarders, (std::vector<std::string>{"127.0.0.1@5353", "::1@53"}));
   EXPECT_EQ(by_mx.relay.dns_trust_anchor, "/usr/share/dns/root.key");
+  EXPECT_TRUE(by_mx.relay.dane);
+  EXPECT_FALSE(parse({"--relay-listen", "127.0.0.1:10587", "--relay-dane", "off"}).relay.dane);
   const Config smarthost =
       parse({"--relay-listen", "127.0.0.1:10587", "--relay-host", "smtp.example.net"});
   EXPECT_EQ(smarthost.relay.route, RelayRoute::smarthost);

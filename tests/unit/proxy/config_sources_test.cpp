@@ -110,6 +110,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "relay-mx-port",
                                              "dns-forwarder",
                                              "dns-trust-anchor",
+                                             "relay-dane",
                                              "relay-tls-on-connect-ports",
                                              "relay-helo",
                                              "relay-auth-file",
