@@ -16,7 +16,14 @@
 namespace stp::dns {
 
 // Record types asked for.
-enum class RecordType : std::uint16_t { a = 1, mx = 15, aaaa = 28, tlsa = 52, txt = 16 };
+enum class RecordType : std::uint16_t {
+  a = 1,
+  mx = 15,
+  txt = 16,
+  aaaa = 28,
+  dnskey = 48,
+  tlsa = 52
+};
 
 // A name in DNS wire format (length-prefixed labels, the root last, no compression) as
 // lower-case text without the trailing dot ("" for the root); `consumed` gets its length in

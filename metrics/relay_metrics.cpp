@@ -29,7 +29,13 @@ RelayMetrics::RelayMetrics(prometheus::Registry& r)
                        "Messages relayed, by the relay host's verdict")),
       clients_refused_(family(r, "smtp_tls_proxy_relay_clients_refused_total",
                               "Local clients refused (not in --relay-clients)")
-                           .Add({})) {}
+                           .Add({})),
+      dns_validating_(prometheus::BuildGauge()
+                          .Name("smtp_tls_proxy_dns_validating")
+                          .Help("1 while the outbound resolver validates DNSSEC (routing by MX; "
+                                "0: DANE unavailable, MX deliveries defer)")
+                          .Register(r)
+                          .Add({})) {}
 
 void RelayMetrics::connection(std::string_view relay_host, std::string_view tls) {
   connections_.Add({{"relay_host", text(relay_host)}, {"tls", text(tls)}}).Increment();

@@ -33,6 +33,9 @@ class RelayMetrics {
   // verdict: "accepted" (2xx), "rejected" (5xx), "tempfailed" (4xx), "lost" (no reply).
   void message(std::string_view relay_host, std::string_view verdict);
   void client_refused();
+  // Routing by MX: whether the resolver validates DNSSEC (its trust anchor's keys came back
+  // secure at the last check).
+  void dns_validating(bool validating) { dns_validating_.Set(validating ? 1 : 0); }
 
  private:
   prometheus::Family<prometheus::Counter>& connections_;
@@ -42,6 +45,7 @@ class RelayMetrics {
   prometheus::Family<prometheus::Counter>& auth_;
   prometheus::Family<prometheus::Counter>& messages_;
   prometheus::Counter& clients_refused_;
+  prometheus::Gauge& dns_validating_;
 };
 
 }  // namespace stp::metrics

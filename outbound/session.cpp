@@ -16,6 +16,14 @@
 #include "tls/tls_stream.hpp"
 
 #include <fmt/format.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fstream>
 
 namespace stp::outbound {
 namespace asio = boost::asio;
@@ -833,6 +841,14 @@ void SessionServices::start_serving(asio::io_context& io) {
     resolver = dns::Resolver::create(io.get_executor(),
                                      {.trust_anchor_file = config.relay.dns_trust_anchor,
                                       .forwarders = config.relay.dns_forwarders});
+    validation_timer_ = std::make_unique<asio::steady_timer>(io);
+    asio::co_spawn(io, watch_validation(), [](std::exception_ptr e) {
+      try {
+        if (e) std::rethrow_exception(e);
+      } catch (const std::exception& error) {
+        spdlog::error("DNSSEC validation check stopped: {}", error.what());
+      }
+    });
     return;
   }
   probe_ = std::make_unique<RelayProbe>(io, config);
@@ -840,8 +856,67 @@ void SessionServices::start_serving(asio::io_context& io) {
 }
 
 void SessionServices::stop_serving() {
+  stopping_ = true;
   if (probe_) probe_->stop();
   if (resolver) resolver->stop();
+  if (validation_timer_) {
+    asio::post(validation_timer_->get_executor(), [this] { validation_timer_->cancel(); });
+  }
+}
+
+namespace {
+
+// The owner name of the first record in a trust anchor file ("." in Debian's root.key).
+std::string first_anchor_name(const std::string& file) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == ';' || line[start] == '#') continue;
+    return line.substr(start, line.find_first_of(" \t", start) - start);
+  }
+  return {};
+}
+
+}  // namespace
+
+asio::awaitable<void> SessionServices::watch_validation() {
+  const std::string anchor = first_anchor_name(config.relay.dns_trust_anchor);
+  if (anchor.empty()) {
+    spdlog::error(
+        "--dns-trust-anchor {} holds no trust anchor: nothing is DNSSEC-validated, DANE is "
+        "unavailable and every delivery by MX is opportunistic",
+        log::escape(config.relay.dns_trust_anchor, 200));
+    validating_ = true;  // ready: there is nothing to wait for
+    metrics.dns_validating(false);
+    co_return;
+  }
+  asio::steady_timer& timer = *validation_timer_;
+  bool first = true;
+  while (!stopping_) {
+    const auto answer = co_await resolver->lookup(anchor, dns::RecordType::dnskey);
+    const bool validating =
+        answer.status == dns::Answer::Status::records && answer.security == dns::Security::secure;
+    if (first || validating != validating_) {
+      if (validating) {
+        spdlog::info("DNSSEC validation works (the keys of {} are secure): routing by MX ready",
+                     log::escape(anchor, 255));
+      } else {
+        spdlog::error(
+            "DNSSEC validation does not work (the keys of trust anchor {}: {}{}): DANE is "
+            "unavailable and deliveries by MX defer until it does",
+            log::escape(anchor, 255), dns::to_string(answer.security),
+            answer.why.empty() ? "" : ", " + log::escape(answer.why, 200));
+      }
+    }
+    first = false;
+    validating_ = validating;
+    metrics.dns_validating(validating);
+    if (stopping_) break;
+    timer.expires_after(config.backend_probe_interval);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 LinkPool& SessionServices::pool_for(const WorkerState& worker) {

@@ -21,6 +21,8 @@
 #include "outbound/relay_probe.hpp"
 #include "proxy/runtime.hpp"
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <atomic>
 #include <map>
 #include <memory>
@@ -39,8 +41,8 @@ class SessionServices final : public SessionFactory {
              WorkerState& worker) override;
   void start_serving(boost::asio::io_context& io) override;
   void stop_serving() override;
-  // Routing by MX there is no one relay host to probe: ready once the resolver is.
-  bool ready() const override { return resolver || (probe_ && probe_->up()); }
+  // Routing by MX there is no one relay host to probe: ready while the resolver validates.
+  bool ready() const override { return resolver ? validating_.load() : probe_ && probe_->up(); }
 
   // The relay host connections kept on `worker`'s thread (made at its first use).
   LinkPool& pool_for(const WorkerState& worker);
@@ -54,7 +56,14 @@ class SessionServices final : public SessionFactory {
   std::shared_ptr<dns::Resolver> resolver;  // --relay-route mx; made by start_serving
 
  private:
+  // Routing by MX: checks, at start and every --backend-probe-interval, that the resolver
+  // validates (the trust anchor's own keys come back secure); says so loudly when it stops.
+  boost::asio::awaitable<void> watch_validation();
+
   std::unique_ptr<RelayProbe> probe_;
+  std::unique_ptr<boost::asio::steady_timer> validation_timer_;
+  std::atomic<bool> validating_{false};
+  std::atomic<bool> stopping_{false};
   std::mutex pools_mutex_;
   std::map<const WorkerState*, std::unique_ptr<LinkPool>> pools_;
 };

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import LOOPBACK, MAIL_DOMAIN, SENDER, free_port, run, simple_message, unique
 from dns_lab import TLD, DnsLab, Zone
-from ops_support import scrape, value
+from ops_support import http_get, scrape, value
 from test_relay_clients import legacy_postfix  # noqa: F401 (the fixture)
 
 ZONES = [
@@ -299,3 +299,24 @@ def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, tmp_path):
                                    "TLSA") == 0
     finally:
         lab.stop()
+
+
+def test_a_resolver_that_cannot_validate_is_said_loudly(proxy, postfix, lab, tmp_path):
+    """A trust anchor that does not match the zones (a key of another lab's): the proxy logs an
+    error, /readyz says not ready and the metric is 0, and mail waits (4xx) rather than going
+    out as if DNSSEC did not exist. With the lab's own anchor: 1 and ready."""
+    other = DnsLab(tmp_path / "other", [Zone(f"secure.{TLD}", [])])
+    other.directory.mkdir(parents=True)
+    wrong = tmp_path / "wrong-anchor"
+    wrong.write_text("".join(other._write_zone(other.zones[0])))
+    for anchor, validating in ((lab.trust_anchor, 1), (wrong, 0)):
+        metrics_port, port = free_port(), free_port()
+        p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+                  lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(anchor),
+                  "--metrics-listen", f"{LOOPBACK}:{metrics_port}")
+        if validating:
+            p.wait_for_log(r"DNSSEC validation works")
+        else:
+            p.wait_for_log(r"DNSSEC validation does not work .*DANE is unavailable")
+        assert value(scrape(metrics_port), "smtp_tls_proxy_dns_validating") == validating
+        assert http_get(metrics_port, "/readyz")[0] == (200 if validating else 503)
