@@ -28,6 +28,7 @@
 namespace stp::tls {
 namespace {
 
+using test::MemoryConnection;
 using test::Owned;
 using OwnedContext = Owned<SSL_CTX>;
 
@@ -243,57 +244,6 @@ TEST(LibraryContext, FetchesEveryCipherLibsslAsksForThatTheDefaultContextHas) {
   ERR_clear_error();
 }
 
-// One TLS connection over memory BIOs, server in `server`, client in `client`.
-class Connection {
- public:
-  Connection(SSL_CTX* server, SSL_CTX* client, SSL_SESSION* resume = nullptr)
-      : server_(SSL_new(server)), client_(SSL_new(client)) {
-    BIO* a = nullptr;
-    BIO* b = nullptr;
-    BIO_new_bio_pair(&a, 0, &b, 0);
-    SSL_set_bio(server_, a, a);
-    SSL_set_bio(client_, b, b);
-    SSL_set_accept_state(server_);
-    SSL_set_connect_state(client_);
-    if (resume) SSL_set_session(client_, resume);
-  }
-  ~Connection() {
-    // A clean close: OpenSSL does not resume a session whose connection just stopped.
-    SSL_shutdown(client_);
-    SSL_shutdown(server_);
-    SSL_free(server_);
-    SSL_free(client_);
-  }
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
-
-  // Handshakes, then sends a line each way (the TLS 1.3 tickets arrive with the server's).
-  bool exchange() {
-    for (int round = 0; round < 20; ++round) {
-      const int c = SSL_do_handshake(client_);
-      const int s = SSL_do_handshake(server_);
-      if (c == 1 && s == 1) break;
-      if (c <= 0 && SSL_get_error(client_, c) != SSL_ERROR_WANT_READ) return false;
-      if (s <= 0 && SSL_get_error(server_, s) != SSL_ERROR_WANT_READ) return false;
-    }
-    return echo(client_, server_) && echo(server_, client_);
-  }
-  SSL* client() const { return client_; }
-  SSL* server() const { return server_; }
-
- private:
-  static bool echo(SSL* from, SSL* to) {
-    const std::string line = "250 OK\r\n";
-    char buffer[64];
-    std::size_t written = 0;
-    std::size_t read = 0;
-    return SSL_write_ex(from, line.data(), line.size(), &written) == 1 &&
-           SSL_read_ex(to, buffer, sizeof buffer, &read) == 1 && std::string(buffer, read) == line;
-  }
-  SSL* server_;
-  SSL* client_;
-};
-
 // A server context in the TLS library context with an ECDSA P-256 certificate, its key made
 // in OpenSSL's default context, as the proxy reads its keys.
 OwnedContext server_in_library_context() {
@@ -332,7 +282,7 @@ TEST(LibraryContext, AgreesOnEveryKeyExchangeGroup) {
       const bool add_p256 = version == TLS1_2_VERSION && group.nid != NID_X9_62_prime256v1;
       const std::string list = std::string(group.name) + (add_p256 ? ":P-256" : "");
       ASSERT_EQ(SSL_CTX_set1_groups_list(client.get(), list.c_str()), 1);
-      Connection connection(server.get(), client.get());
+      MemoryConnection connection(server.get(), client.get());
       ASSERT_TRUE(connection.exchange()) << take_openssl_errors();
       EXPECT_EQ(SSL_version(connection.server()), version);
       EXPECT_EQ(SSL_get_negotiated_group(connection.server()), group.nid);
@@ -385,13 +335,13 @@ TEST(LibraryContext, CarriesDataUnderEveryKindOfSuiteAndResumes) {
     if (!c.encrypt_then_mac) SSL_CTX_set_options(client.get(), SSL_OP_NO_ENCRYPT_THEN_MAC);
     SSL_SESSION* session = nullptr;
     {
-      Connection first(server.get(), client.get());
+      MemoryConnection first(server.get(), client.get());
       ASSERT_TRUE(first.exchange()) << take_openssl_errors();
       EXPECT_STREQ(SSL_CIPHER_get_name(SSL_get_current_cipher(first.server())), c.suites);
       session = SSL_get1_session(first.client());
       EXPECT_EQ(SSL_SESSION_is_resumable(session), 1);
     }
-    Connection again(server.get(), client.get(), session);
+    MemoryConnection again(server.get(), client.get(), session);
     EXPECT_TRUE(again.exchange()) << take_openssl_errors();
     EXPECT_EQ(SSL_session_reused(again.client()), 1);
     SSL_SESSION_free(session);
