@@ -4,6 +4,7 @@
 #include <unbound.h>
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -23,6 +24,9 @@ constexpr std::chrono::seconds kMaxKeepTime{24 * 3600};
 // A failure is kept briefly, so that sessions arriving together do not each ask again.
 constexpr std::chrono::seconds kFailureKeepTime{5};
 constexpr std::size_t kMaxQueryName = 253;
+// An answer larger than this is not kept (libunbound's own caches, bounded in bytes, still
+// hold it): the kept answers stay under kMaxKept times this.
+constexpr std::size_t kMaxKeptAnswerBytes = 8 * 1024;
 
 [[noreturn]] void fail(const std::string& flag, const std::string& why) {
   throw std::invalid_argument(flag + ": " + why);
@@ -124,8 +128,15 @@ Resolver::Resolver(asio::any_io_executor executor, const ResolverOptions& option
       fail("--dns-forwarder", forwarder + ": " + ub_strerror(e));
     }
   }
-  // A forwarder on this machine (a local Unbound, a sidecar) is allowed.
-  ub_ctx_set_option(ctx_, "do-not-query-localhost:", "no");
+  // A forwarder on this machine (a local Unbound, a sidecar) is allowed; otherwise a
+  // delegation to a loopback name server is not followed.
+  const bool local_forwarder =
+      std::any_of(options.forwarders.begin(), options.forwarders.end(), [](const auto& f) {
+        boost::system::error_code ec;
+        const auto address = boost::asio::ip::make_address(f.substr(0, f.find('@')), ec);
+        return !ec && address.is_loopback();
+      });
+  if (local_forwarder) ub_ctx_set_option(ctx_, "do-not-query-localhost:", "no");
   descriptor_.assign(ub_fd(ctx_));
 }
 
@@ -243,7 +254,9 @@ void Resolver::keep(const std::string& key, const Answer& answer) {
   const auto now = std::chrono::steady_clock::now();
   const auto time = answer.status == Answer::Status::failure ? kFailureKeepTime
                                                              : std::min(answer.ttl, kMaxKeepTime);
-  if (time.count() == 0) return;
+  std::size_t bytes = 0;
+  for (const auto& rdata : answer.rdata) bytes += rdata.size();
+  if (time.count() == 0 || bytes > kMaxKeptAnswerBytes) return;
   if (kept_.size() >= kMaxKept) {
     std::erase_if(kept_, [&](const auto& entry) { return entry.second.until <= now; });
     if (kept_.size() >= kMaxKept) kept_.erase(kept_.begin());

@@ -14,15 +14,14 @@ namespace {
 constexpr std::size_t kMaxMxHosts = 10;
 constexpr std::size_t kMaxAddresses = 20;
 
-// The resolver's words in a reply line: printable ASCII only, bounded.
-std::string reply_safe(std::string_view text) {
-  std::string out;
-  for (const char c : text.substr(0, 200)) out += c >= 0x20 && c < 0x7f ? c : '?';
-  return out;
-}
-
 MxRoute nowhere(int code, std::string enhanced_code, std::string text) {
   return MxRoute{{}, code, std::move(enhanced_code), reply_safe(text)};
+}
+
+bool usable(const dns::TlsaRecord& r) {
+  const std::size_t digest = r.matching_type == 1 ? 32 : r.matching_type == 2 ? 64 : 0;
+  return (r.usage == 2 || r.usage == 3) && r.selector <= 1 && r.matching_type <= 2 &&
+         (digest == 0 ? !r.data.empty() : r.data.size() == digest);
 }
 
 // DANE for one MX host whose name and addresses DNSSEC vouched for (RFC 7672 2.2): its
@@ -43,8 +42,9 @@ asio::awaitable<bool> look_up_dane(dns::Resolver& resolver, RelayTarget& target)
   target.tls_required = true;
   for (const auto& rdata : answer.rdata) {
     const auto tlsa = dns::read_tlsa(rdata);
-    // PKIX-TA(0) and PKIX-EE(1) are not for SMTP (RFC 7672 3.1.3); OpenSSL judges the rest.
-    if (tlsa && (tlsa->usage == 2 || tlsa->usage == 3)) {
+    // PKIX-TA(0) and PKIX-EE(1) are not for SMTP (RFC 7672 3.1.3); a record OpenSSL could
+    // not use is left out here, since OpenSSL would quietly verify by CAs instead.
+    if (tlsa && usable(*tlsa)) {
       target.dane.push_back({tlsa->usage, tlsa->selector, tlsa->matching_type, tlsa->data});
     }
   }
@@ -52,6 +52,12 @@ asio::awaitable<bool> look_up_dane(dns::Resolver& resolver, RelayTarget& target)
 }
 
 }  // namespace
+
+std::string reply_safe(std::string_view text) {
+  std::string out;
+  for (const char c : text.substr(0, 200)) out += c >= 0x20 && c < 0x7f ? c : '?';
+  return out;
+}
 
 std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
                                     std::size_t limit) {
@@ -63,7 +69,7 @@ std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt1
 }
 
 asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
-                                     std::uint16_t port, bool dane) {
+                                     std::uint16_t port, bool dane, const acl::HostList& refused) {
   thread_local std::mt19937 random{std::random_device{}()};
   const auto mx = co_await resolver.lookup(domain, dns::RecordType::mx);
   // The MX host names are DNSSEC's word only when the MX answer (or its absence) is.
@@ -92,6 +98,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
   }
   MxRoute route;
   std::size_t addresses = 0;
+  std::size_t refused_addresses = 0;
   std::string why_none;
   for (const auto& record : order_mx(std::move(records), random, kMaxMxHosts)) {
     RelayTarget target;
@@ -111,6 +118,10 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
       }
       for (const auto& rdata : answer.rdata) {
         const auto address = dns::read_address(type, rdata);
+        if (address && refused.matches(*address)) {
+          ++refused_addresses;
+          continue;
+        }
         if (address && addresses < kMaxAddresses) {
           target.endpoints->emplace_back(*address, port);
           ++addresses;
@@ -125,6 +136,12 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
     if (target.endpoints->empty() && target.why_none.empty()) target.why_none = "no address";
     if (target.endpoints->empty()) why_none = record.exchange + ": " + target.why_none;
     route.targets.push_back(std::move(target));
+  }
+  if (addresses == 0 && refused_addresses > 0) {
+    // Postfix's "mail for ... loops back to myself": the domain's own DNS says so.
+    co_return nowhere(
+        554, "5.4.6",
+        "the MX of " + domain + " points to a refused address (this host, or an internal network)");
   }
   if (addresses == 0) {
     co_return nowhere(451, "4.4.3", "no reachable address for " + domain + " (" + why_none + ")");

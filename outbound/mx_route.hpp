@@ -7,6 +7,7 @@
 // dns/records.hpp). A failed lookup is a temporary failure, never a refusal.
 #pragma once
 
+#include "acl/host_list.hpp"
 #include "dns/resolver.hpp"
 #include "outbound/relay_link.hpp"
 
@@ -31,8 +32,13 @@ struct MxRoute {
 std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
                                     std::size_t limit);
 
-// `dane`: the TLSA records of DNSSEC-signed MX hosts are looked up (RFC 7672).
+// `dane`: the TLSA records of DNSSEC-signed MX hosts are looked up (RFC 7672). Addresses
+// that `refused` matches are left out.
 boost::asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
-                                            std::uint16_t port, bool dane);
+                                            std::uint16_t port, bool dane,
+                                            const acl::HostList& refused);
+
+// Text from the network or the resolver made fit for a reply line: printable ASCII, bounded.
+std::string reply_safe(std::string_view text);
 
 }  // namespace stp::outbound

@@ -162,7 +162,9 @@ class Connector {
     const auto& endpoint = link.endpoint;
     Upstream& up = link.upstream;
     const auto address = endpoint.address();
-    const Credential* credential = policy_.credentials.find(host.name, host.port);
+    // Credentials are for the operator's relay hosts, never for a domain's MX.
+    const Credential* credential =
+        relay_.by_mx() ? nullptr : policy_.credentials.find(host.name, host.port);
     const bool require_tls = relay_.hosts_require_tls.matches(host.name, address) || credential ||
                              link.tls_required_by_dns;
     const bool implicit = std::count(relay_.tls_on_connect_ports.begin(),

@@ -332,6 +332,10 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
         reply("454 4.7.0 TLS not available\r\n");
         co_return Next::go_on;
       }
+      if (by_mx()) {  // RFC 3207: what was said in the clear is forgotten
+        co_await end_transaction();
+        said_helo_ = false;
+      }
       reply("220 2.0.0 Ready to start TLS\r\n");
       client_in_.clear();  // nothing sent in the clear after STARTTLS is read (RFC 3207)
       framer_.reset();
@@ -439,7 +443,10 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
   message_done(up.reply(verdict), verdict.code);
   up.consume(verdict);
   in_transaction_ = false;
-  if (by_mx()) co_await end_transaction();
+  if (by_mx()) {  // the verdict first, then the MX's QUIT
+    if (!co_await flush(client)) co_return Next::close;
+    co_await end_transaction();
+  }
   co_return Next::go_on;
 }
 
@@ -624,8 +631,8 @@ asio::awaitable<Session::Next> Session::on_mx_rcpt(const smtp::Command& command)
 
 asio::awaitable<void> Session::open_destination(const std::string& domain) {
   destination_ = domain;
-  auto route =
-      co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port, config_.relay.dane);
+  auto route = co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port,
+                                    config_.relay.dane, config_.relay.mx_refuse_addresses);
   if (route.targets.empty()) {
     spdlog::info("{} mail from {} for {} goes nowhere: {}", id_, client_label_,
                  log::escape(domain, 255), route.text);
@@ -640,7 +647,7 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
                                worker_.deadlines, std::move(log_id));
   if (!connected.link) {
     destination_refusal_ = "451 " + connected.failure.enhanced_code + " cannot deliver to " +
-                           domain + " now: " + connected.failure.text + "\r\n";
+                           domain + " now: " + reply_safe(connected.failure.text) + "\r\n";
     co_return;
   }
   link_ = std::move(connected.link);

@@ -148,6 +148,15 @@ std::vector<Flag> relay_connection_flags() {
        .help = "DNSSEC trust anchors (DS or DNSKEY records) of the outbound side's resolver",
        .default_help = "Debian's dns-root-data root key",
        .apply = [](Config& c, const Values& v) { c.relay.dns_trust_anchor = v.front(); }},
+      {.name = "relay-mx-refuse-addresses",
+       .argument = "HOSTLIST",
+       .defaults = {"0.0.0.0/8, 127.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, "
+                    "172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3, ::/127, "
+                    "fc00::/7, fe80::/10, ff00::/8"},
+       .help = "routing by MX: addresses an MX host may have and is never connected to (this "
+               "host: a loop back through the local MTA; internal networks); none left: 554 "
+               "5.4.6",
+       .apply = [](Config& c, const Values& v) { c.relay.mx_refuse_addresses = host_list(v); }},
       {.name = "relay-dane",
        .argument = "on|off",
        .defaults = {"on"},
@@ -343,6 +352,9 @@ void check_relay(Config& config, const Given& given) {
   }
   if (relay.route == RelayRoute::smarthost && relay.hosts.empty()) {
     throw ConfigError("--relay-host: needed with --relay-route smarthost (where to relay to)");
+  }
+  if (relay.route == RelayRoute::mx && !relay.tls_sni.empty()) {
+    throw ConfigError("--relay-tls-sni: not used with --relay-route mx (each MX is sent its name)");
   }
   if (relay.route == RelayRoute::mx && !relay.hosts.empty()) {
     throw ConfigError("--relay-host: not used with --relay-route mx (mail goes to MX hosts)");

@@ -39,6 +39,10 @@ ZONES = [
 ]
 
 
+# The lab's MX hosts are on loopback, which --relay-mx-refuse-addresses refuses by default.
+LOOPBACK_MX = ("--relay-mx-refuse-addresses", "10.0.0.0/8")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     lab = DnsLab(tmp_path_factory.mktemp("mx-lab"), ZONES, forwarder_validates=False).start()
@@ -57,7 +61,7 @@ def start_mx_proxy(proxy, postfix, sink, lab):
     port = free_port()
     p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
               lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
-              "--relay-mx-port", str(sink.port))
+              "--relay-mx-port", str(sink.port), *LOOPBACK_MX)
     p.relay_port = port
     p.sink = sink
     return p
@@ -143,6 +147,22 @@ def test_an_mx_that_refuses_the_sender_refuses_each_recipient(proxy, postfix, sm
     assert [c.split(" ", 1)[0].upper() for c in smtp_commands(p.sink)][:2] == ["EHLO", "MAIL"]
 
 
+def test_an_mx_on_this_host_or_an_internal_network_is_never_contacted(proxy, postfix,
+                                                                      smtp_sink, lab):
+    """The default --relay-mx-refuse-addresses: an MX on loopback (a loop back through the
+    local MTA) is 554 5.4.6, and nothing is connected to."""
+    sink = smtp_sink(xclient=False)
+    port = free_port()
+    p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+              lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
+              "--relay-mx-port", str(sink.port))
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(port, [f"user@other.{TLD}"], unique("loop"))
+    code, text = refused.value.recipients[f"user@other.{TLD}"]
+    assert code == 554 and text.startswith(b"5.4.6 the MX of other.stp-lab points to a refused")
+    assert smtp_commands(sink) == [] and "relay connection" not in p.stderr()
+
+
 def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):
     with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
         code, text = s.ehlo("device.example")
@@ -211,7 +231,7 @@ def dane_proxy(proxy, postfix, lab, *extra: str):
     port = free_port()
     p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
               lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
-              "--relay-mx-port", postfix.backend.rsplit(":", 1)[1], *extra)
+              "--relay-mx-port", postfix.backend.rsplit(":", 1)[1], *LOOPBACK_MX, *extra)
     p.relay_port = port
     return p
 
@@ -313,7 +333,7 @@ def test_a_resolver_that_cannot_validate_is_said_loudly(proxy, postfix, lab, tmp
         metrics_port, port = free_port(), free_port()
         p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
                   lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(anchor),
-                  "--metrics-listen", f"{LOOPBACK}:{metrics_port}")
+                  "--metrics-listen", f"{LOOPBACK}:{metrics_port}", *LOOPBACK_MX)
         if validating:
             p.wait_for_log(r"DNSSEC validation works")
         else:

@@ -116,6 +116,16 @@ TEST(RelayConfig, TheRouteIsMxWithoutRelayHosts) {
   EXPECT_EQ(by_mx.relay.dns_forwarders, (std::vector<std::string>{"127.0.0.1@5353", "::1@53"}));
   EXPECT_EQ(by_mx.relay.dns_trust_anchor, "/usr/share/dns/root.key");
   EXPECT_TRUE(by_mx.relay.dane);
+  for (const char* refused :
+       {"127.0.0.1", "0.0.0.0", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.1.1",
+        "100.64.0.1", "::1", "::", "::ffff:127.0.0.1", "fd00::1", "fe80::1", "224.0.0.1"}) {
+    EXPECT_TRUE(by_mx.relay.mx_refuse_addresses.matches(boost::asio::ip::make_address(refused)))
+        << refused;
+  }
+  for (const char* allowed : {"192.0.2.1", "8.8.8.8", "2001:db8::1"}) {
+    EXPECT_FALSE(by_mx.relay.mx_refuse_addresses.matches(boost::asio::ip::make_address(allowed)))
+        << allowed;
+  }
   EXPECT_FALSE(parse({"--relay-listen", "127.0.0.1:10587", "--relay-dane", "off"}).relay.dane);
   const Config smarthost =
       parse({"--relay-listen", "127.0.0.1:10587", "--relay-host", "smtp.example.net"});
@@ -128,6 +138,8 @@ TEST(RelayConfig, Errors) {
               HasSubstr("--relay-host: needed with --relay-route smarthost"));
   EXPECT_THAT(error_of({"--relay-host", "smtp.example.net"}),
               HasSubstr("--relay-listen: needed with --relay-host"));
+  EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587", "--relay-tls-sni", "mx.example"}),
+              HasSubstr("--relay-tls-sni: not used with --relay-route mx"));
   EXPECT_THAT(error_of({"--relay-route", "mx"}),
               HasSubstr("--relay-listen: needed with --relay-route"));
   EXPECT_THAT(error_of({"--relay-listen", "127.0.0.1:10587", "--relay-route", "dane"}),

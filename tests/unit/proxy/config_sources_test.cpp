@@ -110,6 +110,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "relay-mx-port",
                                              "dns-forwarder",
                                              "dns-trust-anchor",
+                                             "relay-mx-refuse-addresses",
                                              "relay-dane",
                                              "relay-tls-on-connect-ports",
                                              "relay-helo",
