@@ -1,6 +1,6 @@
-// Fuzz target: DNS record data (dns/records.cpp: names, MX, TLSA, A, AAAA), the network's bytes whether DNSSEC vouched
-// for them or not. Any bytes give a value or nothing, never a read past the end; a name read
-// is lower-case host-name text, re-readable from its own wire form.
+// Fuzz target: DNS record data (dns/records.cpp: names, MX, TLSA, A, AAAA), the network's bytes
+// whether DNSSEC vouched for them or not. Any bytes give a value or nothing, never a read past the
+// end; a name read is lower-case host-name text, re-readable from its own wire form.
 #include "dns/records.hpp"
 
 #include <cctype>

@@ -79,6 +79,13 @@ def send(port: int, recipients: list[str], token: str) -> dict:
         return s.sendmail(SENDER, recipients, simple_message(token, recipients[0]))
 
 
+def refused_reply(port: int, recipient: str) -> tuple[int, bytes]:
+    """The reply a lone recipient was refused with."""
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(port, [recipient], unique("refused"))
+    return refused.value.recipients[recipient]
+
+
 def test_mail_goes_to_the_mx_hosts_in_preference_order(mx_proxy):
     token = unique("mx")
     assert send(mx_proxy.relay_port, [f"user@dest.{TLD}"], token) == {}
@@ -104,9 +111,7 @@ def test_a_second_domain_in_one_transaction_is_452(mx_proxy):
 
 
 def test_null_mx_is_refused_and_no_mx_falls_back_to_the_address(mx_proxy):
-    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(mx_proxy.relay_port, [f"user@nullmx.{TLD}"], unique("null"))
-    code, text = refused.value.recipients[f"user@nullmx.{TLD}"]
+    code, text = refused_reply(mx_proxy.relay_port, f"user@nullmx.{TLD}")
     assert code == 556 and text.startswith(b"5.1.10 "), text
     token = unique("nomx")
     assert send(mx_proxy.relay_port, [f"user@nomx.{TLD}"], token) == {}
@@ -125,9 +130,7 @@ def test_an_unsigned_domain_is_delivered(mx_proxy):
     (f"missing.dest.{TLD}", 550, b"5.1.2"),
 ])
 def test_a_domain_that_cannot_be_routed_is_refused(mx_proxy, domain, code, enhanced):
-    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(mx_proxy.relay_port, [f"user@{domain}"], unique("no"))
-    got_code, text = refused.value.recipients[f"user@{domain}"]
+    got_code, text = refused_reply(mx_proxy.relay_port, f"user@{domain}")
     assert (got_code, text.split(b" ")[0]) == (code, enhanced), text
     assert domain.encode() in text
     assert smtp_commands(mx_proxy.sink) == []
@@ -156,9 +159,7 @@ def test_an_mx_on_this_host_or_an_internal_network_is_never_contacted(proxy, pos
     p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
               lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
               "--relay-mx-port", str(sink.port))
-    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(port, [f"user@other.{TLD}"], unique("loop"))
-    code, text = refused.value.recipients[f"user@other.{TLD}"]
+    code, text = refused_reply(port, f"user@other.{TLD}")
     assert code == 554 and text.startswith(b"5.4.6 the MX of other.stp-lab points to a refused")
     assert smtp_commands(sink) == [] and "relay connection" not in p.stderr()
 
@@ -209,11 +210,26 @@ def spki_sha256(certificate) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def dane_lab(tmp_path, postfix, tlsa: str | None, kind: str = "signed",
-             tlsa_zone_kind: str | None = None) -> DnsLab:
-    """The private Postfix's domain (test.example) with its MX on 127.0.0.1 and, when given,
-    a TLSA record for it at the Postfix's port: in the domain's zone, or in a zone of its own
-    of `tlsa_zone_kind` (an "expired" one makes the TLSA answer bogus, the rest secure)."""
+@pytest.fixture
+def dane_lab(tmp_path, postfix):
+    """Factory: dane_lab(tlsa, kind, tlsa_zone_kind) starts a lab (stopped after the test)
+    with the private Postfix's domain (test.example), its MX on 127.0.0.1 and, when given, a
+    TLSA record for it at the Postfix's port: in the domain's zone, or in a zone of its own of
+    `tlsa_zone_kind` (an "expired" one makes the TLSA answer bogus, the rest secure)."""
+    labs: list[DnsLab] = []
+
+    def start(tlsa: str | None, kind: str = "signed", tlsa_zone_kind: str | None = None):
+        labs.append(make_dane_lab(tmp_path / f"lab{len(labs)}", postfix, tlsa, kind,
+                                  tlsa_zone_kind))
+        return labs[-1]
+
+    yield start
+    for lab in labs:
+        lab.stop()
+
+
+def make_dane_lab(directory, postfix, tlsa: str | None, kind: str,
+                  tlsa_zone_kind: str | None) -> DnsLab:
     port = postfix.backend.rsplit(":", 1)[1]
     records = ["@ IN MX 10 mx", "mx IN A 127.0.0.1"]
     zones = [Zone(MAIL_DOMAIN, records, kind=kind)]
@@ -224,7 +240,7 @@ def dane_lab(tmp_path, postfix, tlsa: str | None, kind: str = "signed",
                           kind=tlsa_zone_kind))
     elif tlsa:
         records.append(f"_{port}._tcp.mx IN TLSA {tlsa}")
-    return DnsLab(tmp_path / "lab", zones, forwarder_validates=False).start()
+    return DnsLab(directory, zones, forwarder_validates=False).start()
 
 
 def dane_proxy(proxy, postfix, lab, *extra: str):
@@ -236,89 +252,70 @@ def dane_proxy(proxy, postfix, lab, *extra: str):
     return p
 
 
-def test_dane_ee_match_delivers_with_tls_dane(proxy, postfix, pki, tmp_path):
-    lab = dane_lab(tmp_path, postfix, f"3 1 1 {spki_sha256(pki.postfix_cert)}")
-    try:
-        metrics_port = free_port()
-        p = dane_proxy(proxy, postfix, lab, "--metrics-listen", f"{LOOPBACK}:{metrics_port}")
-        box = postfix.new_mailbox()
-        token = unique("dane")
-        assert send(p.relay_port, [box.address], token) == {}
-        assert token.encode() in box.wait(1)[0]
-        assert re.search(r"relay connection H=mx\.test\.example \[127\.0\.0\.1\]:\d+ X=TLSv1\.3:"
-                         r"\S+ CV=yes .*TLS=dane$", p.stderr(), re.M), p.stderr()
-        # Counted as such, under the one label every MX has.
-        samples = scrape(metrics_port)
-        assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host="mx",
-                     tls="dane") == 1, [k for k in samples if "relay" in k[0]]
-    finally:
-        lab.stop()
+def test_dane_ee_match_delivers_with_tls_dane(proxy, postfix, pki, dane_lab):
+    lab = dane_lab(f"3 1 1 {spki_sha256(pki.postfix_cert)}")
+    metrics_port = free_port()
+    p = dane_proxy(proxy, postfix, lab, "--metrics-listen", f"{LOOPBACK}:{metrics_port}")
+    box = postfix.new_mailbox()
+    token = unique("dane")
+    assert send(p.relay_port, [box.address], token) == {}
+    assert token.encode() in box.wait(1)[0]
+    assert re.search(r"relay connection H=mx\.test\.example \[127\.0\.0\.1\]:\d+ X=TLSv1\.3:"
+                     r"\S+ CV=yes .*TLS=dane$", p.stderr(), re.M), p.stderr()
+    # Counted as such, under the one label every MX has.
+    samples = scrape(metrics_port)
+    assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host="mx",
+                 tls="dane") == 1, [k for k in samples if "relay" in k[0]]
 
 
-def test_a_tlsa_mismatch_defers_and_never_falls_back_to_clear(proxy, postfix, tmp_path):
-    lab = dane_lab(tmp_path, postfix, "3 1 1 " + "00" * 32)
-    try:
-        p = dane_proxy(proxy, postfix, lab)
-        box = postfix.new_mailbox()
-        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            send(p.relay_port, [box.address], unique("mismatch"))
-        code, text = refused.value.recipients[box.address]
-        assert code == 451 and text.startswith(b"4.7.5 "), text
-        assert "certificate must verify" in p.stderr()
-        assert "in the clear" not in p.stderr()
-        postfix.settle()
-        assert box.messages() == []
-    finally:
-        lab.stop()
+def test_a_tlsa_mismatch_defers_and_never_falls_back_to_clear(proxy, postfix, dane_lab):
+    lab = dane_lab("3 1 1 " + "00" * 32)
+    p = dane_proxy(proxy, postfix, lab)
+    box = postfix.new_mailbox()
+    code, text = refused_reply(p.relay_port, box.address)
+    assert code == 451 and text.startswith(b"4.7.5 "), text
+    assert "certificate must verify" in p.stderr()
+    assert "in the clear" not in p.stderr()
+    postfix.settle()
+    assert box.messages() == []
 
 
-def test_tlsa_in_an_unsigned_zone_is_not_dane(proxy, postfix, tmp_path):
+def test_tlsa_in_an_unsigned_zone_is_not_dane(proxy, postfix, dane_lab):
     """Without DNSSEC a TLSA record proves nothing: delivery is opportunistic (TLS=encrypted,
     the certificate not verified against the system CAs), not refused."""
-    lab = dane_lab(tmp_path, postfix, "3 1 1 " + "00" * 32, kind="unsigned")
-    try:
-        p = dane_proxy(proxy, postfix, lab)
-        box = postfix.new_mailbox()
-        token = unique("nodane")
-        assert send(p.relay_port, [box.address], token) == {}
-        assert token.encode() in box.wait(1)[0]
-        assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
-                         re.M), p.stderr()
-    finally:
-        lab.stop()
+    lab = dane_lab("3 1 1 " + "00" * 32, kind="unsigned")
+    p = dane_proxy(proxy, postfix, lab)
+    box = postfix.new_mailbox()
+    token = unique("nodane")
+    assert send(p.relay_port, [box.address], token) == {}
+    assert token.encode() in box.wait(1)[0]
+    assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
+                     re.M), p.stderr()
 
 
-def test_a_bogus_tlsa_answer_defers_the_host(proxy, postfix, pki, tmp_path):
+def test_a_bogus_tlsa_answer_defers_the_host(proxy, postfix, pki, dane_lab):
     """The TLSA record matches, but its signatures expired: the MX is passed over (never tried
     without the DANE it may have asked for), and the client told to try later."""
-    lab = dane_lab(tmp_path, postfix, f"3 1 1 {spki_sha256(pki.postfix_cert)}",
+    lab = dane_lab(f"3 1 1 {spki_sha256(pki.postfix_cert)}",
                    tlsa_zone_kind="expired")
-    try:
-        p = dane_proxy(proxy, postfix, lab)
-        box = postfix.new_mailbox()
-        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            send(p.relay_port, [box.address], unique("bogus"))
-        code, text = refused.value.recipients[box.address]
-        assert code == 451 and b"TLSA lookup failed: DNSSEC validation failed" in text, text
-        assert "relay connection H=" not in p.stderr()
-    finally:
-        lab.stop()
+    p = dane_proxy(proxy, postfix, lab)
+    box = postfix.new_mailbox()
+    code, text = refused_reply(p.relay_port, box.address)
+    assert code == 451 and b"TLSA lookup failed: DNSSEC validation failed" in text, text
+    assert "relay connection H=" not in p.stderr()
 
 
-def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, tmp_path):
-    lab = dane_lab(tmp_path, postfix, "3 1 1 " + "00" * 32)
-    try:
-        p = dane_proxy(proxy, postfix, lab, "--relay-dane", "off")
-        box = postfix.new_mailbox()
-        token = unique("daneoff")
-        assert send(p.relay_port, [box.address], token) == {}
-        assert token.encode() in box.wait(1)[0]
-        assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
-                         re.M), p.stderr()
-        assert lab.unbound_queries(f"_{postfix.backend.rsplit(':', 1)[1]}._tcp.mx.{MAIL_DOMAIN}",
-                                   "TLSA") == 0
-    finally:
-        lab.stop()
+def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, dane_lab):
+    lab = dane_lab("3 1 1 " + "00" * 32)
+    p = dane_proxy(proxy, postfix, lab, "--relay-dane", "off")
+    box = postfix.new_mailbox()
+    token = unique("daneoff")
+    assert send(p.relay_port, [box.address], token) == {}
+    assert token.encode() in box.wait(1)[0]
+    assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
+                     re.M), p.stderr()
+    assert lab.unbound_queries(f"_{postfix.backend.rsplit(':', 1)[1]}._tcp.mx.{MAIL_DOMAIN}",
+                               "TLSA") == 0
 
 
 def test_a_resolver_that_cannot_validate_is_said_loudly(proxy, postfix, lab, tmp_path):

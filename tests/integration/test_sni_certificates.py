@@ -129,18 +129,24 @@ def test_a_session_resumes_only_under_its_certificate(proxy, postfix, sni_pki):
     assert not session("mail.example.org", default)[0]
 
 
+def start_up_error(postfix, *flags: str) -> str:
+    """What the proxy says when `flags` stop its start-up (exit 2, asserted)."""
+    done = subprocess.run(
+        [str(proxy_binary()), "--listen", f"{LOOPBACK}:{free_port()}", "--backend",
+         postfix.backend, "--metrics-listen", "", *flags],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    assert done.returncode == 2, (flags, done.stderr.decode())
+    return done.stderr.decode()
+
+
 def test_a_bad_set_stops_start_up_naming_the_flag(postfix, pki, tmp_path, sni_pki):
     mail_ecdsa, mail_rsa = sni_pki["mail-ecdsa"], sni_pki["mail-rsa"]
-    for value, why in ((f"mail.example.org={mail_ecdsa[0]},{mail_rsa[1]}", "does not match"),
+    for given, why in ((f"mail.example.org={mail_ecdsa[0]},{mail_rsa[1]}", "does not match"),
                        (f"mail.example.org={tmp_path / 'missing.pem'}", "cannot read"),
                        (f"bad name={mail_ecdsa[0]}", "not a host name")):
-        done = subprocess.run(
-            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{free_port()}", "--backend",
-             postfix.backend, "--tls-certificate", str(pki.cert), "--tls-privatekey",
-             str(pki.key), "--metrics-listen", "", "--tls-sni-certificate", value],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-        assert done.returncode == 2, value
-        assert "--tls-sni-certificate" in done.stderr.decode() and why in done.stderr.decode()
+        stderr = start_up_error(postfix, "--tls-certificate", str(pki.cert), "--tls-privatekey",
+                                str(pki.key), "--tls-sni-certificate", given)
+        assert "--tls-sni-certificate" in stderr and why in stderr, stderr
 
 
 def test_a_reload_takes_a_renewed_set(proxy, postfix, sni_pki, tmp_path):
@@ -260,17 +266,12 @@ def test_the_received_header_names_the_sni_and_the_certificate(proxy, postfix, p
 
 def test_a_bad_host_set_stops_start_up_naming_the_flag(postfix, pki, tmp_path, partner_pki):
     chain, key = partner_pki["partner-ecdsa"]
-    for value, why in ((f"127.0.0.3={chain},{partner_pki['mail-rsa'][1]}", "does not match"),
+    for given, why in ((f"127.0.0.3={chain},{partner_pki['mail-rsa'][1]}", "does not match"),
                        (f"127.0.0.3={tmp_path / 'missing.pem'}", "cannot read"),
                        (f"={chain}", "empty host list"),
                        (f"not-an-address={chain}", "not-an-address")):
-        done = subprocess.run(
-            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{free_port()}", "--backend",
-             postfix.backend, "--tls-certificate", str(pki.cert), "--tls-privatekey",
-             str(pki.key), "--metrics-listen", "", "--tls-host-certificate", value],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-        assert done.returncode == 2, value
-        stderr = done.stderr.decode()
+        stderr = start_up_error(postfix, "--tls-certificate", str(pki.cert), "--tls-privatekey",
+                                str(pki.key), "--tls-host-certificate", given)
         assert "--tls-host-certificate" in stderr and why in stderr, stderr
 
 
@@ -289,10 +290,5 @@ def test_a_chain_out_of_order_stops_start_up(postfix, pki, tmp_path, sni_pki):
             ("--tls-sni-certificate",
              ["--tls-certificate", str(pki.cert), "--tls-privatekey", str(pki.key),
               "--tls-sni-certificate", f"mail.example.org={disordered},{mail_key}"])):
-        done = subprocess.run(
-            [str(proxy_binary()), "--listen", f"{LOOPBACK}:{free_port()}", "--backend",
-             postfix.backend, "--metrics-listen", "", *flags],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-        stderr = done.stderr.decode()
-        assert done.returncode == 2, stderr
+        stderr = start_up_error(postfix, *flags)
         assert f"{flag}: the certificates in {disordered} are not in order" in stderr, stderr
