@@ -141,6 +141,15 @@ class Session final : public Connection,
   asio::awaitable<bool> reset_kept_link(const std::string& lines, bool& sent);
   asio::awaitable<bool> read_replies(const std::vector<Verb>& verbs);
   void reply(std::string_view text) { to_client_.append(text); }
+  // A reply of the relay host's, passed on; a domain's MX (not the operator's host) has its
+  // reply cleaned of bytes that are not printable ASCII first.
+  void relay_reply(std::string_view text) {
+    if (by_mx()) {
+      reply(smtp::clean_reply(text));
+    } else {
+      reply(text);
+    }
+  }
   void lost_link(std::string_view during);
   void count_message(int code);
   // The relay host's verdict on a whole message: counted and logged.
@@ -439,7 +448,7 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
     link_.reset();
     co_return Next::close;
   }
-  reply(up.reply(verdict));
+  relay_reply(up.reply(verdict));
   message_done(up.reply(verdict), verdict.code);
   up.consume(verdict);
   in_transaction_ = false;
@@ -652,6 +661,7 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   }
   link_ = std::move(connected.link);
   // The held sender goes first, in the same group as the recipient (when the MX pipelines).
+  if (!link_->capabilities.eight_bit_mime) held_mail_ = smtp::without_body_8bitmime(held_mail_);
   group_.append(held_mail_).append("\r\n");
   group_verbs_.push_back(Verb::mail);
 }
@@ -742,11 +752,11 @@ asio::awaitable<bool> Session::read_replies(const std::vector<Verb>& verbs) {
     const bool refused_mail = !mail_refusal_.empty() && scan.code != 421;
     if (by_mx() && verb == Verb::mail && scan.code != 421) {
       // The held MAIL: the client had its 250; a refusal is its recipients' answer.
-      if (scan.code / 100 != 2) mail_refusal_ = std::string(up.reply(scan));
+      if (scan.code / 100 != 2) mail_refusal_ = smtp::clean_reply(up.reply(scan));
     } else if (by_mx() && verb == Verb::rcpt && refused_mail) {
       reply(mail_refusal_);
     } else {
-      reply(up.reply(scan));
+      relay_reply(up.reply(scan));
       if (verb == Verb::rcpt && scan.code / 100 == 2) ++accepted_recipients_;
     }
     last_code_ = scan.code;

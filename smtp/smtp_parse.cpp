@@ -215,6 +215,33 @@ bool MtaCapabilities::advertises(std::string_view attribute) const {
                      [&](const std::string& a) { return iequals(a, attribute); });
 }
 
+std::string clean_reply(std::string_view reply) {
+  std::string out;
+  out.reserve(reply.size() + 2);
+  for_each_reply_line(reply, [&](std::string_view line) {
+    for (const char c : line) out += c >= 0x20 && c < 0x7f ? c : '?';
+    out += "\r\n";
+  });
+  return out;
+}
+
+std::string without_body_8bitmime(std::string_view mail_line) {
+  std::string out;
+  std::size_t start = 0;
+  while (start <= mail_line.size()) {
+    const auto space = mail_line.find(' ', start);
+    const auto word =
+        mail_line.substr(start, space == std::string_view::npos ? space : space - start);
+    if (start == 0 || !iequals(word, "BODY=8BITMIME")) {
+      if (!out.empty()) out += ' ';
+      out += word;
+    }
+    if (space == std::string_view::npos) break;
+    start = space + 1;
+  }
+  return out;
+}
+
 MtaCapabilities parse_ehlo_capabilities(std::string_view reply) {
   MtaCapabilities caps;
   bool first = true;
@@ -227,6 +254,10 @@ MtaCapabilities parse_ehlo_capabilities(std::string_view reply) {
     const auto keyword = first_word(text);
     if (iequals(keyword, "CHUNKING")) {
       caps.chunking = true;
+      return;
+    }
+    if (iequals(keyword, "8BITMIME")) {
+      caps.eight_bit_mime = true;
       return;
     }
     if (iequals(keyword, "STARTTLS")) {

@@ -133,12 +133,22 @@ struct MtaCapabilities {
   bool auth_plain = false;       // among them PLAIN
   bool auth_login = false;       // among them LOGIN
   bool chunking = false;         // CHUNKING: BDAT may be sent
+  bool eight_bit_mime = false;   // 8BITMIME (RFC 6152)
   std::uint64_t size_limit = 0;  // SIZE n: the largest message; 0 when none is given
   bool xclient = false;
   std::vector<std::string> xclient_attributes;  // upper-cased, as advertised
   bool advertises(std::string_view attribute) const;
 };
 MtaCapabilities parse_ehlo_capabilities(std::string_view reply);
+
+// A complete reply from a peer the proxy does not control (a domain's MX), as the local client
+// gets it: each line ends CRLF, and a byte that is not printable ASCII (a bare CR, a control
+// byte) becomes '?'.
+std::string clean_reply(std::string_view reply);
+
+// A MAIL command line without its BODY=8BITMIME parameter (any case), for a server that does
+// not offer 8BITMIME: the message goes as it is, as Postfix sends it.
+std::string without_body_8bitmime(std::string_view mail_line);
 
 struct EhloRewrite {
   bool offer_starttls = false;  // client matches --tls-advertise-hosts and is not encrypted

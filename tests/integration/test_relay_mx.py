@@ -164,6 +164,20 @@ def test_an_mx_on_this_host_or_an_internal_network_is_never_contacted(proxy, pos
     assert smtp_commands(sink) == [] and "relay connection" not in p.stderr()
 
 
+def test_body_8bitmime_is_left_out_for_an_mx_without_8bitmime(proxy, postfix, smtp_sink, lab):
+    """The proxy offered 8BITMIME before it knew the MX: to one that does not, the message goes
+    as it is, without the parameter it would refuse (as Postfix sends it)."""
+    p = start_mx_proxy(proxy, postfix, smtp_sink(xclient=False, extra=("-8",)), lab)
+    token = unique("eightbit")
+    with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
+        s.ehlo("device.example")
+        assert s.sendmail(SENDER, [f"user@other.{TLD}"], simple_message(token, f"user@other.{TLD}"),
+                          mail_options=["BODY=8BITMIME"]) == {}
+    p.sink.wait_for_dump(token)
+    mails = [c.upper() for c in smtp_commands(p.sink) if c.upper().startswith("MAIL")]
+    assert mails == [f"MAIL FROM:<{SENDER.upper()}>"], mails
+
+
 def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):
     with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
         code, text = s.ehlo("device.example")

@@ -270,5 +270,28 @@ TEST(EhloRewrite, ErrorRepliesPassUnchanged) {
             "554 5.7.1 go away\r\n");
 }
 
+TEST(EhloCapabilities, Finds8BitMime) {
+  EXPECT_TRUE(parse_ehlo_capabilities(kPostfixEhlo).eight_bit_mime);
+  EXPECT_FALSE(parse_ehlo_capabilities("250-mx\r\n250 PIPELINING\r\n").eight_bit_mime);
+  EXPECT_FALSE(parse_ehlo_capabilities("250 8BITMIME\r\n").eight_bit_mime);  // the greeting
+}
+
+TEST(PeerReplies, ACleanReplyHasOnlyPrintableLinesEndingCrlf) {
+  EXPECT_EQ(clean_reply("250 2.1.5 Ok\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(clean_reply("250-a\n250 b\r\n"), "250-a\r\n250 b\r\n");  // bare LF
+  EXPECT_EQ(clean_reply("550 5.7.1 x\ry\x1b[31m\xff\r\n"), "550 5.7.1 x?y?[31m?\r\n");
+}
+
+TEST(PeerReplies, Body8BitMimeIsLeftOutOfMail) {
+  EXPECT_EQ(without_body_8bitmime("MAIL FROM:<a@example.org> BODY=8BITMIME"),
+            "MAIL FROM:<a@example.org>");
+  EXPECT_EQ(without_body_8bitmime("MAIL FROM:<a@example.org> body=8bitmime SIZE=10"),
+            "MAIL FROM:<a@example.org> SIZE=10");
+  EXPECT_EQ(without_body_8bitmime("MAIL FROM:<a@example.org> BODY=7BIT"),
+            "MAIL FROM:<a@example.org> BODY=7BIT");
+  EXPECT_EQ(without_body_8bitmime("MAIL FROM:<\"x BODY=8BITMIME\"@example.org>"),
+            "MAIL FROM:<\"x BODY=8BITMIME\"@example.org>");
+}
+
 }  // namespace
 }  // namespace stp::smtp
