@@ -55,12 +55,15 @@ std::string one_line(std::string_view reply) {
 class Connector {
  public:
   Connector(const RelayPolicy& policy, DeadlineQueue& deadlines, std::string_view log_id,
-            std::string metrics_label)
+            std::string metrics_label,
+            std::chrono::steady_clock::time_point give_up_at =
+                std::chrono::steady_clock::time_point::max())
       : policy_(policy),
         relay_(policy.config.relay),
         deadlines_(deadlines),
         log_id_(log_id),
-        metrics_label_(std::move(metrics_label)) {}
+        metrics_label_(std::move(metrics_label)),
+        give_up_at_(give_up_at) {}
 
   asio::awaitable<RelayConnectResult> run(const std::vector<RelayTarget>& targets) {
     RelayConnectResult result;
@@ -79,6 +82,11 @@ class Connector {
         continue;
       }
       for (const auto& endpoint : *endpoints) {
+        if (std::chrono::steady_clock::now() >= give_up_at_) {
+          result.failure = {"4.4.1", "gave up after --relay-mx-timeout (" + host.name + ": " +
+                                         std::string(result.failure.text) + ")"};
+          co_return result;
+        }
         Attempt attempt = co_await try_address(target, endpoint, false, result.link);
         if (attempt.next == Next::again_in_clear) {
           if (policy_.metrics) policy_.metrics->tryclear(label(host));
@@ -102,6 +110,14 @@ class Connector {
   }
 
  private:
+  // `timeout`, cut to what is left before giving up (at least a second).
+  std::chrono::steady_clock::duration bounded(std::chrono::steady_clock::duration timeout) const {
+    if (give_up_at_ == std::chrono::steady_clock::time_point::max()) return timeout;
+    const auto left = give_up_at_ - std::chrono::steady_clock::now();
+    return std::max<std::chrono::steady_clock::duration>(std::min(timeout, left),
+                                                         std::chrono::seconds(1));
+  }
+
   std::string label(const RelayHost& host) const {
     return metrics_label_.empty() ? label_of(host) : metrics_label_;
   }
@@ -145,8 +161,9 @@ class Connector {
     link->endpoint = endpoint;
     link->label =
         host.name + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
-    link->upstream.set_timeout(relay_.command_timeout);
+    link->upstream.set_timeout(bounded(relay_.command_timeout));
     const auto attempt = co_await converse(*link, in_clear);
+    link->upstream.set_timeout(relay_.command_timeout);
     if (attempt.next == Next::done) {
       log_connection(*link);
       out = std::move(link);
@@ -178,7 +195,7 @@ class Connector {
     const bool verify = parameters.verification == tls::ServerVerification::verify;
 
     Upstream::Target target{.endpoint = endpoint, .host = host.name, .port = endpoint.port()};
-    const bool connected = co_await up.connect(target, relay_.connect_timeout);
+    const bool connected = co_await up.connect(target, bounded(relay_.connect_timeout));
     if (!connected) co_return Attempt{Next::next_address, "cannot connect", "4.4.1", "connect"};
     if (implicit) {
       const bool secured = co_await up.start_tls(policy_.tls, parameters);
@@ -334,6 +351,7 @@ class Connector {
   DeadlineQueue& deadlines_;
   std::string_view log_id_;
   std::string metrics_label_;  // empty: each relay host's own
+  std::chrono::steady_clock::time_point give_up_at_;
   std::string last_why_;
 };
 
@@ -357,11 +375,11 @@ asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& policy,
   co_return result;
 }
 
-asio::awaitable<RelayConnectResult> connect_targets(const RelayPolicy& policy,
-                                                    std::vector<RelayTarget> targets,
-                                                    std::string metrics_label,
-                                                    DeadlineQueue& deadlines, std::string log_id) {
-  Connector connector(policy, deadlines, log_id, std::move(metrics_label));
+asio::awaitable<RelayConnectResult> connect_targets(
+    const RelayPolicy& policy, std::vector<RelayTarget> targets, std::string metrics_label,
+    std::chrono::steady_clock::time_point give_up_at, DeadlineQueue& deadlines,
+    std::string log_id) {
+  Connector connector(policy, deadlines, log_id, std::move(metrics_label), give_up_at);
   auto result = co_await connector.run(targets);
   co_return result;
 }

@@ -20,6 +20,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -107,12 +108,10 @@ boost::asio::awaitable<RelayConnectResult> connect_relay(const RelayPolicy& poli
                                                          DeadlineQueue& deadlines,
                                                          std::string log_id);
 
-// Tries `targets` in order, each address in turn, under the same policy; metrics name every
-// one of them `metrics_label`.
-boost::asio::awaitable<RelayConnectResult> connect_targets(const RelayPolicy& policy,
-                                                           std::vector<RelayTarget> targets,
-                                                           std::string metrics_label,
-                                                           DeadlineQueue& deadlines,
-                                                           std::string log_id);
+// Tries `targets` in order, each address in turn, under the same policy, giving up at
+// `give_up_at` (each wait is cut to it); metrics name every one of them `metrics_label`.
+boost::asio::awaitable<RelayConnectResult> connect_targets(
+    const RelayPolicy& policy, std::vector<RelayTarget> targets, std::string metrics_label,
+    std::chrono::steady_clock::time_point give_up_at, DeadlineQueue& deadlines, std::string log_id);
 
 }  // namespace stp::outbound

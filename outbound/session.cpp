@@ -640,6 +640,7 @@ asio::awaitable<Session::Next> Session::on_mx_rcpt(const smtp::Command& command)
 
 asio::awaitable<void> Session::open_destination(const std::string& domain) {
   destination_ = domain;
+  const auto give_up_at = Clock::now() + config_.relay.mx_timeout;
   auto route = co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port,
                                     config_.relay.dane, config_.relay.mx_refuse_addresses);
   if (route.targets.empty()) {
@@ -653,7 +654,7 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   std::string metrics_label = "mx";
   auto connected =
       co_await connect_targets(services_.policy, std::move(route.targets), std::move(metrics_label),
-                               worker_.deadlines, std::move(log_id));
+                               give_up_at, worker_.deadlines, std::move(log_id));
   if (!connected.link) {
     destination_refusal_ = "451 " + connected.failure.enhanced_code + " cannot deliver to " +
                            domain + " now: " + reply_safe(connected.failure.text) + "\r\n";

@@ -97,6 +97,9 @@ struct RelayConfig {
   std::vector<std::string> dns_forwarders;
   std::string dns_trust_anchor = "/usr/share/dns/root.key";
   bool dane = true;  // TLSA records of DNSSEC-signed MX hosts looked up and enforced
+  // How long a destination may take (lookups, every MX tried) before its recipient is told 451:
+  // within the local MTA's wait for the RCPT reply (Postfix: 5 minutes).
+  std::chrono::seconds mx_timeout{240};
   // MX addresses never connected to: this host (a loop back through the local MTA), internal
   // networks (a domain's MX must not reach hosts that trust this one).
   acl::HostList mx_refuse_addresses;

@@ -157,6 +157,15 @@ std::vector<Flag> relay_connection_flags() {
                "host: a loop back through the local MTA; internal networks); none left: 554 "
                "5.4.6",
        .apply = [](Config& c, const Values& v) { c.relay.mx_refuse_addresses = host_list(v); }},
+      {.name = "relay-mx-timeout",
+       .argument = "DURATION",
+       .defaults = {"4m"},
+       .help = "routing by MX: how long a recipient's destination may take (lookups, every MX "
+               "tried) before it is told 451; below the local MTA's RCPT timeout",
+       .apply =
+           [](Config& c, const Values& v) {
+             c.relay.mx_timeout = duration_value(v.front(), ZeroDuration::refused);
+           }},
       {.name = "relay-dane",
        .argument = "on|off",
        .defaults = {"on"},

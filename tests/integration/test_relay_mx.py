@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import re
 import smtplib
+import socket
+import time
 
 import pytest
 
@@ -176,6 +178,28 @@ def test_body_8bitmime_is_left_out_for_an_mx_without_8bitmime(proxy, postfix, sm
     p.sink.wait_for_dump(token)
     mails = [c.upper() for c in smtp_commands(p.sink) if c.upper().startswith("MAIL")]
     assert mails == [f"MAIL FROM:<{SENDER.upper()}>"], mails
+
+
+def test_an_mx_that_never_greets_is_given_up_on_in_time(proxy, postfix, lab):
+    """An MX that takes the connection and says nothing (a tarpit; no real MTA does it on
+    demand, so a bare listening socket): after --relay-mx-timeout the recipient is told 451,
+    well within the local MTA's own wait, not after each host's command timeout."""
+    silent = socket.socket()
+    silent.bind((LOOPBACK, 0))
+    silent.listen(8)
+    try:
+        port = free_port()
+        proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+              lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
+              "--relay-mx-port", str(silent.getsockname()[1]), "--relay-mx-timeout", "2s",
+              *LOOPBACK_MX)
+        started = time.monotonic()
+        code, text = refused_reply(port, f"user@other.{TLD}")
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert code == 451 and (b"no greeting" in text or b"gave up" in text), text
+    assert 1.5 < elapsed < 10, elapsed
 
 
 def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):

@@ -111,6 +111,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "dns-forwarder",
                                              "dns-trust-anchor",
                                              "relay-mx-refuse-addresses",
+                                             "relay-mx-timeout",
                                              "relay-dane",
                                              "relay-tls-on-connect-ports",
                                              "relay-helo",
