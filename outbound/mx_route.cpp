@@ -128,10 +128,13 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
         }
       }
     }
-    if (dane && !target.endpoints->empty() && addresses_secure &&
-        !co_await look_up_dane(resolver, target)) {
-      addresses -= target.endpoints->size();
-      target.endpoints->clear();
+    if (dane && !target.endpoints->empty() && addresses_secure) {
+      // Not inside the && above: GCC 12 miscompiles a co_await in a short-circuit operand.
+      const bool looked_up = co_await look_up_dane(resolver, target);
+      if (!looked_up) {
+        addresses -= target.endpoints->size();
+        target.endpoints->clear();
+      }
     }
     if (target.endpoints->empty() && target.why_none.empty()) target.why_none = "no address";
     if (target.endpoints->empty()) why_none = record.exchange + ": " + target.why_none;

@@ -137,11 +137,7 @@ class DnsLab:
             + "remote-control:\n  control-enable: no\n"
             + "".join(f"zone:\n  name: {z.name}.\n  zonefile: {z.name}.served\n"
                       for z in self.zones))
-        run(["nsd-checkconf", str(conf)])
-        self.processes.append(subprocess.Popen(
-            ["nsd", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-            stderr=open(d / "nsd.stderr", "wb")))
-        self._wait_for(lambda: self._answers(self.nsd_port, f"ns.{self.zones[0].name}"), "NSD")
+        self._run_server("nsd", "NSD", conf, self.nsd_port)
 
     def _start_unbound(self) -> None:
         d = self.directory
@@ -166,12 +162,16 @@ class DnsLab:
             + "".join(f"stub-zone:\n  name: \"{z.name}.\"\n  stub-addr: {LOOPBACK}@{self.nsd_port}\n"
                       for z in self.zones)
             + "remote-control:\n  control-enable: no\n")
-        run(["unbound-checkconf", str(conf)])
-        self.processes.append(subprocess.Popen(
-            ["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-            stderr=open(d / "unbound.stderr", "wb")))
-        self._wait_for(lambda: self._answers(self.unbound_port, f"ns.{self.zones[0].name}"),
-                       "Unbound")
+        self._run_server("unbound", "Unbound", conf, self.unbound_port)
+
+    def _run_server(self, program: str, what: str, conf: Path, port: int) -> None:
+        """Checks `conf` with PROGRAM-checkconf, runs PROGRAM in the foreground with it, and
+        waits until it answers for the first zone on `port`."""
+        run([f"{program}-checkconf", str(conf)])
+        with open(self.directory / f"{what.lower()}.stderr", "wb") as err:
+            self.processes.append(subprocess.Popen([program, "-d", "-c", str(conf)],
+                                                   stdout=subprocess.DEVNULL, stderr=err))
+        self._wait_for(lambda: self._answers(port, f"ns.{self.zones[0].name}"), what)
 
     def _answers(self, port: int, name: str) -> bool:
         done = subprocess.run(["dig", f"@{LOOPBACK}", "-p", str(port), "+time=1", "+tries=1",
