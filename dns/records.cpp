@@ -54,6 +54,18 @@ std::optional<TlsaRecord> read_tlsa(std::string_view rdata) {
                     static_cast<std::uint8_t>(rdata[2]), std::string(rdata.substr(3))};
 }
 
+std::optional<std::string> read_txt(std::string_view rdata) {
+  if (rdata.empty()) return std::nullopt;  // at least one string, perhaps empty
+  std::string text;
+  while (!rdata.empty()) {
+    const auto length = static_cast<unsigned char>(rdata.front());
+    if (length > rdata.size() - 1) return std::nullopt;
+    text.append(rdata.substr(1, length));
+    rdata.remove_prefix(1 + length);
+  }
+  return text;
+}
+
 std::optional<boost::asio::ip::address> read_address(RecordType type, std::string_view rdata) {
   if (type == RecordType::a && rdata.size() == 4) {
     std::array<unsigned char, 4> bytes{};

@@ -1,5 +1,5 @@
-// The record data the outbound side reads from DNS answers: names in wire format, MX, A and
-// AAAA. Pure functions over the bytes libunbound hands over (each record's rdata, names
+// The record data the outbound side reads from DNS answers: names in wire format, MX, TLSA,
+// TXT, A and AAAA. Pure functions over the bytes libunbound hands over (each record's rdata, names
 // uncompressed), every length checked.
 //
 // Trusts nothing: the bytes come from the network (validated or not); a malformed record is
@@ -45,6 +45,9 @@ struct TlsaRecord {
   std::string data;
 };
 std::optional<TlsaRecord> read_tlsa(std::string_view rdata);
+
+// A TXT record's character strings, joined (RFC 7208 3.3's reading; MTA-STS's too).
+std::optional<std::string> read_txt(std::string_view rdata);
 
 // An A record's rdata (4 bytes) or an AAAA record's (16 bytes).
 std::optional<boost::asio::ip::address> read_address(RecordType type, std::string_view rdata);

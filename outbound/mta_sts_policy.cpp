@@ -1,0 +1,240 @@
+// MTA-STS record and policy texts; see mta_sts_policy.hpp.
+#include "outbound/mta_sts_policy.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+namespace stp::outbound {
+namespace {
+
+bool set_error(std::string* error, std::string why) {
+  if (error) *error = std::move(why);
+  return false;
+}
+
+bool wsp(char c) {
+  return c == ' ' || c == '\t';
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && wsp(s.front())) s.remove_prefix(1);
+  while (!s.empty() && wsp(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+bool alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+// RFC 8461's sts-policy-ext-name, also the TXT record's sts-ext-name.
+bool extension_name(std::string_view name) {
+  if (name.empty() || name.size() > 32 || !alnum(name.front())) return false;
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return alnum(c) || c == '_' || c == '-' || c == '.'; });
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  return out;
+}
+
+// A domain name as an mx pattern's rest: letters, digits, hyphens, labels of 1 to 63, at
+// most 253 in all; one trailing dot dropped.
+std::optional<std::string> domain_name(std::string_view text) {
+  if (!text.empty() && text.back() == '.') text.remove_suffix(1);
+  if (text.empty() || text.size() > 253) return std::nullopt;
+  std::size_t label = 0;
+  for (const char c : text) {
+    if (c == '.') {
+      if (label == 0) return std::nullopt;
+      label = 0;
+    } else if (alnum(c) || c == '-' || c == '_') {
+      if (++label > 63) return std::nullopt;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (label == 0) return std::nullopt;
+  return lower(text);
+}
+
+}  // namespace
+
+std::string_view to_string(StsMode mode) {
+  switch (mode) {
+    case StsMode::enforce:
+      return "enforce";
+    case StsMode::testing:
+      return "testing";
+    case StsMode::none:
+      return "none";
+  }
+  return "none";
+}
+
+std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* error) {
+  if (text.size() > kMaxStsPolicySize) {
+    set_error(error, "longer than 64 KiB");
+    return std::nullopt;
+  }
+  StsPolicy policy;
+  bool have_version = false;
+  bool have_mode = false;
+  bool have_max_age = false;
+  while (!text.empty()) {
+    const auto end = text.find('\n');
+    std::string_view line = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (trim(line).empty()) continue;  // blank lines, commonly at the end
+    // Extension values may be UTF-8; control characters are never allowed.
+    if (std::any_of(line.begin(), line.end(),
+                    [](char c) { return (c >= 0 && c < 0x20 && c != '\t') || c == 0x7f; })) {
+      set_error(error, "a control character in a line");
+      return std::nullopt;
+    }
+    if (policy.lines.size() >= 1000) {
+      set_error(error, "more than 1000 lines");
+      return std::nullopt;
+    }
+    policy.lines.emplace_back(line);
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) {
+      set_error(error, "a line without a colon");
+      return std::nullopt;
+    }
+    const std::string_view key = line.substr(0, colon);
+    const std::string_view value = trim(line.substr(colon + 1));
+    if (key == "version") {
+      if (have_version) continue;
+      if (value != "STSv1") {
+        set_error(error, "version is not STSv1");
+        return std::nullopt;
+      }
+      have_version = true;
+    } else if (key == "mode") {
+      if (have_mode) continue;
+      if (value == "enforce") {
+        policy.mode = StsMode::enforce;
+      } else if (value == "testing") {
+        policy.mode = StsMode::testing;
+      } else if (value == "none") {
+        policy.mode = StsMode::none;
+      } else {
+        set_error(error, "mode is not enforce, testing or none");
+        return std::nullopt;
+      }
+      have_mode = true;
+    } else if (key == "max_age") {
+      if (have_max_age) continue;
+      std::uint64_t seconds = 0;
+      const auto [end_of_number, ec] =
+          std::from_chars(value.data(), value.data() + value.size(), seconds);
+      if (ec != std::errc() || end_of_number != value.data() + value.size() || value.empty() ||
+          value.size() > 10) {
+        set_error(error, "max_age is not 1 to 10 digits");
+        return std::nullopt;
+      }
+      policy.max_age = std::min(std::chrono::seconds(seconds), kMaxStsMaxAge);
+      have_max_age = true;
+    } else if (key == "mx") {
+      const bool wildcard = value.starts_with("*.");
+      auto name = domain_name(wildcard ? value.substr(2) : value);
+      if (!name) {
+        set_error(error, "a malformed mx pattern");
+        return std::nullopt;
+      }
+      policy.mx.push_back(wildcard ? "*." + *name : *name);
+    } else if (!extension_name(key)) {
+      set_error(error, "a malformed key");
+      return std::nullopt;
+    }
+  }
+  if (!have_version) {
+    set_error(error, "no version: STSv1");
+    return std::nullopt;
+  }
+  if (!have_mode) {
+    set_error(error, "no mode");
+    return std::nullopt;
+  }
+  if (!have_max_age) {
+    set_error(error, "no max_age");
+    return std::nullopt;
+  }
+  if (policy.mode != StsMode::none && policy.mx.empty()) {
+    set_error(error, "no mx with mode " + std::string(to_string(policy.mode)));
+    return std::nullopt;
+  }
+  return policy;
+}
+
+std::optional<std::string> parse_sts_record(std::string_view text, std::string* error) {
+  constexpr std::string_view kVersion = "v=STSv1";
+  if (!text.starts_with(kVersion)) {
+    set_error(error, "does not begin v=STSv1");
+    return std::nullopt;
+  }
+  text.remove_prefix(kVersion.size());
+  if (const auto rest = trim(text); !rest.empty() && rest.front() != ';') {
+    set_error(error, "v=STSv1 not followed by ;");
+    return std::nullopt;
+  }
+  std::optional<std::string> id;
+  while (!text.empty()) {
+    const auto end = text.find(';');
+    const std::string_view field = trim(text.substr(0, end));
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    if (field.empty()) continue;
+    const auto equals = field.find('=');
+    const std::string_view name = field.substr(0, equals);
+    const std::string_view value =
+        equals == std::string_view::npos ? std::string_view() : field.substr(equals + 1);
+    if (equals == std::string_view::npos || !extension_name(name) || value.empty() ||
+        std::any_of(value.begin(), value.end(),
+                    [](char c) { return c <= 0x20 || c >= 0x7f || c == '=' || c == ';'; })) {
+      set_error(error, "a malformed field");
+      return std::nullopt;
+    }
+    if (name != "id") continue;
+    if (id || value.size() > 32 || !std::all_of(value.begin(), value.end(), alnum)) {
+      set_error(error, id ? "two ids" : "an id that is not 1 to 32 letters and digits");
+      return std::nullopt;
+    }
+    id = std::string(value);
+  }
+  if (!id) set_error(error, "no id");
+  return id;
+}
+
+std::optional<std::string> sts_record_id(const std::vector<std::string>& records,
+                                         std::string* error) {
+  const std::string* found = nullptr;
+  for (const auto& record : records) {
+    if (!record.starts_with("v=STSv1")) continue;
+    if (found) {
+      set_error(error, "more than one v=STSv1 record");
+      return std::nullopt;
+    }
+    found = &record;
+  }
+  if (!found) {
+    set_error(error, "no v=STSv1 record");
+    return std::nullopt;
+  }
+  return parse_sts_record(*found, error);
+}
+
+bool sts_mx_matches(const StsPolicy& policy, std::string_view host) {
+  const std::string name = lower(host);
+  const auto dot = name.find('.');
+  const std::string_view parent =
+      dot == std::string::npos ? std::string_view() : std::string_view(name).substr(dot + 1);
+  return std::any_of(policy.mx.begin(), policy.mx.end(), [&](const std::string& pattern) {
+    if (pattern.starts_with("*.")) return !parent.empty() && pattern.substr(2) == parent;
+    return pattern == name;
+  });
+}
+
+}  // namespace stp::outbound
