@@ -27,6 +27,10 @@ RelayMetrics::RelayMetrics(prometheus::Registry& r)
       auth_(family(r, "smtp_tls_proxy_relay_auth_total", "AUTH to relay hosts, by result")),
       messages_(family(r, "smtp_tls_proxy_relay_messages_total",
                        "Messages relayed, by the relay host's verdict")),
+      tls_policy_results_(
+          family(r, "smtp_tls_proxy_relay_tls_policy_results_total",
+                 "Routing by MX: connections and policy lookups by TLS policy type and RFC 8460 "
+                 "result type")),
       clients_refused_(family(r, "smtp_tls_proxy_relay_clients_refused_total",
                               "Local clients refused (not in --relay-clients)")
                            .Add({})),
@@ -59,6 +63,10 @@ void RelayMetrics::auth(std::string_view relay_host, std::string_view result) {
 
 void RelayMetrics::message(std::string_view relay_host, std::string_view verdict) {
   messages_.Add({{"relay_host", text(relay_host)}, {"verdict", text(verdict)}}).Increment();
+}
+
+void RelayMetrics::tls_policy_result(std::string_view policy, std::string_view result) {
+  tls_policy_results_.Add({{"policy", text(policy)}, {"result", text(result)}}).Increment();
 }
 
 void RelayMetrics::client_refused() {

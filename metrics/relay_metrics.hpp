@@ -36,6 +36,11 @@ class RelayMetrics {
   // Routing by MX: whether the resolver validates DNSSEC (its trust anchor's keys came back
   // secure at the last check).
   void dns_validating(bool validating) { dns_validating_.Set(validating ? 1 : 0); }
+  // Routing by MX, a connection's outcome under its TLS policy, in RFC 8460's words: policy
+  // "tlsa", "sts", "no-policy-found"; result "success" or a result type
+  // ("starttls-not-supported", "certificate-host-mismatch", "tlsa-invalid",
+  // "sts-policy-fetch-error", ...). Both from fixed sets, never a domain.
+  void tls_policy_result(std::string_view policy, std::string_view result);
 
  private:
   prometheus::Family<prometheus::Counter>& connections_;
@@ -44,6 +49,7 @@ class RelayMetrics {
   prometheus::Family<prometheus::Counter>& reuses_;
   prometheus::Family<prometheus::Counter>& auth_;
   prometheus::Family<prometheus::Counter>& messages_;
+  prometheus::Family<prometheus::Counter>& tls_policy_results_;
   prometheus::Counter& clients_refused_;
   prometheus::Gauge& dns_validating_;
 };

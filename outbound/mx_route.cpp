@@ -18,6 +18,18 @@ MxRoute nowhere(int code, std::string enhanced_code, std::string text) {
   return MxRoute{{}, code, std::move(enhanced_code), reply_safe(text)};
 }
 
+// "3 1 1 ABCD...", as TLS reports give a TLSA record (RFC 8460 4.4).
+std::string presentation(const dns::TlsaRecord& r) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string text = std::to_string(r.usage) + " " + std::to_string(r.selector) + " " +
+                     std::to_string(r.matching_type) + " ";
+  for (const char c : r.data) {
+    text += kHex[static_cast<unsigned char>(c) >> 4];
+    text += kHex[static_cast<unsigned char>(c) & 0xf];
+  }
+  return text;
+}
+
 bool usable(const dns::TlsaRecord& r) {
   const std::size_t digest = r.matching_type == 1 ? 32 : r.matching_type == 2 ? 64 : 0;
   return (r.usage == 2 || r.usage == 3) && r.selector <= 1 && r.matching_type <= 2 &&
@@ -34,20 +46,26 @@ asio::awaitable<bool> look_up_dane(dns::Resolver& resolver, RelayTarget& target)
   const auto answer = co_await resolver.lookup(name, dns::RecordType::tlsa);
   if (answer.status == dns::Answer::Status::failure) {
     target.why_none = "TLSA lookup failed: " + answer.why;
+    target.policy = TlsPolicy::dane;  // reported as dnssec-invalid
     co_return false;
   }
   if (answer.status != dns::Answer::Status::records || answer.security != dns::Security::secure) {
     co_return true;
   }
   target.tls_required = true;
+  target.policy = TlsPolicy::dane;
+  auto records = std::make_shared<std::vector<std::string>>();
   for (const auto& rdata : answer.rdata) {
     const auto tlsa = dns::read_tlsa(rdata);
+    if (!tlsa) continue;
+    records->push_back(presentation(*tlsa));
     // PKIX-TA(0) and PKIX-EE(1) are not for SMTP (RFC 7672 3.1.3); a record OpenSSL could
     // not use is left out here, since OpenSSL would quietly verify by CAs instead.
-    if (tlsa && usable(*tlsa)) {
+    if (usable(*tlsa)) {
       target.dane.push_back({tlsa->usage, tlsa->selector, tlsa->matching_type, tlsa->data});
     }
   }
+  target.policy_strings = std::move(records);
   co_return true;
 }
 
@@ -66,6 +84,30 @@ std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt1
                    [](const auto& a, const auto& b) { return a.preference < b.preference; });
   if (records.size() > limit) records.resize(limit);
   return records;
+}
+
+std::vector<std::string> apply_sts(MxRoute& route, const StsPolicy& policy) {
+  std::vector<std::string> left_out;
+  if (policy.mode == StsMode::none) return left_out;
+  const auto lines = std::make_shared<const std::vector<std::string>>(policy.lines);
+  const bool enforce = policy.mode == StsMode::enforce;
+  std::erase_if(route.targets, [&](RelayTarget& target) {
+    if (target.policy == TlsPolicy::dane) return false;  // DANE wins (RFC 8461 2)
+    if (enforce && !sts_mx_matches(policy, target.host.name)) {
+      left_out.push_back(target.host.name);
+      return true;
+    }
+    target.policy = enforce ? TlsPolicy::sts_enforce : TlsPolicy::sts_testing;
+    target.tls_required = enforce;
+    target.policy_strings = lines;
+    return false;
+  });
+  if (route.targets.empty()) {
+    route.code = 451;
+    route.enhanced_code = "4.7.5";
+    route.text = reply_safe("no MX host of the domain matches its MTA-STS policy");
+  }
+  return left_out;
 }
 
 asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
@@ -103,6 +145,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
   for (const auto& record : order_mx(std::move(records), random, kMaxMxHosts)) {
     RelayTarget target;
     target.host = {record.exchange, port};
+    target.policy_domain = domain;
     target.endpoints.emplace();
     bool addresses_secure = names_secure;
     // IPv4 first: where both exist it is the one more often reachable from a container.

@@ -9,6 +9,7 @@
 
 #include "acl/host_list.hpp"
 #include "dns/resolver.hpp"
+#include "outbound/mta_sts_policy.hpp"
 #include "outbound/relay_link.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -37,6 +38,13 @@ std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt1
 boost::asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain,
                                             std::uint16_t port, bool dane,
                                             const acl::HostList& refused);
+
+// An MTA-STS policy (RFC 8461 4, 5) over `route`. Enforce: MX hosts its mx patterns do not
+// match are left out (their names returned, for the log), the others need TLS verified by
+// PKIX for their name; none left: the route is nowhere (451 4.7.5). Testing: each host is
+// tried as before, the verification only recorded. None: nothing changes. Hosts under DANE
+// keep it: DANE wins (RFC 8461 2).
+std::vector<std::string> apply_sts(MxRoute& route, const StsPolicy& policy);
 
 // Text from the network or the resolver made fit for a reply line: printable ASCII, bounded.
 std::string reply_safe(std::string_view text);

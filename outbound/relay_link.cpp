@@ -2,6 +2,7 @@
 #include "outbound/relay_link.hpp"
 
 #include "metrics/metrics.hpp"
+#include "outbound/tls_report.hpp"
 #include "proxy/log.hpp"
 #include "smtp/sasl_client.hpp"
 
@@ -30,7 +31,13 @@ struct Attempt {
   std::string why;  // for the log and the local client's reply
   std::string code = "4.4.1";
   std::string_view reason = "connect";  // the metrics' word for why
+  // For TLS reports: RFC 8460's result type when TLS was had or failed ("success",
+  // "starttls-not-supported", ...); empty when the attempt ended before TLS was in question.
+  std::string_view result = {};
+  std::string sending_ip = {};
 };
+
+constexpr std::string_view kStartTlsNotSupported = "starttls-not-supported";
 
 }  // namespace
 
@@ -38,11 +45,28 @@ std::string label_of(const RelayHost& host) {
   return host.name + ":" + std::to_string(host.port);
 }
 
+std::string_view to_string(TlsPolicy policy) {
+  switch (policy) {
+    case TlsPolicy::opportunistic:
+      return "none";
+    case TlsPolicy::relay_flags:
+      return "relay-flags";
+    case TlsPolicy::dane:
+      return "dane";
+    case TlsPolicy::sts_enforce:
+      return "mta-sts:enforce";
+    case TlsPolicy::sts_testing:
+      return "mta-sts:testing";
+  }
+  return "none";
+}
+
 std::string_view tls_level(const RelayLink& link) {
   const auto& t = link.tls_facts;
   if (!t) return "clear";
   if (!t->verified) return "encrypted";
-  return link.dane.empty() ? "verified" : "dane";
+  if (!link.dane.empty()) return "dane";
+  return link.policy == TlsPolicy::sts_enforce ? "mta-sts" : "verified";
 }
 
 namespace {
@@ -77,6 +101,8 @@ class Connector {
         last_why_ = target.why_none;
       }
       if (endpoints->empty()) {
+        // Only a failed TLSA lookup leaves a DANE host without addresses (mx_route.cpp).
+        if (target.policy == TlsPolicy::dane) report(target, {}, "dnssec-invalid", {});
         result.failure = {"4.4.3", host.name + ": " + last_why_};
         if (policy_.metrics) policy_.metrics->passed_over(label(host), "resolve");
         continue;
@@ -88,20 +114,23 @@ class Connector {
           co_return result;
         }
         Attempt attempt = co_await try_address(target, endpoint, false, result.link);
+        report(target, endpoint, attempt.result, attempt.sending_ip);
         if (attempt.next == Next::again_in_clear) {
           if (policy_.metrics) policy_.metrics->tryclear(label(host));
           spdlog::info("{} relay host {} [{}]:{}: {}; connecting again to deliver in the clear",
                        log_id_, host.name, endpoint.address().to_string(), endpoint.port(),
                        attempt.why);
           attempt = co_await try_address(target, endpoint, true, result.link);
+          report(target, endpoint, attempt.result, attempt.sending_ip);
         }
         if (attempt.next == Next::done) {
           if (policy_.metrics) policy_.metrics->connection(label(host), tls_level(*result.link));
           co_return result;
         }
         if (policy_.metrics) policy_.metrics->passed_over(label(host), attempt.reason);
-        spdlog::warn("{} relay host {} [{}]:{} passed over: {}", log_id_, host.name,
-                     endpoint.address().to_string(), endpoint.port(), attempt.why);
+        spdlog::warn("{} relay host {} [{}]:{} passed over: {}{}{}", log_id_, host.name,
+                     endpoint.address().to_string(), endpoint.port(), attempt.why,
+                     attempt.result.empty() ? "" : " result=", attempt.result);
         result.failure = {attempt.code, host.name + ": " + attempt.why};
         if (attempt.next == Next::next_host) break;
       }
@@ -116,6 +145,43 @@ class Connector {
     const auto left = give_up_at_ - std::chrono::steady_clock::now();
     return std::max<std::chrono::steady_clock::duration>(std::min(timeout, left),
                                                          std::chrono::seconds(1));
+  }
+
+  // A connection's outcome under its policy, for metrics and TLS reports (routing by MX:
+  // a recipient domain is the policy domain).
+  void report(const RelayTarget& target, const tcp::endpoint& endpoint, std::string_view result,
+              const std::string& sending_ip) {
+    if (target.policy_domain.empty() || result.empty()) return;
+    const ReportPolicy type =
+        target.policy == TlsPolicy::dane ? ReportPolicy::tlsa
+        : target.policy == TlsPolicy::sts_enforce || target.policy == TlsPolicy::sts_testing
+            ? ReportPolicy::sts
+            : ReportPolicy::no_policy_found;
+    if (policy_.metrics) policy_.metrics->tls_policy_result(to_string(type), result);
+    if (!policy_.reports) return;
+    policy_.reports->record(TlsOutcome{
+        .policy_domain = target.policy_domain,
+        .policy = type,
+        .policy_strings = type == ReportPolicy::no_policy_found ? nullptr : target.policy_strings,
+        .mx_host = target.host.name,
+        .receiving_ip = endpoint.port() == 0 ? std::string() : endpoint.address().to_string(),
+        .sending_ip = sending_ip,
+        .result = std::string(result)});
+  }
+
+  // Routing by MX, the operator's flags name a host (--relay-hosts-require-tls,
+  // --relay-hosts-avoid-tls, --relay-tls-verify-hosts): their terms, not DNS's, apply to it.
+  bool operator_terms(const RelayHost& host, const asio::ip::address& address) const {
+    return relay_.by_mx() && (relay_.hosts_require_tls.matches(host.name, address) ||
+                              relay_.hosts_avoid_tls.matches(host.name, address) ||
+                              relay_.tls_verify_hosts.matches(host.name, address));
+  }
+
+  // What became of TLS on a connection made: what a report counts.
+  static std::string_view outcome_of(const RelayLink& link) {
+    if (!link.tls_facts) return kStartTlsNotSupported;
+    if (link.tls_facts->verified || link.policy != TlsPolicy::sts_testing) return kResultSuccess;
+    return result_type_of(link.upstream.tls_verify_result());
   }
 
   std::string label(const RelayHost& host) const {
@@ -155,16 +221,27 @@ class Connector {
     auto link = std::make_unique<RelayLink>(co_await asio::this_coro::executor, deadlines_,
                                             std::string(log_id_));
     link->host = host;
-    link->tls_required_by_dns = target.tls_required;
-    link->dane = target.dane;
+    if (operator_terms(host, endpoint.address())) {
+      link->policy = TlsPolicy::relay_flags;
+    } else {
+      link->policy = target.policy;
+      link->tls_required_by_dns = target.tls_required;
+      link->dane = target.dane;
+    }
     link->metrics_label = label(host);
     link->endpoint = endpoint;
     link->label =
         host.name + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
     link->upstream.set_timeout(bounded(relay_.command_timeout));
-    const auto attempt = co_await converse(*link, in_clear);
+    auto attempt = co_await converse(*link, in_clear);
     link->upstream.set_timeout(relay_.command_timeout);
+    if (link->upstream.open()) {
+      error_code ec;
+      const auto local = link->upstream.socket().local_endpoint(ec);
+      if (!ec) attempt.sending_ip = local.address().to_string();
+    }
     if (attempt.next == Next::done) {
+      attempt.result = outcome_of(*link);
       log_connection(*link);
       out = std::move(link);
     } else if (!link->upstream.lost()) {
@@ -191,6 +268,12 @@ class Connector {
       parameters.dane = link.dane;
       parameters.names = {host.name};
       parameters.verification = tls::ServerVerification::verify;
+    } else if (link.policy == TlsPolicy::sts_enforce || link.policy == TlsPolicy::sts_testing) {
+      // MTA-STS (RFC 8461 4.2): PKIX for the MX host's name; enforced, or only recorded.
+      parameters.names = {host.name};
+      if (link.policy == TlsPolicy::sts_enforce) {
+        parameters.verification = tls::ServerVerification::verify;
+      }
     }
     const bool verify = parameters.verification == tls::ServerVerification::verify;
 
@@ -199,8 +282,10 @@ class Connector {
     if (!connected) co_return Attempt{Next::next_address, "cannot connect", "4.4.1", "connect"};
     if (implicit) {
       const bool secured = co_await up.start_tls(policy_.tls, parameters);
-      if (!secured)
-        co_return Attempt{Next::next_address, "TLS on connect failed", "4.7.5", "tls_failed"};
+      if (!secured) {
+        co_return Attempt{Next::next_address, "TLS on connect failed", "4.7.5", "tls_failed",
+                          result_type_of(up.tls_verify_result())};
+      }
     }
     const auto greeting = co_await up.read_reply();
     if (greeting.status != smtp::ReplyScan::Status::complete) {
@@ -221,7 +306,8 @@ class Connector {
       co_return Attempt{Next::next_host, "TLS required and not to be had", "4.7.5", "tls_required"};
     }
     if (!link.tls_facts && require_tls) {
-      co_return Attempt{Next::next_host, "TLS required and not offered", "4.7.5", "tls_required"};
+      co_return Attempt{Next::next_host, "TLS required and not offered", "4.7.5", "tls_required",
+                        kStartTlsNotSupported};
     }
     if (credential) {
       attempt = co_await authenticate(link, *credential);
@@ -264,11 +350,11 @@ class Connector {
         up.consume(started.scan);
         if (require_tls) {
           co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\"), TLS required",
-                            "4.7.5", "tls_required"};
+                            "4.7.5", "tls_required", kStartTlsNotSupported};
         }
         if (temporary && !relay_.tls_tempfail_tryclear) {
           co_return Attempt{Next::next_host, "STARTTLS refused (\"" + said + "\")", "4.7.5",
-                            "tls_failed"};
+                            "tls_failed", kStartTlsNotSupported};
         }
         spdlog::info("{} {} refused STARTTLS (\"{}\"): going on in the clear", log_id_, link.label,
                      said);
@@ -276,13 +362,15 @@ class Connector {
       }
       case Upstream::StartTls::failed: {
         const std::string why = "TLS negotiation failed";
+        const std::string_view result = result_type_of(up.tls_verify_result());
         if (verify) {
-          co_return Attempt{Next::next_host, why + " (certificate must verify)", "4.7.5", "verify"};
+          co_return Attempt{Next::next_host, why + " (certificate must verify)", "4.7.5", "verify",
+                            result};
         }
         if (require_tls || !relay_.tls_tempfail_tryclear) {
-          co_return Attempt{Next::next_host, why, "4.7.5", "tls_failed"};
+          co_return Attempt{Next::next_host, why, "4.7.5", "tls_failed", result};
         }
-        co_return Attempt{Next::again_in_clear, why};
+        co_return Attempt{Next::again_in_clear, why, "4.4.1", "connect", result};
       }
     }
     link.tls_facts =
@@ -341,9 +429,17 @@ class Connector {
                    log_id_, t->verified ? "Verified" : "Untrusted", link.label, t->protocol,
                    t->cipher, t->cipher_bits, t->cipher_algorithm_bits);
     }
-    spdlog::info("{} relay connection H={} {}{} TLS={}", log_id_, link.label, tls_fields,
+    // Routing by MX, where the terms came from and, when TLS fell short of the policy's
+    // promise (MTA-STS testing), RFC 8460's word for it.
+    std::string policy_fields;
+    if (relay_.by_mx()) {
+      policy_fields = " policy=" + std::string(to_string(link.policy));
+      const auto outcome = outcome_of(link);
+      if (outcome != kResultSuccess) policy_fields += " result=" + std::string(outcome);
+    }
+    spdlog::info("{} relay connection H={} {}{} TLS={}{}", log_id_, link.label, tls_fields,
                  link.auth_user.empty() ? "" : " AUTH=" + log::escape(link.auth_user, 64),
-                 tls_level(link));
+                 tls_level(link), policy_fields);
   }
 
   const RelayPolicy& policy_;

@@ -29,6 +29,8 @@
 
 namespace stp::outbound {
 
+class TlsReports;
+
 // What every connection shares: the configuration, the TLS client context, the credentials,
 // the metrics (null in tests that need none).
 struct RelayPolicy {
@@ -36,10 +38,17 @@ struct RelayPolicy {
   std::shared_ptr<const tls::ClientContext> tls;
   const Credentials& credentials;
   metrics::RelayMetrics* metrics = nullptr;
+  TlsReports* reports = nullptr;  // --relay-tls-rpt-dir; null without
 };
 
 // A relay host as metrics and logs name it: "smtp.example.net:587".
 std::string label_of(const RelayHost& host);
+
+// Where a connection's TLS terms come from, by issue 23's precedence: the operator's relay-*
+// flags for a host they name, then DANE, then MTA-STS, then opportunistic TLS.
+enum class TlsPolicy : std::uint8_t { opportunistic, relay_flags, dane, sts_enforce, sts_testing };
+// "none", "relay-flags", "dane", "mta-sts:enforce", "mta-sts:testing" (the log's policy=).
+std::string_view to_string(TlsPolicy policy);
 
 // One relay host connection, greeted, past EHLO (and STARTTLS and AUTH when they apply).
 class RelayLink final : public Deadline::Owner {
@@ -61,8 +70,9 @@ class RelayLink final : public Deadline::Owner {
   Upstream upstream;
   RelayHost host;
   std::string metrics_label;  // the relay host as metrics name it (never a domain's MX)
-  // What DNSSEC said of an MX host (RelayTarget): TLS it must have, the TLSA records its
-  // certificate must match.
+  // What DNS said of an MX host (RelayTarget): where its terms come from, TLS it must have,
+  // the TLSA records its certificate must match.
+  TlsPolicy policy = TlsPolicy::opportunistic;
   bool tls_required_by_dns = false;
   std::vector<tls::DaneRecord> dane;
   boost::asio::ip::tcp::endpoint endpoint;
@@ -78,7 +88,8 @@ class RelayLink final : public Deadline::Owner {
 };
 
 // Postfix's words for how a connection is secured: dane (verified against DNSSEC-signed TLSA
-// records), verified (a certificate chain to a trusted CA), encrypted, clear.
+// records), mta-sts (verified for its name under an enforced MTA-STS policy), verified (a
+// certificate chain to a trusted CA), encrypted, clear.
 std::string_view tls_level(const RelayLink& link);
 
 // Why no connection could be made: the text for the local client's 4xx reply.
@@ -92,10 +103,15 @@ struct RelayTarget {
   RelayHost host;
   std::optional<std::vector<boost::asio::ip::tcp::endpoint>> endpoints;  // nullopt: resolve
   std::string why_none;  // when `endpoints` is empty: why
+  TlsPolicy policy = TlsPolicy::opportunistic;
   // DANE (RFC 7672), from the host's DNSSEC-signed TLSA records: TLS is then mandatory, and
   // the certificate must match one of `dane` (usable records; none: TLS unauthenticated).
+  // An enforced MTA-STS policy makes TLS mandatory too, verified for the host's name.
   bool tls_required = false;
   std::vector<tls::DaneRecord> dane;
+  // For TLS reports (RFC 8460): the policy's domain and its text (STS lines, TLSA records).
+  std::string policy_domain;
+  std::shared_ptr<const std::vector<std::string>> policy_strings;
 };
 
 struct RelayConnectResult {

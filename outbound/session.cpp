@@ -124,6 +124,9 @@ class Session final : public Connection,
   bool by_mx() const { return config_.relay.by_mx(); }
   Next on_mx_mail(const smtp::Command& command);
   asio::awaitable<Next> on_mx_rcpt(const smtp::Command& command);
+  // MTA-STS over the route of `domain` (mx_route.hpp apply_sts), and its fetch's failure
+  // counted.
+  asio::awaitable<void> apply_mta_sts(const std::string& domain, MxRoute& route);
   // The first recipient's domain routed and its MX connected, or the reply its RCPTs get.
   asio::awaitable<void> open_destination(const std::string& domain);
   // Ends the transaction and its MX connection (QUIT).
@@ -643,6 +646,7 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   const auto give_up_at = Clock::now() + config_.relay.mx_timeout;
   auto route = co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port,
                                     config_.relay.dane, config_.relay.mx_refuse_addresses);
+  if (!route.targets.empty() && services_.sts) co_await apply_mta_sts(domain, route);
   if (route.targets.empty()) {
     spdlog::info("{} mail from {} for {} goes nowhere: {}", id_, client_label_,
                  log::escape(domain, 255), route.text);
@@ -665,6 +669,29 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   if (!link_->capabilities.eight_bit_mime) held_mail_ = smtp::without_body_8bitmime(held_mail_);
   group_.append(held_mail_).append("\r\n");
   group_verbs_.push_back(Verb::mail);
+}
+
+asio::awaitable<void> Session::apply_mta_sts(const std::string& domain, MxRoute& route) {
+  const StsAnswer sts = co_await services_.sts->lookup(domain);
+  if (!sts.failure.empty()) {
+    services_.metrics.tls_policy_result("sts", sts.failure);
+    if (services_.reports) {
+      services_.reports->record({.policy_domain = domain,
+                                 .policy = ReportPolicy::sts,
+                                 .policy_strings = nullptr,
+                                 .mx_host = {},
+                                 .receiving_ip = {},
+                                 .sending_ip = {},
+                                 .result = sts.failure});
+    }
+  }
+  if (!sts.policy || sts.policy->mode == StsMode::none) co_return;
+  const auto left_out = apply_sts(route, *sts.policy);
+  std::string outside;
+  for (const auto& host : left_out) outside += (outside.empty() ? "" : ", ") + host;
+  spdlog::info("{} MTA-STS policy of {}: mode={} id={}{}{}", id_, domain,
+               to_string(sts.policy->mode), sts.id, sts.from_cache ? " (kept)" : "",
+               outside.empty() ? "" : "; MX hosts it does not name, not tried: " + outside);
 }
 
 asio::awaitable<void> Session::end_transaction() {
@@ -851,14 +878,24 @@ SessionServices::SessionServices(Runtime& runtime_in)
       credentials(config.relay.auth_file.empty() ? Credentials()
                                                  : Credentials::load(config.relay.auth_file)),
       metrics(runtime_in.metrics.registry()),
-      policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials, &metrics} {
-}
+      reports(config.relay.tls_rpt_dir.empty()
+                  ? nullptr
+                  : std::make_unique<TlsReports>(config.relay.tls_rpt_dir, config.hostname)),
+      policy{config, tls::ClientContext::create(relay_tls_options(config)), credentials, &metrics,
+             reports.get()} {}
 
 void SessionServices::start_serving(asio::io_context& io) {
   if (config.relay.by_mx()) {
     resolver = dns::Resolver::create(io.get_executor(),
                                      {.trust_anchor_file = config.relay.dns_trust_anchor,
                                       .forwarders = config.relay.dns_forwarders});
+    if (config.relay.mta_sts) {
+      sts = StsPolicies::create(io.get_executor(), resolver, policy.tls,
+                                {.cache_dir = config.relay.mta_sts_cache,
+                                 .refused = config.relay.mx_refuse_addresses,
+                                 .fetch_timeout = std::chrono::seconds(30),
+                                 .port = 443});
+    }
     validation_timer_ = std::make_unique<asio::steady_timer>(io);
     asio::co_spawn(io, watch_validation(), [](std::exception_ptr e) {
       try {
@@ -867,6 +904,10 @@ void SessionServices::start_serving(asio::io_context& io) {
         spdlog::error("DNSSEC validation check stopped: {}", error.what());
       }
     });
+    if (reports) {
+      report_timer_ = std::make_unique<asio::steady_timer>(io);
+      asio::co_spawn(io, write_reports(), asio::detached);
+    }
     return;
   }
   probe_ = std::make_unique<RelayProbe>(io, config);
@@ -876,9 +917,22 @@ void SessionServices::start_serving(asio::io_context& io) {
 void SessionServices::stop_serving() {
   stopping_ = true;
   if (probe_) probe_->stop();
+  if (sts) sts->stop();
   if (resolver) resolver->stop();
   if (validation_timer_) {
     asio::post(validation_timer_->get_executor(), [this] { validation_timer_->cancel(); });
+  }
+  if (report_timer_) {
+    asio::post(report_timer_->get_executor(), [this] { report_timer_->cancel(); });
+  }
+}
+
+asio::awaitable<void> SessionServices::write_reports() {
+  while (!stopping_) {
+    report_timer_->expires_after(std::chrono::minutes(5));
+    boost::system::error_code ec;
+    co_await report_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    reports->write();  // at shutdown too: the timer is cancelled then
   }
 }
 

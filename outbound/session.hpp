@@ -17,8 +17,10 @@
 #include "metrics/relay_metrics.hpp"
 #include "outbound/credentials.hpp"
 #include "outbound/link_pool.hpp"
+#include "outbound/mta_sts.hpp"
 #include "outbound/relay_link.hpp"
 #include "outbound/relay_probe.hpp"
+#include "outbound/tls_report.hpp"
 #include "proxy/runtime.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -51,17 +53,22 @@ class SessionServices final : public SessionFactory {
   const Config& config;
   Credentials credentials;
   metrics::RelayMetrics metrics;
+  std::unique_ptr<TlsReports> reports;  // --relay-tls-rpt-dir; before policy, which points to it
   RelayPolicy policy;
   std::atomic<std::uint64_t> next_session_id{1};
   std::shared_ptr<dns::Resolver> resolver;  // --relay-route mx; made by start_serving
+  std::shared_ptr<StsPolicies> sts;         // and --relay-mta-sts on
 
  private:
   // Routing by MX: checks, at start and every --backend-probe-interval, that the resolver
   // validates (the trust anchor's own keys come back secure); says so loudly when it stops.
   boost::asio::awaitable<void> watch_validation();
+  // Rewrites the TLS reports every few minutes.
+  boost::asio::awaitable<void> write_reports();
 
   std::unique_ptr<RelayProbe> probe_;
   std::unique_ptr<boost::asio::steady_timer> validation_timer_;
+  std::unique_ptr<boost::asio::steady_timer> report_timer_;
   std::atomic<bool> validating_{false};
   std::atomic<bool> stopping_{false};
   std::mutex pools_mutex_;

@@ -96,7 +96,10 @@ struct RelayConfig {
   // recursion), and its DNSSEC trust anchors.
   std::vector<std::string> dns_forwarders;
   std::string dns_trust_anchor = "/usr/share/dns/root.key";
-  bool dane = true;  // TLSA records of DNSSEC-signed MX hosts looked up and enforced
+  bool dane = true;           // TLSA records of DNSSEC-signed MX hosts looked up and enforced
+  bool mta_sts = true;        // MTA-STS policies fetched and applied (RFC 8461)
+  std::string mta_sts_cache;  // where policies are kept on disk; empty: memory only
+  std::string tls_rpt_dir;    // where TLS reports (RFC 8460) are written; empty: none
   // How long a destination may take (lookups, every MX tried) before its recipient is told 451:
   // within the local MTA's wait for the RCPT reply (Postfix: 5 minutes).
   std::chrono::seconds mx_timeout{240};

@@ -172,6 +172,28 @@ std::vector<Flag> relay_connection_flags() {
        .help = "routing by MX: an MX host with DNSSEC-signed TLSA records must have TLS and a "
                "certificate that matches them (RFC 7672); off: TLSA records are not looked up",
        .apply = [](Config& c, const Values& v) { c.relay.dane = parse_bool(v.front()); }},
+      {.name = "relay-mta-sts",
+       .argument = "on|off",
+       .defaults = {"on"},
+       .help = "routing by MX: a domain's MTA-STS policy (RFC 8461) is fetched and kept; enforce: "
+               "only MX hosts it names, with certificates valid for their names, else 451; "
+               "testing: failures only recorded. DANE wins over it",
+       .apply = [](Config& c, const Values& v) { c.relay.mta_sts = parse_bool(v.front()); }},
+      {.name = "relay-mta-sts-cache",
+       .argument = "DIR",
+       .defaults = {""},
+       .help =
+           "routing by MX: where MTA-STS policies are kept across restarts (one file per "
+           "domain), so an attacker who blocks a fetch after a restart cannot turn a policy off",
+       .default_help = "kept in memory only",
+       .apply = [](Config& c, const Values& v) { c.relay.mta_sts_cache = v.front(); }},
+      {.name = "relay-tls-rpt-dir",
+       .argument = "DIR",
+       .defaults = {""},
+       .help = "routing by MX: TLS reports (RFC 8460 JSON) written to DIR/<UTC day>/<domain>.json, "
+               "each rewritten every 5 minutes and at shutdown",
+       .default_help = "none written",
+       .apply = [](Config& c, const Values& v) { c.relay.tls_rpt_dir = v.front(); }},
       {.name = "relay-tls-on-connect-ports",
        .argument = "LIST",
        .defaults = {"465"},

@@ -151,6 +151,7 @@ asio::awaitable<bool> Upstream::start_tls(std::shared_ptr<const tls::ClientConte
   arm();
   error_code ec;
   co_await tls_->handshake(ec);
+  verify_result_ = SSL_get_verify_result(tls_->native_handle());
   if (ec) {
     fail("in the TLS handshake", ec);
     tls_.reset();  // no close_notify after a failed handshake

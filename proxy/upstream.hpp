@@ -93,6 +93,9 @@ class Upstream {
                                                   const tls::ConnectParameters& parameters);
   // The TLS session, when one is up (for its facts); null in the clear.
   const tls::TlsStream* tls() const { return tls_.get(); }
+  // OpenSSL's verdict on the server's certificate at the last handshake, failed or not
+  // (X509_V_OK when it verified; an X509_V_ERR_* otherwise).
+  long tls_verify_result() const { return verify_result_; }
 
   // QUIT, and its reply or the end of the connection (unread: it only lets the MTA close
   // first), then close. Bounded by `timeout`.
@@ -130,6 +133,7 @@ class Upstream {
   Clock::time_point limit_ = Clock::time_point::max();
   spdlog::level::level_enum failure_level_ = spdlog::level::warn;
   bool lost_ = false;
+  long verify_result_ = 0;
 };
 
 }  // namespace stp

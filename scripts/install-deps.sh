@@ -20,7 +20,7 @@ esac
 build_packages=(
   build-essential cmake ninja-build pkg-config
   libboost1.81-dev libboost-program-options1.81-dev
-  libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libunbound-dev
+  libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libunbound-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
 )
 run_packages=(openssl postfix swaks libnet-ssleay-perl libio-socket-ssl-perl ca-certificates

@@ -299,7 +299,7 @@ def test_dane_ee_match_delivers_with_tls_dane(proxy, postfix, pki, dane_lab):
     assert send(p.relay_port, [box.address], token) == {}
     assert token.encode() in box.wait(1)[0]
     assert re.search(r"relay connection H=mx\.test\.example \[127\.0\.0\.1\]:\d+ X=TLSv1\.3:"
-                     r"\S+ CV=yes .*TLS=dane$", p.stderr(), re.M), p.stderr()
+                     r"\S+ CV=yes .*TLS=dane policy=dane$", p.stderr(), re.M), p.stderr()
     # Counted as such, under the one label every MX has.
     samples = scrape(metrics_port)
     assert value(samples, "smtp_tls_proxy_relay_connections_total", relay_host="mx",
@@ -327,7 +327,7 @@ def test_tlsa_in_an_unsigned_zone_is_not_dane(proxy, postfix, dane_lab):
     token = unique("nodane")
     assert send(p.relay_port, [box.address], token) == {}
     assert token.encode() in box.wait(1)[0]
-    assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
+    assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted policy=none$", p.stderr(),
                      re.M), p.stderr()
 
 
@@ -350,7 +350,7 @@ def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, dane_lab):
     token = unique("daneoff")
     assert send(p.relay_port, [box.address], token) == {}
     assert token.encode() in box.wait(1)[0]
-    assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted$", p.stderr(),
+    assert re.search(r"relay connection H=mx\.test\.example .* TLS=encrypted policy=none$", p.stderr(),
                      re.M), p.stderr()
     assert lab.unbound_queries(f"_{postfix.backend.rsplit(':', 1)[1]}._tcp.mx.{MAIL_DOMAIN}",
                                "TLSA") == 0

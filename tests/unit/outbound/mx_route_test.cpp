@@ -37,3 +37,78 @@ TEST(MxRoute, AtMostTheLimitAreTried) {
 
 }  // namespace
 }  // namespace stp::outbound
+
+namespace stp::outbound {
+namespace {
+
+MxRoute route_of(std::initializer_list<std::string> hosts) {
+  MxRoute route;
+  for (const auto& host : hosts) {
+    RelayTarget target;
+    target.host = {host, 25};
+    target.policy_domain = "example.com";
+    route.targets.push_back(std::move(target));
+  }
+  return route;
+}
+
+StsPolicy sts_policy(StsMode mode) {
+  auto policy =
+      parse_sts_policy("version: STSv1\nmode: " + std::string(to_string(mode)) +
+                       "\nmx: mx1.example.com\nmx: *.backup.example.com\nmax_age: 86400\n");
+  return *policy;
+}
+
+TEST(MtaStsRoute, EnforceKeepsOnlyTheNamedHostsAndRequiresTlsOfThem) {
+  auto route = route_of({"mx1.example.com", "evil.example.net", "b.backup.example.com"});
+  const auto left_out = apply_sts(route, sts_policy(StsMode::enforce));
+  EXPECT_EQ(left_out, (std::vector<std::string>{"evil.example.net"}));
+  ASSERT_EQ(route.targets.size(), 2u);
+  for (const auto& target : route.targets) {
+    EXPECT_EQ(target.policy, TlsPolicy::sts_enforce);
+    EXPECT_TRUE(target.tls_required);
+    ASSERT_TRUE(target.policy_strings);
+    EXPECT_EQ(target.policy_strings->size(), 5u);
+  }
+  EXPECT_EQ(route.code, 0);
+}
+
+TEST(MtaStsRoute, EnforceWithNoHostNamedIsATemporaryFailure) {
+  auto route = route_of({"other.example.net"});
+  apply_sts(route, sts_policy(StsMode::enforce));
+  EXPECT_TRUE(route.targets.empty());
+  EXPECT_EQ(route.code, 451);
+  EXPECT_EQ(route.enhanced_code, "4.7.5");
+}
+
+TEST(MtaStsRoute, TestingTriesEveryHostAndRequiresNothing) {
+  auto route = route_of({"mx1.example.com", "other.example.net"});
+  EXPECT_TRUE(apply_sts(route, sts_policy(StsMode::testing)).empty());
+  ASSERT_EQ(route.targets.size(), 2u);
+  for (const auto& target : route.targets) {
+    EXPECT_EQ(target.policy, TlsPolicy::sts_testing);
+    EXPECT_FALSE(target.tls_required);
+  }
+}
+
+TEST(MtaStsRoute, NoneChangesNothing) {
+  auto route = route_of({"other.example.net"});
+  apply_sts(route, sts_policy(StsMode::none));
+  ASSERT_EQ(route.targets.size(), 1u);
+  EXPECT_EQ(route.targets[0].policy, TlsPolicy::opportunistic);
+}
+
+TEST(MtaStsRoute, DaneWins) {
+  auto route = route_of({"dane.example.net", "mx1.example.com"});
+  route.targets[0].policy = TlsPolicy::dane;
+  route.targets[0].tls_required = true;
+  route.targets[0].dane = {{3, 1, 1, std::string(32, 'x')}};
+  apply_sts(route, sts_policy(StsMode::enforce));
+  ASSERT_EQ(route.targets.size(), 2u);
+  EXPECT_EQ(route.targets[0].policy, TlsPolicy::dane);
+  EXPECT_EQ(route.targets[0].dane.size(), 1u);
+  EXPECT_EQ(route.targets[1].policy, TlsPolicy::sts_enforce);
+}
+
+}  // namespace
+}  // namespace stp::outbound

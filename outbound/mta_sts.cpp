@@ -1,0 +1,411 @@
+// MTA-STS policies fetched and kept; see mta_sts.hpp.
+#include "outbound/mta_sts.hpp"
+
+#include "proxy/log.hpp"
+#include "tls/tls_stream.hpp"
+
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace stp::outbound {
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
+using asio::ip::tcp;
+using boost::system::error_code;
+using std::chrono::system_clock;
+
+namespace {
+
+constexpr std::string_view kFetchError = "sts-policy-fetch-error";
+constexpr std::string_view kPolicyInvalid = "sts-policy-invalid";
+constexpr std::string_view kWebPkiInvalid = "sts-webpki-invalid";
+constexpr std::size_t kMaxKept = 10000;   // domains with a policy kept
+constexpr std::size_t kMaxAddresses = 4;  // of a policy host, tried in turn
+constexpr std::size_t kMaxHeader = 8 * 1024;
+
+// What may name a cache file: a domain as recipient_domain gives it (no '/', no leading dot).
+bool file_name_safe(std::string_view domain) {
+  return !domain.empty() && domain.size() <= 253 && domain.front() != '.' &&
+         domain.find("..") == std::string_view::npos &&
+         std::all_of(domain.begin(), domain.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+                  c == '.';
+         });
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  return out;
+}
+
+bool plain_text(std::string_view content_type) {
+  const auto end = content_type.find(';');
+  std::string_view media = content_type.substr(0, end);
+  while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) media.remove_suffix(1);
+  return lower(media) == "text/plain";
+}
+
+std::string policy_text(const StsPolicy& policy) {
+  std::string text;
+  for (const auto& line : policy.lines) text += line + "\n";
+  return text;
+}
+
+}  // namespace
+
+struct StsPolicies::InFlight {
+  explicit InFlight(const asio::any_io_executor& executor) : done(executor) {
+    done.expires_at(asio::steady_timer::time_point::max());
+  }
+  asio::steady_timer done;  // cancelled when the result is in
+  Fetched result;
+};
+
+struct StsPolicies::Connection {
+  explicit Connection(const asio::any_io_executor& executor) : socket(executor), timer(executor) {}
+  void close() {
+    error_code ignored;
+    socket.close(ignored);
+  }
+  tcp::socket socket;
+  asio::steady_timer timer;
+};
+
+std::shared_ptr<StsPolicies> StsPolicies::create(asio::any_io_executor executor,
+                                                 std::shared_ptr<dns::Resolver> resolver,
+                                                 std::shared_ptr<const tls::ClientContext> tls,
+                                                 StsOptions options) {
+  std::shared_ptr<StsPolicies> policies(new StsPolicies(std::move(executor), std::move(resolver),
+                                                        std::move(tls), std::move(options)));
+  return policies;
+}
+
+StsPolicies::StsPolicies(asio::any_io_executor executor, std::shared_ptr<dns::Resolver> resolver,
+                         std::shared_ptr<const tls::ClientContext> tls, StsOptions options)
+    : executor_(std::move(executor)),
+      resolver_(std::move(resolver)),
+      tls_(std::move(tls)),
+      options_(std::move(options)) {
+  if (options_.cache_dir.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(options_.cache_dir, ec);
+  const fs::path probe = fs::path(options_.cache_dir) / ".write-test";
+  if (ec || !std::ofstream(probe)) {
+    throw std::invalid_argument("--relay-mta-sts-cache: cannot write in " + options_.cache_dir +
+                                (ec ? ": " + ec.message() : ""));
+  }
+  fs::remove(probe, ec);
+  // The kept policies are read once, here, so that a lookup never touches the disk.
+  std::size_t loaded = 0;
+  for (const auto& entry : fs::directory_iterator(options_.cache_dir, ec)) {
+    const std::string domain = entry.path().filename().string();
+    if (!entry.is_regular_file() || !file_name_safe(domain) || kept_.size() >= kMaxKept) continue;
+    std::ifstream in(entry.path());
+    std::string id_line, fetched_line, blank;
+    std::getline(in, id_line);
+    std::getline(in, fetched_line);
+    std::getline(in, blank);
+    std::stringstream rest;
+    rest << in.rdbuf();
+    const std::string body = rest.str();
+    long long fetched = 0;
+    auto policy = parse_sts_policy(body);
+    if (!id_line.starts_with("id ") || !fetched_line.starts_with("fetched ") || !blank.empty() ||
+        !policy || !parse_sts_record("v=STSv1; id=" + id_line.substr(3)) ||
+        std::sscanf(fetched_line.c_str(), "fetched %lld", &fetched) != 1) {
+      spdlog::warn("--relay-mta-sts-cache: {} is not a kept policy; ignored",
+                   log::escape(entry.path().string(), 300));
+      continue;
+    }
+    Kept kept{std::make_shared<const StsPolicy>(std::move(*policy)), id_line.substr(3),
+              system_clock::time_point(std::chrono::seconds(fetched))};
+    if (kept.fetched + kept.policy->max_age <= system_clock::now()) continue;
+    kept_.emplace(domain, std::move(kept));
+    ++loaded;
+  }
+  spdlog::info("MTA-STS: {} kept policies read from {}", loaded,
+               log::escape(options_.cache_dir, 300));
+}
+
+void StsPolicies::stop() {
+  asio::post(executor_, [self = shared_from_this()] {
+    self->stopped_ = true;
+    for (Connection* connection : self->connections_) connection->close();
+  });
+}
+
+asio::awaitable<StsAnswer> StsPolicies::lookup(std::string domain) {
+  // Run on this object's executor; co_spawn resumes the caller on its own.
+  auto work = answer(std::move(domain));
+  StsAnswer result = co_await asio::co_spawn(executor_, std::move(work), asio::use_awaitable);
+  co_return result;
+}
+
+const StsPolicies::Kept* StsPolicies::kept(const std::string& domain) {
+  const auto it = kept_.find(domain);
+  if (it == kept_.end()) return nullptr;
+  if (it->second.fetched + it->second.policy->max_age > system_clock::now()) return &it->second;
+  kept_.erase(it);
+  if (!options_.cache_dir.empty() && file_name_safe(domain)) {
+    std::error_code ignored;
+    std::filesystem::remove(std::filesystem::path(options_.cache_dir) / domain, ignored);
+  }
+  return nullptr;
+}
+
+void StsPolicies::keep(const std::string& domain, Kept policy) {
+  if (kept_.size() >= kMaxKept && !kept_.contains(domain)) {
+    std::erase_if(kept_, [now = system_clock::now()](const auto& entry) {
+      return entry.second.fetched + entry.second.policy->max_age <= now;
+    });
+    if (kept_.size() >= kMaxKept) kept_.erase(kept_.begin());
+  }
+  if (!options_.cache_dir.empty() && file_name_safe(domain)) {
+    namespace fs = std::filesystem;
+    const fs::path path = fs::path(options_.cache_dir) / domain;
+    const fs::path temporary = path.string() + ".new";
+    {
+      std::ofstream out(temporary, std::ios::trunc);
+      out << "id " << policy.id << "\nfetched "
+          << std::chrono::duration_cast<std::chrono::seconds>(policy.fetched.time_since_epoch())
+                 .count()
+          << "\n\n"
+          << policy_text(*policy.policy);
+    }
+    std::error_code ec;
+    fs::rename(temporary, path, ec);
+    if (ec) {
+      spdlog::warn("--relay-mta-sts-cache: cannot keep the policy of {}: {}", domain, ec.message());
+      fs::remove(temporary, ec);
+    }
+  }
+  kept_.insert_or_assign(domain, std::move(policy));
+}
+
+asio::awaitable<StsAnswer> StsPolicies::answer(std::string domain) {
+  const auto txt = co_await resolver_->lookup("_mta-sts." + domain, dns::RecordType::txt);
+  std::optional<std::string> id;
+  if (txt.status == dns::Answer::Status::records) {
+    std::vector<std::string> texts;
+    for (const auto& rdata : txt.rdata) {
+      if (auto text = dns::read_txt(rdata)) texts.push_back(std::move(*text));
+    }
+    id = sts_record_id(texts);
+  }
+  StsAnswer result;
+  const auto from_cache = [&](const Kept& kept) {
+    result.policy = kept.policy;
+    result.id = kept.id;
+    result.from_cache = true;
+  };
+  // RFC 8461 5.1: with no (valid) record, a kept policy still holds.
+  if (!id) {
+    if (const Kept* k = kept(domain)) from_cache(*k);
+    co_return result;
+  }
+  if (const Kept* k = kept(domain); k && k->id == *id) {
+    from_cache(*k);
+    if (system_clock::now() >= k->fetched + k->policy->max_age / 2 && !stopped_) {
+      asio::co_spawn(executor_, refresh(domain, *id), asio::detached);
+    }
+    co_return result;
+  }
+  const Fetched fetched = co_await fetch_once(domain, *id);
+  if (fetched.policy) {
+    result.policy = fetched.policy;
+    result.id = *id;
+    co_return result;
+  }
+  result.failure = fetched.failure;
+  result.why = fetched.why;
+  if (const Kept* k = kept(domain)) from_cache(*k);  // kept through a failed fetch
+  co_return result;
+}
+
+asio::awaitable<void> StsPolicies::refresh(std::string domain, std::string id) {
+  try {
+    co_await fetch_once(std::move(domain), std::move(id));
+  } catch (const std::exception& e) {
+    spdlog::error("MTA-STS: refreshing a policy failed: {}", e.what());
+  }
+}
+
+asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_once(std::string domain, std::string id) {
+  if (const auto it = in_flight_.find(domain); it != in_flight_.end()) {
+    const auto in_flight = it->second;
+    error_code ignored;
+    co_await in_flight->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    co_return in_flight->result;
+  }
+  const auto in_flight = std::make_shared<InFlight>(executor_);
+  in_flight_.emplace(domain, in_flight);
+  ++counts_.fetches;
+  Fetched fetched = co_await fetch(domain);
+  if (fetched.policy) {
+    const auto& p = *fetched.policy;
+    spdlog::info("MTA-STS policy of {} fetched: id={} mode={} max_age={} mx={}", domain, id,
+                 to_string(p.mode), p.max_age.count(), p.mx.size());
+    keep(domain, {fetched.policy, id, system_clock::now()});
+  } else {
+    ++counts_.failures;
+    spdlog::warn("MTA-STS policy of {} (id={}) not fetched, {}: {}", domain, id, fetched.failure,
+                 fetched.why);
+  }
+  in_flight_.erase(domain);
+  in_flight->result = fetched;
+  in_flight->done.cancel();
+  co_return fetched;
+}
+
+asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch(std::string domain) {
+  const std::string host = "mta-sts." + domain;
+  std::vector<tcp::endpoint> endpoints;
+  std::size_t refused = 0;
+  std::string why = "no address";
+  for (const auto type : {dns::RecordType::a, dns::RecordType::aaaa}) {
+    const auto answer = co_await resolver_->lookup(host, type);
+    if (answer.status == dns::Answer::Status::failure) why = "address lookup failed";
+    for (const auto& rdata : answer.rdata) {
+      const auto address = dns::read_address(type, rdata);
+      if (address && options_.refused.matches(*address)) {
+        ++refused;
+      } else if (address && endpoints.size() < kMaxAddresses) {
+        endpoints.emplace_back(*address, options_.port);
+      }
+    }
+  }
+  if (endpoints.empty()) {
+    if (refused > 0) why = "refused address (--relay-mx-refuse-addresses)";
+    co_return Fetched{nullptr, std::string(kFetchError), host + ": " + why};
+  }
+  Fetched fetched;
+  for (const auto& endpoint : endpoints) {
+    if (stopped_) break;
+    fetched = co_await fetch_from(endpoint, host);
+    // An answer (a policy, a bad one, a bad certificate) ends it; an unreachable host does not.
+    if (fetched.policy || fetched.failure != kFetchError) break;
+  }
+  if (stopped_ && !fetched.policy) fetched = {nullptr, std::string(kFetchError), "stopping"};
+  co_return fetched;
+}
+
+asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_from(tcp::endpoint endpoint,
+                                                              std::string host) {
+  const std::string where =
+      host + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
+  const auto failed = [&](std::string_view type, const std::string& why) {
+    return Fetched{nullptr, std::string(type), where + ": " + why};
+  };
+  const auto connection = std::make_shared<Connection>(executor_);
+  connections_.insert(connection.get());
+  struct Forget {
+    std::unordered_set<Connection*>& set;
+    Connection* connection;
+    ~Forget() {
+      set.erase(connection);
+      connection->timer.cancel();
+    }
+  } forget{connections_, connection.get()};
+  // The whole fetch, connect to last byte, is bounded: the socket is closed at the time.
+  connection->timer.expires_after(options_.fetch_timeout);
+  connection->timer.async_wait([connection](const error_code& ec) {
+    if (!ec) connection->close();
+  });
+  error_code ec;
+  co_await connection->socket.async_connect(endpoint,
+                                            asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) co_return failed(kFetchError, "cannot connect: " + ec.message());
+
+  tls::ConnectParameters parameters;
+  parameters.sni = host;
+  parameters.names = {host};
+  parameters.verification = tls::ServerVerification::verify;
+  tls::TlsStream stream(connection->socket, tls_, parameters);
+  if (!stream.native_handle()) co_return failed(kFetchError, "cannot start TLS");
+  co_await stream.handshake(ec);
+  if (ec) {
+    const long verified = SSL_get_verify_result(stream.native_handle());
+    if (verified != X509_V_OK) {
+      co_return failed(kWebPkiInvalid, std::string("certificate not valid for ") + host + ": " +
+                                           X509_verify_cert_error_string(verified));
+    }
+    co_return failed(kFetchError, "TLS handshake failed: " + ec.message());
+  }
+  const std::string request = "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: " + host +
+                              "\r\nUser-Agent: smtp-tls-proxy\r\nAccept: text/plain\r\n"
+                              "Connection: close\r\n\r\n";
+  co_await stream.write(asio::buffer(request), ec);
+  if (ec) co_return failed(kFetchError, "cannot send the request: " + ec.message());
+
+  http::response_parser<http::string_body> parser;
+  parser.header_limit(kMaxHeader);
+  parser.body_limit(kMaxStsPolicySize);
+  parser.eager(true);
+  std::string unparsed;  // at most a header's worth: the parser takes the body as it comes
+  std::array<char, 16 * 1024> buffer{};
+  while (!parser.is_done()) {
+    const std::size_t n = co_await stream.read_some(asio::buffer(buffer), ec);
+    if (ec) {
+      error_code end;
+      if (ec == asio::error::eof) parser.put_eof(end);
+      if (ec != asio::error::eof || end) {
+        co_return failed(kFetchError, "the response ended early: " + ec.message());
+      }
+      break;
+    }
+    unparsed.append(buffer.data(), n);
+    error_code parse_error;
+    const std::size_t used = parser.put(asio::buffer(unparsed), parse_error);
+    unparsed.erase(0, used);
+    if (parse_error == http::error::need_more) {
+      if (unparsed.size() > kMaxHeader + kMaxStsPolicySize) {
+        co_return failed(kFetchError, "response too long");
+      }
+      continue;
+    }
+    if (parse_error == http::error::body_limit) {
+      co_return failed(kPolicyInvalid, "policy longer than 64 KiB");
+    }
+    if (parse_error)
+      co_return failed(kFetchError, "not an HTTP response: " + parse_error.message());
+  }
+  stream.shutdown();
+  const auto& response = parser.get();
+  const unsigned status = response.result_int();
+  if (status >= 300 && status < 400) {
+    co_return failed(kFetchError, "redirected (to \"" +
+                                      log::escape(response[http::field::location], 200) +
+                                      "\"), which RFC 8461 3.3 forbids following");
+  }
+  if (status != 200) co_return failed(kFetchError, "HTTP status " + std::to_string(status));
+  if (!plain_text(response[http::field::content_type])) {
+    co_return failed(kPolicyInvalid, "content type \"" +
+                                         log::escape(response[http::field::content_type], 100) +
+                                         "\", not text/plain");
+  }
+  std::string error;
+  auto policy = parse_sts_policy(response.body(), &error);
+  if (!policy) co_return failed(kPolicyInvalid, "not a policy: " + error);
+  co_return Fetched{std::make_shared<const StsPolicy>(std::move(*policy)), {}, {}};
+}
+
+}  // namespace stp::outbound
