@@ -925,6 +925,11 @@ void SessionServices::stop_serving() {
   if (report_timer_) {
     asio::post(report_timer_->get_executor(), [this] { report_timer_->cancel(); });
   }
+  if (reports) reports->write();
+}
+
+SessionServices::~SessionServices() {
+  if (reports) reports->write();  // with what the sessions that drained added
 }
 
 asio::awaitable<void> SessionServices::write_reports() {
@@ -932,7 +937,7 @@ asio::awaitable<void> SessionServices::write_reports() {
     report_timer_->expires_after(std::chrono::minutes(5));
     boost::system::error_code ec;
     co_await report_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    reports->write();  // at shutdown too: the timer is cancelled then
+    if (!ec) reports->write();
   }
 }
 

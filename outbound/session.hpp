@@ -38,6 +38,7 @@ class SessionServices final : public SessionFactory {
   // Reads --relay-auth-file and builds the TLS client context; throws std::invalid_argument
   // naming the flag.
   explicit SessionServices(Runtime& runtime);
+  ~SessionServices();
 
   void start(boost::asio::ip::tcp::socket socket, std::size_t listener_index,
              WorkerState& worker) override;

@@ -293,7 +293,8 @@ def pki(tmp_path_factory) -> Pki:
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
     for cert, key, name, san in (
             (p.cert, p.key, PROXY_HOSTNAME, f"DNS:{PROXY_HOSTNAME},IP:127.0.0.1"),
-            (p.postfix_cert, p.postfix_key, POSTFIX_HOSTNAME, f"DNS:{POSTFIX_HOSTNAME}")):
+            (p.postfix_cert, p.postfix_key, POSTFIX_HOSTNAME,
+             f"DNS:{POSTFIX_HOSTNAME},DNS:mx.{MAIL_DOMAIN}")):
         run(["openssl", "req", *ec, "-keyout", str(key), "-out", str(d / f"{name}.csr"),
              "-subj", f"/CN={name}"])
         (d / f"{name}.ext").write_text(
