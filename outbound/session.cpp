@@ -124,9 +124,6 @@ class Session final : public Connection,
   bool by_mx() const { return config_.relay.by_mx(); }
   Next on_mx_mail(const smtp::Command& command);
   asio::awaitable<Next> on_mx_rcpt(const smtp::Command& command);
-  // MTA-STS over the route of `domain` (mx_route.hpp apply_sts), and its fetch's failure
-  // counted.
-  asio::awaitable<void> apply_mta_sts(const std::string& domain, MxRoute& route);
   // The first recipient's domain routed and its MX connected, or the reply its RCPTs get.
   asio::awaitable<void> open_destination(const std::string& domain);
   // Ends the transaction and its MX connection (QUIT).
@@ -641,12 +638,74 @@ asio::awaitable<Session::Next> Session::on_mx_rcpt(const smtp::Command& command)
   co_return sent ? Next::go_on : Next::close;
 }
 
+namespace {
+
+// A destination's lookups, made apart from the session that waits for them (up to
+// --relay-mx-timeout): a resolver or policy host that takes longer cannot hold the local
+// client past it. The session's wait ends when `done` is cancelled, or at its expiry.
+struct RouteWait {
+  explicit RouteWait(const asio::any_io_executor& executor) : done(executor) {}
+  asio::steady_timer done;
+  std::optional<MxRoute> route;
+};
+
+// MTA-STS over the route of `domain` (mx_route.hpp apply_sts), and its fetch's failure
+// counted.
+asio::awaitable<void> apply_mta_sts(SessionServices& services, const std::string& domain,
+                                    const std::string& log_id, MxRoute& route) {
+  const StsAnswer sts = co_await services.sts->lookup(domain);
+  if (!sts.failure.empty()) {
+    services.metrics.tls_policy_result("sts", sts.failure);
+    if (services.reports) {
+      services.reports->record({.policy_domain = domain,
+                                .policy = ReportPolicy::sts,
+                                .policy_strings = nullptr,
+                                .mx_host = {},
+                                .receiving_ip = {},
+                                .sending_ip = {},
+                                .result = sts.failure});
+    }
+  }
+  if (!sts.policy || sts.policy->mode == StsMode::none) co_return;
+  const auto left_out = apply_sts(route, *sts.policy);
+  std::string outside;
+  for (const auto& host : left_out) outside += (outside.empty() ? "" : ", ") + host;
+  spdlog::info("{} MTA-STS policy of {}: mode={} id={}{}{}", log_id, domain,
+               to_string(sts.policy->mode), sts.id, sts.from_cache ? " (kept)" : "",
+               outside.empty() ? "" : "; MX hosts it does not name, not tried: " + outside);
+}
+
+asio::awaitable<void> find_route(std::shared_ptr<RouteWait> wait, SessionServices& services,
+                                 std::string domain, std::string log_id) {
+  const RelayConfig& relay = services.config.relay;
+  auto route = co_await route_by_mx(*services.resolver, domain, relay.mx_port, relay.dane,
+                                    relay.mx_refuse_addresses);
+  if (!route.targets.empty() && services.sts) {
+    co_await apply_mta_sts(services, domain, log_id, route);
+  }
+  wait->route = std::move(route);
+  wait->done.cancel();
+}
+
+}  // namespace
+
 asio::awaitable<void> Session::open_destination(const std::string& domain) {
   destination_ = domain;
   const auto give_up_at = Clock::now() + config_.relay.mx_timeout;
-  auto route = co_await route_by_mx(*services_.resolver, domain, config_.relay.mx_port,
-                                    config_.relay.dane, config_.relay.mx_refuse_addresses);
-  if (!route.targets.empty() && services_.sts) co_await apply_mta_sts(domain, route);
+  const auto executor = co_await asio::this_coro::executor;
+  auto wait = std::make_shared<RouteWait>(executor);
+  wait->done.expires_at(give_up_at);
+  asio::co_spawn(executor, find_route(wait, services_, domain, id_), asio::detached);
+  boost::system::error_code ignored;
+  co_await wait->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  if (!wait->route) {
+    spdlog::warn("{} lookups for {} took longer than --relay-mx-timeout ({}s)", id_,
+                 log::escape(domain, 255), config_.relay.mx_timeout.count());
+    destination_refusal_ = "451 4.4.3 cannot deliver to " + domain +
+                           " now: DNS or MTA-STS lookups took too long\r\n";
+    co_return;
+  }
+  MxRoute route = std::move(*wait->route);
   if (route.targets.empty()) {
     spdlog::info("{} mail from {} for {} goes nowhere: {}", id_, client_label_,
                  log::escape(domain, 255), route.text);
@@ -669,29 +728,6 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   if (!link_->capabilities.eight_bit_mime) held_mail_ = smtp::without_body_8bitmime(held_mail_);
   group_.append(held_mail_).append("\r\n");
   group_verbs_.push_back(Verb::mail);
-}
-
-asio::awaitable<void> Session::apply_mta_sts(const std::string& domain, MxRoute& route) {
-  const StsAnswer sts = co_await services_.sts->lookup(domain);
-  if (!sts.failure.empty()) {
-    services_.metrics.tls_policy_result("sts", sts.failure);
-    if (services_.reports) {
-      services_.reports->record({.policy_domain = domain,
-                                 .policy = ReportPolicy::sts,
-                                 .policy_strings = nullptr,
-                                 .mx_host = {},
-                                 .receiving_ip = {},
-                                 .sending_ip = {},
-                                 .result = sts.failure});
-    }
-  }
-  if (!sts.policy || sts.policy->mode == StsMode::none) co_return;
-  const auto left_out = apply_sts(route, *sts.policy);
-  std::string outside;
-  for (const auto& host : left_out) outside += (outside.empty() ? "" : ", ") + host;
-  spdlog::info("{} MTA-STS policy of {}: mode={} id={}{}{}", id_, domain,
-               to_string(sts.policy->mode), sts.id, sts.from_cache ? " (kept)" : "",
-               outside.empty() ? "" : "; MX hosts it does not name, not tried: " + outside);
 }
 
 asio::awaitable<void> Session::end_transaction() {

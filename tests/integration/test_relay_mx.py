@@ -202,6 +202,21 @@ def test_an_mx_that_never_greets_is_given_up_on_in_time(proxy, postfix, lab):
     assert 1.5 < elapsed < 10, elapsed
 
 
+def test_dns_that_never_answers_is_given_up_on_in_time(proxy, postfix):
+    """A forwarder that takes the queries and never answers (a bound UDP socket no one reads):
+    the lookups are cut at --relay-mx-timeout too, and the recipient told 451 in time."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mute:
+        mute.bind((LOOPBACK, 0))
+        port = free_port()
+        proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+              f"{LOOPBACK}:{mute.getsockname()[1]}", "--relay-mx-timeout", "2s", *LOOPBACK_MX)
+        started = time.monotonic()
+        code, text = refused_reply(port, f"user@slow.{TLD}")
+        elapsed = time.monotonic() - started
+    assert code == 451 and b"lookups took too long" in text, text
+    assert 1.5 < elapsed < 10, elapsed
+
+
 def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):
     with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
         code, text = s.ehlo("device.example")
