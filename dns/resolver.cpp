@@ -73,6 +73,12 @@ Answer answer_of(int error, const ub_result* result) {
     answer.why = "DNS error, rcode " + std::to_string(result->rcode);
   } else if (result->havedata) {
     answer.status = Answer::Status::records;
+    if (result->canonname && result->qname) {
+      const std::string canonical = key_of(result->canonname, RecordType::a);
+      if (canonical != key_of(result->qname, RecordType::a) && query_name(result->canonname)) {
+        answer.canonical_name = canonical.substr(0, canonical.rfind('/'));
+      }
+    }
     for (int i = 0; result->data[i]; ++i) {
       answer.rdata.emplace_back(result->data[i], static_cast<std::size_t>(result->len[i]));
     }

@@ -49,6 +49,9 @@ struct Answer {
   Security security = Security::insecure;
   std::vector<std::string> rdata;  // each record's data, as read_mx/read_address take it
   std::string why;                 // for a failure: libunbound's words (log them escaped)
+  // The name the records belong to when the one asked for is an alias (CNAME), lower case,
+  // without the trailing dot; empty otherwise.
+  std::string canonical_name;
   std::chrono::seconds ttl{0};
 };
 

@@ -36,23 +36,27 @@ bool usable(const dns::TlsaRecord& r) {
          (digest == 0 ? !r.data.empty() : r.data.size() == digest);
 }
 
+enum class DaneLookup { found, none, failed };
+
 // DANE for one MX host whose name and addresses DNSSEC vouched for (RFC 7672 2.2): its
-// TLSA records at _PORT._tcp.HOST. Secure and usable (DANE-TA(2), DANE-EE(3)): TLS required
+// TLSA records at _PORT._tcp.BASE. Secure and usable (DANE-TA(2), DANE-EE(3)): TLS required
 // and matched against them; secure but none usable: TLS required, unauthenticated; not
-// signed, or none: no DANE. False when the lookup failed (bogus included): the host is passed
-// over rather than tried without the protection it may have asked for.
-asio::awaitable<bool> look_up_dane(dns::Resolver& resolver, RelayTarget& target) {
-  const std::string name = "_" + std::to_string(target.host.port) + "._tcp." + target.host.name;
+// signed, or none: no DANE (`none`). `failed` when the lookup failed (bogus included): the
+// host is passed over rather than tried without the protection it may have asked for.
+asio::awaitable<DaneLookup> look_up_dane(dns::Resolver& resolver, RelayTarget& target,
+                                         const std::string& base) {
+  const std::string name = "_" + std::to_string(target.host.port) + "._tcp." + base;
   const auto answer = co_await resolver.lookup(name, dns::RecordType::tlsa);
   if (answer.status == dns::Answer::Status::failure) {
     target.why_none = "TLSA lookup failed: " + answer.why;
     target.policy = TlsPolicy::dane;  // reported as dnssec-invalid
-    co_return false;
+    co_return DaneLookup::failed;
   }
   if (answer.status != dns::Answer::Status::records || answer.security != dns::Security::secure) {
-    co_return true;
+    co_return DaneLookup::none;
   }
   target.tls_required = true;
+  if (base != target.host.name) target.tls_base = base;
   target.policy = TlsPolicy::dane;
   auto records = std::make_shared<std::vector<std::string>>();
   for (const auto& rdata : answer.rdata) {
@@ -66,7 +70,7 @@ asio::awaitable<bool> look_up_dane(dns::Resolver& resolver, RelayTarget& target)
     }
   }
   target.policy_strings = std::move(records);
-  co_return true;
+  co_return DaneLookup::found;
 }
 
 }  // namespace
@@ -148,6 +152,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
     target.policy_domain = domain;
     target.endpoints.emplace();
     bool addresses_secure = names_secure;
+    std::string canonical;  // the name an alias (CNAME) led to
     // IPv4 first: where both exist it is the one more often reachable from a container.
     for (const auto type : {dns::RecordType::a, dns::RecordType::aaaa}) {
       const auto answer = co_await resolver.lookup(record.exchange, type);
@@ -159,6 +164,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
           answer.security != dns::Security::secure) {
         addresses_secure = false;
       }
+      if (canonical.empty()) canonical = answer.canonical_name;
       for (const auto& rdata : answer.rdata) {
         const auto address = dns::read_address(type, rdata);
         if (address && refused.matches(*address)) {
@@ -172,11 +178,19 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
       }
     }
     if (dane && !target.endpoints->empty() && addresses_secure) {
-      // Not inside the && above: GCC 12 miscompiles a co_await in a short-circuit operand.
-      const bool looked_up = co_await look_up_dane(resolver, target);
-      if (!looked_up) {
-        addresses -= target.endpoints->size();
-        target.endpoints->clear();
+      // RFC 7672 2.2.2: an alias's TLSA records are looked for first at the name it leads to
+      // (DNSSEC vouched for the whole chain), then at the MX name itself.
+      std::vector<std::string> bases;
+      if (!canonical.empty()) bases.push_back(canonical);
+      bases.push_back(record.exchange);
+      for (const auto& base : bases) {
+        // Not inside a condition: GCC 12 miscompiles a co_await in a short-circuit operand.
+        const DaneLookup looked_up = co_await look_up_dane(resolver, target, base);
+        if (looked_up == DaneLookup::failed) {
+          addresses -= target.endpoints->size();
+          target.endpoints->clear();
+        }
+        if (looked_up != DaneLookup::none) break;
       }
     }
     if (target.endpoints->empty() && target.why_none.empty()) target.why_none = "no address";

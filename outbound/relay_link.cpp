@@ -227,6 +227,7 @@ class Connector {
       link->policy = target.policy;
       link->tls_required_by_dns = target.tls_required;
       link->dane = target.dane;
+      link->tls_base = target.tls_base;
     }
     link->metrics_label = label(host);
     link->endpoint = endpoint;
@@ -267,6 +268,10 @@ class Connector {
     if (!link.dane.empty()) {  // DANE: verified against the TLSA records, whatever else says
       parameters.dane = link.dane;
       parameters.names = {host.name};
+      if (!link.tls_base.empty()) {  // the TLSA base domain first: OpenSSL's reference name
+        parameters.names.insert(parameters.names.begin(), link.tls_base);
+        parameters.sni = link.tls_base;
+      }
       parameters.verification = tls::ServerVerification::verify;
     } else if (link.policy == TlsPolicy::sts_enforce || link.policy == TlsPolicy::sts_testing) {
       // MTA-STS (RFC 8461 4.2): PKIX for the MX host's name; enforced, or only recorded.
@@ -423,7 +428,9 @@ class Connector {
     if (const auto& t = link.tls_facts) {
       tls_fields = "X=" + t->exim_cipher_field() + " CV=" + (t->verified ? "yes" : "no");
       if (t->peer) tls_fields += " DN=\"" + log::escape(t->peer->subject, 200) + "\"";
-      const std::string sni = relay_.tls_sni.empty() ? link.host.name : relay_.tls_sni;
+      const std::string sni = !relay_.tls_sni.empty() ? relay_.tls_sni
+                              : link.tls_base.empty() ? link.host.name
+                                                      : link.tls_base;
       if (tls::sni_may_be_sent(sni)) tls_fields += " SNI=\"" + sni + "\"";
       spdlog::info("{} {} TLS connection established to {}: {} with cipher {} ({}/{} bits)",
                    log_id_, t->verified ? "Verified" : "Untrusted", link.label, t->protocol,

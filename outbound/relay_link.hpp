@@ -75,6 +75,7 @@ class RelayLink final : public Deadline::Owner {
   TlsPolicy policy = TlsPolicy::opportunistic;
   bool tls_required_by_dns = false;
   std::vector<tls::DaneRecord> dane;
+  std::string tls_base;  // RelayTarget::tls_base
   boost::asio::ip::tcp::endpoint endpoint;
   std::string label;       // "smtp.example.net [192.0.2.1]:587", for logs
   std::string ehlo_reply;  // the relay host's last EHLO reply, whole
@@ -109,6 +110,9 @@ struct RelayTarget {
   // An enforced MTA-STS policy makes TLS mandatory too, verified for the host's name.
   bool tls_required = false;
   std::vector<tls::DaneRecord> dane;
+  // When the TLSA records were found at the name the MX host's alias (CNAME) leads to: that
+  // name, sent as SNI and matched (as well as the MX name) by DANE-TA (RFC 7672 3.2.2).
+  std::string tls_base;
   // For TLS reports (RFC 8460): the policy's domain and its text (STS lines, TLSA records).
   std::string policy_domain;
   std::shared_ptr<const std::vector<std::string>> policy_strings;

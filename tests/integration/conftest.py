@@ -305,6 +305,8 @@ def pki(tmp_path_factory) -> Pki:
         run(["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(p.ca),
              "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "3", "-out", str(cert),
              "-extfile", str(d / f"{name}.ext")])
+    # Postfix sends its CA too, as DANE-TA (TLSA usage 2) needs of a server.
+    p.postfix_cert.write_bytes(p.postfix_cert.read_bytes() + p.ca.read_bytes())
     return p
 
 

@@ -358,6 +358,62 @@ def test_a_bogus_tlsa_answer_defers_the_host(proxy, postfix, pki, dane_lab):
     assert "relay connection H=" not in p.stderr()
 
 
+def cert_sha256(certificate) -> str:
+    """The TLSA 2 0 1 (or 3 0 1) data of a certificate: SHA-256 of its DER form, in hex."""
+    der = run(["openssl", "x509", "-in", str(certificate), "-outform", "DER"]).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+@pytest.mark.parametrize("mx_records, delivered", [
+    # The certificate names mx.test.example, and its CA is the trust anchor.
+    (["@ IN MX 10 mx", "mx IN A 127.0.0.1", "_{port}._tcp.mx IN TLSA 2 0 1 {ca}"], True),
+    # A name the certificate does not have: DANE-TA checks names (RFC 7672 3.2.2).
+    (["@ IN MX 10 mx2", "mx2 IN A 127.0.0.1", "_{port}._tcp.mx2 IN TLSA 2 0 1 {ca}"], False),
+    # An alias: the TLSA records at the name it leads to, the MX name still a reference name.
+    (["@ IN MX 10 mx", "mx IN CNAME target", "target IN A 127.0.0.1",
+      "_{port}._tcp.target IN TLSA 2 0 1 {ca}"], True),
+], ids=["name-match", "no-name-match", "cname-expanded"])
+def test_dane_ta_matches_the_ca_and_the_names(proxy, postfix, pki, tmp_path, mx_records,
+                                              delivered):
+    port = postfix.backend.rsplit(":", 1)[1]
+    records = [r.format(port=port, ca=cert_sha256(pki.ca)) for r in mx_records]
+    lab = DnsLab(tmp_path / "lab", [Zone(MAIL_DOMAIN, records)], forwarder_validates=False).start()
+    try:
+        p = dane_proxy(proxy, postfix, lab)
+        box = postfix.new_mailbox()
+        if delivered:
+            token = unique("daneta")
+            assert send(p.relay_port, [box.address], token) == {}
+            assert token.encode() in box.wait(1)[0]
+            assert re.search(r"relay connection H=mx\.test\.example .* CV=yes .*TLS=dane "
+                             r"policy=dane$", p.stderr(), re.M), p.stderr()
+        else:
+            code, text = refused_reply(p.relay_port, box.address)
+            assert code == 451 and b"certificate must verify" in text, text
+            assert "result=certificate-host-mismatch" in p.stderr()
+    finally:
+        lab.stop()
+    if "CNAME" in mx_records[1]:
+        assert 'SNI="target.test.example"' in p.stderr()
+
+
+def test_tlsa_at_the_cname_expanded_name_comes_first(proxy, postfix, pki, tmp_path):
+    """An alias with TLSA records at both names: those of the name it leads to decide (a
+    mismatch there defers, though the MX name's would match)."""
+    port = postfix.backend.rsplit(":", 1)[1]
+    records = ["@ IN MX 10 mx", "mx IN CNAME target", "target IN A 127.0.0.1",
+               f"_{port}._tcp.target IN TLSA 3 1 1 {'00' * 32}",
+               f"_{port}._tcp.mx IN TLSA 3 1 1 {spki_sha256(pki.postfix_cert)}"]
+    lab = DnsLab(tmp_path / "lab", [Zone(MAIL_DOMAIN, records)], forwarder_validates=False).start()
+    try:
+        p = dane_proxy(proxy, postfix, lab)
+        code, text = refused_reply(p.relay_port, postfix.new_mailbox().address)
+    finally:
+        lab.stop()
+    assert code == 451 and b"certificate must verify" in text, text
+    assert "result=tlsa-invalid" in p.stderr()
+
+
 def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, dane_lab):
     lab = dane_lab("3 1 1 " + "00" * 32)
     p = dane_proxy(proxy, postfix, lab, "--relay-dane", "off")
