@@ -106,11 +106,13 @@ def exim_binary() -> Path:
 class Exim:
     """One private Exim daemon. `proxy_hosts` is its hosts_proxy list ("" for none); `extra`,
     more main-section settings; `acls`, more ACLs (the acl section can appear only once);
-    `sections`, more sections at the end (`begin authenticators`)."""
+    `sections`, more sections at the end (`begin authenticators`); `domain`, the one it
+    delivers into its Maildir."""
 
     def __init__(self, binary: Path, proxy_hosts: str, extra: str = "", sections: str = "",
-                 acls: str = "", tls: str = ""):
+                 acls: str = "", tls: str = "", domain: str = EXIM_DOMAIN):
         self.binary = binary
+        self.domain = domain
         self.tls = tls  # main-section TLS settings; none: no TLS (tls_advertise_hosts empty)
         self.proxy_hosts = proxy_hosts
         self.extra = extra
@@ -136,7 +138,7 @@ class Exim:
         # Exim insists on a configuration file owned by root and writable by no one else.
         self.config.write_text(CONFIG.format(
             binary=self.binary, hostname=EXIM_HOSTNAME, dir=self.dir, port=self.port,
-            loopback=LOOPBACK, proxy_setting=setting + "\n" + self.extra, domain=EXIM_DOMAIN,
+            loopback=LOOPBACK, proxy_setting=setting + "\n" + self.extra, domain=self.domain,
             user=EXIM_USER, acls=self.acls,
             tls_setting=self.tls or "tls_advertise_hosts =") + self.sections)
         self.config.chmod(0o644)
@@ -216,7 +218,7 @@ class Exim:
         return m
 
     def new_address(self) -> str:
-        return f"{unique('x')}@{EXIM_DOMAIN}"
+        return f"{unique('x')}@{self.domain}"
 
     def delivered_to(self, address: str) -> list[bytes]:
         """Messages in the Maildir whose Envelope-to header is `address`, oldest first."""

@@ -17,15 +17,20 @@ replies the local client got, the proxy's log.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 import smtplib
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import LOOPBACK, MAIL_DOMAIN, SENDER, free_port, run, simple_message, unique
 from dns_lab import TLD, DnsLab, Zone
+from exim_mta import Exim, exim_binary
 from ops_support import http_get, scrape, value
 from test_relay_clients import legacy_postfix  # noqa: F401 (the fixture)
 
@@ -412,6 +417,44 @@ def test_tlsa_at_the_cname_expanded_name_comes_first(proxy, postfix, pki, tmp_pa
         lab.stop()
     assert code == 451 and b"certificate must verify" in text, text
     assert "result=tlsa-invalid" in p.stderr()
+
+
+def test_exim_as_a_dane_receiver(proxy, postfix, pki, tmp_path):
+    """Exim 4.96 with TLS (the Postfix's certificate) as the MX of a signed domain whose TLSA
+    record matches its key: delivered, TLS=dane, and Exim saw TLS."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Exim needs root")
+    certs = Path(tempfile.mkdtemp(prefix="stp-exim-tls-"))  # the Debian-exim user reads it
+    certs.chmod(0o755)
+    for name, source in (("cert.pem", pki.postfix_cert), ("key.pem", pki.postfix_key)):
+        shutil.copy(source, certs / name)
+        (certs / name).chmod(0o644)  # read by Debian-exim at STARTTLS; a test key only
+    tls = (f"tls_advertise_hosts = *\ntls_certificate = {certs / 'cert.pem'}\n"
+           f"tls_privatekey = {certs / 'key.pem'}")
+    domain = f"exim.{TLD}"
+    exim = Exim(exim_binary(), "", tls=tls, domain=domain)
+    exim.start()
+    lab = None
+    try:
+        records = ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
+                   f"_{exim.port}._tcp.mx IN TLSA 3 1 1 {spki_sha256(pki.postfix_cert)}"]
+        lab = DnsLab(tmp_path / "lab", [Zone(domain, records)], forwarder_validates=False).start()
+        port = free_port()
+        p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+                  lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
+                  "--relay-mx-port", str(exim.port), *LOOPBACK_MX)
+        address = exim.new_address()
+        token = unique("eximdane")
+        assert send(port, [address], token) == {}
+        assert token.encode() in exim.wait_delivered(address)
+        assert re.search(rf"relay connection H=mx\.exim\.{TLD} .* CV=yes .*TLS=dane policy=dane$",
+                         p.stderr(), re.M), p.stderr()
+        assert re.search(r" <= sender@example\.org .* X=TLS1\.3:", exim.log_text()), exim.log_text()
+    finally:
+        exim.stop()
+        shutil.rmtree(certs, ignore_errors=True)
+        if lab:
+            lab.stop()
 
 
 def test_relay_dane_off_does_not_look_tlsa_up(proxy, postfix, dane_lab):
