@@ -25,6 +25,8 @@ bool LinkPool::reusable(const RelayLink& link) const {
 
 std::unique_ptr<RelayLink> LinkPool::put(std::unique_ptr<RelayLink> link) {
   if (!link || !reusable(*link)) return link;
+  // Many destinations (routing by MX): the oldest idle connection makes room.
+  if (idle_.size() >= kMaxIdle) expire(*idle_.front());
   link->deadline.arm(relay_.connection_idle);
   link->on_idle_expired = [this](RelayLink& expired) { expire(expired); };
   idle_.push_back(std::move(link));
@@ -43,10 +45,12 @@ void LinkPool::expire(RelayLink& link) {
   idle_.erase(it);  // destroys `link`: the caller returns at once
 }
 
-std::unique_ptr<RelayLink> LinkPool::take() {
-  if (idle_.empty()) return nullptr;
-  auto link = std::move(idle_.back());
-  idle_.pop_back();
+std::unique_ptr<RelayLink> LinkPool::take(std::string_view destination) {
+  const auto it = std::find_if(idle_.rbegin(), idle_.rend(),
+                               [&](const auto& held) { return held->destination == destination; });
+  if (it == idle_.rend()) return nullptr;
+  auto link = std::move(*it);
+  idle_.erase(std::next(it).base());
   link->on_idle_expired = nullptr;
   link->deadline.cancel();
   link->reset_pending = true;

@@ -70,6 +70,7 @@ class RelayLink final : public Deadline::Owner {
   Upstream upstream;
   RelayHost host;
   std::string metrics_label;  // the relay host as metrics name it (never a domain's MX)
+  std::string destination;    // routing by MX: the recipient domain it was made for
   // What DNS said of an MX host (RelayTarget): where its terms come from, TLS it must have,
   // the TLSA records its certificate must match.
   TlsPolicy policy = TlsPolicy::opportunistic;

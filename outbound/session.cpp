@@ -127,7 +127,11 @@ class Session final : public Connection,
   // The first recipient's domain routed and its MX connected, or the reply its RCPTs get.
   asio::awaitable<void> open_destination(const std::string& domain);
   // Ends the transaction and its MX connection (QUIT).
-  asio::awaitable<void> end_transaction();
+  // Ends the transaction (routing by MX); `keep_link`, after a message's verdict: its MX
+  // connection is kept for the next transaction to the domain, if it may be.
+  asio::awaitable<void> end_transaction(bool keep_link = false);
+  asio::awaitable<std::unique_ptr<RelayLink>> kept_link_for(const std::string& domain,
+                                                            const MxRoute& route);
   std::string mx_ehlo_reply() const;
   // Whether `verb` joins the group of commands for the relay host.
   bool joins_group(Verb verb) const;
@@ -452,9 +456,9 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
   message_done(up.reply(verdict), verdict.code);
   up.consume(verdict);
   in_transaction_ = false;
-  if (by_mx()) {  // the verdict first, then the MX's QUIT
+  if (by_mx()) {  // the verdict first, then the connection kept or the MX's QUIT
     if (!co_await flush(client)) co_return Next::close;
-    co_await end_transaction();
+    co_await end_transaction(true);
   }
   co_return Next::go_on;
 }
@@ -701,8 +705,8 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   if (!wait->route) {
     spdlog::warn("{} lookups for {} took longer than --relay-mx-timeout ({}s)", id_,
                  log::escape(domain, 255), config_.relay.mx_timeout.count());
-    destination_refusal_ = "451 4.4.3 cannot deliver to " + domain +
-                           " now: DNS or MTA-STS lookups took too long\r\n";
+    destination_refusal_ =
+        "451 4.4.3 cannot deliver to " + domain + " now: DNS or MTA-STS lookups took too long\r\n";
     co_return;
   }
   MxRoute route = std::move(*wait->route);
@@ -713,24 +717,59 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
         std::to_string(route.code) + " " + route.enhanced_code + " " + route.text + "\r\n";
     co_return;
   }
-  std::string log_id = id_ + " (" + client_label_ + ")";
-  std::string metrics_label = "mx";
-  auto connected =
-      co_await connect_targets(services_.policy, std::move(route.targets), std::move(metrics_label),
-                               give_up_at, worker_.deadlines, std::move(log_id));
-  if (!connected.link) {
-    destination_refusal_ = "451 " + connected.failure.enhanced_code + " cannot deliver to " +
-                           domain + " now: " + reply_safe(connected.failure.text) + "\r\n";
-    co_return;
+  link_ = co_await kept_link_for(domain, route);
+  if (!link_) {
+    std::string log_id = id_ + " (" + client_label_ + ")";
+    std::string metrics_label = "mx";
+    auto connected = co_await connect_targets(services_.policy, std::move(route.targets),
+                                              std::move(metrics_label), give_up_at,
+                                              worker_.deadlines, std::move(log_id));
+    if (!connected.link) {
+      destination_refusal_ = "451 " + connected.failure.enhanced_code + " cannot deliver to " +
+                             domain + " now: " + reply_safe(connected.failure.text) + "\r\n";
+      co_return;
+    }
+    link_ = std::move(connected.link);
   }
-  link_ = std::move(connected.link);
   // The held sender goes first, in the same group as the recipient (when the MX pipelines).
   if (!link_->capabilities.eight_bit_mime) held_mail_ = smtp::without_body_8bitmime(held_mail_);
   group_.append(held_mail_).append("\r\n");
   group_verbs_.push_back(Verb::mail);
 }
 
-asio::awaitable<void> Session::end_transaction() {
+// A connection kept from an earlier transaction to `domain` is used when the route still
+// gives its terms (the same MX host, TLS policy and TLSA records) and it answers RSET.
+asio::awaitable<std::unique_ptr<RelayLink>> Session::kept_link_for(const std::string& domain,
+                                                                   const MxRoute& route) {
+  auto kept = services_.pool_for(worker_).take(domain);
+  if (!kept) co_return nullptr;
+  const bool same_terms =
+      std::any_of(route.targets.begin(), route.targets.end(), [&](const RelayTarget& target) {
+        return target.host.name == kept->host.name && target.host.port == kept->host.port &&
+               (kept->policy == TlsPolicy::relay_flags ||
+                (target.policy == kept->policy &&
+                 target.tls_required == kept->tls_required_by_dns && target.dane == kept->dane &&
+                 target.tls_base == kept->tls_base));
+      });
+  kept->reset_pending = false;
+  if (same_terms) {
+    const auto reset = co_await kept->upstream.command("RSET\r\n");
+    if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
+      kept->upstream.consume(reset);
+      kept->kept = true;
+      services_.metrics.reused(kept->metrics_label);
+      co_return kept;
+    }
+  }
+  if (!kept->upstream.lost()) co_await kept->upstream.quit(kQuitTimeout);
+  co_return nullptr;
+}
+
+asio::awaitable<void> Session::end_transaction(bool keep_link) {
+  if (link_ && keep_link && !stopping_) {  // for the next transaction to the same domain
+    link_->destination = destination_;
+    link_ = services_.pool_for(worker_).put(std::move(link_));
+  }
   if (link_ && !link_->upstream.lost()) co_await link_->upstream.quit(kQuitTimeout);
   link_.reset();
   group_.clear();

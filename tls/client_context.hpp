@@ -37,6 +37,7 @@ struct DaneRecord {
   std::uint8_t selector = 0;
   std::uint8_t matching_type = 0;
   std::string data;
+  bool operator==(const DaneRecord&) const = default;
 };
 
 // One connection's terms.

@@ -102,13 +102,14 @@ def test_enforce_delivers_over_tls_verified_for_the_mx_name(proxy, postfix, sts_
         assert send(p.relay_port, [box.address], token) == {}
     got = b"".join(box.wait(2))
     assert all(t.encode() in got for t in tokens)
+    # One connection, or two when the sessions ran on different threads (each keeps its own).
     lines = re.findall(r"relay connection H=mx\.test\.example .* CV=yes .*$", p.stderr(), re.M)
-    assert len(lines) == 2 and all(l.endswith("TLS=mta-sts policy=mta-sts:enforce")
-                                   for l in lines), p.stderr()
+    assert len(lines) in (1, 2) and all(l.endswith("TLS=mta-sts policy=mta-sts:enforce")
+                                        for l in lines), p.stderr()
     assert "MTA-STS policy of test.example fetched: id=1 mode=enforce max_age=86400" in p.stderr()
     assert wait_requests(env.web, 1) == 1
     assert value(scrape(metrics_port), "smtp_tls_proxy_relay_tls_policy_results_total",
-                 policy="sts", result="success") == 2
+                 policy="sts", result="success") == len(lines)
 
 
 def test_enforce_with_a_certificate_for_another_name_defers(proxy, postfix, sts_lab):

@@ -222,6 +222,24 @@ def test_dns_that_never_answers_is_given_up_on_in_time(proxy, postfix):
     assert 1.5 < elapsed < 10, elapsed
 
 
+def test_a_connection_is_kept_for_the_next_transaction_to_the_domain(mx_proxy):
+    """Three transactions in one session, to two domains: the connection made for the first
+    carries the third after an RSET; the other domain's is its own."""
+    tokens = [unique("keep") for _ in range(3)]
+    with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
+        s.ehlo("device.example")
+        for token, domain in zip(tokens, (f"dest.{TLD}", f"other.{TLD}", f"dest.{TLD}")):
+            s.sendmail(SENDER, [f"user@{domain}"], simple_message(token, f"user@{domain}"))
+    dump = mx_proxy.sink.wait_for_dump(tokens[-1])
+    assert all(t in dump for t in tokens)
+    assert len(re.findall(r"relay connection H=", mx_proxy.stderr())) == 2, mx_proxy.stderr()
+    assert "to mx2.dest.stp-lab [127.0.0.1]" in mx_proxy.stderr()
+    assert re.search(r"message from \S+ to mx2\.dest\.stp-lab \S+ over a kept connection",
+                     mx_proxy.stderr()), mx_proxy.stderr()
+    commands = smtp_commands(mx_proxy.sink)
+    assert [c.split(" ", 1)[0] for c in commands].count("EHLO") == 2, commands
+
+
 def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):
     with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
         code, text = s.ehlo("device.example")
