@@ -78,6 +78,8 @@ struct Options {
   std::uint64_t msgs_per_session = 1;
   std::uint64_t msg_size = 1024;
   bool pipelining = false;
+  std::uint64_t recipient_domains = 0;  // >0: recipients at d0.SUFFIX ... d(N-1).SUFFIX in turn
+  std::string recipient_suffix = "bench.example";
   bool nagle = false;  // leave Nagle's algorithm on, as most SMTP clients do
   std::string client_cert;
   std::string client_key;
@@ -110,6 +112,9 @@ An SMTP load generator: one event loop, one coroutine per session, one JSON line
                                   DATA as one group, and each message's content with the
                                   next message's MAIL, RCPT and DATA (default: one command
                                   at a time)
+  --recipient-domains N           recipients' domains d0.SUFFIX to d(N-1).SUFFIX, one
+                                  message after another (default: all at bench.example)
+  --recipient-suffix SUFFIX       the SUFFIX of --recipient-domains (default: bench.example)
   --nagle                         leave Nagle's algorithm on, as most clients do (default:
                                   TCP_NODELAY): shows a server's delayed-ACK stalls
   --client-cert FILE              PEM client certificate (chain) to present
@@ -220,6 +225,10 @@ Options parse_options(int argc, char** argv) {
     } else if (flag == "--pipelining") {
       no_value();
       o.pipelining = true;
+    } else if (flag == "--recipient-domains") {
+      o.recipient_domains = positive(parse_number<std::uint64_t>(flag, value()));
+    } else if (flag == "--recipient-suffix") {
+      o.recipient_suffix = value();
     } else if (flag == "--nagle") {
       no_value();
       o.nagle = true;
@@ -404,6 +413,14 @@ class Runner {
   const tcp::endpoint& next_target() { return targets_[next_target_++ % targets_.size()]; }
   const std::optional<asio::ip::address>& source() const { return source_; }
   const std::string& message() const { return message_; }
+  // The next message's MAIL, RCPT and DATA, its recipient's domain the next in turn.
+  std::string next_group() {
+    std::string domain = options_.recipient_suffix;
+    if (options_.recipient_domains > 0) {
+      domain = "d" + std::to_string(next_domain_++ % options_.recipient_domains) + "." + domain;
+    }
+    return "MAIL FROM:<loadgen@bench.example>\r\nRCPT TO:<sink@" + domain + ">\r\nDATA\r\n";
+  }
   Stats& stats() { return stats_; }
   bool stopping() const { return stopping_; }
 
@@ -439,6 +456,7 @@ class Runner {
   ssl::context tls_{ssl::context::tls_client};
   std::vector<tcp::endpoint> targets_;
   std::size_t next_target_ = 0;
+  std::uint64_t next_domain_ = 0;
   std::optional<asio::ip::address> source_;
   std::string message_;
   Stats stats_;
@@ -681,21 +699,15 @@ awaitable<void> Session::open() {
 
 template <class Stream>
 awaitable<void> Session::transact(Stream& stream) {
-  static constexpr std::string_view kMail = "MAIL FROM:<loadgen@bench.example>\r\n";
-  static constexpr std::string_view kRcpt = "RCPT TO:<sink@bench.example>\r\n";
-  static constexpr std::string_view kData = "DATA\r\n";
-  static constexpr std::string_view kGroup =
-      "MAIL FROM:<loadgen@bench.example>\r\nRCPT TO:<sink@bench.example>\r\nDATA\r\n";
   const std::uint64_t n = options_.msgs_per_session;
   if (n == 0) co_return;
   if (options_.pipelining && pipelining_) {
     // RFC 2920 3.1: message content may start a group, DATA must end one. So the first
     // group is MAIL RCPT DATA, and each later one is the previous message's content, its
     // end-of-data line and the next MAIL RCPT DATA: one write and one wait per message.
-    std::string content_and_group = runner_.message();
-    content_and_group += kGroup;
+    const std::string first = runner_.next_group();
     phase_ = "mail group";
-    co_await write(stream, kGroup);
+    co_await write(stream, first);
     for (std::uint64_t m = 0; m < n; ++m) {
       phase_ = "mail";
       co_await expect(stream, 250);
@@ -705,21 +717,25 @@ awaitable<void> Session::transact(Stream& stream) {
       co_await expect(stream, 354);
       phase_ = "message";
       const bool last = m + 1 == n;
-      co_await write(stream, last ? std::string_view(runner_.message()) : content_and_group);
+      const std::string content = last ? runner_.message() : runner_.message() + runner_.next_group();
+      co_await write(stream, content);
       co_await expect(stream, 250);
       ++messages_;
     }
     co_return;
   }
   for (std::uint64_t m = 0; m < n; ++m) {
+    const std::string group = runner_.next_group();
+    const auto rcpt = group.find("RCPT");
+    const auto data = group.find("DATA");
     phase_ = "mail";
-    co_await write(stream, kMail);
+    co_await write(stream, std::string_view(group).substr(0, rcpt));
     co_await expect(stream, 250);
     phase_ = "rcpt";
-    co_await write(stream, kRcpt);
+    co_await write(stream, std::string_view(group).substr(rcpt, data - rcpt));
     co_await expect(stream, 250);
     phase_ = "data";
-    co_await write(stream, kData);
+    co_await write(stream, std::string_view(group).substr(data));
     co_await expect(stream, 354);
     phase_ = "message";
     co_await write(stream, runner_.message());

@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import shlex
@@ -109,6 +110,16 @@ CASES: dict[str, dict] = {
                               "the next session (the proxy's defaults: 10 s idle, 100 messages)",
                         mode="plain", sessions=6000, concurrency=10, relay="reuse",
                         extra=["--pipelining"], targets=RELAY_TARGETS),
+    # Routing by MX (issue 23): the same local load, each message to one of 50 domains of a
+    # DNSSEC lab (NSD behind a validating Unbound, bench/README.md), all of whose MX hosts are
+    # the relay host; MX connections kept per domain.
+    "relay-mx": dict(title="outbound relay routing by MX: as relay-reuse, 10 000 messages to "
+                           "50 DNSSEC-signed domains in turn (MX, address, TLSA and MTA-STS "
+                           "lookups through the proxy's validating resolver)",
+                     mode="plain", sessions=10000, concurrency=10, relay="mx", domains=50,
+                     extra=["--pipelining", "--recipient-domains", "50", "--recipient-suffix",
+                            "bench-lab.stp-lab"],
+                     targets=["proxy", "proxy-b"]),
     # The CI smoke (bench/smoke.sh): a few hundred sessions each way, proxy only.
     "smoke-plain": dict(title="smoke: plain SMTP through the proxy", mode="plain",
                         sessions=300, concurrency=20, smoke=True),
@@ -447,6 +458,43 @@ class RelayProxy(Foreground):
         self.argv = with_extra(argv, extra)
 
 
+class MxRelayProxy(RelayProxy):
+    """As RelayProxy, routing by MX through a DNS lab instead of --relay-host: every domain's
+    MX is the relay host (on 127.0.0.1, so loopback is not refused), whose chain must verify."""
+
+    def __init__(self, d: Path, binary: Path, pki: dict, relay_host: Proxy, lab,
+                 extra: list[str] = ()):
+        super().__init__(d, binary, pki, relay_host, True, extra)
+        i = self.argv.index("--relay-host")
+        self.argv[i:i + 2] = [
+            "--dns-forwarder", lab.forwarder.replace("@", ":"),
+            "--dns-trust-anchor", str(lab.trust_anchor),
+            "--relay-mx-port", str(relay_host.plain_port),
+            "--relay-mx-refuse-addresses", "10.0.0.0/8"]
+
+
+def dns_lab(d: Path, domains: int):
+    """The tests' DNSSEC lab (tests/integration/dns_lab.py): one signed zone holding `domains`
+    domains d0 ... under bench-lab.stp-lab, each with its MX on 127.0.0.1."""
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    from dns_lab import DnsLab, Zone  # noqa: E402 (the tests' module, only when needed)
+    records = []
+    for i in range(domains):
+        records += [f"d{i} IN MX 10 mx.d{i}", f"mx.d{i} IN A {LOOPBACK}"]
+    return DnsLab(d / "dns-lab", [Zone("bench-lab.stp-lab", records)],
+                  forwarder_validates=False).start()
+
+
+def unbound_query_counts(lab) -> dict[str, int]:
+    """Queries the lab's Unbound was asked, per name and type (its log-queries lines)."""
+    log = lab.directory / "unbound.log"
+    counts: dict[str, int] = {}
+    for m in re.finditer(r"info: 127\.0\.0\.1 (\S+) (\S+) IN$", log.read_text(), re.M):
+        key = f"{m.group(1)} {m.group(2)}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 class Stunnel(Foreground):
     """stunnel in client mode: plain SMTP in, STARTTLS (protocol = smtp) to the relay host,
     whose chain must verify against the bench CA (no name check, as with RelayProxy); one
@@ -609,7 +657,7 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
     d.chmod(0o755)
     hold = case.get("hold", 0)
     sink = Sink(d, max(1024, hold + 2000))
-    relay, relay_host = case.get("relay"), None
+    relay, relay_host, lab = case.get("relay"), None, None
     server = None
     record: dict = {"case": case_name, "target": target, "round": rnd}
     try:
@@ -621,10 +669,14 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
             relay_host = Proxy(d / "relay-host", args.proxy, pki, sink, None,
                                certificates=("ecdsa",))
             relay_host.start()
+        if relay == "mx":
+            lab = dns_lab(d, case["domains"])
         if target in ("proxy", "proxy-b"):
             binary = args.proxy if target == "proxy" else args.proxy_b or args.proxy
             extra = args.proxy_args if target == "proxy" else args.proxy_b_args
-            if relay:
+            if relay == "mx":
+                server = MxRelayProxy(d, binary, pki, relay_host, lab, extra)
+            elif relay:
                 server = RelayProxy(d, binary, pki, relay_host, relay == "reuse", extra)
             elif case.get("replicas"):
                 server = Replicas(d, binary, pki, sink, case["replicas"], extra)
@@ -688,11 +740,18 @@ def measure(args, case_name: str, target: str, rnd: int, pki: dict, work: Path) 
         record["rss_held_kib"] = rss_held
         if server is not sink and server.proc.poll() is not None:
             record["server_died"] = server.proc.returncode
+        if lab:
+            queries = unbound_query_counts(lab)
+            record["dns_queries"] = sum(queries.values())
+            record["dns_names"] = len(queries)
+            record["dns_most_asked"] = max(queries.items(), key=lambda kv: kv[1], default=None)
     finally:
         if server is not None and server is not sink:
             server.stop()
         if relay_host is not None:
             relay_host.stop()
+        if lab is not None:
+            lab.stop()
         sink.stop()
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -760,6 +819,9 @@ def relay_figures(rec: dict) -> dict[str, float | None]:
         "relay host and sink CPU per message (not counted above), ms": (
             host["cpu_s"] * 1000 / msgs if msgs else None),
         "failed sessions": lg["sessions_failed"],
+        **({"DNS queries at Unbound": rec["dns_queries"],
+            "of which for the most asked name and type": rec["dns_most_asked"][1]}
+           if rec.get("dns_most_asked") else {}),
     }
 
 
@@ -811,6 +873,9 @@ GOALS = [
     ("messages/s at concurrency 10, proxy with reuse / stunnel (issue 21)",
      ("relay-reuse", "messages/s", "proxy"), ("relay-reuse", "messages/s", "stunnel"),
      ("≥", 5.0)),
+    ("CPU per message, routing by MX / to a smarthost, both reusing connections (issue 23)",
+     ("relay-mx", CPU_PER_MESSAGE, "proxy"), ("relay-reuse", CPU_PER_MESSAGE, "proxy"),
+     ("≤", 1.2)),
     ("CPU per session resumed, over two replicas / on one (issue 22)",
      ("resumed-replicas", CPU_PER_SESSION, "proxy"), ("resumed", CPU_PER_SESSION, "proxy"),
      ("≤", 1.1)),
