@@ -173,7 +173,23 @@ void Resolver::stop() {
   });
 }
 
+std::optional<Answer> Resolver::kept_answer(const std::string& key) {
+  std::lock_guard lock(kept_mutex_);
+  const auto kept = kept_.find(key);
+  if (kept == kept_.end()) return std::nullopt;
+  if (kept->second.until <= std::chrono::steady_clock::now()) {
+    kept_.erase(kept);
+    return std::nullopt;
+  }
+  ++cache_hits_;
+  return kept->second.answer;
+}
+
 asio::awaitable<Answer> Resolver::lookup(std::string name, RecordType type) {
+  if (query_name(name)) {
+    auto kept = kept_answer(key_of(name, type));
+    if (kept) co_return std::move(*kept);
+  }
   // Named, not a temporary in the co_await expression (GCC 12 miscompiles those).
   auto initiation = [self = shared_from_this()](auto handler, std::string name, RecordType type) {
     // The caller's executor, known here with the handler's own type.
@@ -200,15 +216,9 @@ void Resolver::enqueue(std::string name, RecordType type, Waiter waiter) {
   if (stopped_) return deliver(std::move(waiter), failure("resolver stopped"));
   if (!query_name(name)) return deliver(std::move(waiter), failure("not a domain name"));
   const std::string key = key_of(name, type);
-  if (const auto kept = kept_.find(key); kept != kept_.end()) {
-    if (kept->second.until > std::chrono::steady_clock::now()) {
-      ++counts_.cache_hits;
-      return deliver(std::move(waiter), kept->second.answer);
-    }
-    kept_.erase(kept);
-  }
+  if (auto kept = kept_answer(key)) return deliver(std::move(waiter), std::move(*kept));
   if (const auto flight = in_flight_.find(key); flight != in_flight_.end()) {
-    ++counts_.joined;
+    ++joined_;
     flight->second.waiters.push_back(std::move(waiter));
     return;
   }
@@ -220,7 +230,7 @@ void Resolver::enqueue(std::string name, RecordType type, Waiter waiter) {
     delete query;
     return deliver(std::move(waiter), failure(ub_strerror(error)));
   }
-  ++counts_.sent;
+  ++sent_;
   auto& flight = in_flight_[key];
   flight.async_id = async_id;
   flight.query = query;
@@ -263,6 +273,7 @@ void Resolver::keep(const std::string& key, const Answer& answer) {
   std::size_t bytes = 0;
   for (const auto& rdata : answer.rdata) bytes += rdata.size();
   if (time.count() == 0 || bytes > kMaxKeptAnswerBytes) return;
+  std::lock_guard lock(kept_mutex_);
   if (kept_.size() >= kMaxKept) {
     std::erase_if(kept_, [&](const auto& entry) { return entry.second.until <= now; });
     if (kept_.size() >= kMaxKept) kept_.erase(kept_.begin());

@@ -2,7 +2,8 @@
 // itself from its trust anchor (so no resolver's AD bit is taken on trust), with its answers
 // handed to the event loop: libunbound works in one background thread of its own and signals
 // through a file descriptor that Asio watches, so no thread waits for a lookup. Answers are
-// kept for their TTL, and one query is in flight per name and type however many sessions ask.
+// kept for their TTL (and read from the caller's thread), and one query is in flight per name
+// and type however many sessions ask.
 //
 // Trusts libunbound's verdict (secure, insecure, bogus); the records themselves are the
 // network's and are read by dns/records.hpp. A bogus answer is a failure, never records.
@@ -16,9 +17,12 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -70,7 +74,8 @@ class Resolver : public std::enable_shared_from_this<Resolver> {
   // From any thread; resumes on the caller's executor.
   boost::asio::awaitable<Answer> lookup(std::string name, RecordType type);
 
-  // Ends every lookup in flight with a failure; later lookups fail at once.
+  // Ends every lookup in flight with a failure; later lookups not answered from the kept
+  // answers fail at once.
   void stop();
 
   struct Counts {
@@ -78,7 +83,7 @@ class Resolver : public std::enable_shared_from_this<Resolver> {
     std::size_t cache_hits = 0;  // answered from the kept answers
     std::size_t joined = 0;      // waited for a query already in flight
   };
-  Counts counts() const { return counts_; }
+  Counts counts() const { return {sent_, cache_hits_, joined_}; }
 
  private:
   using Handler = boost::asio::any_completion_handler<void(Answer)>;
@@ -110,8 +115,14 @@ class Resolver : public std::enable_shared_from_this<Resolver> {
   bool watching_ = false;
   bool stopped_ = false;
   std::unordered_map<std::string, InFlight> in_flight_;
+  // The kept answers are read on the callers' threads too: a cached answer costs no hop to the
+  // resolver's thread and back.
+  std::optional<Answer> kept_answer(const std::string& key);
+  mutable std::mutex kept_mutex_;
   std::unordered_map<std::string, Kept> kept_;
-  Counts counts_;
+  std::atomic<std::size_t> sent_{0};
+  std::atomic<std::size_t> cache_hits_{0};
+  std::atomic<std::size_t> joined_{0};
 };
 
 }  // namespace stp::dns

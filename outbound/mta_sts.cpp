@@ -154,25 +154,25 @@ void StsPolicies::stop() {
 }
 
 asio::awaitable<StsAnswer> StsPolicies::lookup(std::string domain) {
-  // Run on this object's executor; co_spawn resumes the caller on its own.
-  auto work = answer(std::move(domain));
-  StsAnswer result = co_await asio::co_spawn(executor_, std::move(work), asio::use_awaitable);
+  StsAnswer result = co_await answer(std::move(domain));
   co_return result;
 }
 
-const StsPolicies::Kept* StsPolicies::kept(const std::string& domain) {
+std::optional<StsPolicies::Kept> StsPolicies::kept(const std::string& domain) {
+  std::lock_guard lock(kept_mutex_);
   const auto it = kept_.find(domain);
-  if (it == kept_.end()) return nullptr;
-  if (it->second.fetched + it->second.policy->max_age > system_clock::now()) return &it->second;
+  if (it == kept_.end()) return std::nullopt;
+  if (it->second.fetched + it->second.policy->max_age > system_clock::now()) return it->second;
   kept_.erase(it);
   if (!options_.cache_dir.empty() && file_name_safe(domain)) {
     std::error_code ignored;
     std::filesystem::remove(std::filesystem::path(options_.cache_dir) / domain, ignored);
   }
-  return nullptr;
+  return std::nullopt;
 }
 
 void StsPolicies::keep(const std::string& domain, Kept policy) {
+  std::lock_guard lock(kept_mutex_);
   if (kept_.size() >= kMaxKept && !kept_.contains(domain)) {
     std::erase_if(kept_, [now = system_clock::now()](const auto& entry) {
       return entry.second.fetched + entry.second.policy->max_age <= now;
@@ -219,17 +219,19 @@ asio::awaitable<StsAnswer> StsPolicies::answer(std::string domain) {
   };
   // RFC 8461 5.1: with no (valid) record, a kept policy still holds.
   if (!id) {
-    if (const Kept* k = kept(domain)) from_cache(*k);
+    if (const auto k = kept(domain)) from_cache(*k);
     co_return result;
   }
-  if (const Kept* k = kept(domain); k && k->id == *id) {
+  if (const auto k = kept(domain); k && k->id == *id) {
     from_cache(*k);
     if (system_clock::now() >= k->fetched + k->policy->max_age / 2 && !stopped_) {
       asio::co_spawn(executor_, refresh(domain, *id), asio::detached);
     }
     co_return result;
   }
-  const Fetched fetched = co_await fetch_once(domain, *id);
+  // Fetched on this object's executor; co_spawn resumes the caller on its own.
+  auto fetch = fetch_once(domain, *id);
+  const Fetched fetched = co_await asio::co_spawn(executor_, std::move(fetch), asio::use_awaitable);
   if (fetched.policy) {
     result.policy = fetched.policy;
     result.id = *id;
@@ -237,7 +239,7 @@ asio::awaitable<StsAnswer> StsPolicies::answer(std::string domain) {
   }
   result.failure = fetched.failure;
   result.why = fetched.why;
-  if (const Kept* k = kept(domain)) from_cache(*k);  // kept through a failed fetch
+  if (const auto k = kept(domain)) from_cache(*k);  // kept through a failed fetch
   co_return result;
 }
 

@@ -6,8 +6,9 @@
 // gone. A policy is kept through fetch failures and a missing TXT record, as RFC 8461 5.1 says:
 // an attacker who blocks the fetch or strips the record cannot turn a policy off.
 //
-// Everything runs on one executor (the one given to create); lookup() may be called from any
-// thread. One fetch per domain is in flight however many sessions ask.
+// A lookup runs on its caller's thread (the TXT record from the resolver's kept answers, the
+// policy from the kept ones, under a lock); fetches run on one executor (the one given to
+// create), one per domain in flight however many sessions ask.
 //
 // Trusts: the resolver's answers, OpenSSL's verdict on the policy host's certificate; the
 // policy text itself is the network's (parsed by mta_sts_policy.hpp). The cache directory is
@@ -24,8 +25,11 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -92,10 +96,10 @@ class StsPolicies : public std::enable_shared_from_this<StsPolicies> {
   StsPolicies(boost::asio::any_io_executor executor, std::shared_ptr<dns::Resolver> resolver,
               std::shared_ptr<const tls::ClientContext> tls, StsOptions options);
   boost::asio::awaitable<StsAnswer> answer(std::string domain);
-  // The kept policy, from memory or disk, unless it expired.
-  const Kept* kept(const std::string& domain);
+  // The kept policy, unless it expired.
+  std::optional<Kept> kept(const std::string& domain);
   void keep(const std::string& domain, Kept policy);
-  // One fetch per domain: a second caller waits for the first's result.
+  // One fetch per domain: a second caller waits for the first's result. On executor_.
   boost::asio::awaitable<Fetched> fetch_once(std::string domain, std::string id);
   boost::asio::awaitable<Fetched> fetch(std::string domain);
   boost::asio::awaitable<Fetched> fetch_from(boost::asio::ip::tcp::endpoint endpoint,
@@ -106,10 +110,12 @@ class StsPolicies : public std::enable_shared_from_this<StsPolicies> {
   std::shared_ptr<dns::Resolver> resolver_;
   std::shared_ptr<const tls::ClientContext> tls_;
   StsOptions options_;
+  std::mutex kept_mutex_;
   std::unordered_map<std::string, Kept> kept_;
+  // On executor_ only:
   std::unordered_map<std::string, std::shared_ptr<InFlight>> in_flight_;
   std::unordered_set<Connection*> connections_;
-  bool stopped_ = false;
+  std::atomic<bool> stopped_{false};
   Counts counts_;
 };
 

@@ -699,9 +699,13 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
   const auto executor = co_await asio::this_coro::executor;
   auto wait = std::make_shared<RouteWait>(executor);
   wait->done.expires_at(give_up_at);
+  // co_spawn starts find_route at once, here: answered from the kept answers, it is done
+  // before there is anything to wait for.
   asio::co_spawn(executor, find_route(wait, services_, domain, id_), asio::detached);
-  boost::system::error_code ignored;
-  co_await wait->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  if (!wait->route) {
+    boost::system::error_code ignored;
+    co_await wait->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
   if (!wait->route) {
     spdlog::warn("{} lookups for {} took longer than --relay-mx-timeout ({}s)", id_,
                  log::escape(domain, 255), config_.relay.mx_timeout.count());
