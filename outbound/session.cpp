@@ -191,6 +191,8 @@ class Session final : public Connection,
   std::string held_mail_;
   std::string destination_;
   std::string destination_refusal_;
+  std::vector<RelayTarget> route_targets_;  // where destination_'s mail may go
+  Clock::time_point give_up_at_{};
   std::string mail_refusal_;
   unsigned accepted_recipients_ = 0;
   unsigned errors_ = 0;
@@ -574,6 +576,19 @@ asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Comm
 
 asio::awaitable<bool> Session::ensure_link() {
   if (link_) co_return true;
+  if (by_mx()) {  // a kept MX connection did not answer RSET: a new one to the destination
+    auto connected = co_await connect_targets(services_.policy, route_targets_, "mx", give_up_at_,
+                                              worker_.deadlines, id_ + " (" + client_label_ + ")");
+    if (!connected.link) {
+      reply("421 " + connected.failure.enhanced_code + " " + config_.relay.helo +
+            " cannot deliver to " + destination_ + " now: " + reply_safe(connected.failure.text) +
+            "\r\n");
+      end_reason_ = "MX lost";
+      co_return false;
+    }
+    link_ = std::move(connected.link);
+    co_return true;
+  }
   link_ = services_.pool_for(worker_).take();
   if (link_) co_return true;  // reused once it answers RSET
   auto connected =
@@ -721,6 +736,8 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
         std::to_string(route.code) + " " + route.enhanced_code + " " + route.text + "\r\n";
     co_return;
   }
+  route_targets_ = route.targets;  // for a new connection if a kept one fails its RSET
+  give_up_at_ = give_up_at;
   link_ = co_await kept_link_for(domain, route);
   if (!link_) {
     std::string log_id = id_ + " (" + client_label_ + ")";
@@ -742,7 +759,8 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
 }
 
 // A connection kept from an earlier transaction to `domain` is used when the route still
-// gives its terms (the same MX host, TLS policy and TLSA records) and it answers RSET.
+// gives its terms (the same MX host, TLS policy and TLSA records); its RSET goes with the
+// first commands, and if it is not answered a new connection is made (ensure_link).
 asio::awaitable<std::unique_ptr<RelayLink>> Session::kept_link_for(const std::string& domain,
                                                                    const MxRoute& route) {
   auto kept = services_.pool_for(worker_).take(domain);
@@ -755,16 +773,7 @@ asio::awaitable<std::unique_ptr<RelayLink>> Session::kept_link_for(const std::st
                  target.tls_required == kept->tls_required_by_dns && target.dane == kept->dane &&
                  target.tls_base == kept->tls_base));
       });
-  kept->reset_pending = false;
-  if (same_terms) {
-    const auto reset = co_await kept->upstream.command("RSET\r\n");
-    if (reset.status == smtp::ReplyScan::Status::complete && reset.code == 250) {
-      kept->upstream.consume(reset);
-      kept->kept = true;
-      services_.metrics.reused(kept->metrics_label);
-      co_return kept;
-    }
-  }
+  if (same_terms) co_return kept;
   if (!kept->upstream.lost()) co_await kept->upstream.quit(kQuitTimeout);
   co_return nullptr;
 }
@@ -781,6 +790,7 @@ asio::awaitable<void> Session::end_transaction(bool keep_link) {
   held_mail_.clear();
   destination_.clear();
   destination_refusal_.clear();
+  route_targets_.clear();
   mail_refusal_.clear();
   accepted_recipients_ = 0;
   in_transaction_ = false;

@@ -240,6 +240,27 @@ def test_a_connection_is_kept_for_the_next_transaction_to_the_domain(mx_proxy):
     assert [c.split(" ", 1)[0] for c in commands].count("EHLO") == 2, commands
 
 
+def test_a_kept_connection_the_mx_closed_is_replaced(proxy, postfix, smtp_sink, lab):
+    """The MX drops idle connections after a second (smtp-sink -t 1), the proxy keeps them
+    for 30: the next transaction's RSET finds the kept one gone, and a new connection carries
+    the message (no 4xx to the local client)."""
+    sink = smtp_sink(xclient=False, extra=("-t", "1"))
+    port = free_port()
+    p = proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+              lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor),
+              "--relay-mx-port", str(sink.port), "--relay-connection-idle", "30s", *LOOPBACK_MX)
+    tokens = [unique("stale"), unique("stale")]
+    with smtplib.SMTP(LOOPBACK, port, timeout=30) as s:
+        s.ehlo("device.example")
+        for i, token in enumerate(tokens):
+            if i:
+                time.sleep(2.5)  # the sink has closed the kept connection by now
+            assert s.sendmail(SENDER, [f"user@other.{TLD}"],
+                              simple_message(token, f"user@other.{TLD}")) == {}
+    assert all(t in sink.wait_for_dump(tokens[-1]) for t in tokens)
+    assert len(re.findall(r"relay connection H=mx\.other", p.stderr())) == 2, p.stderr()
+
+
 def test_the_proxy_answers_ehlo_and_mail_itself(mx_proxy):
     with smtplib.SMTP(LOOPBACK, mx_proxy.relay_port, timeout=30) as s:
         code, text = s.ehlo("device.example")
