@@ -717,7 +717,8 @@ awaitable<void> Session::transact(Stream& stream) {
       co_await expect(stream, 354);
       phase_ = "message";
       const bool last = m + 1 == n;
-      const std::string content = last ? runner_.message() : runner_.message() + runner_.next_group();
+      const std::string content =
+          last ? runner_.message() : runner_.message() + runner_.next_group();
       co_await write(stream, content);
       co_await expect(stream, 250);
       ++messages_;

@@ -36,13 +36,17 @@ namespace {
 constexpr std::string_view kFetchError = "sts-policy-fetch-error";
 constexpr std::string_view kPolicyInvalid = "sts-policy-invalid";
 constexpr std::string_view kWebPkiInvalid = "sts-webpki-invalid";
-constexpr std::size_t kMaxKept = 10000;   // domains with a policy kept
+constexpr std::size_t kMaxKept = 5000;  // domains with a policy kept
+// A failed fetch is not tried again for this long (RFC 8461 3.3 lets senders limit fetches):
+// a policy host that hangs costs one fetch timeout, not one per message.
+constexpr std::chrono::minutes kFailureMemory{5};
 constexpr std::size_t kMaxAddresses = 4;  // of a policy host, tried in turn
 constexpr std::size_t kMaxHeader = 8 * 1024;
 
-// What may name a cache file: a domain as recipient_domain gives it (no '/', no leading dot).
+// What may name a cache file: a domain as recipient_domain gives it (no '/', no leading dot),
+// with room for ".new" in a file name's 255 bytes.
 bool file_name_safe(std::string_view domain) {
-  return !domain.empty() && domain.size() <= 253 && domain.front() != '.' &&
+  return !domain.empty() && domain.size() <= 250 && domain.front() != '.' &&
          domain.find("..") == std::string_view::npos &&
          std::all_of(domain.begin(), domain.end(), [](char c) {
            return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
@@ -136,8 +140,10 @@ StsPolicies::StsPolicies(asio::any_io_executor executor, std::shared_ptr<dns::Re
                    log::escape(entry.path().string(), 300));
       continue;
     }
-    Kept kept{std::make_shared<const StsPolicy>(std::move(*policy)), id_line.substr(3),
-              system_clock::time_point(std::chrono::seconds(fetched))};
+    // A time in the future (a clock set back, a hand-edited file) counts as now.
+    Kept kept{
+        std::make_shared<const StsPolicy>(std::move(*policy)), id_line.substr(3),
+        std::min(system_clock::time_point(std::chrono::seconds(fetched)), system_clock::now())};
     if (kept.fetched + kept.policy->max_age <= system_clock::now()) continue;
     kept_.emplace(domain, std::move(kept));
     ++loaded;
@@ -172,17 +178,27 @@ std::optional<StsPolicies::Kept> StsPolicies::kept(const std::string& domain) {
 }
 
 void StsPolicies::keep(const std::string& domain, Kept policy) {
+  namespace fs = std::filesystem;
+  const bool on_disk = !options_.cache_dir.empty() && file_name_safe(domain);
   std::lock_guard lock(kept_mutex_);
   if (kept_.size() >= kMaxKept && !kept_.contains(domain)) {
-    std::erase_if(kept_, [now = system_clock::now()](const auto& entry) {
-      return entry.second.fetched + entry.second.policy->max_age <= now;
-    });
-    if (kept_.size() >= kMaxKept) kept_.erase(kept_.begin());
+    // The expired first, else any one; their files go with them.
+    const auto now = system_clock::now();
+    std::vector<std::string> dropped;
+    for (const auto& [name, entry] : kept_) {
+      if (entry.fetched + entry.policy->max_age <= now) dropped.push_back(name);
+    }
+    if (dropped.empty()) dropped.push_back(kept_.begin()->first);
+    for (const auto& name : dropped) {
+      kept_.erase(name);
+      std::error_code ignored;
+      if (!options_.cache_dir.empty()) fs::remove(fs::path(options_.cache_dir) / name, ignored);
+    }
   }
-  if (!options_.cache_dir.empty() && file_name_safe(domain)) {
-    namespace fs = std::filesystem;
+  if (on_disk) {
     const fs::path path = fs::path(options_.cache_dir) / domain;
     const fs::path temporary = path.string() + ".new";
+    bool written = false;
     {
       std::ofstream out(temporary, std::ios::trunc);
       out << "id " << policy.id << "\nfetched "
@@ -190,11 +206,15 @@ void StsPolicies::keep(const std::string& domain, Kept policy) {
                  .count()
           << "\n\n"
           << policy_text(*policy.policy);
+      out.flush();
+      written = static_cast<bool>(out);
     }
     std::error_code ec;
-    fs::rename(temporary, path, ec);
-    if (ec) {
-      spdlog::warn("--relay-mta-sts-cache: cannot keep the policy of {}: {}", domain, ec.message());
+    // A file cut short (a full disk) never replaces the kept one.
+    if (written) fs::rename(temporary, path, ec);
+    if (!written || ec) {
+      spdlog::warn("--relay-mta-sts-cache: cannot keep the policy of {}{}", domain,
+                   ec ? ": " + ec.message() : "");
       fs::remove(temporary, ec);
     }
   }
@@ -217,20 +237,26 @@ asio::awaitable<StsAnswer> StsPolicies::answer(std::string domain) {
     result.id = kept.id;
     result.from_cache = true;
   };
-  // RFC 8461 5.1: with no (valid) record, a kept policy still holds.
+  const auto refresh_if_old = [&](const Kept& kept) {
+    if (system_clock::now() >= kept.fetched + kept.policy->max_age / 2 && !stopped_) {
+      asio::co_spawn(executor_, refresh(domain, kept.id, shared_from_this()), asio::detached);
+    }
+  };
+  // RFC 8461 5.1: with no (valid) record, a kept policy still holds, and is still refreshed.
   if (!id) {
-    if (const auto k = kept(domain)) from_cache(*k);
+    if (const auto k = kept(domain)) {
+      from_cache(*k);
+      refresh_if_old(*k);
+    }
     co_return result;
   }
   if (const auto k = kept(domain); k && k->id == *id) {
     from_cache(*k);
-    if (system_clock::now() >= k->fetched + k->policy->max_age / 2 && !stopped_) {
-      asio::co_spawn(executor_, refresh(domain, *id), asio::detached);
-    }
+    refresh_if_old(*k);
     co_return result;
   }
   // Fetched on this object's executor; co_spawn resumes the caller on its own.
-  auto fetch = fetch_once(domain, *id);
+  auto fetch = fetch_once(domain, *id, shared_from_this());
   const Fetched fetched = co_await asio::co_spawn(executor_, std::move(fetch), asio::use_awaitable);
   if (fetched.policy) {
     result.policy = fetched.policy;
@@ -243,25 +269,43 @@ asio::awaitable<StsAnswer> StsPolicies::answer(std::string domain) {
   co_return result;
 }
 
-asio::awaitable<void> StsPolicies::refresh(std::string domain, std::string id) {
+asio::awaitable<void> StsPolicies::refresh(std::string domain, std::string id,
+                                           std::shared_ptr<StsPolicies> self) {
   try {
-    co_await fetch_once(std::move(domain), std::move(id));
+    co_await fetch_once(std::move(domain), std::move(id), std::move(self));
   } catch (const std::exception& e) {
     spdlog::error("MTA-STS: refreshing a policy failed: {}", e.what());
   }
 }
 
-asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_once(std::string domain, std::string id) {
+asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_once(std::string domain, std::string id,
+                                                              std::shared_ptr<StsPolicies>) {
   if (const auto it = in_flight_.find(domain); it != in_flight_.end()) {
     const auto in_flight = it->second;
     error_code ignored;
     co_await in_flight->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     co_return in_flight->result;
   }
+  const auto now = std::chrono::steady_clock::now();
+  if (const auto it = failed_.find(domain); it != failed_.end()) {
+    if (it->second.id == id && it->second.until > now) co_return it->second.result;
+    failed_.erase(it);
+  }
   const auto in_flight = std::make_shared<InFlight>(executor_);
   in_flight_.emplace(domain, in_flight);
   ++counts_.fetches;
-  Fetched fetched = co_await fetch(domain);
+  Fetched fetched;
+  try {
+    fetched = co_await fetch(domain);
+  } catch (const std::exception& e) {  // the waiters must hear, whatever happened
+    fetched = {nullptr, std::string(kFetchError), e.what()};
+  }
+  if (!fetched.policy) {
+    if (failed_.size() >= kMaxKept) {
+      std::erase_if(failed_, [&](const auto& entry) { return entry.second.until <= now; });
+    }
+    if (failed_.size() < kMaxKept) failed_[domain] = {id, now + kFailureMemory, fetched};
+  }
   if (fetched.policy) {
     const auto& p = *fetched.policy;
     spdlog::info("MTA-STS policy of {} fetched: id={} mode={} max_age={} mx={}", domain, id,
@@ -280,6 +324,8 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_once(std::string domain
 
 asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch(std::string domain) {
   const std::string host = "mta-sts." + domain;
+  // One bound for the whole fetch, every address of the policy host included.
+  const auto deadline = std::chrono::steady_clock::now() + options_.fetch_timeout;
   std::vector<tcp::endpoint> endpoints;
   std::size_t refused = 0;
   std::string why = "no address";
@@ -302,7 +348,7 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch(std::string domain) {
   Fetched fetched;
   for (const auto& endpoint : endpoints) {
     if (stopped_) break;
-    fetched = co_await fetch_from(endpoint, host);
+    fetched = co_await fetch_from(endpoint, host, deadline);
     // An answer (a policy, a bad one, a bad certificate) ends it; an unreachable host does not.
     if (fetched.policy || fetched.failure != kFetchError) break;
   }
@@ -310,8 +356,8 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch(std::string domain) {
   co_return fetched;
 }
 
-asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_from(tcp::endpoint endpoint,
-                                                              std::string host) {
+asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_from(
+    tcp::endpoint endpoint, std::string host, std::chrono::steady_clock::time_point deadline) {
   const std::string where =
       host + " [" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
   const auto failed = [&](std::string_view type, const std::string& why) {
@@ -328,7 +374,7 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_from(tcp::endpoint endp
     }
   } forget{connections_, connection.get()};
   // The whole fetch, connect to last byte, is bounded: the socket is closed at the time.
-  connection->timer.expires_after(options_.fetch_timeout);
+  connection->timer.expires_at(deadline);
   connection->timer.async_wait([connection](const error_code& ec) {
     if (!ec) connection->close();
   });

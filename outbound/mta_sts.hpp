@@ -41,7 +41,7 @@ struct StsOptions {
   // Policy host addresses never connected to (--relay-mx-refuse-addresses): a domain's DNS
   // must not make the proxy fetch from this host or an internal network.
   acl::HostList refused;
-  std::chrono::seconds fetch_timeout{30};  // one fetch, connect to last byte
+  std::chrono::seconds fetch_timeout{30};  // one fetch, every address, connect to last byte
   std::uint16_t port = 443;
 };
 
@@ -100,11 +100,16 @@ class StsPolicies : public std::enable_shared_from_this<StsPolicies> {
   std::optional<Kept> kept(const std::string& domain);
   void keep(const std::string& domain, Kept policy);
   // One fetch per domain: a second caller waits for the first's result. On executor_.
-  boost::asio::awaitable<Fetched> fetch_once(std::string domain, std::string id);
+  // `self` keeps this object alive while the coroutine (spawned apart) runs. A failure is
+  // remembered for a few minutes per domain and id, and given again without a fetch.
+  boost::asio::awaitable<Fetched> fetch_once(std::string domain, std::string id,
+                                             std::shared_ptr<StsPolicies> self);
   boost::asio::awaitable<Fetched> fetch(std::string domain);
   boost::asio::awaitable<Fetched> fetch_from(boost::asio::ip::tcp::endpoint endpoint,
-                                             std::string host);
-  boost::asio::awaitable<void> refresh(std::string domain, std::string id);
+                                             std::string host,
+                                             std::chrono::steady_clock::time_point deadline);
+  boost::asio::awaitable<void> refresh(std::string domain, std::string id,
+                                       std::shared_ptr<StsPolicies> self);
 
   boost::asio::any_io_executor executor_;
   std::shared_ptr<dns::Resolver> resolver_;
@@ -114,6 +119,12 @@ class StsPolicies : public std::enable_shared_from_this<StsPolicies> {
   std::unordered_map<std::string, Kept> kept_;
   // On executor_ only:
   std::unordered_map<std::string, std::shared_ptr<InFlight>> in_flight_;
+  struct Failed {
+    std::string id;
+    std::chrono::steady_clock::time_point until;
+    Fetched result;
+  };
+  std::unordered_map<std::string, Failed> failed_;
   std::unordered_set<Connection*> connections_;
   std::atomic<bool> stopped_{false};
   Counts counts_;

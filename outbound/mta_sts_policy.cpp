@@ -16,6 +16,39 @@ bool wsp(char c) {
   return c == ' ' || c == '\t';
 }
 
+// Well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF.
+bool utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t length = 0;
+    unsigned low = 0x80, high = 0xbf;  // the second byte's range
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      length = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      length = 3;
+      if (c == 0xe0) low = 0xa0;
+      if (c == 0xed) high = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      length = 4;
+      if (c == 0xf0) low = 0x90;
+      if (c == 0xf4) high = 0x8f;
+    } else {
+      return false;
+    }
+    if (s.size() - i < length) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if (k == 1 ? (b < low || b > high) : (b < 0x80 || b > 0xbf)) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
 std::string_view trim(std::string_view s) {
   while (!s.empty() && wsp(s.front())) s.remove_prefix(1);
   while (!s.empty() && wsp(s.back())) s.remove_suffix(1);
@@ -79,6 +112,7 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
     return std::nullopt;
   }
   StsPolicy policy;
+  std::size_t reported = 0;  // bytes of policy.lines
   bool have_version = false;
   bool have_mode = false;
   bool have_max_age = false;
@@ -94,11 +128,14 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
       set_error(error, "a control character in a line");
       return std::nullopt;
     }
-    if (policy.lines.size() >= 1000) {
-      set_error(error, "more than 1000 lines");
+    if (!utf8(line)) {
+      set_error(error, "a line that is not UTF-8");
       return std::nullopt;
     }
-    policy.lines.emplace_back(line);
+    if (reported + line.size() <= kMaxStsReportedBytes) {
+      policy.lines.emplace_back(line);
+      reported += line.size();
+    }
     const auto colon = line.find(':');
     if (colon == std::string_view::npos) {
       set_error(error, "a line without a colon");
@@ -143,6 +180,10 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
       auto name = domain_name(wildcard ? value.substr(2) : value);
       if (!name) {
         set_error(error, "a malformed mx pattern");
+        return std::nullopt;
+      }
+      if (policy.mx.size() >= kMaxStsMxPatterns) {
+        set_error(error, "more than 64 mx patterns");
         return std::nullopt;
       }
       policy.mx.push_back(wildcard ? "*." + *name : *name);

@@ -21,9 +21,10 @@ struct StsPolicy {
   StsMode mode = StsMode::none;
   std::chrono::seconds max_age{0};
   // "mx:" patterns, lower case, without a trailing dot: "mail.example.com" or "*.example.com"
-  // (one left-most label).
+  // (one left-most label); at most kMaxStsMxPatterns.
   std::vector<std::string> mx;
-  // The policy's lines as received (for TLS-RPT's policy-string), CR and LF removed.
+  // The policy's lines as received (for TLS-RPT's policy-string), CR and LF removed; only the
+  // first kMaxStsReportedBytes of them are kept (a real policy is a few hundred bytes).
   std::vector<std::string> lines;
 };
 
@@ -31,10 +32,15 @@ struct StsPolicy {
 constexpr std::size_t kMaxStsPolicySize = 64 * 1024;
 // max_age is at most a year (31557600 s); a longer one is cut to it.
 constexpr std::chrono::seconds kMaxStsMaxAge{31557600};
+// Bounds on what a kept policy holds, whatever the file: a policy with more mx patterns is
+// refused; lines beyond the reported bytes are not kept.
+constexpr std::size_t kMaxStsMxPatterns = 64;
+constexpr std::size_t kMaxStsReportedBytes = 4096;
 
 // Parses a policy file. nullopt (with `error`) when it is not one: no "version: STSv1", a mode
 // other than enforce/testing/none, no or a malformed max_age, no mx with enforce or testing,
-// a malformed mx pattern, a line without a colon, a byte that is not printable ASCII.
+// a malformed mx pattern (or too many), a line without a colon, a control character, bytes
+// that are not UTF-8 (extension values may be UTF-8, RFC 8461 3.2).
 // Unknown keys are ignored (extensions); of a key given twice the first counts (mx excepted).
 std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* error = nullptr);
 

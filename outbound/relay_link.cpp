@@ -169,11 +169,15 @@ class Connector {
         .result = std::string(result)});
   }
 
-  // Routing by MX, the operator's flags name a host (--relay-hosts-require-tls,
-  // --relay-hosts-avoid-tls, --relay-tls-verify-hosts): their terms, not DNS's, apply to it.
-  bool operator_terms(const RelayHost& host, const asio::ip::address& address) const {
+  // Routing by MX, the operator's flags name a host. --relay-hosts-avoid-tls is the operator's
+  // say over DNS's (no DANE, no MTA-STS: the host is known not to manage TLS); the flags that
+  // ask for more (--relay-hosts-require-tls, --relay-tls-verify-hosts) add to DNS's terms, so
+  // a wildcard never takes DANE away.
+  bool operator_avoids_tls(const RelayHost& host, const asio::ip::address& address) const {
+    return relay_.by_mx() && relay_.hosts_avoid_tls.matches(host.name, address);
+  }
+  bool operator_names(const RelayHost& host, const asio::ip::address& address) const {
     return relay_.by_mx() && (relay_.hosts_require_tls.matches(host.name, address) ||
-                              relay_.hosts_avoid_tls.matches(host.name, address) ||
                               relay_.tls_verify_hosts.matches(host.name, address));
   }
 
@@ -221,13 +225,16 @@ class Connector {
     auto link = std::make_unique<RelayLink>(co_await asio::this_coro::executor, deadlines_,
                                             std::string(log_id_));
     link->host = host;
-    if (operator_terms(host, endpoint.address())) {
+    if (operator_avoids_tls(host, endpoint.address())) {
       link->policy = TlsPolicy::relay_flags;
     } else {
       link->policy = target.policy;
       link->tls_required_by_dns = target.tls_required;
       link->dane = target.dane;
       link->tls_base = target.tls_base;
+      if (link->policy == TlsPolicy::opportunistic && operator_names(host, endpoint.address())) {
+        link->policy = TlsPolicy::relay_flags;
+      }
     }
     link->metrics_label = label(host);
     link->endpoint = endpoint;

@@ -759,15 +759,20 @@ asio::awaitable<void> Session::open_destination(const std::string& domain) {
 }
 
 // A connection kept from an earlier transaction to `domain` is used when the route still
-// gives its terms (the same MX host, TLS policy and TLSA records); its RSET goes with the
-// first commands, and if it is not answered a new connection is made (ensure_link).
+// gives its terms (the same MX host and address, TLS policy and TLSA records); its RSET goes with
+// the first commands, and if it is not answered a new connection is made (ensure_link).
 asio::awaitable<std::unique_ptr<RelayLink>> Session::kept_link_for(const std::string& domain,
                                                                    const MxRoute& route) {
   auto kept = services_.pool_for(worker_).take(domain);
   if (!kept) co_return nullptr;
+  const auto& address = kept->endpoint;
   const bool same_terms =
       std::any_of(route.targets.begin(), route.targets.end(), [&](const RelayTarget& target) {
-        return target.host.name == kept->host.name && target.host.port == kept->host.port &&
+        const bool still_there =
+            target.endpoints && std::find(target.endpoints->begin(), target.endpoints->end(),
+                                          address) != target.endpoints->end();
+        return still_there && target.host.name == kept->host.name &&
+               target.host.port == kept->host.port &&
                (kept->policy == TlsPolicy::relay_flags ||
                 (target.policy == kept->policy &&
                  target.tls_required == kept->tls_required_by_dns && target.dane == kept->dane &&
@@ -806,11 +811,17 @@ std::string Session::mx_ehlo_reply() const {
 
 asio::awaitable<bool> Session::send_group() {
   if (!link_ || (group_verbs_.empty() && !link_->reset_pending)) co_return true;
-  const std::string lines = std::exchange(group_, {});
+  std::string lines = std::exchange(group_, {});
   const auto verbs = std::exchange(group_verbs_, {});
   bool sent = false;
   if (link_->reset_pending && !co_await reset_kept_link(lines, sent)) co_return false;
   if (sent) co_return co_await read_replies(verbs);
+  if (by_mx() && !verbs.empty() && verbs.front() == Verb::mail &&
+      !link_->capabilities.eight_bit_mime) {
+    // The held sender was written for a kept connection, and a new one took its place.
+    const auto end = lines.find("\r\n");
+    lines = smtp::without_body_8bitmime(lines.substr(0, end)) + lines.substr(end);
+  }
   if (verbs.size() > 1 && !link_->capabilities.pipelining) {
     // A replacement connection without PIPELINING: one command at a time after all.
     std::size_t begin = 0;

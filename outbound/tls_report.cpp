@@ -66,7 +66,16 @@ TlsReports::TlsReports(std::string directory, std::string organization)
 void TlsReports::record(const TlsOutcome& outcome) {
   const std::string day = utc_day(std::chrono::system_clock::now());
   std::lock_guard lock(mutex_);
-  auto& counts = days_[day][outcome.policy_domain][PolicyKey{
+  auto& domains = days_[day];
+  if (domains.size() >= kMaxDomains && !domains.contains(outcome.policy_domain)) {
+    if (!full_logged_) {
+      spdlog::warn("--relay-tls-rpt-dir: {} policy domains today; no more are counted",
+                   kMaxDomains);
+    }
+    full_logged_ = true;
+    return;
+  }
+  auto& counts = domains[outcome.policy_domain][PolicyKey{
       outcome.policy,
       outcome.policy_strings ? *outcome.policy_strings : std::vector<std::string>{}}];
   if (!outcome.mx_host.empty() && counts.mx_hosts.size() < kMaxMxHosts &&
@@ -93,9 +102,17 @@ void TlsReports::write() {
     days = days_;
     // Past days are written one last time below and forgotten.
     const std::string today = utc_day(std::chrono::system_clock::now());
-    std::erase_if(days_, [&](const auto& entry) { return entry.first < today; });
+    if (std::erase_if(days_, [&](const auto& entry) { return entry.first < today; }) > 0) {
+      full_logged_ = false;
+    }
   }
-  for (const auto& [day, domains] : days) write_day(day, domains);
+  for (const auto& [day, domains] : days) {
+    try {
+      write_day(day, domains);
+    } catch (const std::exception& e) {  // never out of a shutdown or a timer's loop
+      spdlog::error("--relay-tls-rpt-dir: the reports of {} not written: {}", day, e.what());
+    }
+  }
 }
 
 void TlsReports::write_day(const std::string& day, const Day& domains) const {
@@ -147,7 +164,9 @@ void TlsReports::write_day(const std::string& day, const Day& domains) const {
     const fs::path temporary = folder / (domain + ".json.new");
     {
       std::ofstream out(temporary, std::ios::trunc);
-      out << report.dump(2) << "\n";
+      // Invalid UTF-8 (none should get here) is replaced rather than thrown on.
+      out << report.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
+      out.flush();
       if (!out) {
         spdlog::error("--relay-tls-rpt-dir: cannot write {}", log::escape(temporary.string(), 300));
         continue;

@@ -71,10 +71,14 @@ class TlsReports {
 
   void write_day(const std::string& day, const Day& domains) const;
 
+  // Policy domains counted per day: beyond it, outcomes for other domains are not counted.
+  static constexpr std::size_t kMaxDomains = 10000;
+
   const std::string directory_;
   const std::string organization_;
   std::mutex mutex_;
   std::map<std::string, Day> days_;
+  bool full_logged_ = false;
 };
 
 }  // namespace stp::outbound

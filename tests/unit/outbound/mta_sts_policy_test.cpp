@@ -84,6 +84,29 @@ TEST(StsPolicy, WhatIsNotAPolicyIsRefusedWithWhy) {
   std::string error;
   EXPECT_FALSE(parse(std::string(kMaxStsPolicySize + 1, 'a'), &error));
   EXPECT_EQ(error, "longer than 64 KiB");
+  for (const std::string_view bad : {"x-ext: \xff", "x-ext: \xc0\xaf", "x-ext: \xed\xa0\x80",
+                                     "x-ext: caf\xc3", "mode\xe9: enforce"}) {
+    const std::string text = "version: STSv1\nmode: none\nmax_age: 5\n" + std::string(bad) + "\n";
+    EXPECT_FALSE(parse(text, &error)) << text;
+    EXPECT_EQ(error, "a line that is not UTF-8") << text;
+  }
+  std::string many = "version: STSv1\nmode: enforce\nmax_age: 5\n";
+  for (int i = 0; i < 65; ++i) many += "mx: mx" + std::to_string(i) + ".example\n";
+  EXPECT_FALSE(parse(many, &error));
+  EXPECT_EQ(error, "more than 64 mx patterns");
+}
+
+TEST(StsPolicy, OnlyTheFirstFourKibOfLinesAreKeptForReports) {
+  std::string text = "version: STSv1\nmode: testing\nmx: a.example\nmax_age: 5\n";
+  for (int i = 0; i < 100; ++i)
+    text += "x-pad" + std::to_string(i) + ": " + std::string(100, 'p') + "\n";
+  const auto policy = parse(text);
+  ASSERT_TRUE(policy);
+  std::size_t bytes = 0;
+  for (const auto& line : policy->lines) bytes += line.size();
+  EXPECT_LE(bytes, kMaxStsReportedBytes);
+  EXPECT_GT(policy->lines.size(), 4u);
+  EXPECT_EQ(policy->lines[0], "version: STSv1");
 }
 
 TEST(StsPolicy, PatternsMatchAsTheRfcSays) {
