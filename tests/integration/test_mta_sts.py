@@ -219,8 +219,13 @@ def test_a_policy_that_cannot_be_fetched_counts_as_none(proxy, postfix, sts_lab,
     assert re.search(rf"MTA-STS policy of test\.example \(id=1\) not fetched, {result}: ",
                      p.stderr()), p.stderr()
     assert re.search(r"relay connection H=mx2\.test\.example .*policy=none$", p.stderr(), re.M)
+    # A second message: the failure is remembered, not fetched again at once.
+    assert send(p.relay_port, [box.address], unique("nopolicy")) == {}
+    assert len(re.findall(r"MTA-STS policy of test\.example \(id=1\) not fetched",
+                          p.stderr())) == 1, p.stderr()
+    assert wait_requests(env.web, 1) <= 1
     assert value(scrape(metrics_port), "smtp_tls_proxy_relay_tls_policy_results_total",
-                 policy="sts", result=result) == 1
+                 policy="sts", result=result) == 2
 
 
 def test_a_kept_policy_outlives_a_restart_and_a_failed_fetch(proxy, postfix, sts_lab, tmp_path):

@@ -365,6 +365,26 @@ def test_dane_ee_match_delivers_with_tls_dane(proxy, postfix, pki, dane_lab):
                  tls="dane") == 1, [k for k in samples if "relay" in k[0]]
 
 
+def test_operator_flags_add_to_dane_and_only_avoid_tls_overrides_it(proxy, postfix, pki,
+                                                                     dane_lab):
+    """--relay-hosts-require-tls '*' and --relay-tls-verify-hosts '*' leave DANE in place (a
+    wildcard never weakens it); --relay-hosts-avoid-tls naming the MX is the operator's say:
+    delivered in the clear, policy=relay-flags."""
+    lab = dane_lab(f"3 1 1 {spki_sha256(pki.postfix_cert)}")
+    p = dane_proxy(proxy, postfix, lab, "--relay-hosts-require-tls", "*",
+                   "--relay-tls-verify-hosts", "*")
+    box = postfix.new_mailbox()
+    assert send(p.relay_port, [box.address], unique("flags")) == {}
+    assert re.search(r"relay connection H=mx\.test\.example .*TLS=dane policy=dane$", p.stderr(),
+                     re.M), p.stderr()
+    q = dane_proxy(proxy, postfix, lab, "--relay-hosts-avoid-tls", f"mx.{MAIL_DOMAIN}")
+    assert send(q.relay_port, [box.address], unique("avoid")) == {}
+    assert len(box.wait(2)) == 2
+    assert re.search(r"relay connection H=mx\.test\.example .* X=none TLS=clear "
+                     r"policy=relay-flags result=starttls-not-supported$", q.stderr(), re.M), \
+        q.stderr()
+
+
 def test_a_tlsa_mismatch_defers_and_never_falls_back_to_clear(proxy, postfix, dane_lab):
     lab = dane_lab("3 1 1 " + "00" * 32)
     p = dane_proxy(proxy, postfix, lab)

@@ -90,5 +90,26 @@ TEST(TlsReport, ADaysOutcomesMakeOneReportPerPolicyDomain) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(TlsReport, BytesThatAreNotUtf8NeverStopAReport) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("stp-tls-rpt-utf8-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  TlsReports reports(dir.string(), "relay.example.org");
+  reports.record({.policy_domain = "example.com",
+                  .policy = ReportPolicy::sts,
+                  .policy_strings = std::make_shared<const std::vector<std::string>>(
+                      std::vector<std::string>{"x-ext: \xff\xfe"}),
+                  .mx_host = "mx.example.com",
+                  .receiving_ip = {},
+                  .sending_ip = {},
+                  .result = std::string(kResultSuccess)});
+  EXPECT_NO_THROW(reports.write());
+  std::ifstream in(dir / today() / "example.com.json");
+  ASSERT_TRUE(in);
+  const auto report = nlohmann::json::parse(in);
+  EXPECT_EQ(report["policies"][0]["summary"]["total-successful-session-count"], 1);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace stp::outbound
