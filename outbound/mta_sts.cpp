@@ -1,6 +1,7 @@
 // MTA-STS policies fetched and kept; see mta_sts.hpp.
 #include "outbound/mta_sts.hpp"
 
+#include "proxy/config_values.hpp"
 #include "proxy/log.hpp"
 #include "tls/tls_stream.hpp"
 
@@ -54,17 +55,11 @@ bool file_name_safe(std::string_view domain) {
          });
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-  return out;
-}
-
 bool plain_text(std::string_view content_type) {
   const auto end = content_type.find(';');
   std::string_view media = content_type.substr(0, end);
   while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) media.remove_suffix(1);
-  return lower(media) == "text/plain";
+  return flags::lower(media) == "text/plain";
 }
 
 std::string policy_text(const StsPolicy& policy) {
@@ -293,7 +288,6 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_once(std::string domain
   }
   const auto in_flight = std::make_shared<InFlight>(executor_);
   in_flight_.emplace(domain, in_flight);
-  ++counts_.fetches;
   Fetched fetched;
   try {
     fetched = co_await fetch(domain);
@@ -312,7 +306,6 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_once(std::string domain
                  to_string(p.mode), p.max_age.count(), p.mx.size());
     keep(domain, {fetched.policy, id, system_clock::now()});
   } else {
-    ++counts_.failures;
     spdlog::warn("MTA-STS policy of {} (id={}) not fetched, {}: {}", domain, id, fetched.failure,
                  fetched.why);
   }

@@ -73,12 +73,6 @@ class StsPolicies : public std::enable_shared_from_this<StsPolicies> {
   // Ends fetches in flight (their lookups answer from the cache or with no policy).
   void stop();
 
-  struct Counts {
-    std::size_t fetches = 0;   // policy fetches begun
-    std::size_t failures = 0;  // of which failed
-  };
-  Counts counts() const { return counts_; }
-
  private:
   struct Kept {
     std::shared_ptr<const StsPolicy> policy;
@@ -127,7 +121,6 @@ class StsPolicies : public std::enable_shared_from_this<StsPolicies> {
   std::unordered_map<std::string, Failed> failed_;
   std::unordered_set<Connection*> connections_;
   std::atomic<bool> stopped_{false};
-  Counts counts_;
 };
 
 }  // namespace stp::outbound
