@@ -259,3 +259,19 @@ def test_a_kept_policy_outlives_a_restart_and_a_failed_fetch(proxy, postfix, sts
     assert re.search(r"relay connection H=mx\.test\.example .*TLS=mta-sts", third.stderr())
     assert wait_requests(env.web, 2) == 2
     assert len(box.wait(3)) == 3
+
+
+def test_a_policy_is_refreshed_after_half_its_life(proxy, postfix, sts_lab):
+    """max_age 4: a message 2.5 s after the fetch uses the kept policy and starts a fetch in
+    the background (RFC 8461 10.2: refreshed before it expires), the id unchanged."""
+    env = sts_lab(mx_records("mx"),
+                  PolicyHost(MAIL_DOMAIN, policy("enforce", "mx.test.example", max_age=4)))
+    p = sts_proxy(proxy, postfix, env)
+    box = postfix.new_mailbox()
+    assert send(p.relay_port, [box.address], unique("fresh")) == {}
+    assert wait_requests(env.web, 1) == 1
+    time.sleep(2.5)
+    assert send(p.relay_port, [box.address], unique("refresh")) == {}
+    assert wait_requests(env.web, 2) == 2
+    assert len(box.wait(2)) == 2
+    assert p.stderr().count("MTA-STS policy of test.example fetched: id=1") == 2, p.stderr()
