@@ -137,8 +137,9 @@ class Session final : public Connection,
   bool joins_group(Verb verb) const;
   // Sends the group (after the RSET a kept connection owes) and passes the relay host's
   // replies to the client; false when the link is lost (or closing with 421), which ends the
-  // session.
-  asio::awaitable<bool> send_group();
+  // session. The RSET waits for the next group, to share its write, unless `reset_now`: what
+  // comes next (BDAT, AUTH) is no group.
+  asio::awaitable<bool> send_group(bool reset_now = false);
   // RSET on a kept connection, with `lines` in the same write when the relay host pipelines;
   // when it fails the connection is replaced, the client none the wiser. True with `sent`
   // when `lines` went too; false when no relay host is left.
@@ -427,11 +428,11 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
 
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Command& command) {
-  Upstream& up = link_->upstream;
   group_.append(command.line).append("\r\n");
   group_verbs_.push_back(command.verb);
   if (!co_await send_group()) co_return Next::close;
   if (last_code_ != 354) co_return Next::go_on;
+  Upstream& up = link_->upstream;  // (send_group may have replaced the link)
   if (!co_await flush(client)) co_return Next::close;
   Source<Stream> source{*this, client};
   const auto content = co_await relay::data(source, up, filter_, {}, config_.bare_lf,
@@ -472,7 +473,7 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
     reply("501 5.5.4 BDAT not available\r\n");
     co_return Next::close;  // its chunk follows: the stream cannot be read as commands
   }
-  if (!co_await send_group()) co_return Next::close;  // a kept connection's RSET
+  if (!co_await send_group(true)) co_return Next::close;  // a kept connection's RSET
   if (!link_->capabilities.chunking) {  // the connection was replaced by one without it
     reply("421 4.3.0 " + config_.relay.helo + " the relay host does not take BDAT now\r\n");
     end_reason_ = "relay host without CHUNKING";
@@ -512,7 +513,7 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
 // the client's from here on, whatever the outcome: it is never kept for another session.
 template <class Stream>
 asio::awaitable<Session::Next> Session::on_auth(Stream& client, const smtp::Command& command) {
-  if (!co_await send_group()) co_return Next::close;  // a kept connection's RSET
+  if (!co_await send_group(true)) co_return Next::close;  // a kept connection's RSET
   if (!may_relay_auth()) {  // the connection was replaced by one that must not carry it
     reply("454 4.7.0 authentication not available now\r\n");
     co_return Next::go_on;
@@ -809,8 +810,8 @@ std::string Session::mx_ehlo_reply() const {
   return ehlo + "250 ENHANCEDSTATUSCODES\r\n";
 }
 
-asio::awaitable<bool> Session::send_group() {
-  if (!link_ || (group_verbs_.empty() && !link_->reset_pending)) co_return true;
+asio::awaitable<bool> Session::send_group(bool reset_now) {
+  if (!link_ || (group_verbs_.empty() && !(reset_now && link_->reset_pending))) co_return true;
   std::string lines = std::exchange(group_, {});
   const auto verbs = std::exchange(group_verbs_, {});
   bool sent = false;
