@@ -8,12 +8,14 @@
 #include <fmt/chrono.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/detail/socket_option.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <thread>
@@ -64,6 +66,20 @@ std::string file_signature(const Config& config) {
   return signature;
 }
 
+// Opens and binds `acceptor` to `endpoint`; false with `ec` when it cannot.
+bool open_listener(tcp::acceptor& acceptor, const tcp::endpoint& endpoint, bool reuse_port,
+                   error_code& ec) {
+  using ReusePort = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec && reuse_port) acceptor.set_option(ReusePort(true), ec);
+  if (!ec && endpoint.address().is_v6()) {
+    acceptor.set_option(asio::ip::v6_only(false), ec);  // [::] takes IPv4 clients too
+  }
+  if (!ec) acceptor.bind(endpoint, ec);
+  return !ec;
+}
+
 }  // namespace
 
 Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> tls)
@@ -79,21 +95,31 @@ Server::Server(const Config& config, std::shared_ptr<const tls::ServerContext> t
       }()),
       probe_(workers_[0]->io, config, runtime_.mta_ehlo_reply, runtime_.mta_probed),
       signals_(workers_[0]->io, SIGTERM, SIGINT, SIGHUP) {
-  for (const auto& listener : config_.listeners) {
-    tcp::acceptor acceptor(workers_[0]->io);
-    error_code ec;
-    acceptor.open(listener.endpoint.protocol(), ec);
-    if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec && listener.endpoint.address().is_v6()) {
-      acceptor.set_option(asio::ip::v6_only(false), ec);  // [::] takes IPv4 clients too
-    }
-    if (!ec) acceptor.bind(listener.endpoint, ec);
-    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
+  for (std::size_t index = 0; index < config_.listeners.size(); ++index) {
+    const Listener& listener = config_.listeners[index];
+    const auto fail = [&](const error_code& ec) {
       throw ConfigError("--listen " + metrics::endpoint_label(listener.endpoint) + ": " +
                         ec.message());
+    };
+    error_code ec;
+    auto endpoint = listener.endpoint;
+    if (workers_.size() > 1) {
+      // SO_REUSEPORT would let this process join a port another (of the same user) listens
+      // on; a plain bind first is refused there, as with one thread.
+      tcp::acceptor probe(workers_[0]->io);
+      if (!open_listener(probe, endpoint, false, ec)) fail(ec);
+      endpoint = probe.local_endpoint(ec);  // port 0: the one it got, for every thread
+      if (ec) fail(ec);
     }
-    acceptors_.push_back(std::move(acceptor));
+    for (auto& worker : workers_) {
+      tcp::acceptor acceptor(worker->io);
+      if (open_listener(acceptor, endpoint, workers_.size() > 1, ec)) {
+        acceptor.listen(asio::socket_base::max_listen_connections, ec);
+      }
+      if (ec) fail(ec);
+      acceptors_.push_back(
+          std::make_unique<Acceptor>(Acceptor{std::move(acceptor), index, *worker}));
+    }
   }
   if (config_.metrics_listen) {
     http_.emplace(workers_[0]->io, *config_.metrics_listen, metrics_, [this] { return ready(); });
@@ -110,12 +136,6 @@ bool Server::ready() const {
          (!relay_ || relay_->ready());
 }
 
-Server::Worker& Server::next_worker() {
-  auto& worker = *workers_[next_worker_];
-  next_worker_ = (next_worker_ + 1) % workers_.size();
-  return worker;
-}
-
 template <class Action>
 void Server::for_each_session(Action action) {
   for (auto& worker : workers_) {
@@ -129,15 +149,14 @@ void Server::for_each_session(Action action) {
   }
 }
 
-asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t listener_index) {
-  const auto& listener = config_.listeners[listener_index];
-  asio::steady_timer backoff(acceptor.get_executor());
-  while (acceptor.is_open()) {
-    auto& worker = next_worker();
+asio::awaitable<void> Server::accept_loop(Acceptor& acceptor) {
+  const auto& listener = config_.listeners[acceptor.listener_index];
+  asio::steady_timer backoff(acceptor.worker.io);
+  while (acceptor.socket.is_open()) {
     error_code ec;
     tcp::socket socket =
-        co_await acceptor.async_accept(worker.io, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        co_await acceptor.socket.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !acceptor.socket.is_open()) co_return;
     if (ec) {
       // Out of file descriptors or memory: back off rather than spin on accept.
       spdlog::error("accept on {} failed: {}; retrying in 100 ms",
@@ -147,24 +166,22 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor, std::size_t l
       continue;
     }
     if (runtime_.sessions_alive.load() >= config_.max_connections) {
-      refuse_over_limit(std::move(socket), listener);
+      refuse_over_limit(std::move(socket), listener, acceptor.worker);
       continue;
     }
     runtime_.sessions_alive.fetch_add(1);
-    // The session is created on its own thread, which owns its registration.
-    asio::post(worker.io, [this, &worker, listener_index, socket = std::move(socket)]() mutable {
-      factory_for(listener_index).start(std::move(socket), listener_index, worker.state);
-    });
+    factory_for(acceptor.listener_index)
+        .start(std::move(socket), acceptor.listener_index, acceptor.worker.state);
   }
 }
 
 // --max-connections: a plain port hears 421 4.7.0, a TLS port is just closed (a reply would
 // cost a handshake). The reply fits any socket buffer, so it is written without waiting.
-void Server::refuse_over_limit(tcp::socket socket, const Listener& listener) {
+void Server::refuse_over_limit(tcp::socket socket, const Listener& listener, Worker& worker) {
   metrics_.rejected(metrics::Rejection::max_connections).Increment();
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_over_limit_log_ > std::chrono::seconds(10)) {
-    last_over_limit_log_ = now;
+  if (now - worker.last_over_limit_log > std::chrono::seconds(10)) {
+    worker.last_over_limit_log = now;
     spdlog::warn("{} sessions open (--max-connections); refusing new connections",
                  config_.max_connections);
   }
@@ -216,9 +233,11 @@ asio::awaitable<void> Server::watch_certificate_files() {
 asio::awaitable<void> Server::drain() {
   spdlog::info("draining: no new connections; {} sessions in flight get up to {}s",
                runtime_.sessions_alive.load(), config_.shutdown_grace.count());
-  for (auto& acceptor : acceptors_) {
-    error_code ignored;
-    acceptor.close(ignored);
+  for (auto& acceptor : acceptors_) {  // each on its own thread, where its accept waits
+    asio::post(acceptor->worker.io, [&socket = acceptor->socket] {
+      error_code ignored;
+      socket.close(ignored);
+    });
   }
   probe_.stop();
   if (relay_) relay_->stop_serving();
@@ -275,9 +294,10 @@ int Server::run(SessionFactory& inbound, SessionFactory* relay) {
       throw ConfigError("--relay-listen: this build has no outbound relay yet");
     }
   }
-  for (std::size_t i = 0; i < acceptors_.size(); ++i) {
-    asio::co_spawn(workers_[0]->io, accept_loop(acceptors_[i], i), asio::detached);
-    const Listener& listener = config_.listeners[i];
+  for (auto& acceptor : acceptors_) {
+    asio::co_spawn(acceptor->worker.io, accept_loop(*acceptor), asio::detached);
+  }
+  for (const Listener& listener : config_.listeners) {
     spdlog::info("listening on {} ({}{})", metrics::endpoint_label(listener.endpoint),
                  listener.implicit_tls ? "implicit TLS" : "STARTTLS",
                  listener.direction == Direction::relay ? ", outbound relay" : "");

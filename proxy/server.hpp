@@ -4,9 +4,12 @@
 // certificate reloads (SIGHUP, and by itself when the files change), and the graceful drain on
 // SIGTERM/SIGINT.
 //
-// Each session lives on one thread's io_context, so nothing inside a session needs a lock;
-// accepted sockets are spread round-robin over the threads. Everything the server itself does
-// runs on the first thread.
+// Each session lives on one thread's io_context, so nothing inside a session needs a lock.
+// Every thread has its own listening socket on each listener (SO_REUSEPORT, as nginx's
+// reuseport and Envoy's per-worker listeners): the kernel spreads the connections and each
+// thread accepts its own, with no hand-over between threads. Only processes of the same user
+// could join such a port, and those can already control this one. Everything the server
+// itself does runs on the first thread.
 #pragma once
 
 #include "metrics/http_endpoint.hpp"
@@ -46,6 +49,7 @@ class Server {
     // Before io: sessions destroyed with io's handlers leave its list and its deadline queue.
     WorkerState state;
     boost::asio::io_context io{1};
+    std::chrono::steady_clock::time_point last_over_limit_log{};
     Worker() {
       state.deadlines.start(io.get_executor());
       state.memory.start(io.get_executor());
@@ -56,18 +60,24 @@ class Server {
     }
   };
 
-  boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor,
-                                           std::size_t listener_index);
+  // A listening socket of one worker's.
+  struct Acceptor {
+    boost::asio::ip::tcp::acceptor socket;
+    std::size_t listener_index;
+    Worker& worker;
+  };
+
+  boost::asio::awaitable<void> accept_loop(Acceptor& acceptor);
   boost::asio::awaitable<void> drain();
   boost::asio::awaitable<void> watch_certificate_files();
-  void refuse_over_limit(boost::asio::ip::tcp::socket socket, const Listener& listener);
+  void refuse_over_limit(boost::asio::ip::tcp::socket socket, const Listener& listener,
+                         Worker& worker);
   // The expiry metric and a log line per server certificate.
   void publish_certificates(const tls::ServerContext& tls);
   void reload(std::string_view why);
   void on_signal(const boost::system::error_code& ec, int signal);
   template <class Action>
   void for_each_session(Action action);
-  Worker& next_worker();
   bool ready() const;
 
   const Config& config_;
@@ -80,15 +90,12 @@ class Server {
   SessionFactory* relay_ = nullptr;
   std::string reply_too_many_connections_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::vector<boost::asio::ip::tcp::acceptor> acceptors_;  // on the first worker
+  std::vector<std::unique_ptr<Acceptor>> acceptors_;  // listener by listener, a worker's each
   std::optional<metrics::HttpEndpoint> http_;
   BackendProbe probe_;
   boost::asio::signal_set signals_;
-  std::size_t next_worker_ = 0;
   std::atomic<bool> draining_{false};
-  std::string reload_signature_;
-  std::chrono::steady_clock::time_point
-      last_over_limit_log_{};  // what the certificate files looked like at the last attempt
+  std::string reload_signature_;  // what the certificate files looked like at the last attempt
 };
 
 }  // namespace stp

@@ -180,7 +180,7 @@ asio::awaitable<Upstream::StartTlsResult> Upstream::starttls(
 
 asio::awaitable<std::size_t> Upstream::read_some(error_code& ec) {
   if (tls_) {
-    const auto n = co_await tls_->read_some(input_.prepare(), ec);
+    const auto n = co_await tls_->read_some(input_.prepare(), ec, true);  // after a command
     co_return n;
   }
   const auto n = co_await socket_.async_read_some(input_.prepare(),

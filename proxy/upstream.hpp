@@ -119,7 +119,7 @@ class Upstream {
  private:
   void arm();
   void fail(std::string_view doing, const boost::system::error_code& ec);
-  // The connection's bytes, through TLS when it is up.
+  // The connection's bytes, through TLS when it is up; called only when a reply is due.
   boost::asio::awaitable<std::size_t> read_some(boost::system::error_code& ec);
   boost::asio::awaitable<void> write_all(std::string_view bytes, boost::system::error_code& ec);
 

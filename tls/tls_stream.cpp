@@ -274,10 +274,15 @@ asio::awaitable<void> TlsStream::handshake(error_code& ec) {
   }
 }
 
-asio::awaitable<std::size_t> TlsStream::read_some(asio::mutable_buffer buffer, error_code& ec) {
+asio::awaitable<std::size_t> TlsStream::read_some(asio::mutable_buffer buffer, error_code& ec,
+                                                  bool answer_due) {
   if (!ssl_) {
     ec = asio::error::no_memory;
     co_return 0;
+  }
+  if (answer_due) {
+    co_await wait_readable(ec);
+    if (ec) co_return 0;
   }
   while (true) {
     ERR_clear_error();

@@ -47,8 +47,11 @@ class TlsStream {
   TlsStream& operator=(const TlsStream&) = delete;
 
   boost::asio::awaitable<void> handshake(boost::system::error_code& ec);
+  // With `answer_due` (the caller has just asked the peer something), waits for readiness
+  // before it reads: a read tried at once would only find nothing.
   boost::asio::awaitable<std::size_t> read_some(boost::asio::mutable_buffer buffer,
-                                                boost::system::error_code& ec);
+                                                boost::system::error_code& ec,
+                                                bool answer_due = false);
   // Sends `buffer` whole (after the session's ticket, the first time); with `close`, followed
   // in the same segment by close_notify: the session's last words.
   boost::asio::awaitable<void> write(boost::asio::const_buffer buffer,
