@@ -5,6 +5,8 @@
 // address comes from the kernel; matches() only reads it, never allocates, never throws.
 #include "acl/host_list.hpp"
 
+#include "smtp/text.hpp"
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -12,14 +14,6 @@
 
 namespace stp::acl {
 namespace {
-
-constexpr std::string_view kWhitespace = " \t\r\n";
-
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(kWhitespace);
-  if (first == std::string_view::npos) return {};
-  return text.substr(first, text.find_last_not_of(kWhitespace) - first + 1);
-}
 
 // The operator's text in a message: control bytes as \xHH, so the message stays one line.
 std::string escaped(std::string_view text) {
@@ -34,14 +28,6 @@ std::string escaped(std::string_view text) {
     } else {
       out += c;
     }
-  }
-  return out;
-}
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (auto& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   }
   return out;
 }
@@ -107,13 +93,13 @@ std::string network_text(bool v6, const unsigned char* bytes, unsigned bits) {
 HostList HostList::parse(std::string_view text, Names names) {
   HostList list;
   list.text_ = std::string(text);
-  if (trim(text).empty()) return list;
+  if (text::trim(text).empty()) return list;
 
   std::size_t start = 0;
   for (;;) {
     const std::size_t comma = text.find(',', start);
     const std::string_view item =
-        trim(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
+        text::trim(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
     if (item.empty()) {
       throw HostListError("empty item at position " + std::to_string(list.items_.size() + 1) +
                           " (two commas in a row, or a comma at an end)");
@@ -130,14 +116,14 @@ HostList::Item HostList::parse_item(std::string_view item, Names names) {
   std::string_view rest = item;
   if (rest.front() == '!') {
     parsed.negated = true;
-    rest = trim(rest.substr(1));
+    rest = text::trim(rest.substr(1));
     if (rest.empty()) bad_item(item, "nothing after '!'");
   }
   if (rest == "*") {
     parsed.any = true;
   } else if (names == Names::allowed && looks_like_name(rest)) {
     parsed.name_suffix = rest.starts_with("*.");
-    parsed.name = lower(parsed.name_suffix ? rest.substr(1) : rest);
+    parsed.name = text::lower(parsed.name_suffix ? rest.substr(1) : rest);
   } else {
     parse_network(rest, item, parsed);
   }

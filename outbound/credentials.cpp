@@ -1,6 +1,8 @@
 // The relay hosts' AUTH credentials; see credentials.hpp.
 #include "outbound/credentials.hpp"
 
+#include "smtp/text.hpp"
+
 #include <openssl/crypto.h>
 #include <sys/stat.h>
 
@@ -16,26 +18,11 @@ namespace {
 constexpr std::string_view kFlag = "--relay-auth-file: ";
 constexpr std::string_view kSpace = " \t";
 
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (auto& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
-std::string_view trimmed(std::string_view text) {
-  const auto start = text.find_first_not_of(kSpace);
-  if (start == std::string_view::npos) return {};
-  const auto end = text.find_last_not_of(kSpace);
-  return text.substr(start, end - start + 1);
-}
-
 // The first word of `text` (which starts with no space), and the rest after its spaces.
 std::pair<std::string_view, std::string_view> split_word(std::string_view text) {
   const auto end = text.find_first_of(kSpace);
   if (end == std::string_view::npos) return {text, {}};
-  return {text.substr(0, end), trimmed(text.substr(end))};
+  return {text.substr(0, end), text::trim(text.substr(end), kSpace)};
 }
 
 [[noreturn]] void fail(std::string_view origin, std::size_t line, std::string_view why) {
@@ -82,12 +69,12 @@ Credentials Credentials::parse(std::string_view text, std::string_view origin) {
     auto line = text.substr(0, lf);
     text = lf == std::string_view::npos ? std::string_view{} : text.substr(lf + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    line = trimmed(line);
+    line = text::trim(line, kSpace);
     if (line.empty() || line.front() == '#') continue;
     const auto [host, after_host] = split_word(line);
     const auto [user, password] = split_word(after_host);
     if (user.empty() || password.empty()) fail(origin, number, "expected HOST USER PASSWORD");
-    const auto key = lower(host);
+    const auto key = text::lower(host);
     if (credentials.by_host_.count(key) != 0) {
       fail(origin, number, "a second line for " + std::string(host));
     }
@@ -97,7 +84,7 @@ Credentials Credentials::parse(std::string_view text, std::string_view origin) {
 }
 
 const Credential* Credentials::find(std::string_view host, std::uint16_t port) const {
-  const auto name = lower(host);
+  const auto name = text::lower(host);
   if (const auto it = by_host_.find(name + ":" + std::to_string(port)); it != by_host_.end()) {
     return &it->second;
   }

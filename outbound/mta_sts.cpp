@@ -1,8 +1,8 @@
 // MTA-STS policies fetched and kept; see mta_sts.hpp.
 #include "outbound/mta_sts.hpp"
 
-#include "proxy/config_values.hpp"
 #include "proxy/log.hpp"
+#include "smtp/text.hpp"
 #include "tls/tls_stream.hpp"
 
 #include <openssl/x509.h>
@@ -59,7 +59,7 @@ bool plain_text(std::string_view content_type) {
   const auto end = content_type.find(';');
   std::string_view media = content_type.substr(0, end);
   while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) media.remove_suffix(1);
-  return flags::lower(media) == "text/plain";
+  return text::lower(media) == "text/plain";
 }
 
 std::string policy_text(const StsPolicy& policy) {

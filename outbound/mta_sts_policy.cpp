@@ -1,6 +1,8 @@
 // MTA-STS record and policy texts; see mta_sts_policy.hpp.
 #include "outbound/mta_sts_policy.hpp"
 
+#include "smtp/text.hpp"
+
 #include <algorithm>
 #include <charconv>
 
@@ -10,10 +12,6 @@ namespace {
 bool set_error(std::string* error, std::string why) {
   if (error) *error = std::move(why);
   return false;
-}
-
-bool wsp(char c) {
-  return c == ' ' || c == '\t';
 }
 
 // Well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF.
@@ -49,12 +47,6 @@ bool utf8(std::string_view s) {
   return true;
 }
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && wsp(s.front())) s.remove_prefix(1);
-  while (!s.empty() && wsp(s.back())) s.remove_suffix(1);
-  return s;
-}
-
 bool alnum(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
@@ -64,12 +56,6 @@ bool extension_name(std::string_view name) {
   if (name.empty() || name.size() > 32 || !alnum(name.front())) return false;
   return std::all_of(name.begin(), name.end(),
                      [](char c) { return alnum(c) || c == '_' || c == '-' || c == '.'; });
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-  return out;
 }
 
 // A domain name as an mx pattern's rest: letters, digits, hyphens, labels of 1 to 63, at
@@ -89,7 +75,7 @@ std::optional<std::string> domain_name(std::string_view text) {
     }
   }
   if (label == 0) return std::nullopt;
-  return lower(text);
+  return text::lower(text);
 }
 
 }  // namespace
@@ -121,7 +107,7 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
     std::string_view line = text.substr(0, end);
     text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (trim(line).empty()) continue;  // blank lines, commonly at the end
+    if (text::trim(line, " \t").empty()) continue;  // blank lines, commonly at the end
     // Extension values may be UTF-8; control characters are never allowed.
     if (std::any_of(line.begin(), line.end(),
                     [](char c) { return (c >= 0 && c < 0x20 && c != '\t') || c == 0x7f; })) {
@@ -142,7 +128,7 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
       return std::nullopt;
     }
     const std::string_view key = line.substr(0, colon);
-    const std::string_view value = trim(line.substr(colon + 1));
+    const std::string_view value = text::trim(line.substr(colon + 1), " \t");
     if (key == "version") {
       if (have_version) continue;
       if (value != "STSv1") {
@@ -218,14 +204,14 @@ std::optional<std::string> parse_sts_record(std::string_view text, std::string* 
     return std::nullopt;
   }
   text.remove_prefix(kVersion.size());
-  if (const auto rest = trim(text); !rest.empty() && rest.front() != ';') {
+  if (const auto rest = text::trim(text, " \t"); !rest.empty() && rest.front() != ';') {
     set_error(error, "v=STSv1 not followed by ;");
     return std::nullopt;
   }
   std::optional<std::string> id;
   while (!text.empty()) {
     const auto end = text.find(';');
-    const std::string_view field = trim(text.substr(0, end));
+    const std::string_view field = text::trim(text.substr(0, end), " \t");
     text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
     if (field.empty()) continue;
     const auto equals = field.find('=');
@@ -268,7 +254,7 @@ std::optional<std::string> sts_record_id(const std::vector<std::string>& records
 }
 
 bool sts_mx_matches(const StsPolicy& policy, std::string_view host) {
-  const std::string name = lower(host);
+  const std::string name = text::lower(host);
   const auto dot = name.find('.');
   const std::string_view parent =
       dot == std::string::npos ? std::string_view() : std::string_view(name).substr(dot + 1);

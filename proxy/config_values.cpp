@@ -10,8 +10,6 @@ namespace {
 
 namespace ip = boost::asio::ip;
 
-constexpr std::string_view kWhitespace = " \t\r\n";
-
 }  // namespace
 
 [[noreturn]] void bad(const std::string& what, std::string_view value) {
@@ -32,18 +30,6 @@ std::string escape_control_bytes(std::string_view text) {
       result += c;
     }
   }
-  return result;
-}
-
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(kWhitespace);
-  if (first == std::string_view::npos) return {};
-  return text.substr(first, text.find_last_not_of(kWhitespace) - first + 1);
-}
-
-std::string lower(std::string_view text) {
-  std::string result(text);
-  for (char& c : result) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return result;
 }
 
@@ -220,9 +206,7 @@ std::vector<tls::NamedCertificate> sni_certificates(const Values& values) {
   for (const std::string& value : values) {
     const auto equals = value.find('=');
     if (equals == std::string::npos) bad("not NAME=FILE[,KEYFILE]", value);
-    std::string name = value.substr(0, equals);
-    std::transform(name.begin(), name.end(), name.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const std::string name = lower(std::string_view(value).substr(0, equals));
     const std::string_view host = name.starts_with("*.") ? std::string_view(name).substr(2) : name;
     if (host.empty() || host.find('*') != std::string_view::npos ||
         host.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-_") != std::string::npos ||

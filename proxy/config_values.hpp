@@ -9,6 +9,7 @@
 
 #include "acl/host_list.hpp"
 #include "proxy/config.hpp"
+#include "smtp/text.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 
@@ -43,9 +44,8 @@ class BadValue : public std::invalid_argument {
 // Control bytes as \xHH; everything else as it is.
 std::string escape_control_bytes(std::string_view text);
 
-// Whitespace (space, tab, CR, LF) at either end dropped.
-std::string_view trim(std::string_view text);
-std::string lower(std::string_view text);
+using text::lower;
+using text::trim;  // space, tab, CR and LF
 
 // Comma-separated items, whitespace around them dropped; an empty text is an empty list.
 Values split_list(std::string_view text);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite under the sanitizers: the proxy and the unit tests built with
 # AddressSanitizer + UndefinedBehaviorSanitizer (build-asan) run every unit and integration
-# test; the proxy built with ThreadSanitizer (build-tsan) runs the integration tests again.
+# test; the proxy built with ThreadSanitizer (build-tsan) runs the integration tests again,
+# less those marked `load` (tests/integration/conftest.py).
 # Any sanitizer report fails the run, even when the test that triggered it passed: reports of
 # the proxy are written to files (log_path) named after the pytest test that started it, and
 # the run fails if any such file exists. Trusts the compiler's sanitizer runtimes and the
@@ -91,7 +92,7 @@ integration() { # integration BUILD_DIR WHAT
   local wrapper started=$SECONDS status=0
   wrapper=$(make_wrapper "$repo/$1/smtp-tls-proxy" "$reports")
   STP_BINARY=$wrapper STP_TOOLS_DIR=$repo/$1/tests STP_SANITIZER=$2 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-    --basetemp="$work/pytest-$2" "${extra_pytest[@]}" tests/integration || status=$?
+    --durations=10 --basetemp="$work/pytest-$2" "${extra_pytest[@]}" tests/integration || status=$?
   echo "sanitize.sh: integration tests under $2 took $((SECONDS - started)) s"
   check_reports "$reports" "$2" || status=1
   return $status

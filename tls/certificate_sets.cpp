@@ -5,13 +5,14 @@
 #include "tls/library_context.hpp"
 #include "tls/session_facts.hpp"
 
+#include "smtp/text.hpp"
+
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cstdint>
 #include <stdexcept>
 
@@ -29,13 +30,6 @@ int host_set_slot() {
   return slot;
 }
 
-std::string lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
-
 std::vector<std::string> dns_names_of(X509* certificate) {
   std::vector<std::string> names;
   auto* sans = static_cast<GENERAL_NAMES*>(
@@ -44,7 +38,8 @@ std::vector<std::string> dns_names_of(X509* certificate) {
     const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans, i);
     if (name->type != GEN_DNS) continue;
     const auto* text = reinterpret_cast<const char*>(ASN1_STRING_get0_data(name->d.dNSName));
-    names.push_back(lower({text, static_cast<std::size_t>(ASN1_STRING_length(name->d.dNSName))}));
+    names.push_back(
+        text::lower({text, static_cast<std::size_t>(ASN1_STRING_length(name->d.dNSName))}));
   }
   GENERAL_NAMES_free(sans);
   return names;

@@ -1,6 +1,8 @@
 // The session ticket key file's text; see ticket_key_file.hpp.
 #include "tls/ticket_key_file.hpp"
 
+#include "smtp/text.hpp"
+
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -13,13 +15,6 @@ namespace stp::tls {
 namespace {
 
 constexpr std::size_t kKeyBytes = 80;
-
-std::string_view trimmed(std::string_view line) {
-  const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
-  while (!line.empty() && blank(line.front())) line.remove_prefix(1);
-  while (!line.empty() && blank(line.back())) line.remove_suffix(1);
-  return line;
-}
 
 bool is_base64(std::string_view text) {
   if (text.empty() || text.size() % 4 != 0) return false;
@@ -53,7 +48,7 @@ std::vector<TicketKey> parse_ticket_keys(std::string_view text) {
   std::size_t number = 0;
   while (!text.empty()) {
     const auto end = std::min(text.find('\n'), text.size());
-    const auto line = trimmed(text.substr(0, end));
+    const auto line = text::trim(text.substr(0, end), " \t\r");
     text.remove_prefix(std::min(end + 1, text.size()));
     ++number;
     if (line.empty() || line.front() == '#') continue;

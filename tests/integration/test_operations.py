@@ -1034,6 +1034,25 @@ def test_json_start_up_failure_is_a_json_line(pki):
                and "Address already in use" in json.loads(line)["message"] for line in lines)
 
 
+def test_a_second_proxy_cannot_take_a_port_the_first_listens_on(postfix, proxy, pki):
+    """Each worker thread listens on its own socket (SO_REUSEPORT), which would let a second
+    proxy of the same user join the port and take a share of its clients: the second one
+    must fail at start-up as with a single socket, and the first keep every connection."""
+    first = proxy(postfix.backend, "--threads", "2")
+    done = subprocess.run(
+        [str(proxy_binary()), "--listen", f"{LOOPBACK}:{first.plain_port}",
+         "--backend", postfix.backend, "--hostname", "proxy.test", "--threads", "2",
+         "--tls-certificate", str(pki.cert), "--tls-privatekey", str(pki.key),
+         "--metrics-listen", ""],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    assert done.returncode == 2, done.stderr
+    assert b"Address already in use" in done.stderr, done.stderr
+    for _ in range(20):  # clients hashed over every socket of the port: all are the first's
+        with SmtpClient(first.plain_port) as c:
+            assert c.greeting().code == 220
+            assert c.command("QUIT").code == 221
+
+
 def test_text_log_lines_stay_one_line_each_with_hostile_input(postfix, proxy):
     """--log-format text (the default): a command with CR-free control bytes, quotes and 8-bit
     bytes (refused, and logged), and a HELO with quotes and 8-bit bytes, cannot start a line of
