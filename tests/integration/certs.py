@@ -26,7 +26,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,9 +33,9 @@ from typing import Iterator
 import pytest
 
 from conftest import (LOOPBACK, MAIL_DOMAIN, MAIN_CF, MASTER_CF, NOBODY_UID, POSTFIX_HOSTNAME,
-                      POSTFIX_MASTER, POSTFIX_SBIN, PROXY_HOSTNAME, SMTPD_SERVICES,
-                      START_TIMEOUT, TIMINGS, Pki, Postfix, PostfixInstance, attach_log,
-                      free_port, run, stop_process, tail, wait_for_banner)
+                      POSTFIX_MASTER, POSTFIX_SBIN, PROXY_HOSTNAME, Pki, Postfix, PostfixInstance,
+                      SMTPD_SERVICES, START_TIMEOUT, free_port, postfix_view, private_postfix, run,
+                      stop_process, tail, wait_for_banner)
 
 ROOT_CN = "STP Test Root CA"
 INTERMEDIATE_CN = "STP Test Intermediate CA"
@@ -320,28 +319,11 @@ class HaproxyPostfix(Postfix):
 
 @pytest.fixture(scope="session")
 def haproxy_postfix_instance(pki) -> Iterator[HaproxyPostfixInstance]:
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix needs root")
-    for program in (POSTFIX_SBIN, POSTFIX_MASTER):
-        if not program.exists():
-            pytest.fail(f"{program} is missing: run scripts/install-deps.sh test")
-    directory = Path(tempfile.mkdtemp(prefix="stp-postfix-haproxy-"))
-    instance = HaproxyPostfixInstance(directory)
-    try:
-        instance.start(pki)
-        TIMINGS["private Postfix with a PROXY-protocol smtpd: start-up"] = instance.startup_seconds
-        yield instance
-    finally:
-        instance.stop()
-        if os.environ.get("STP_KEEP_TMP"):
-            print(f"kept Postfix directory {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+    yield from private_postfix(HaproxyPostfixInstance, pki, "stp-postfix-haproxy-",
+                               "private Postfix with a PROXY-protocol smtpd: start-up")
 
 
 @pytest.fixture
 def haproxy_postfix(haproxy_postfix_instance, request) -> HaproxyPostfix:
-    view = HaproxyPostfix(haproxy_postfix_instance)
-    attach_log(request, lambda: ("postfix (haproxy variant) maillog during this test", tail(
-        haproxy_postfix_instance.maillog, 20000, start=view.log_start)))
-    return view
+    return postfix_view(HaproxyPostfix(haproxy_postfix_instance), haproxy_postfix_instance,
+                        request, "postfix (haproxy variant) maillog during this test")

@@ -596,19 +596,21 @@ class Postfix:
         return self.log()
 
 
-@pytest.fixture(scope="session")
-def postfix_instance(pki) -> Iterator[PostfixInstance]:
+def private_postfix(make: Callable[[Path], PostfixInstance], pki, prefix: str, timing: str,
+                    programs: tuple[Path, ...] = ()) -> Iterator[PostfixInstance]:
+    """The body of a session fixture: a private Postfix made by `make` in a new directory,
+    started, yielded, stopped and its directory removed (kept with STP_KEEP_TMP); its
+    start-up time reported under `timing`."""
     if os.geteuid() != 0:
         pytest.skip("a private Postfix needs root")
-    for program in (POSTFIX_SBIN, POSTFIX_MASTER):
+    for program in (POSTFIX_SBIN, POSTFIX_MASTER, *programs):
         if not program.exists():
             pytest.fail(f"{program} is missing: run scripts/install-deps.sh test")
-    directory = Path(tempfile.mkdtemp(prefix="stp-postfix-"))
-    instance = PostfixInstance(directory)
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    instance = make(directory)
     try:
         instance.start(pki)
-        TIMINGS["private Postfix start-up (postfix check, master, every smtpd greeting)"] = (
-            instance.startup_seconds)
+        TIMINGS[timing] = instance.startup_seconds
         yield instance
     finally:
         instance.stop()
@@ -618,12 +620,23 @@ def postfix_instance(pki) -> Iterator[PostfixInstance]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def postfix_view(view, instance: PostfixInstance, request, title: str):
+    """A test's view of a session's Postfix, its maillog since the test began in the report."""
+    attach_log(request, lambda: (title, tail(instance.maillog, 20000, start=view.log_start)))
+    return view
+
+
+@pytest.fixture(scope="session")
+def postfix_instance(pki) -> Iterator[PostfixInstance]:
+    yield from private_postfix(PostfixInstance, pki, "stp-postfix-",
+                               "private Postfix start-up (postfix check, master, every smtpd "
+                               "greeting)")
+
+
 @pytest.fixture
 def postfix(postfix_instance, request) -> Postfix:
-    view = Postfix(postfix_instance)
-    attach_log(request, lambda: ("postfix maillog during this test", tail(
-        postfix_instance.maillog, 20000, start=view.log_start)))
-    return view
+    return postfix_view(Postfix(postfix_instance), postfix_instance, request,
+                        "postfix maillog during this test")
 
 
 # --------------------------------------------------------------------------- smtp-sink

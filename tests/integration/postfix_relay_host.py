@@ -36,16 +36,14 @@ from __future__ import annotations
 import grp
 import os
 import secrets
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import (LOOPBACK, MAIL_DOMAIN, MAIN_CF, MASTER_CF, NOBODY_UID, POSTFIX_HOSTNAME,
-                      POSTFIX_MASTER, POSTFIX_SBIN, SMTPD_SERVICES, TIMINGS, Pki, Postfix,
-                      PostfixInstance, attach_log, free_port, run, tail)
+from conftest import (LOOPBACK, MAIL_DOMAIN, MAIN_CF, MASTER_CF, NOBODY_UID, POSTFIX_HOSTNAME, Pki,
+                      Postfix, PostfixInstance, SMTPD_SERVICES, free_port, postfix_view,
+                      private_postfix, run)
 
 SASLPASSWD2 = Path("/usr/sbin/saslpasswd2")
 RELAY_USER = "user"
@@ -170,31 +168,15 @@ class RelayPostfix(Postfix):
 @pytest.fixture(scope="session")
 def relay_postfix_instance(pki, cert_pki) -> Iterator[RelayPostfixInstance]:
     """The relay-host Postfix; client certificates must chain to cert_pki's root."""
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix needs root")
-    for program in (POSTFIX_SBIN, POSTFIX_MASTER, SASLPASSWD2):
-        if not program.exists():
-            pytest.fail(f"{program} is missing: run scripts/install-deps.sh test")
     if not list(Path("/usr/lib").glob("*/sasl2/libplain.so*")):
         pytest.fail("Cyrus SASL's PLAIN plugin is missing (libsasl2-modules)")
-    directory = Path(tempfile.mkdtemp(prefix="stp-postfix-relay-"))
-    instance = RelayPostfixInstance(directory, cert_pki.root.cert)
-    try:
-        instance.start(pki)
-        TIMINGS["private Postfix as a relay host (SASL, client certificates): start-up"] = (
-            instance.startup_seconds)
-        yield instance
-    finally:
-        instance.stop()
-        if os.environ.get("STP_KEEP_TMP"):
-            print(f"kept Postfix directory {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+    yield from private_postfix(
+        lambda directory: RelayPostfixInstance(directory, cert_pki.root.cert), pki,
+        "stp-postfix-relay-", "private Postfix as a relay host (SASL, client certificates): "
+        "start-up", (SASLPASSWD2,))
 
 
 @pytest.fixture
 def relay_postfix(relay_postfix_instance, request) -> RelayPostfix:
-    view = RelayPostfix(relay_postfix_instance)
-    attach_log(request, lambda: ("relay-host postfix maillog during this test", tail(
-        relay_postfix_instance.maillog, 20000, start=view.log_start)))
-    return view
+    return postfix_view(RelayPostfix(relay_postfix_instance), relay_postfix_instance, request,
+                        "relay-host postfix maillog during this test")
