@@ -72,29 +72,21 @@ TIMINGS: dict[str, float] = {}  # shown at the end of the run
 # memory grow RSS by tens of MB) and running out of file descriptors (the runtime's own memory
 # checks open a pipe(), and report false positives when none is left). scripts/test.sh runs
 # them against the release build (`-m measures_process`).
-# Tests marked `load` drive thousands of sessions or handshakes through the proxy: they run
-# in the release build and under ASan, not under TSan, whose slowdown they would spend on code
-# paths and threads (every proxy here runs two workers) that the rest of the suite covers.
 UNDER_SANITIZER = os.environ.get("STP_SANITIZER", "")
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "measures_process: measures the proxy's RSS or descriptors; not under a sanitizer")
-    config.addinivalue_line(
-        "markers", "load: thousands of sessions or handshakes; not under ThreadSanitizer")
 
 
 def pytest_collection_modifyitems(config, items):
     if not UNDER_SANITIZER:
         return
     skip = pytest.mark.skip(reason=f"measures the process, which {UNDER_SANITIZER} changes")
-    skip_load = pytest.mark.skip(reason="a load the rest of the suite covers, too slow under TSan")
     for item in items:
         if "measures_process" in item.keywords:
             item.add_marker(skip)
-        elif "load" in item.keywords and UNDER_SANITIZER == "tsan":
-            item.add_marker(skip_load)
 
 
 def proxy_binary() -> Path:

@@ -159,7 +159,6 @@ def tls_ready_proxy(postfix, proxy):
     return proxy(postfix.strict_backend)
 
 
-@pytest.mark.load
 def test_nothing_lost_nothing_altered(postfix, tls_ready_proxy, pki, request):
     p = tls_ready_proxy
     seed, count = SEED, MESSAGES

@@ -252,6 +252,12 @@ class ScriptedRelay:
             timeout = 20
 
             def handle(self):
+                try:
+                    self.converse()
+                except ConnectionError:
+                    pass  # the proxy may close with bytes unread (a broken handshake): a reset
+
+            def converse(self):
                 asked = False
                 index = None  # counted at EHLO: the readiness probe only reads the greeting
                 say = self.wfile.write

@@ -246,7 +246,6 @@ def scans(tmp_path_factory, pki, proxy_optional_flags):
 # --------------------------------------------------------------------------- the audit
 
 
-@pytest.mark.load
 @pytest.mark.parametrize("check", list(ALL_CHECKS))
 @pytest.mark.parametrize("listener", ["starttls", "implicit"])
 def test_testssl_audit(scans, listener, check):
@@ -257,7 +256,6 @@ def test_testssl_audit(scans, listener, check):
         + [f"{f['id']} | {f['severity']} | {f['finding']}" for f in findings])
 
 
-@pytest.mark.load
 @pytest.mark.parametrize("listener", ["starttls", "implicit"])
 def test_audit_saw_tls13_and_both_certificate_types(scans, listener):
     """The scan really negotiated: TLS 1.3 suites and TLS 1.2 suites for both keys."""
@@ -270,7 +268,6 @@ def test_audit_saw_tls13_and_both_certificate_types(scans, listener):
 # --------------------------------------------------------------------------- negative controls
 
 
-@pytest.mark.load
 def test_negative_control_a_cipher_without_forward_secrecy_is_caught(scans):
     """The proxy told to offer AES128-GCM-SHA256 (RSA key transport, no forward secrecy):
     the same check, on testssl's list of the AES128-GCM ciphers it offers, reports it, and
