@@ -165,11 +165,12 @@ asio::awaitable<void> Server::accept_loop(Acceptor& acceptor) {
       co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    if (runtime_.sessions_alive.load() >= config_.max_connections) {
+    // Counted before the check: threads accepting at once cannot both take the last place.
+    if (runtime_.sessions_alive.fetch_add(1) >= config_.max_connections) {
+      runtime_.sessions_alive.fetch_sub(1);
       refuse_over_limit(std::move(socket), listener, acceptor.worker);
       continue;
     }
-    runtime_.sessions_alive.fetch_add(1);
     factory_for(acceptor.listener_index)
         .start(std::move(socket), acceptor.listener_index, acceptor.worker.state);
   }

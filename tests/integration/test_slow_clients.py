@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import socket
 import subprocess
 import time
@@ -259,12 +260,19 @@ def test_out_of_file_descriptors_logs_backs_off_and_recovers(postfix, proxy):
             c.close()
         held.clear()
         # Descriptors free again: every waiting client is accepted and greeted (a greeting
-        # needs no MTA connection; a 421 4.3.2 would still be a correct answer).
+        # needs no MTA connection; a 421 4.3.2 would still be a correct answer), in no fixed
+        # order: each worker thread accepts from a listening socket of its own, and the
+        # kernel's queue of each is served as its thread finds a free descriptor. So they are
+        # read as they are greeted, each closed to free its descriptor for the next.
         greetings = []
-        for c in waiting:
-            greetings.append(c.greeting())
-            c.close()
-        waiting.clear()
+        deadline = time.monotonic() + 20
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select([c.sock for c in waiting], [], [], 1)
+            for c in [c for c in waiting if c.sock in ready]:
+                greetings.append(c.greeting())
+                c.close()
+                waiting.remove(c)
+        assert not waiting, f"{len(waiting)} waiting clients never greeted"
         codes = [g.code for g in greetings]
         assert set(codes) <= {220, 421} and 220 in codes, greetings
         assert all(g.text.startswith("421 4.3.2 ") for g in greetings if g.code == 421), greetings
