@@ -56,9 +56,7 @@ bool file_name_safe(std::string_view domain) {
 }
 
 bool plain_text(std::string_view content_type) {
-  const auto end = content_type.find(';');
-  std::string_view media = content_type.substr(0, end);
-  while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) media.remove_suffix(1);
+  const auto media = text::trim(content_type.substr(0, content_type.find(';')), " \t");
   return text::lower(media) == "text/plain";
 }
 

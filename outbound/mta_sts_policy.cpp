@@ -9,6 +9,9 @@
 namespace stp::outbound {
 namespace {
 
+// RFC 8461's WSP: the blanks around a policy's keys and values.
+constexpr std::string_view kWsp = " \t";
+
 bool set_error(std::string* error, std::string why) {
   if (error) *error = std::move(why);
   return false;
@@ -107,7 +110,7 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
     std::string_view line = text.substr(0, end);
     text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (text::trim(line, " \t").empty()) continue;  // blank lines, commonly at the end
+    if (text::trim(line, kWsp).empty()) continue;  // blank lines, commonly at the end
     // Extension values may be UTF-8; control characters are never allowed.
     if (std::any_of(line.begin(), line.end(),
                     [](char c) { return (c >= 0 && c < 0x20 && c != '\t') || c == 0x7f; })) {
@@ -128,7 +131,7 @@ std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* er
       return std::nullopt;
     }
     const std::string_view key = line.substr(0, colon);
-    const std::string_view value = text::trim(line.substr(colon + 1), " \t");
+    const std::string_view value = text::trim(line.substr(colon + 1), kWsp);
     if (key == "version") {
       if (have_version) continue;
       if (value != "STSv1") {
@@ -204,14 +207,14 @@ std::optional<std::string> parse_sts_record(std::string_view text, std::string* 
     return std::nullopt;
   }
   text.remove_prefix(kVersion.size());
-  if (const auto rest = text::trim(text, " \t"); !rest.empty() && rest.front() != ';') {
+  if (const auto rest = text::trim(text, kWsp); !rest.empty() && rest.front() != ';') {
     set_error(error, "v=STSv1 not followed by ;");
     return std::nullopt;
   }
   std::optional<std::string> id;
   while (!text.empty()) {
     const auto end = text.find(';');
-    const std::string_view field = text::trim(text.substr(0, end), " \t");
+    const std::string_view field = text::trim(text.substr(0, end), kWsp);
     text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
     if (field.empty()) continue;
     const auto equals = field.find('=');
