@@ -108,13 +108,22 @@ asio::awaitable<bool> Session::take_group(Stream& client, GroupEnd& end) {
   }
   if (std::exchange(mta_reset_due_, false)) reset_mta();
   std::size_t taken = 0;
+  unsigned refusals = 0;  // the group's own, counted as errors when they are sent
   while (true) {
+    const auto replies_before = pending_.size();
     end = frame.status == Status::line_too_long ? on_line_too_long() : on_line(frame.line);
     if (end == GroupEnd::attach) break;  // the line stays, to be read again
     client_in_.consume(frame.consumed);
+    if (pending_.size() > replies_before && pending_.back().kind == PendingReply::Kind::local &&
+        !pending_.back().local.empty() && pending_.back().local[0] >= '4') {
+      ++refusals;  // as add_reply() will count it
+    }
     // --max-pipelined-commands: the rest waits, unread past the buffer, until these are
-    // answered.
-    if (end != GroupEnd::none || ++taken >= config_.max_pipelined_commands) break;
+    // answered. --max-errors ends the group too: serve() closes once it is answered.
+    if (end != GroupEnd::none || ++taken >= config_.max_pipelined_commands ||
+        errors_ + refusals >= config_.max_errors) {
+      break;
+    }
     frame = framer_.next(client_in_.view());
     if (frame.status == Status::need_more) {
       client_in_.consume(frame.consumed);

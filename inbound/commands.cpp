@@ -71,7 +71,7 @@ Session::GroupEnd Session::on_line(std::string_view line) {
       break;
   }
   spdlog::info("{} {} sent a malformed command \"{}\"; refused", id_, client_label_,
-               log::escape(line, 60));
+               log::escape_command(line, 60));
   return GroupEnd::none;
 }
 
@@ -127,6 +127,11 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
   if (bdat_open && verb != Verb::bdat && verb != Verb::noop && verb != Verb::quit) {
     reply_locally(reply::kOnlyBdat);
     return GroupEnd::none;
+  }
+  if (greeting_due_ && verb != Verb::ehlo && verb != Verb::helo && verb != Verb::noop &&
+      verb != Verb::rset && verb != Verb::quit && verb != Verb::starttls) {
+    reply_locally(reply::kHeloAfterTls);
+    return verb == Verb::bdat ? refuse_bdat(command) : GroupEnd::none;
   }
   // Detached, the proxy answers what needs no MTA; but once a command of this group is bound
   // for the MTA, the rest follow it there, in order (an RSET must reset that MAIL).
@@ -205,6 +210,7 @@ Session::GroupEnd Session::on_starttls(const smtp::Command& command) {
 
 // A HELO or EHLO for the MTA.
 Session::GroupEnd Session::on_greeting(const smtp::Command& command) {
+  greeting_due_ = false;
   helo_name_ = std::string(command.arguments.substr(0, kMaxHeloName));
   extended_helo_ = command.verb == Verb::ehlo;
   if (to_mta_.empty()) replay_helo_.clear();  // the MTA hears this one instead

@@ -37,6 +37,8 @@ inline constexpr std::string_view kBdatNotOfferedNow =
     "451 4.3.0 Error: the mail server does not offer BDAT now; try again\r\n";
 inline constexpr std::string_view kMessageTooBig =
     "552 5.3.4 Error: message exceeds the mail server's size limit\r\n";
+inline constexpr std::string_view kHeloAfterTls =
+    "503 5.5.1 Error: send HELO/EHLO first after STARTTLS\r\n";
 inline constexpr std::string_view kOnlyBdat =
     "503 5.5.1 Error: only BDAT, RSET, NOOP or QUIT within a BDAT message\r\n";
 inline constexpr std::string_view kBdatRefusedMessage =

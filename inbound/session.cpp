@@ -179,8 +179,11 @@ asio::awaitable<void> Session::proceed() {
     const bool secured = co_await handshake();  // (GCC 12: no co_await inside ||)
     if (!secured) break;
     if (attached()) {
-      // The MTA saw the plaintext part of the session: make it forget any transaction.
+      // The MTA saw the plaintext part of the session: make it forget any transaction, and
+      // have the client greet again before anything that greeting would stand for (the MTA
+      // still holds the one said in the clear; the proxy has forgotten it).
       mta_reset_due_ = true;
+      greeting_due_ = true;
     } else if (config_.backend_metadata == BackendMetadata::proxy_v2) {
       // Now the PROXY header can tell whether the client uses TLS. (Without proxy-v2 the MTA
       // is connected at the first command that needs it.)

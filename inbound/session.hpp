@@ -289,6 +289,7 @@ class Session final : public Connection,
   bool auth_continuation_ = false;  // the MTA sent 334: the next line is an AUTH response
   bool authenticated_ = false;      // the MTA accepted AUTH
   bool mta_reset_due_ = false;      // the next group starts with the proxy's own RSET
+  bool greeting_due_ = false;       // after STARTTLS, with the MTA's cleartext greeting held
   bool mta_abandon_due_ = false;    // after this group the MTA connection is closed
   bool ending_ = false;             // the replies being sent are the session's last
   bool waiting_for_command_ = false;

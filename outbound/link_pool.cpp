@@ -46,15 +46,26 @@ void LinkPool::expire(RelayLink& link) {
 }
 
 std::unique_ptr<RelayLink> LinkPool::take(std::string_view destination) {
-  const auto it = std::find_if(idle_.rbegin(), idle_.rend(),
-                               [&](const auto& held) { return held->destination == destination; });
-  if (it == idle_.rend()) return nullptr;
-  auto link = std::move(*it);
-  idle_.erase(std::next(it).base());
-  link->on_idle_expired = nullptr;
-  link->deadline.cancel();
-  link->reset_pending = true;
-  return link;
+  while (true) {
+    const auto it = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& held) {
+      return held->destination == destination;
+    });
+    if (it == idle_.rend()) return nullptr;
+    auto link = std::move(*it);
+    idle_.erase(std::next(it).base());
+    link->on_idle_expired = nullptr;
+    link->deadline.cancel();
+    if (!link->upstream.quiet()) {
+      // It spoke unasked while idle (a 421 before closing, say): whatever it said would be
+      // read as the reply to the next session's RSET.
+      spdlog::info("{} relay connection H={} sent something while kept; closed", link->log_id,
+                   link->label);
+      link->upstream.abandon();
+      continue;
+    }
+    link->reset_pending = true;
+    return link;
+  }
 }
 
 }  // namespace stp::outbound

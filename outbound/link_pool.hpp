@@ -24,7 +24,8 @@ class LinkPool {
   LinkPool& operator=(const LinkPool&) = delete;
 
   // The most recently kept connection to `destination` (RelayLink::destination), its RSET
-  // pending; null when none is kept.
+  // pending; null when none is kept. One whose relay host sent anything while it was kept is
+  // closed and passed over (Upstream::quiet).
   std::unique_ptr<RelayLink> take(std::string_view destination = {});
   // Keeps `link` for the next session if it may be reused; otherwise leaves it to the caller
   // (to QUIT): returned non-null.

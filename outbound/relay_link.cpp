@@ -227,6 +227,7 @@ class Connector {
     link->host = host;
     if (operator_avoids_tls(host, endpoint.address())) {
       link->policy = TlsPolicy::relay_flags;
+      link->tls_avoided = true;
     } else {
       link->policy = target.policy;
       link->tls_required_by_dns = target.tls_required;
@@ -298,6 +299,7 @@ class Connector {
         co_return Attempt{Next::next_address, "TLS on connect failed", "4.7.5", "tls_failed",
                           result_type_of(up.tls_verify_result())};
       }
+      record_tls(link);
     }
     const auto greeting = co_await up.read_reply();
     if (greeting.status != smtp::ReplyScan::Status::complete) {
@@ -345,6 +347,12 @@ class Connector {
     co_return Attempt{Next::done, {}};
   }
 
+  void record_tls(RelayLink& link) const {
+    link.tls_facts = tls::gather_session_facts(link.upstream.tls()->native_handle(),
+                                               tls::ClientCertificateRequest::none,
+                                               policy_.config.tls_peerdn_format);
+  }
+
   // STARTTLS as Exim's smtp transport does it.
   asio::awaitable<Attempt> negotiate_tls(RelayLink& link, const tls::ConnectParameters& parameters,
                                          bool require_tls, bool verify) {
@@ -385,9 +393,7 @@ class Connector {
         co_return Attempt{Next::again_in_clear, why, "4.4.1", "connect", result};
       }
     }
-    link.tls_facts =
-        tls::gather_session_facts(up.tls()->native_handle(), tls::ClientCertificateRequest::none,
-                                  policy_.config.tls_peerdn_format);
+    record_tls(link);
     co_return co_await ehlo(link);  // RFC 3207: what was said before TLS is forgotten
   }
 

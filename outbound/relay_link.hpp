@@ -64,6 +64,11 @@ class RelayLink final : public Deadline::Owner {
     if (auto hook = std::move(on_idle_expired)) hook(*this);  // may destroy this
   }
   std::function<void(RelayLink&)> on_idle_expired;
+  // The session it serves now names its log lines.
+  void set_log_id(std::string id) {
+    log_id = std::move(id);
+    upstream.set_log_id(log_id);
+  }
 
   std::string log_id;  // before upstream, which keeps a view of it
   Deadline deadline;
@@ -74,6 +79,7 @@ class RelayLink final : public Deadline::Owner {
   // What DNS said of an MX host (RelayTarget): where its terms come from, TLS it must have,
   // the TLSA records its certificate must match.
   TlsPolicy policy = TlsPolicy::opportunistic;
+  bool tls_avoided = false;  // --relay-hosts-avoid-tls named it: DNS's terms never applied
   bool tls_required_by_dns = false;
   std::vector<tls::DaneRecord> dane;
   std::string tls_base;  // RelayTarget::tls_base

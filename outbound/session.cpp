@@ -83,10 +83,11 @@ class Session final : public Connection,
 
   asio::awaitable<void> run();
 
+  // Bounds waits on the client only: a relay host's replies have limits of their own
+  // (--relay-command-timeout, --relay-final-timeout), on the link's deadline.
   void on_deadline_expired() override {
     error_code ignored;
     client_.cancel(ignored);
-    if (link_) link_->upstream.cancel();
   }
 
   // relay::data's and relay::chunk's view of the client.
@@ -145,6 +146,12 @@ class Session final : public Connection,
   // when `lines` went too; false when no relay host is left.
   asio::awaitable<bool> reset_kept_link(const std::string& lines, bool& sent);
   asio::awaitable<bool> read_replies(const std::vector<Verb>& verbs);
+  // RSET at the relay host when it holds a transaction of this session's (the client said
+  // EHLO or STARTTLS in the middle of one); false when the link is lost.
+  asio::awaitable<bool> reset_relay_transaction();
+  // The relay host said more than it was asked: its replies can no longer be matched to
+  // commands. The client hears one 421 instead of anything from `replies_from` on.
+  void out_of_step(std::size_t replies_from);
   void reply(std::string_view text) { to_client_.append(text); }
   // A reply of the relay host's, passed on; a domain's MX (not the operator's host) has its
   // reply cleaned of bytes that are not printable ASCII first.
@@ -161,6 +168,8 @@ class Session final : public Connection,
   void message_done(std::string_view verdict, int code);
   std::string ehlo_reply() const;
   bool may_relay_auth() const;
+  // The relay host's AUTH may be lent to a local client at all, however it is connected.
+  bool relay_auth_usable() const;
   asio::awaitable<void> finish();
 
   SessionServices& services_;
@@ -182,6 +191,7 @@ class Session final : public Connection,
   std::unique_ptr<RelayLink> link_;
   std::string client_label_;
   bool advertise_tls_ = false;
+  bool auth_in_clear_ = false;  // --relay-auth-clear-hosts
   bool greeted_ = false;
   bool in_transaction_ = false;
   bool chunking_offered_ = false;  // told at EHLO: the relay host's CHUNKING, passed on
@@ -244,6 +254,7 @@ asio::awaitable<void> Session::run() {
     co_return;
   }
   advertise_tls_ = config_.tls_advertise_hosts.matches(remote.address());
+  auth_in_clear_ = relay.auth_clear_hosts.matches(remote.address());
   spdlog::debug("{} relay session from {}", id_, client_label_);
   Next next = Next::go_on;
   if (listener_.implicit_tls) {
@@ -338,7 +349,9 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
       }
       const bool linked = co_await ensure_link();
       if (!linked) co_return Next::close;
-      in_transaction_ = false;
+      // RFC 5321 4.1.4: EHLO resets the state, at the relay host too.
+      if (!co_await reset_relay_transaction()) co_return Next::close;
+      said_helo_ = true;
       chunking_offered_ = command.verb == Verb::ehlo && link_->capabilities.chunking;
       reply(command.verb == Verb::ehlo ? ehlo_reply() : "250 " + config_.relay.helo + "\r\n");
       co_return Next::go_on;
@@ -348,10 +361,13 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
         reply("454 4.7.0 TLS not available\r\n");
         co_return Next::go_on;
       }
-      if (by_mx()) {  // RFC 3207: what was said in the clear is forgotten
+      // RFC 3207: what was said in the clear is forgotten, at the relay host too.
+      if (by_mx()) {
         co_await end_transaction();
-        said_helo_ = false;
+      } else if (!co_await reset_relay_transaction()) {
+        co_return Next::close;
       }
+      said_helo_ = false;
       reply("220 2.0.0 Ready to start TLS\r\n");
       client_in_.clear();  // nothing sent in the clear after STARTTLS is read (RFC 3207)
       framer_.reset();
@@ -363,6 +379,11 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
       co_return Next::close;
     case Verb::auth:
       if (may_relay_auth()) co_return co_await on_auth(client, command);
+      if (relay_auth_usable() && !tls_) {  // offered once this connection is encrypted
+        ++errors_;
+        reply("538 5.7.11 encryption required for authentication\r\n");
+        co_return Next::go_on;
+      }
       [[fallthrough]];
     case Verb::xclient:
     case Verb::xforward:
@@ -376,12 +397,12 @@ asio::awaitable<Session::Next> Session::on_command(Stream& client, const smtp::C
     default:
       break;
   }
+  if (!said_helo_) {
+    ++errors_;
+    reply("503 5.5.1 EHLO first\r\n");
+    co_return Next::go_on;
+  }
   if (by_mx()) {
-    if (!said_helo_) {
-      ++errors_;
-      reply("503 5.5.1 EHLO first\r\n");
-      co_return Next::go_on;
-    }
     switch (command.verb) {
       case Verb::mail:
         co_return on_mx_mail(command);
@@ -437,21 +458,37 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
   Source<Stream> source{*this, client};
   const auto content = co_await relay::data(source, up, filter_, {}, config_.bare_lf,
                                             config_.smtp_receive_timeout, to_relay_);
-  if (content.status == relay::ContentResult::Status::source_ended) co_return Next::close;
+  if (content.status == relay::ContentResult::Status::source_ended) {
+    link_.reset();  // its message half sent: never for another session
+    co_return Next::close;
+  }
   if (content.status == relay::ContentResult::Status::bare_line_ending) {
+    // relay::data abandoned the relay host's connection, and the message's end cannot be
+    // told: Postfix's smtpd_forbid_bare_newline=reject, a reply and the end.
     reply("550 5.6.2 bare CR or LF in the message: refused\r\n");
-    lost_link("a refused message");
+    spdlog::info("{} {} sent a bare CR or LF in a message; refused", id_, client_label_);
+    end_reason_ = "bare line ending";
+    link_.reset();
     co_return Next::close;
   }
   up.set_timeout(config_.relay.final_timeout);
   const auto verdict = co_await up.read_reply();
   up.set_timeout(config_.relay.command_timeout);
-  if (verdict.status != smtp::ReplyScan::Status::complete) {
+  // More than the verdict (a reply it sent early, before the content ended): which one is
+  // the verdict cannot be told, so the message is the client's to try again.
+  const bool unasked =
+      verdict.status == smtp::ReplyScan::Status::complete && up.buffered().size() > verdict.length;
+  if (verdict.status != smtp::ReplyScan::Status::complete || unasked) {
     // RFC 1047: the relay host may have taken the message; it may then arrive twice.
     reply("451 4.4.2 relay host lost after the message was sent; it may be delivered twice\r\n");
     count_message(0);
     end_reason_ = "relay host lost";
-    spdlog::warn("{} relay host {} lost before its reply to a message", id_, link_->label);
+    if (unasked) {
+      spdlog::error("{} relay host {} sent more than its reply to a message: \"{}\"", id_,
+                    link_->label, log::escape(up.buffered(), 200));
+    } else {
+      spdlog::warn("{} relay host {} lost before its reply to a message", id_, link_->label);
+    }
     link_.reset();
     co_return Next::close;
   }
@@ -459,6 +496,11 @@ asio::awaitable<Session::Next> Session::on_data(Stream& client, const smtp::Comm
   message_done(up.reply(verdict), verdict.code);
   up.consume(verdict);
   in_transaction_ = false;
+  if (verdict.code == 421) {  // the relay host is closing: so is this session
+    end_reason_ = "relay host closed (421)";
+    link_.reset();
+    co_return Next::close;
+  }
   if (by_mx()) {  // the verdict first, then the connection kept or the MX's QUIT
     if (!co_await flush(client)) co_return Next::close;
     co_await end_transaction(true);
@@ -485,16 +527,26 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
   Source<Stream> source{*this, client};
   const bool whole = co_await relay::chunk(source, up, command.bdat->size, true,
                                            config_.smtp_receive_timeout, to_relay_);
-  if (!whole) co_return Next::close;
+  if (!whole) {
+    link_.reset();  // inside a chunk: never for another session
+    co_return Next::close;
+  }
   up.set_timeout(command.bdat->last ? config_.relay.final_timeout : config_.relay.command_timeout);
   const auto verdict = co_await up.read_reply();
   up.set_timeout(config_.relay.command_timeout);
-  if (verdict.status != smtp::ReplyScan::Status::complete) {
+  const bool unasked =
+      verdict.status == smtp::ReplyScan::Status::complete && up.buffered().size() > verdict.length;
+  if (verdict.status != smtp::ReplyScan::Status::complete || unasked) {
     reply(
         "451 4.4.2 relay host lost during BDAT; a message it completed may be delivered "
         "twice\r\n");
     count_message(0);
-    spdlog::warn("{} relay host {} lost before its reply to a chunk", id_, link_->label);
+    if (unasked) {
+      spdlog::error("{} relay host {} sent more than its reply to a chunk: \"{}\"", id_,
+                    link_->label, log::escape(up.buffered(), 200));
+    } else {
+      spdlog::warn("{} relay host {} lost before its reply to a chunk", id_, link_->label);
+    }
     end_reason_ = "relay host lost";
     link_.reset();
     co_return Next::close;
@@ -505,6 +557,11 @@ asio::awaitable<Session::Next> Session::on_bdat(Stream& client, const smtp::Comm
     message_done(up.reply(verdict), verdict.code);
   }
   up.consume(verdict);
+  if (verdict.code == 421) {
+    end_reason_ = "relay host closed (421)";
+    link_.reset();
+    co_return Next::close;
+  }
   co_return Next::go_on;
 }
 
@@ -591,7 +648,10 @@ asio::awaitable<bool> Session::ensure_link() {
     co_return true;
   }
   link_ = services_.pool_for(worker_).take();
-  if (link_) co_return true;  // reused once it answers RSET
+  if (link_) {  // reused once it answers RSET
+    link_->set_log_id(id_ + " (" + client_label_ + ")");
+    co_return true;
+  }
   auto connected =
       co_await connect_relay(services_.policy, worker_.deadlines, id_ + " (" + client_label_ + ")");
   if (!connected.link) {
@@ -774,12 +834,18 @@ asio::awaitable<std::unique_ptr<RelayLink>> Session::kept_link_for(const std::st
                                           address) != target.endpoints->end();
         return still_there && target.host.name == kept->host.name &&
                target.host.port == kept->host.port &&
-               (kept->policy == TlsPolicy::relay_flags ||
+               // The operator's flags made its terms: still so when the operator avoids
+               // TLS to it, or DNS still says nothing of its own (no DANE, no MTA-STS).
+               ((kept->policy == TlsPolicy::relay_flags &&
+                 (kept->tls_avoided || target.policy == TlsPolicy::opportunistic)) ||
                 (target.policy == kept->policy &&
                  target.tls_required == kept->tls_required_by_dns && target.dane == kept->dane &&
                  target.tls_base == kept->tls_base));
       });
-  if (same_terms) co_return kept;
+  if (same_terms) {
+    kept->set_log_id(id_ + " (" + client_label_ + ")");
+    co_return kept;
+  }
   if (!kept->upstream.lost()) co_await kept->upstream.quit(kQuitTimeout);
   co_return nullptr;
 }
@@ -872,6 +938,7 @@ asio::awaitable<bool> Session::reset_kept_link(const std::string& lines, bool& s
 
 asio::awaitable<bool> Session::read_replies(const std::vector<Verb>& verbs) {
   Upstream& up = link_->upstream;
+  const std::size_t replies_from = to_client_.size();
   for (const Verb verb : verbs) {
     const auto scan = co_await up.read_reply();
     if (scan.status != smtp::ReplyScan::Status::complete) {
@@ -897,6 +964,37 @@ asio::awaitable<bool> Session::read_replies(const std::vector<Verb>& verbs) {
     }
     if (verb == Verb::mail && last_code_ / 100 == 2) in_transaction_ = true;
     if (verb == Verb::rset) in_transaction_ = false;
+  }
+  if (up.has_input()) {
+    out_of_step(replies_from);
+    co_return false;
+  }
+  co_return true;
+}
+
+void Session::out_of_step(std::size_t replies_from) {
+  spdlog::error("{} relay host {} sent replies it was not asked for: \"{}\"; connection dropped",
+                id_, link_->label, log::escape(link_->upstream.buffered(), 200));
+  to_client_.resize(replies_from);
+  reply("421 4.4.2 " + config_.relay.helo + " the relay host's replies are out of step\r\n");
+  end_reason_ = "relay host out of step";
+  link_.reset();
+}
+
+asio::awaitable<bool> Session::reset_relay_transaction() {
+  if (!link_ || !in_transaction_) co_return true;
+  in_transaction_ = false;
+  Upstream& up = link_->upstream;
+  const std::size_t replies_from = to_client_.size();
+  const auto reset = co_await up.command("RSET\r\n");
+  if (reset.status != smtp::ReplyScan::Status::complete || reset.code != 250) {
+    lost_link("RSET");
+    co_return false;
+  }
+  up.consume(reset);
+  if (up.has_input()) {
+    out_of_step(replies_from);
+    co_return false;
   }
   co_return true;
 }
@@ -947,9 +1045,14 @@ std::string Session::ehlo_reply() const {
 }
 
 // A local client may use the relay host's AUTH itself when the proxy has no credentials of
-// its own for that host and the connection to it is encrypted: a password never crosses the
-// network in the clear, and the proxy never lends its own login.
+// its own for that host, the connection to it is encrypted, and so is the client's own unless
+// --relay-auth-clear-hosts names it: a password never crosses a network in the clear that the
+// operator did not choose, and the proxy never lends its own login.
 bool Session::may_relay_auth() const {
+  return relay_auth_usable() && (tls_ || auth_in_clear_);
+}
+
+bool Session::relay_auth_usable() const {
   return !by_mx() && link_ && link_->capabilities.auth && link_->tls_facts &&
          link_->auth_user.empty() &&
          !services_.credentials.find(link_->host.name, link_->host.port);

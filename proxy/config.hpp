@@ -62,6 +62,9 @@ enum class RelayRoute { smarthost, mx };
 // prefix). Off unless --relay-listen is given.
 struct RelayConfig {
   acl::HostList clients;  // who may relay; default 127.0.0.0/8, ::1
+  // Local clients that may log in at the relay host (its AUTH relayed) without STARTTLS on
+  // their own connection first; default 127.0.0.0/8, ::1.
+  acl::HostList auth_clear_hosts;
   std::vector<RelayHost> hosts;
   std::vector<std::uint16_t> tls_on_connect_ports{465};
   std::string helo;  // default --hostname

@@ -212,6 +212,13 @@ std::vector<Flag> relay_connection_flags() {
                "relay host, only over TLS (a host with credentials requires TLS)",
        .default_help = "none",
        .apply = [](Config& c, const Values& v) { c.relay.auth_file = v.front(); }},
+      {.name = "relay-auth-clear-hosts",
+       .argument = "HOSTLIST",
+       .defaults = {"127.0.0.0/8, ::1"},
+       .help = "local clients that may use the relay host's AUTH (relayed, when the proxy has "
+               "no credentials of its own for it) without STARTTLS first; others are offered "
+               "it only on an encrypted connection (538 5.7.11 before)",
+       .apply = [](Config& c, const Values& v) { c.relay.auth_clear_hosts = host_list(v); }},
       {.name = "relay-connection-idle",
        .argument = "DURATION",
        .defaults = {"10s"},

@@ -1,6 +1,8 @@
 // Logging set-up, the batching stderr sink, and escaping; see log.hpp.
 #include "proxy/log.hpp"
 
+#include "smtp/text.hpp"
+
 #include <spdlog/pattern_formatter.h>
 #include <unistd.h>
 
@@ -223,6 +225,25 @@ std::string escape(std::string_view text, std::size_t max_length) {
   }
   if (truncated) out += "...";
   return out;
+}
+
+std::string escape_command(std::string_view line, std::size_t max_length) {
+  constexpr std::string_view kBlanks = " \t";
+  const auto verb_at = std::min(line.find_first_not_of(kBlanks), line.size());
+  const auto verb_end = std::min(line.find_first_of(kBlanks, verb_at), line.size());
+  if (text::lower(line.substr(verb_at, verb_end - verb_at)) != "auth") {
+    return escape(line, max_length);
+  }
+  // A SASL mechanism's name (RFC 4422 3.1): up to 20 of A-Z, 0-9, "-" and "_".
+  auto mechanism_end = std::min(line.find_first_not_of(kBlanks, verb_end), line.size());
+  for (std::size_t n = 0; mechanism_end < line.size() && n < 20; ++mechanism_end, ++n) {
+    const char c = line[mechanism_end];
+    const bool name = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '_';
+    if (!name) break;
+  }
+  const bool more = line.find_first_not_of(kBlanks, mechanism_end) != std::string_view::npos;
+  return escape(line.substr(0, mechanism_end), max_length) + (more ? " [credentials]" : "");
 }
 
 }  // namespace stp::log

@@ -106,4 +106,8 @@ std::string json_escape(std::string_view text);
 // `max_length` input bytes (then "..."). For anything a client or a DNS server sent.
 std::string escape(std::string_view text, std::size_t max_length = 100);
 
+// A client's command line as escape() gives it, except that an AUTH line (however spaced or
+// spelled) shows its mechanism only: what follows is a credential.
+std::string escape_command(std::string_view line, std::size_t max_length = 100);
+
 }  // namespace stp::log

@@ -35,10 +35,40 @@ struct ContentResult {
   bool normalized = false;  // a bare CR or LF was made a CRLF (with status relayed)
 };
 
+// The end of refused content (its bytes go nowhere): a line of a single "." between line
+// breaks of any kind, CR, LF or CRLF, so that a client that ends its lines with a bare LF is
+// answered when it has finished, not at its timeout. Starts at the bare line ending.
+class LooseEnd {
+ public:
+  struct Scan {
+    std::size_t consumed = 0;
+    bool found = false;
+  };
+  Scan feed(std::string_view input) {
+    for (std::size_t i = 0; i < input.size(); ++i) {
+      const char c = input[i];
+      const bool line_break = c == '\r' || c == '\n';
+      if (state_ == State::dot && line_break) {
+        const bool crlf = c == '\r' && i + 1 < input.size() && input[i + 1] == '\n';
+        return {i + (crlf ? 2 : 1), true};
+      }
+      state_ = line_break                                ? State::line_start
+               : c == '.' && state_ == State::line_start ? State::dot
+                                                         : State::middle;
+    }
+    return {input.size(), false};
+  }
+
+ private:
+  enum class State : std::uint8_t { middle, line_start, dot };
+  State state_ = State::middle;
+};
+
 // DATA content up to its final ".": `header` (the trace header, or empty) goes in front of
 // it; `out` is the caller's buffer for what goes to `hop`, empty when this returns. With
 // BareLfPolicy::reject a bare line ending abandons the hop's transaction (its connection is
-// closed) and the rest is read only to find the end.
+// closed) and the rest is read only to find the end, in any form a client that ends its
+// lines so would write it (LooseEnd): the caller answers then, and closes.
 template <class Source>
 boost::asio::awaitable<ContentResult> data(Source& source, Upstream& hop, DataFilter& filter,
                                            std::string header, BareLfPolicy policy,
@@ -46,11 +76,11 @@ boost::asio::awaitable<ContentResult> data(Source& source, Upstream& hop, DataFi
   filter.reset();
   filter.set_policy(policy);
   ContentResult result{ContentResult::Status::relayed};
+  LooseEnd loose_end;
   auto& input = source.input();
   auto deadline = Clock::time_point::max();
   while (true) {
-    const bool refused = result.status == ContentResult::Status::bare_line_ending;
-    if ((refused || hop.lost()) && deadline == Clock::time_point::max()) {
+    if (hop.lost() && deadline == Clock::time_point::max()) {
       deadline = Clock::now() + trickle_limit;
     }
     // The header's end depends on the content's first line (starts_with_continuation).
@@ -67,13 +97,19 @@ boost::asio::awaitable<ContentResult> data(Source& source, Upstream& hop, DataFi
       out.swap(header);
       header.clear();
     }
+    if (result.status == ContentResult::Status::bare_line_ending) {
+      const auto scanned = loose_end.feed(input.view());
+      input.consume(scanned.consumed);
+      if (scanned.found) break;
+      continue;
+    }
     const auto fed = filter.feed(input.view(), out);
     input.consume(fed.consumed);
-    if (fed.bare_line_ending && !refused) {
+    if (fed.bare_line_ending) {
       if (policy == BareLfPolicy::reject) {
         result.status = ContentResult::Status::bare_line_ending;
         hop.abandon();
-        filter.set_policy(BareLfPolicy::normalize);
+        out.clear();
         continue;
       }
       result.normalized = true;

@@ -197,6 +197,13 @@ asio::awaitable<void> Upstream::write_all(std::string_view bytes, error_code& ec
   }
 }
 
+bool Upstream::quiet() {
+  if (has_input() || (tls_ && SSL_has_pending(tls_->native_handle()))) return false;
+  error_code ec;
+  const auto waiting = socket_.available(ec);
+  return !ec && waiting == 0;
+}
+
 void Upstream::close() {
   if (tls_) {
     if (!lost_) tls_->shutdown();

@@ -50,6 +50,9 @@ class Upstream {
   // comes), and never past `limit`.
   void set_timeout(Clock::duration timeout) { timeout_ = timeout; }
   void set_limit(Clock::time_point limit) { limit_ = limit; }
+  // Another start for the log lines (a kept connection serving another session); the same
+  // lifetime rule.
+  void set_log_id(std::string_view log_id) { log_id_ = log_id; }
   // How loudly a failure is logged (a probe that fails every few seconds: debug).
   void set_failure_level(spdlog::level::level_enum level) { failure_level_ = level; }
 
@@ -112,6 +115,9 @@ class Upstream {
   bool open() const { return socket_.is_open(); }
   bool lost() const { return lost_; }
   bool has_input() const { return !input_.empty(); }
+  // Nothing has come since the last reply was read: no byte buffered here or in TLS, none
+  // waiting on the socket. A kept connection whose peer spoke while idle is out of step.
+  bool quiet();
   // Gives the reply buffer's memory back while nothing is buffered (an idle session).
   void release_buffer() { input_.release_if_empty(); }
   boost::asio::ip::tcp::socket& socket() { return socket_; }

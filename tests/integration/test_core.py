@@ -687,6 +687,27 @@ def test_bare_lf_reject_refuses_the_message_and_delivers_nothing(postfix, proxy,
     assert f"from=<{token}@example.org>" not in postfix.log()  # never queued at all
 
 
+def test_bare_lf_reject_answers_a_client_that_ends_every_line_with_lf(postfix, proxy):
+    """A client whose lines all end in a bare LF never sends <CRLF>.<CRLF>: its <LF>.<LF>
+    ends the refused message, so it hears 550 5.5.2 when it has finished (not a 421 at its
+    timeout), and nothing reaches the mailbox."""
+    p = proxy(postfix.backend, "--bare-lf", "reject", "--smtp-receive-timeout", "30s")
+    box = postfix.new_mailbox()
+    token = unique("lf")
+    with start_session(p.plain_port) as c:
+        assert_reply(c.command(f"MAIL FROM:<{token}@example.org>"), 250)
+        assert_reply(c.command(f"RCPT TO:<{box.address}>"), 250)
+        assert_reply(c.command("DATA"), 354)
+        began = time.monotonic()
+        c.send(f"Subject: {token}\n\nbody\n.\n".encode())
+        assert_reply(c.read_reply(), 550, "5.5.2")
+        assert time.monotonic() - began < 5
+        assert b"250" not in wait_closed(c)
+    assert "bare <CR> or <LF> in message" in p.stderr()
+    postfix.settle()
+    assert box.messages() == []
+
+
 def test_bare_lf_normalize_delivers_one_crlf_message(postfix, proxy):
     """The strict Postfix port rejects any line that is not CRLF-terminated: delivery proves
     the proxy re-terminated every line (--bare-lf normalize is the default)."""

@@ -116,6 +116,20 @@ def test_max_errors_closes_with_421(postfix, proxy):
     p.wait_for_log(r'session client=\[127\.0\.0\.2\]:\d+ .* end="too many errors"')
 
 
+def test_max_errors_holds_within_one_pipelined_group(postfix, proxy):
+    """Fifty empty lines in one write: the limit counts the group's own refusals, so the
+    client hears three 500s and the 421, not fifty refusals first."""
+    p = proxy(postfix.backend, "--max-errors", "3")
+    with SmtpClient(p.plain_port) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        c.send(b"\r\n" * 50)
+        replies = [c.read_reply() for _ in range(4)]
+        assert [r.code for r in replies] == [500, 500, 500, 421], replies
+        assert c.read_until_closed() == b""
+    assert p.stderr().count("sent a malformed command") == 3
+
+
 def test_errors_below_the_limit_do_not_close(postfix, proxy):
     p = proxy(postfix.backend, "--max-errors", "3")
     box = postfix.new_mailbox()

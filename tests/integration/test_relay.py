@@ -15,10 +15,8 @@ import os
 import re
 import shutil
 import smtplib
-import socketserver
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from conftest import (LOOPBACK, SENDER, ConnectionClosed, SmtpClient, client_con
                       listening_ports, simple_message, unique)
 from exim_mta import PLAIN_AUTHENTICATOR, Exim, exim_binary
 from ops_support import http_get, scrape, value
+from scripted_relay import scripted_relay  # noqa: F401  (the fixture)
 
 
 def wait_for_port(port: int, timeout: float = 10) -> None:
@@ -220,121 +219,6 @@ def test_xclient_xforward_and_proxy_lines_are_never_passed_on(proxy, postfix, sm
         assert c.command("QUIT").code == 221
     verbs = {command.split()[0].upper() for command in sink.commands() if command.strip()}
     assert not verbs & {"XCLIENT", "XFORWARD", "PROXY", "AUTH"}, sink.commands()
-
-
-class ScriptedRelay:
-    """A relay host that offers STARTTLS and answers it as told: `starttls_reply` ("454 ...",
-    "554 ...") or, with "break", 220 and then bytes that are no TLS record, and closes. Its
-    EHLO reply can be replaced (`ehlo_reply`) and sent a byte every `trickle` seconds; with
-    `silent_after_data` it never answers a message's final dot; with `refuse_rset` set, 421 to
-    RSET. What no real relay host does
-    on demand; everything else is plain SMTP, messages kept in `messages`, one entry per
-    connection that said EHLO in `connections` (True when STARTTLS was asked)."""
-
-    def __init__(self, starttls_reply: str, ehlo_reply: bytes | None = None, trickle: float = 0,
-                 silent_after_data: bool = False):
-        self.starttls_reply = starttls_reply
-        self.refuse_rset = False  # set: 421 to RSET, and the connection closed
-        self.ehlo_reply = ehlo_reply
-        self.trickle = trickle
-        self.silent_after_data = silent_after_data
-        self.messages: list[bytes] = []
-        self.connections: list[bool] = []
-        self.server = socketserver.ThreadingTCPServer((LOOPBACK, 0), self._handler())
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def _handler(self):
-        relay = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            timeout = 20
-
-            def handle(self):
-                try:
-                    self.converse()
-                except ConnectionError:
-                    pass  # the proxy may close with bytes unread (a broken handshake): a reset
-
-            def converse(self):
-                asked = False
-                index = None  # counted at EHLO: the readiness probe only reads the greeting
-                say = self.wfile.write
-                say(b"220 scripted.example ESMTP\r\n")
-                while True:
-                    line = self.rfile.readline()
-                    if not line:
-                        return
-                    verb = line.split(b" ")[0].strip().upper()
-                    if verb in (b"EHLO", b"HELO"):
-                        if index is None:
-                            relay.connections.append(False)
-                            index = len(relay.connections) - 1
-                        reply = relay.ehlo_reply or (
-                            b"250-scripted.example\r\n250-PIPELINING\r\n" +
-                            (b"" if asked else b"250-STARTTLS\r\n") + b"250 8BITMIME\r\n")
-                        if not relay.trickle:
-                            say(reply)
-                        for i in range(len(reply) if relay.trickle else 0):
-                            say(reply[i:i + 1])
-                            self.wfile.flush()
-                            time.sleep(relay.trickle)
-                    elif verb == b"STARTTLS":
-                        asked = True
-                        relay.connections[index] = True
-                        if relay.starttls_reply == "break":
-                            say(b"220 go ahead\r\n")
-                            self.wfile.flush()
-                            self.rfile.read(5)
-                            say(b"this is no TLS record\r\n")
-                            return
-                        say(relay.starttls_reply.encode() + b"\r\n")
-                    elif verb == b"DATA":
-                        say(b"354 go on\r\n")
-                        data = b""
-                        while not data.endswith(b"\r\n.\r\n"):
-                            chunk = self.rfile.readline()
-                            if not chunk:
-                                return
-                            data += chunk
-                        relay.messages.append(data)
-                        if relay.silent_after_data:
-                            self.rfile.read()  # until the proxy gives up and closes
-                            return
-                        say(b"250 2.0.0 kept\r\n")
-                    elif verb == b"QUIT":
-                        say(b"221 bye\r\n")
-                        return
-                    elif verb == b"RSET" and relay.refuse_rset:
-                        say(b"421 4.3.2 closing\r\n")
-                        return
-                    else:
-                        say(b"250 2.0.0 ok\r\n")
-
-        return Handler
-
-    @property
-    def backend(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def scripted_relay():
-    made: list[ScriptedRelay] = []
-
-    def start(starttls_reply: str, **behaviour) -> ScriptedRelay:
-        relay = ScriptedRelay(starttls_reply, **behaviour)
-        made.append(relay)
-        return relay
-
-    yield start
-    for relay in made:
-        relay.stop()
 
 
 def relay_outcome(port: int) -> int:
@@ -584,6 +468,29 @@ def test_a_local_clients_own_auth_is_relayed_over_tls(proxy, postfix, pki, exim_
     log = p.stderr()
     assert log.count("relay connection H=") == 2, log  # the second session had a new one
     assert "relayed to" in log and "wrong" not in log and "pass" not in log.replace("passed", "")
+
+
+def test_a_clients_own_auth_in_the_clear_only_from_relay_auth_clear_hosts(proxy, postfix, pki,
+                                                                          exim_relay):
+    """--relay-auth-clear-hosts that does not name the client: the relay host's AUTH is not
+    offered to it in the clear (538 5.7.11 when it tries anyway, nothing reaches the relay
+    host), and is once its own connection is encrypted (STARTTLS with the proxy)."""
+    p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
+                    str(pki.ca), "--relay-auth-clear-hosts", "192.0.2.0/24")
+    address = exim_relay.new_address()
+    token = unique("tls-auth")
+    with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
+        s.ehlo("device.example")
+        assert not s.has_extn("auth")
+        assert s.docmd("AUTH", "PLAIN AHVzZXIAcGFzcw==")[0] == 538
+        assert s.starttls(context=pki.client_context(verify=False))[0] == 220
+        s.ehlo("device.example")
+        assert s.has_extn("auth")
+        assert s.login("user", "pass")[0] == 235
+        assert s.sendmail(SENDER, [address], simple_message(token, address)) == {}
+    assert token.encode() in exim_relay.wait_delivered(address)
+    exim_relay.wait_for_log(rf"<= \S+ .*A={exim_relay_mechanism(exim_relay)}:user")
+    assert "AHVzZXIAcGFzcw==" not in exim_relay.log_text()  # the refused try never got there
 
 
 def exim_relay_mechanism(exim: Exim) -> str:

@@ -358,6 +358,44 @@ def test_starttls_in_any_spelling_is_the_proxys_or_refused(postfix, proxy, pki, 
     assert not re.search(r"< \S+: [\s?]*STARTTLS", postfix.settled_log(), re.I)
 
 
+def test_a_greeting_said_in_the_clear_is_not_kept_past_starttls(postfix, proxy, pki):
+    """EHLO in the clear (the MTA hears it: the proxy opens the MTA connection there), then
+    STARTTLS and MAIL without a new EHLO: the proxy has forgotten the cleartext name (RFC
+    3207) and the MTA has not, so MAIL waits for a new greeting (503 5.5.1). After EHLO the
+    message goes through, and the cleartext name appears nowhere at the MTA after it."""
+    p = proxy(postfix.backend)
+    box = postfix.new_mailbox()
+    token = unique("helo")
+    with SmtpClient(p.plain_port, context=pki.client_context()) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(f"cleartext-{token}.example"), 250)
+        assert_reply(c.starttls(), 220)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 503, "5.5.1")
+        assert_reply(c.command("NOOP"), 250)
+        assert_reply(c.ehlo(f"tls-{token}.example"), 250)
+        reply = c.send_message(SENDER, [box.address], simple_message(token, box.address))
+        assert_reply(reply, 250)
+        assert_reply(c.command("QUIT"), 221)
+    (delivered,) = box.wait(1)
+    assert f"cleartext-{token}".encode() not in delivered
+    assert f"tls-{token}".encode() in delivered
+
+
+def test_a_malformed_auth_line_never_puts_its_credentials_in_the_log(postfix, proxy):
+    """AUTH PLAIN with its initial response and a TAB after it: refused (500, a control
+    byte), and logged with its mechanism only: the base64 is a user name and password."""
+    p = proxy(postfix.backend)
+    secret = base64.b64encode(b"\0alice\0" + unique("pw").encode()).decode()
+    with SmtpClient(p.plain_port) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command(f"AUTH PLAIN {secret}\t"), 500, "5.5.2")
+        assert_reply(c.command("QUIT"), 221)
+    log = p.stderr()
+    assert 'malformed command "AUTH PLAIN [credentials]"' in log, log
+    assert secret not in log and secret[:12] not in log
+
+
 CONTROL_BYTES = {"NUL": "\x00", "TAB": "\t", "VT": "\v", "FF": "\f", "bare CR": "\r",
                  "ESC": "\x1b", "DEL": "\x7f"}
 

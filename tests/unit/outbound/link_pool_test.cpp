@@ -88,6 +88,28 @@ TEST_F(LinkPoolTest, ConnectionsThatMustNotBeSharedAreHandedBack) {
   handed_back([](RelayLink&) {});
 }
 
+TEST_F(LinkPoolTest, AConnectionItsPeerSpokeOnWhileKeptIsNotHandedOut) {
+  // A relay host that says something unasked while the connection waits (a 421 before it
+  // closes): that would be read as the reply to the next session's RSET.
+  io_.restart();
+  run(
+      [](test::LoopbackPeer& peer) -> asio::awaitable<void> {
+        co_await peer.send("421 4.4.2 idle too long\r\n");
+        co_await peer.rest();
+      },
+      [&]() -> asio::awaitable<void> {
+        auto link = co_await connected_link();
+        if (!link) co_return;
+        LinkPool pool(relay_);
+        EXPECT_EQ(pool.put(std::move(link)), nullptr);
+        asio::steady_timer wait(co_await asio::this_coro::executor);
+        wait.expires_after(200ms);  // the peer's line arrives while the link is kept
+        co_await wait.async_wait(asio::use_awaitable);
+        EXPECT_EQ(pool.take(), nullptr);
+        EXPECT_EQ(pool.size(), 0u);
+      });
+}
+
 TEST_F(LinkPoolTest, AConnectionIdlePastItsTimeIsClosedAndDropped) {
   relay_.connection_idle = 1s;
   with_link([&](std::unique_ptr<RelayLink> link) -> asio::awaitable<void> {

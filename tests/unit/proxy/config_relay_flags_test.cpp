@@ -30,6 +30,8 @@ TEST(RelayConfig, DefaultsOnceOn) {
   EXPECT_TRUE(r.clients.matches(ip("127.0.0.1")));
   EXPECT_TRUE(r.clients.matches(ip("::1")));
   EXPECT_FALSE(r.clients.matches(ip("192.0.2.1")));
+  EXPECT_TRUE(r.auth_clear_hosts.matches(ip("127.0.0.1")));
+  EXPECT_FALSE(r.auth_clear_hosts.matches(ip("192.0.2.1")));
   EXPECT_THAT(r.tls_on_connect_ports, ElementsAre(465));
   EXPECT_EQ(r.helo, "mail.example.org");
   EXPECT_TRUE(r.tls_tempfail_tryclear);
@@ -164,6 +166,8 @@ TEST(RelayConfig, Errors) {
   EXPECT_THAT(with({"--relay-tls-tempfail-tryclear", "maybe"}),
               HasSubstr("--relay-tls-tempfail-tryclear"));
   EXPECT_THAT(with({"--relay-clients", "relay.example.net"}), HasSubstr("--relay-clients"));
+  EXPECT_THAT(with({"--relay-auth-clear-hosts", "lan.example"}),
+              HasSubstr("--relay-auth-clear-hosts"));
   EXPECT_THAT(with({"--relay-listen", "localhost:25"}), HasSubstr("--relay-listen"));
   EXPECT_THAT(with({"--relay-route", "mx"}), HasSubstr("--relay-host: not used with"));
 }

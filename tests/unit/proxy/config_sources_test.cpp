@@ -119,6 +119,7 @@ TEST(Config, HelpListsEveryFlagWithItsDefault) {
                                              "relay-tls-on-connect-ports",
                                              "relay-helo",
                                              "relay-auth-file",
+                                             "relay-auth-clear-hosts",
                                              "relay-connection-idle",
                                              "relay-connection-max-messages",
                                              "relay-connect-timeout",

@@ -93,6 +93,15 @@ BatchingSink::Options always_held(std::size_t capacity = 64 * 1024,
   return {.capacity = capacity, .interval = interval, .quiet_window = kNever, .quiet_lines = 0};
 }
 
+TEST(EscapeCommand, ShowsAnAuthLinesMechanismOnly) {
+  EXPECT_EQ(log::escape_command("AUTH PLAIN AGFsaWNlAHNlY3JldA==\t"), "AUTH PLAIN [credentials]");
+  EXPECT_EQ(log::escape_command(" auth\tlogin  c2VjcmV0"), " auth\\x09login [credentials]");
+  EXPECT_EQ(log::escape_command("AUTH PLAIN\x01AGFsaWNl"), "AUTH PLAIN [credentials]");
+  EXPECT_EQ(log::escape_command("AUTH LOGIN"), "AUTH LOGIN");
+  EXPECT_EQ(log::escape_command("MAIL FROM:<a@b>\t"), "MAIL FROM:<a@b>\\x09");
+  EXPECT_EQ(log::escape_command("AUTHX secret"), "AUTHX secret");
+}
+
 TEST(BatchingSink, HoldsLinesUntilFlushAndWritesThemInOneWrite) {
   Fixture f(always_held());
   f.logger.info("one");

@@ -165,6 +165,29 @@ TEST_F(RelayTest, ABareLineEndingRefusedAbandonsTheHopAndTheRestIsReadToItsEnd) 
   expect_one_trickle_deadline(source, 1);
 }
 
+TEST_F(RelayTest, RefusedContentEndsAtADotLineBetweenBareLineEndings) {
+  // A client that ends every line with a bare LF never sends CRLF.CRLF: its "\n.\n" ends
+  // the refused content, so it is answered when it has finished rather than at its timeout.
+  ScriptedSource source({"Subject: x\n\nbody\n", "..\n.x\n.", "\nQUIT\r\n"});
+  const auto received = relay_to_peer([&] { return data(source, "", BareLfPolicy::reject); });
+  EXPECT_EQ(received, "");
+  EXPECT_EQ(result_.status, Status::bare_line_ending);
+  EXPECT_EQ(source.input().view(), "QUIT\r\n");
+}
+
+TEST(LooseEnd, FindsALoneDotBetweenAnyLineBreaks) {
+  using relay::LooseEnd;
+  for (const std::string_view end : {"\n.\n", "\r.\r", "\r\n.\r\n", "\n.\r\n", "\r.\n"}) {
+    LooseEnd scan;
+    const std::string input = "x" + std::string(end) + "after";
+    const auto found = scan.feed(input);
+    EXPECT_TRUE(found.found) << end;
+    EXPECT_EQ(input.substr(found.consumed), "after") << end;
+  }
+  LooseEnd scan;  // ".." (stuffed), ".x" and a dot inside a line end nothing
+  EXPECT_FALSE(scan.feed("\n..\n.x\na.\n").found);
+}
+
 TEST_F(RelayTest, DataFromASourceThatEndsEarlyEndsTheRelay) {
   ScriptedSource source({"half a message\r\n"});
   const auto received = relay_to_peer([&] { return data(source, "", BareLfPolicy::normalize); });
