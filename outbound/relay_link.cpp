@@ -69,6 +69,20 @@ std::string_view tls_level(const RelayLink& link) {
   return link.policy == TlsPolicy::sts_enforce ? "mta-sts" : "verified";
 }
 
+bool made_under_terms_of(const RelayLink& link, const RelayTarget& target) {
+  const bool still_there =
+      target.endpoints && std::find(target.endpoints->begin(), target.endpoints->end(),
+                                    link.endpoint) != target.endpoints->end();
+  if (!still_there || target.host.name != link.host.name || target.host.port != link.host.port) {
+    return false;
+  }
+  if (link.policy == TlsPolicy::relay_flags) {
+    return link.tls_avoided || target.policy == TlsPolicy::opportunistic;
+  }
+  return target.policy == link.policy && target.tls_required == link.tls_required_by_dns &&
+         target.dane == link.dane && target.tls_base == link.tls_base;
+}
+
 namespace {
 
 std::string one_line(std::string_view reply) {

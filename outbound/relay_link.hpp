@@ -125,6 +125,12 @@ struct RelayTarget {
   std::shared_ptr<const std::vector<std::string>> policy_strings;
 };
 
+// Whether `link` (kept from an earlier transaction) is what a connection to `target` would be
+// now: the same host, port and address, and the same TLS terms (policy, TLS required by DNS,
+// TLSA records, TLSA base name). Terms the operator's flags made hold while the operator
+// avoids TLS to it, or while DNS still gives none of its own.
+bool made_under_terms_of(const RelayLink& link, const RelayTarget& target);
+
 struct RelayConnectResult {
   std::unique_ptr<RelayLink> link;  // null on failure
   RelayFailure failure;

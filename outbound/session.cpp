@@ -826,22 +826,9 @@ asio::awaitable<std::unique_ptr<RelayLink>> Session::kept_link_for(const std::st
                                                                    const MxRoute& route) {
   auto kept = services_.pool_for(worker_).take(domain);
   if (!kept) co_return nullptr;
-  const auto& address = kept->endpoint;
   const bool same_terms =
-      std::any_of(route.targets.begin(), route.targets.end(), [&](const RelayTarget& target) {
-        const bool still_there =
-            target.endpoints && std::find(target.endpoints->begin(), target.endpoints->end(),
-                                          address) != target.endpoints->end();
-        return still_there && target.host.name == kept->host.name &&
-               target.host.port == kept->host.port &&
-               // The operator's flags made its terms: still so when the operator avoids
-               // TLS to it, or DNS still says nothing of its own (no DANE, no MTA-STS).
-               ((kept->policy == TlsPolicy::relay_flags &&
-                 (kept->tls_avoided || target.policy == TlsPolicy::opportunistic)) ||
-                (target.policy == kept->policy &&
-                 target.tls_required == kept->tls_required_by_dns && target.dane == kept->dane &&
-                 target.tls_base == kept->tls_base));
-      });
+      std::any_of(route.targets.begin(), route.targets.end(),
+                  [&](const RelayTarget& target) { return made_under_terms_of(*kept, target); });
   if (same_terms) {
     kept->set_log_id(id_ + " (" + client_label_ + ")");
     co_return kept;
