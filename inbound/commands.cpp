@@ -115,6 +115,7 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
     reply_locally(reply::kSecurityFailure);
     return verb == Verb::bdat ? refuse_bdat(command) : GroupEnd::none;
   }
+  if (health_check_) return on_health_check(command);
   if (refused_by_policy(verb)) {
     return verb == Verb::bdat ? refuse_bdat(command) : GroupEnd::none;
   }
@@ -177,6 +178,33 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
   }
   forward(command);
   return group_end_after(verb);
+}
+
+// A load balancer's health check (its header named no client): what needs no MTA is answered
+// here, and anything else ends the session, so the balancer's address never reaches the MTA.
+Session::GroupEnd Session::on_health_check(const smtp::Command& command) {
+  switch (command.verb) {
+    case Verb::ehlo:
+    case Verb::helo:
+      reply_locally(services_.replies.helo);
+      return GroupEnd::none;
+    case Verb::noop:
+    case Verb::rset:
+      reply_locally(reply::kOk);
+      return GroupEnd::none;
+    case Verb::quit:
+      reply_locally(reply::kBye);
+      end_session("quit");
+      return GroupEnd::quit;
+    default:
+      spdlog::info(
+          "{} {} sent a command that needs the mail server after a header without a "
+          "client; closing",
+          id_, client_label_);
+      reply_locally(services_.replies.no_client_identity);
+      end_session("no client identity");
+      return GroupEnd::close;
+  }
 }
 
 Session::GroupEnd Session::on_starttls(const smtp::Command& command) {

@@ -138,11 +138,15 @@ bool Session::backend_releasable() const {
 }
 
 // QUIT and close, bounded; leaves the client's own deadline where it was.
-asio::awaitable<void> Session::release_backend() {
+asio::awaitable<void> Session::close_backend() {
   const auto client_deadline = deadline_.at();
   co_await mta_.quit(kBackendReleaseTimeout);
   detach_backend();
   deadline_.arm_at(client_deadline);
+}
+
+asio::awaitable<void> Session::release_backend() {
+  co_await close_backend();
   services_.metrics.backend_idle_releases().Increment();
   spdlog::debug("{} mail server connection given back while {} is idle", id_, client_label_);
 }
@@ -174,6 +178,7 @@ std::string Session::proxy_v2_header() const {
     proxy_protocol::SslInfo ssl{
         .certificate_presented = t.peer != nullptr,
         .certificate_verified = t.verified,
+        .resumed = t.resumed,
         .version = t.protocol,
         .cipher = t.cipher,
         .sig_alg = t.server_certificate_signature,

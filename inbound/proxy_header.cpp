@@ -81,7 +81,13 @@ asio::awaitable<bool> Session::read_proxy_header() {
       decoded.length != header.size()) {
     co_return fail("malformed PROXY header \"" + log::escape(header, 120) + "\"");
   }
-  if (!decoded.local) {
+  if (decoded.local) {
+    // A health check (v2 LOCAL, v1 UNKNOWN): no client to speak for, and the balancer's own
+    // address must never reach the MTA as one (it is often on a network the MTA trusts).
+    health_check_ = true;
+    spdlog::debug("{} load balancer {} sent a header without a client (a health check)", id_,
+                  client_label_);
+  } else {
     const auto balancer = client_label_;
     learn_client(decoded.source, decoded.destination);
     spdlog::debug("{} load balancer {} relays {}", id_, balancer, client_label_);

@@ -23,7 +23,9 @@ HostReplies::HostReplies(const std::string& host)
       too_many_errors("421 4.7.0 " + host + " Error: too many errors\r\n"),
       message_abandoned("421 4.3.0 " + host +
                         " Error: message abandoned at the mail server; try again\r\n"),
-      too_many_from_host_prefix("421 4.7.0 " + host + " Error: too many connections from ") {}
+      too_many_from_host_prefix("421 4.7.0 " + host + " Error: too many connections from "),
+      no_client_identity("421 4.7.0 " + host +
+                         " Error: no client address from the load balancer; closing\r\n") {}
 
 void Session::add_reply(std::string_view text, PendingReply::Kind kind) {
   using Kind = PendingReply::Kind;

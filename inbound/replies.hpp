@@ -65,6 +65,7 @@ struct HostReplies {
   std::string too_many_errors;            // 421 4.7.0: --max-errors
   std::string message_abandoned;          // 421 4.3.0: a BDAT message abandoned, no way back
   std::string too_many_from_host_prefix;  // 421 4.7.0: --max-connections-per-host, + address
+  std::string no_client_identity;         // 421 4.7.0: a load balancer's LOCAL header
 };
 
 }  // namespace stp::inbound

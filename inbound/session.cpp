@@ -178,12 +178,16 @@ asio::awaitable<void> Session::proceed() {
     if (outcome == Outcome::close) break;
     const bool secured = co_await handshake();  // (GCC 12: no co_await inside ||)
     if (!secured) break;
+    // RFC 3207: the client greets again before anything its greeting would stand for (the
+    // proxy has forgotten the cleartext one; an MTA connection still open has not).
+    greeting_due_ = true;
+    if (attached() && config_.backend_metadata == BackendMetadata::proxy_v2) {
+      // Its PROXY header said the client had no TLS: the MTA hears this session's facts on
+      // a new connection.
+      co_await close_backend();
+    }
     if (attached()) {
-      // The MTA saw the plaintext part of the session: make it forget any transaction, and
-      // have the client greet again before anything that greeting would stand for (the MTA
-      // still holds the one said in the clear; the proxy has forgotten it).
-      mta_reset_due_ = true;
-      greeting_due_ = true;
+      mta_reset_due_ = true;  // the MTA saw the plaintext part: it forgets any transaction
     } else if (config_.backend_metadata == BackendMetadata::proxy_v2) {
       // Now the PROXY header can tell whether the client uses TLS. (Without proxy-v2 the MTA
       // is connected at the first command that needs it.)

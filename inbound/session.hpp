@@ -180,6 +180,7 @@ class Session final : public Connection,
   boost::asio::awaitable<Attach> replay_greeting();
   bool backend_releasable() const;
   boost::asio::awaitable<void> release_backend();
+  boost::asio::awaitable<void> close_backend();  // QUIT and close (release_backend's part)
   void detach_backend();
   bool can_reattach() const;
   std::string proxy_v2_header() const;
@@ -201,6 +202,7 @@ class Session final : public Connection,
   GroupEnd abandon_bdat_message(std::string_view reply);
   GroupEnd cancel_auth(std::string_view reply);
   std::optional<GroupEnd> answer_while_detached(const smtp::Command& command);
+  GroupEnd on_health_check(const smtp::Command& command);
   GroupEnd answer_ehlo_from_probe(const smtp::Command& command);
   void remember_greeting(const smtp::Command& command, bool extended);
   bool refused_by_policy(smtp::Verb verb);
@@ -289,7 +291,8 @@ class Session final : public Connection,
   bool auth_continuation_ = false;  // the MTA sent 334: the next line is an AUTH response
   bool authenticated_ = false;      // the MTA accepted AUTH
   bool mta_reset_due_ = false;      // the next group starts with the proxy's own RSET
-  bool greeting_due_ = false;       // after STARTTLS, with the MTA's cleartext greeting held
+  bool greeting_due_ = false;       // after STARTTLS, until the client greets again
+  bool health_check_ = false;       // a load balancer's header named no client: no MTA
   bool mta_abandon_due_ = false;    // after this group the MTA connection is closed
   bool ending_ = false;             // the replies being sent are the session's last
   bool waiting_for_command_ = false;

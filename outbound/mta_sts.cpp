@@ -60,12 +60,6 @@ bool plain_text(std::string_view content_type) {
   return text::lower(media) == "text/plain";
 }
 
-std::string policy_text(const StsPolicy& policy) {
-  std::string text;
-  for (const auto& line : policy.lines) text += line + "\n";
-  return text;
-}
-
 }  // namespace
 
 struct StsPolicies::InFlight {
@@ -198,7 +192,7 @@ void StsPolicies::keep(const std::string& domain, Kept policy) {
           << std::chrono::duration_cast<std::chrono::seconds>(policy.fetched.time_since_epoch())
                  .count()
           << "\n\n"
-          << policy_text(*policy.policy);
+          << sts_policy_file(*policy.policy);
       out.flush();
       written = static_cast<bool>(out);
     }
@@ -240,6 +234,9 @@ asio::awaitable<StsAnswer> StsPolicies::answer(std::string domain) {
     if (const auto k = kept(domain)) {
       from_cache(*k);
       refresh_if_old(*k);
+    } else if (txt.status == dns::Answer::Status::failure && txt.security == dns::Security::bogus) {
+      result.bogus = true;
+      result.why = "its _mta-sts record failed DNSSEC validation";
     }
     co_return result;
   }
@@ -389,6 +386,9 @@ asio::awaitable<StsPolicies::Fetched> StsPolicies::fetch_from(
     }
     co_return failed(kFetchError, "TLS handshake failed: " + ec.message());
   }
+  // A body that runs to the connection's end (no Content-Length, not chunked) ends only at
+  // close_notify: a bare TCP close could be anyone's, cutting the policy short (RFC 8461 10).
+  SSL_clear_options(stream.native_handle(), SSL_OP_IGNORE_UNEXPECTED_EOF);
   const std::string request = "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: " + host +
                               "\r\nUser-Agent: smtp-tls-proxy\r\nAccept: text/plain\r\n"
                               "Connection: close\r\n\r\n";

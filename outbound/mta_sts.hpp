@@ -55,6 +55,10 @@ struct StsAnswer {
   std::string failure;
   std::string why;
   bool from_cache = false;
+  // The _mta-sts record's answer failed DNSSEC validation and no policy is kept: one may exist
+  // that an attacker hides, so nothing is delivered until it can be read (never in the clear
+  // for want of a policy).
+  bool bogus = false;
 };
 
 class StsPolicies : public std::enable_shared_from_this<StsPolicies> {

@@ -95,6 +95,12 @@ std::string_view to_string(StsMode mode) {
   return "none";
 }
 
+std::string sts_policy_file(const StsPolicy& policy) {
+  std::string text = "version: STSv1\nmode: " + std::string(to_string(policy.mode)) + "\n";
+  for (const auto& mx : policy.mx) text += "mx: " + mx + "\n";
+  return text + "max_age: " + std::to_string(policy.max_age.count()) + "\n";
+}
+
 std::optional<StsPolicy> parse_sts_policy(std::string_view text, std::string* error) {
   if (text.size() > kMaxStsPolicySize) {
     set_error(error, "longer than 64 KiB");
@@ -242,7 +248,9 @@ std::optional<std::string> sts_record_id(const std::vector<std::string>& records
                                          std::string* error) {
   const std::string* found = nullptr;
   for (const auto& record : records) {
-    if (!record.starts_with("v=STSv1")) continue;
+    // RFC 8461 3.1: records that do not begin "v=STSv1;" are not STS records ("v=STSv10;").
+    const auto version_end = record.find_first_of("; \t");
+    if (record.substr(0, version_end) != "v=STSv1") continue;
     if (found) {
       set_error(error, "more than one v=STSv1 record");
       return std::nullopt;

@@ -28,6 +28,11 @@ struct StsPolicy {
   std::vector<std::string> lines;
 };
 
+// The policy as --relay-mta-sts-cache keeps it: what decides delivery, whole (version, mode,
+// every mx pattern, max_age), however long the lines it came in were; parse_sts_policy reads
+// it back to the same policy.
+std::string sts_policy_file(const StsPolicy& policy);
+
 // RFC 8461 3.2; the policy file is at most this long (its 3.3: 64 KiB).
 constexpr std::size_t kMaxStsPolicySize = 64 * 1024;
 // max_age is at most a year (31557600 s); a longer one is cut to it.

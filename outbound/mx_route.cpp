@@ -1,6 +1,9 @@
 // Routing by MX; see mx_route.hpp.
 #include "outbound/mx_route.hpp"
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <algorithm>
 
 namespace stp::outbound {
@@ -28,12 +31,6 @@ std::string presentation(const dns::TlsaRecord& r) {
     text += kHex[static_cast<unsigned char>(c) & 0xf];
   }
   return text;
-}
-
-bool usable(const dns::TlsaRecord& r) {
-  const std::size_t digest = r.matching_type == 1 ? 32 : r.matching_type == 2 ? 64 : 0;
-  return (r.usage == 2 || r.usage == 3) && r.selector <= 1 && r.matching_type <= 2 &&
-         (digest == 0 ? !r.data.empty() : r.data.size() == digest);
 }
 
 enum class DaneLookup { found, none, failed };
@@ -65,7 +62,7 @@ asio::awaitable<DaneLookup> look_up_dane(dns::Resolver& resolver, RelayTarget& t
     records->push_back(presentation(*tlsa));
     // PKIX-TA(0) and PKIX-EE(1) are not for SMTP (RFC 7672 3.1.3); a record OpenSSL could
     // not use is left out here, since OpenSSL would quietly verify by CAs instead.
-    if (usable(*tlsa)) {
+    if (usable_tlsa(*tlsa)) {
       target.dane.push_back({tlsa->usage, tlsa->selector, tlsa->matching_type, tlsa->data});
     }
   }
@@ -79,6 +76,26 @@ std::string reply_safe(std::string_view text) {
   std::string out;
   for (const char c : text.substr(0, 200)) out += c >= 0x20 && c < 0x7f ? c : '?';
   return out;
+}
+
+bool usable_tlsa(const dns::TlsaRecord& r) {
+  if ((r.usage != 2 && r.usage != 3) || r.selector > 1 || r.matching_type > 2) return false;
+  if (r.matching_type != 0) return r.data.size() == (r.matching_type == 1 ? 32u : 64u);
+  // Full data (matching type 0): a certificate or a public key that OpenSSL can read, or it
+  // would leave the record out and the host would be checked as if it had none.
+  const auto* der = reinterpret_cast<const unsigned char*>(r.data.data());
+  const long size = static_cast<long>(r.data.size());
+  const unsigned char* p = der;
+  if (r.selector == 0) {
+    X509* certificate = d2i_X509(nullptr, &p, size);
+    const bool read = certificate && p == der + size;
+    X509_free(certificate);
+    return read;
+  }
+  EVP_PKEY* key = d2i_PUBKEY(nullptr, &p, size);
+  const bool read = key && p == der + size;
+  EVP_PKEY_free(key);
+  return read;
 }
 
 std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
@@ -96,13 +113,15 @@ std::vector<std::string> apply_sts(MxRoute& route, const StsPolicy& policy) {
   const auto lines = std::make_shared<const std::vector<std::string>>(policy.lines);
   const bool enforce = policy.mode == StsMode::enforce;
   std::erase_if(route.targets, [&](RelayTarget& target) {
-    if (target.policy == TlsPolicy::dane) return false;  // DANE wins (RFC 8461 2)
+    // DANE wins (RFC 8461 2) where its records authenticate the host; TLSA records none of
+    // which is usable (RFC 7672 2.2) ask for TLS but authenticate nothing: MTA-STS applies.
+    if (!target.dane.empty()) return false;
     if (enforce && !sts_mx_matches(policy, target.host.name)) {
       left_out.push_back(target.host.name);
       return true;
     }
     target.policy = enforce ? TlsPolicy::sts_enforce : TlsPolicy::sts_testing;
-    target.tls_required = enforce;
+    target.tls_required = target.tls_required || enforce;
     target.policy_strings = lines;
     return false;
   });
@@ -145,6 +164,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
   MxRoute route;
   std::size_t addresses = 0;
   std::size_t refused_addresses = 0;
+  bool lookup_failed = false;  // a host passed over for a lookup that may work later
   std::string why_none;
   for (const auto& record : order_mx(std::move(records), random, kMaxMxHosts)) {
     RelayTarget target;
@@ -158,6 +178,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
       const auto answer = co_await resolver.lookup(record.exchange, type);
       if (answer.status == dns::Answer::Status::failure) {
         target.why_none = "address lookup failed: " + answer.why;
+        lookup_failed = true;
         continue;
       }
       if (answer.status == dns::Answer::Status::records &&
@@ -189,6 +210,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
         if (looked_up == DaneLookup::failed) {
           addresses -= target.endpoints->size();
           target.endpoints->clear();
+          lookup_failed = true;
         }
         if (looked_up != DaneLookup::none) break;
       }
@@ -197,8 +219,9 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
     if (target.endpoints->empty()) why_none = record.exchange + ": " + target.why_none;
     route.targets.push_back(std::move(target));
   }
-  if (addresses == 0 && refused_addresses > 0) {
-    // Postfix's "mail for ... loops back to myself": the domain's own DNS says so.
+  if (addresses == 0 && refused_addresses > 0 && !lookup_failed) {
+    // Postfix's "mail for ... loops back to myself": the domain's own DNS says so (and every
+    // host's lookups answered: a failed one may yet give an address that is not refused).
     co_return nowhere(
         554, "5.4.6",
         "the MX of " + domain + " points to a refused address (this host, or an internal network)");

@@ -29,6 +29,10 @@ struct MxRoute {
   std::string text;           // one line, safe to send
 };
 
+// Whether a TLSA record can authenticate a host (RFC 7672 2.2): DANE-TA(2) or DANE-EE(3), a
+// known selector and matching type, a digest of the right length or full data OpenSSL reads.
+bool usable_tlsa(const dns::TlsaRecord& record);
+
 // MX records by preference, ties shuffled with `random`; at most `limit` of them.
 std::vector<dns::MxRecord> order_mx(std::vector<dns::MxRecord> records, std::mt19937& random,
                                     std::size_t limit);
@@ -42,8 +46,9 @@ boost::asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string
 // An MTA-STS policy (RFC 8461 4, 5) over `route`. Enforce: MX hosts its mx patterns do not
 // match are left out (their names returned, for the log), the others need TLS verified by
 // PKIX for their name; none left: the route is nowhere (451 4.7.5). Testing: each host is
-// tried as before, the verification only recorded. None: nothing changes. Hosts under DANE
-// keep it: DANE wins (RFC 8461 2).
+// tried as before, the verification only recorded. None: nothing changes. Hosts DANE
+// authenticates keep it: DANE wins (RFC 8461 2); those whose TLSA records are all unusable
+// (TLS required, nothing authenticated) come under the policy, TLS still required.
 std::vector<std::string> apply_sts(MxRoute& route, const StsPolicy& policy);
 
 // Text from the network or the resolver made fit for a reply line: printable ASCII, bounded.

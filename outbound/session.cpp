@@ -746,6 +746,14 @@ asio::awaitable<void> apply_mta_sts(SessionServices& services, const std::string
                                 .result = sts.failure});
     }
   }
+  if (sts.bogus) {
+    spdlog::warn("{} MTA-STS of {}: {}; deferred", log_id, domain, sts.why);
+    route.targets.clear();
+    route.code = 451;
+    route.enhanced_code = "4.7.5";
+    route.text = "cannot deliver to " + domain + " now: its MTA-STS record is bogus (DNSSEC)";
+    co_return;
+  }
   if (!sts.policy || sts.policy->mode == StsMode::none) co_return;
   const auto left_out = apply_sts(route, *sts.policy);
   std::string outside;

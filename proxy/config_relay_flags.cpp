@@ -151,7 +151,7 @@ std::vector<Flag> relay_connection_flags() {
       {.name = "relay-mx-refuse-addresses",
        .argument = "HOSTLIST",
        .defaults = {"0.0.0.0/8, 127.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, "
-                    "172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3, ::/127, "
+                    "172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3, ::/96, 64:ff9b::/96, "
                     "fc00::/7, fe80::/10, ff00::/8"},
        .help = "routing by MX: addresses an MX host may have and is never connected to (this "
                "host: a loop back through the local MTA; internal networks); none left: 554 "

@@ -195,7 +195,8 @@ std::string encode_v2(const V2Header& header, std::size_t max_length) {
   if (header.ssl) {
     const auto& ssl = *header.ssl;
     std::uint8_t client = kClientSsl;
-    if (ssl.certificate_presented) client |= kClientCertConn | kClientCertSess;
+    // CERT_CONN: sent on this connection; CERT_SESS: belongs to the session (resumed or not).
+    if (ssl.certificate_presented) client |= kClientCertSess | (ssl.resumed ? 0 : kClientCertConn);
     ssl_tlv += static_cast<char>(client);
     // verify: zero only when a certificate was presented and verified.
     const std::uint32_t verify = ssl.certificate_presented && ssl.certificate_verified ? 0 : 1;

@@ -30,6 +30,7 @@ inline constexpr std::uint8_t kClientCertSess = 0x04;
 struct SslInfo {
   bool certificate_presented = false;
   bool certificate_verified = false;
+  bool resumed = false;   // the certificate came with the resumed session, not on this connection
   std::string version;    // "TLSv1.3"
   std::string cipher;     // OpenSSL name
   std::string sig_alg;    // signature algorithm of the proxy's certificate, e.g. "SHA256"

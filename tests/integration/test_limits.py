@@ -424,6 +424,31 @@ def test_header_then_ehlo_in_one_packet(postfix, proxy):
     p.wait_for_log(r"session client=\[198\.51\.100\.8\]:4568 ")
 
 
+@pytest.mark.parametrize("header", [b"PROXY UNKNOWN\r\n",
+                                    b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"],
+                         ids=["v1-unknown", "v2-local"])
+def test_a_header_without_a_client_is_a_health_check_that_never_reaches_the_mta(postfix, proxy,
+                                                                               header):
+    """A load balancer's health check (v1 UNKNOWN, v2 LOCAL) names no client: EHLO, NOOP and
+    QUIT are answered here, and MAIL ends the session with 421 4.7.0. The balancer's own
+    address (often on a network the MTA trusts) never reaches Postfix as a client."""
+    p = proxy(postfix.backend, "--proxy-protocol-hosts", CLIENT_ADDR)
+    with SmtpClient(p.plain_port) as c:
+        c.send(header)
+        assert c.greeting().code == 220
+        assert c.ehlo().code == 250
+        assert c.command("NOOP").code == 250
+        reply = c.command(f"MAIL FROM:<{unique('hc')}@example.org>")
+        assert reply.code == 421 and "4.7.0" in reply.text, reply
+        assert c.read_until_closed() == b""
+    with SmtpClient(p.plain_port) as c:
+        c.send(header)
+        assert c.greeting().code == 220
+        assert c.command("QUIT").code == 221
+    assert f"connect from unknown[{CLIENT_ADDR}]" not in postfix.settled_log()
+    assert "XCLIENT" not in postfix.settled_log()
+
+
 def test_untrusted_client_cannot_claim_an_address(postfix, proxy):
     p = proxy(postfix.backend)  # nobody is trusted to send PROXY headers
     with SmtpClient(p.plain_port) as c:

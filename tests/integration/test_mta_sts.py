@@ -20,6 +20,8 @@ import json
 import re
 import smtplib
 import socket
+import ssl
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +30,7 @@ import pytest
 
 from conftest import LOOPBACK, MAIL_DOMAIN, free_port, unique
 from dns_lab import DnsLab, Zone
-from mta_sts_lab import MtaStsLab, PolicyHost, new_ca
+from mta_sts_lab import MtaStsLab, PolicyHost, issue_server_cert, new_ca
 from ops_support import scrape, value
 from test_relay_clients import stop_proxy
 from test_relay_mx import LOOPBACK_MX, refused_reply, send, spki_sha256
@@ -45,18 +47,26 @@ def policy(mode: str, *mx: str, max_age: int = 86400) -> str:
 def sts_lab(tmp_path, pki):
     """Factory: sts_lab(records, host, sts_id="1") starts a DNS lab whose signed zone for the
     Postfix's domain has `records`, the policy host's address and a _mta-sts TXT record with
-    `sts_id`, and nginx serving `host` (a PolicyHost for that domain). Stopped after the test;
-    `.cas` is a file with the Postfix's CA and the policy host's, for the proxy to trust."""
+    `sts_id`, and nginx serving `host` (a PolicyHost for that domain). With
+    sts_kind="expired" the TXT record is in a zone of its own whose signatures have expired
+    (bogus). Stopped after the test; `.cas` is a file with the Postfix's CA and the policy
+    host's, for the proxy to trust."""
     started: list[SimpleNamespace] = []
     ca = new_ca(tmp_path / "sts-ca")
     cas = tmp_path / "cas.pem"
     cas.write_bytes(pki.ca.read_bytes() + ca.cert.read_bytes())
 
-    def start(records: list[str], host: PolicyHost | None, sts_id: str = "1") -> SimpleNamespace:
+    def start(records: list[str], host: PolicyHost | None, sts_id: str = "1",
+              sts_kind: str = "signed") -> SimpleNamespace:
         n = len(started)
-        zone = [*records, f"mta-sts IN A {STS_ADDRESS}", f'_mta-sts IN TXT "v=STSv1; id={sts_id}"']
-        dns = DnsLab(tmp_path / f"dns{n}", [Zone(MAIL_DOMAIN, zone)], forwarder_validates=False)
-        env = SimpleNamespace(dns=dns.start(), web=None, cas=cas)
+        txt = f'IN TXT "v=STSv1; id={sts_id}"'
+        zones = [Zone(MAIL_DOMAIN, [*records, f"mta-sts IN A {STS_ADDRESS}",
+                                    f"_mta-sts {txt}" if sts_kind == "signed"
+                                    else "_mta-sts IN NS ns"])]
+        if sts_kind != "signed":  # delegated (else the parent's NSEC would deny the name)
+            zones.append(Zone(f"_mta-sts.{MAIL_DOMAIN}", [f"@ {txt}"], kind=sts_kind))
+        dns = DnsLab(tmp_path / f"dns{n}", zones, forwarder_validates=False)
+        env = SimpleNamespace(dns=dns.start(), web=None, cas=cas, ca=ca)
         started.append(env)
         if host:
             env.web = MtaStsLab(tmp_path / f"web{n}", ca, STS_ADDRESS, [host]).start()
@@ -193,6 +203,80 @@ def test_dane_wins_over_mta_sts(proxy, postfix, pki, sts_lab):
     assert token.encode() in box.wait(1)[0]
     assert re.search(r"relay connection H=mx2\.test\.example .*TLS=dane policy=dane$", p.stderr(),
                      re.M), p.stderr()
+
+
+def test_tlsa_records_that_authenticate_nothing_leave_the_host_to_mta_sts(proxy, postfix, pki,
+                                                                         sts_lab):
+    """mx2's only TLSA record is PKIX-EE (usage 1, unusable for SMTP: RFC 7672 3.1.3): TLS is
+    required but DANE authenticates nothing, so the enforced policy still applies, and it
+    names another host: mx2 is never contacted and the client is told to try later."""
+    port = postfix.backend.rsplit(":", 1)[1]
+    records = [*mx_records("mx2"),
+               f"_{port}._tcp.mx2 IN TLSA 1 1 1 {spki_sha256(pki.postfix_cert)}"]
+    env = sts_lab(records, PolicyHost(MAIL_DOMAIN, policy("enforce", "other.test.example")))
+    p = sts_proxy(proxy, postfix, env)
+    box = postfix.new_mailbox()
+    code, text = refused_reply(p.relay_port, box.address)
+    assert code == 451 and text.startswith(b"4.7.5 "), text
+    assert "relay connection H=" not in p.stderr()
+    postfix.settle()
+    assert box.messages() == []
+
+
+def test_a_bogus_mta_sts_record_defers_when_no_policy_is_kept(proxy, postfix, sts_lab):
+    """The _mta-sts record's signatures have expired (bogus: an attacker could hide a policy
+    so): with no policy kept for the domain nothing is delivered, in the clear or otherwise,
+    until the record can be read."""
+    env = sts_lab(mx_records("mx2"),
+                  PolicyHost(MAIL_DOMAIN, policy("enforce", "mx2.test.example")),
+                  sts_kind="expired")
+    p = sts_proxy(proxy, postfix, env)
+    box = postfix.new_mailbox()
+    code, text = refused_reply(p.relay_port, box.address)
+    assert code == 451 and text.startswith(b"4.7.5 ") and b"bogus" in text, text
+    assert "failed DNSSEC validation; deferred" in p.stderr()
+    assert "relay connection H=" not in p.stderr()
+
+
+def test_a_policy_cut_short_by_a_bare_tcp_close_is_not_taken(proxy, postfix, sts_lab, tmp_path):
+    """A policy host (a hand-written one: nginx always sends a length) whose response runs to
+    the connection's end, and the connection ends with a TCP close and no close_notify, as an
+    attacker on the path could end it: "max_age: 86400" read as "max_age: 8". The policy is
+    not taken (a fetch error), and the mail goes as if there were none."""
+    env = sts_lab(mx_records("mx2"), None)
+    cert, key = issue_server_cert(env.ca, tmp_path / "cut-certs", f"mta-sts.{MAIL_DOMAIN}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    listener = socket.create_server((STS_ADDRESS, 443))
+    listener.settimeout(30)
+
+    def serve_one_cut_short():
+        try:
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                             b"Connection: close\r\n\r\nversion: STSv1\r\nmode: enforce\r\n"
+                             b"mx: mx2.test.example\r\nmax_age: 8")
+                # close() sends no close_notify: the bare TCP close an attacker could cause.
+        except OSError:
+            pass
+
+    server = threading.Thread(target=serve_one_cut_short, daemon=True)
+    server.start()
+    try:
+        p = sts_proxy(proxy, postfix, env)
+        box = postfix.new_mailbox()
+        token = unique("cut")
+        assert send(p.relay_port, [box.address], token) == {}
+        assert token.encode() in box.wait(1)[0]
+    finally:
+        server.join(timeout=10)
+        listener.close()
+    assert re.search(r"MTA-STS policy of test\.example \(id=1\) not fetched, "
+                     r"sts-policy-fetch-error: .*: the response ended early", p.stderr()), \
+        p.stderr()
+    assert "max_age=8" not in p.stderr()
 
 
 # Each policy host, were its policy taken, would send mail nowhere (it names no MX of the domain).

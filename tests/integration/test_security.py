@@ -1218,6 +1218,27 @@ def test_valid_sni_is_logged_quoted(postfix, proxy):
     assert sni_ignored_line(p) is None, p.stderr()
 
 
+def test_after_starttls_the_mta_hears_the_tls_session_on_a_new_proxy_v2_connection(
+        proxy, recording_mta, pki):
+    """proxy-v2: a VRFY in the clear opens the MTA connection with a header that says no TLS.
+    After STARTTLS that connection is closed and a new one opened whose header carries the
+    SSL TLV, so every message of the encrypted session goes with its TLS facts."""
+    mta = recording_mta(proxy_v2=True)
+    p = proxy(mta.backend, "--backend-metadata", "proxy-v2", "--backend-probe-interval", "1s")
+    wait_for_probe(p)
+    with SmtpClient(p.plain_port, context=pki.client_context()) as c:
+        assert_reply(c.greeting(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert c.command("VRFY postmaster").code in (250, 252, 502)  # needs the MTA
+        assert_reply(c.starttls(), 220)
+        assert_reply(c.ehlo(), 250)
+        assert_reply(c.command(f"MAIL FROM:<{SENDER}>"), 250)
+        assert_reply(c.command("QUIT"), 221)
+    headers = [h for h in mta.headers if h[1] == CLIENT_ADDR]
+    assert len(headers) == 2, mta.headers
+    assert 0x20 not in headers[0][2] and 0x20 in headers[1][2], headers
+
+
 @pytest.mark.parametrize("sni", [VALID_SNI, HOSTILE_SNI], ids=["valid", "hostile"])
 def test_only_a_valid_sni_reaches_the_proxy_v2_authority_tlv(proxy, recording_mta, sni):
     mta = recording_mta(proxy_v2=True)

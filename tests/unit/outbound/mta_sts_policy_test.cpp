@@ -35,6 +35,25 @@ TEST(StsPolicy, LineEndsSpacesCaseAndExtensions) {
   EXPECT_EQ(policy->mx, (std::vector<std::string>{"mx.example.com"}));
 }
 
+TEST(StsPolicy, TheKeptFileReadsBackToTheWholePolicy) {
+  // Lines beyond what TLS reports keep (a long extension first, many mx patterns, max_age
+  // last): the file kept across restarts still holds every pattern and the max_age.
+  std::string text =
+      "version: STSv1\r\nx_note: " + std::string(5000, 'n') + "\r\nmode: enforce\r\n";
+  for (int i = 0; i < 63; ++i) text += "mx: mx" + std::to_string(i) + ".example.com\r\n";
+  text += "mx: *.Backup.Example.com.\r\nmax_age: 9999999999\r\n";
+  const auto policy = parse_sts_policy(text);
+  ASSERT_TRUE(policy);
+  const auto file = sts_policy_file(*policy);
+  const auto again = parse_sts_policy(file);
+  ASSERT_TRUE(again) << file;
+  EXPECT_EQ(again->mode, StsMode::enforce);
+  EXPECT_EQ(again->mx, policy->mx);
+  EXPECT_EQ(again->mx.size(), 64u);
+  EXPECT_EQ(again->mx.back(), "*.backup.example.com");
+  EXPECT_EQ(again->max_age, kMaxStsMaxAge);
+}
+
 TEST(StsPolicy, TheFirstOfARepeatedKeyCounts) {
   const auto policy = parse(
       "version: STSv1\nmode: testing\nmode: enforce\nmx: a.example\nmax_age: 5\nmax_age: 9\n");
@@ -154,6 +173,8 @@ TEST(StsRecord, WhatIsNotARecordIsRefused) {
 
 TEST(StsRecord, ExactlyOneStsRecordAmongTheTxtRecords) {
   EXPECT_EQ(sts_record_id({"v=spf1 -all", "v=STSv1; id=x1"}), "x1");
+  // "v=STSv10;" is another version's record, not a second STSv1 one (RFC 8461 3.1).
+  EXPECT_EQ(sts_record_id({"v=STSv10; id=x0", "v=STSv1; id=x1"}), "x1");
   std::string error;
   EXPECT_FALSE(sts_record_id({"v=STSv1; id=x1", "v=STSv1; id=x2"}, &error));
   EXPECT_EQ(error, "more than one v=STSv1 record");

@@ -3,6 +3,8 @@
 #include "outbound/mx_route.hpp"
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <set>
 
@@ -96,6 +98,49 @@ TEST(MtaStsRoute, NoneChangesNothing) {
   apply_sts(route, sts_policy(StsMode::none));
   ASSERT_EQ(route.targets.size(), 1u);
   EXPECT_EQ(route.targets[0].policy, TlsPolicy::opportunistic);
+}
+
+TEST(MtaStsRoute, TlsaRecordsThatAuthenticateNothingLeaveTheHostToThePolicy) {
+  // Secure TLSA records none of which is usable (PKIX-EE "1 1 1", say): TLS required, no
+  // DANE match to make, so an enforced policy's names and PKIX verification apply.
+  auto route = route_of({"mx1.example.com", "evil.example.net"});
+  for (auto& target : route.targets) {
+    target.policy = TlsPolicy::dane;
+    target.tls_required = true;
+  }
+  const auto left_out = apply_sts(route, sts_policy(StsMode::enforce));
+  EXPECT_EQ(left_out, (std::vector<std::string>{"evil.example.net"}));
+  ASSERT_EQ(route.targets.size(), 1u);
+  EXPECT_EQ(route.targets[0].policy, TlsPolicy::sts_enforce);
+  EXPECT_TRUE(route.targets[0].tls_required);
+  // Testing mode records; the TLS DANE asked for stays required.
+  auto tested = route_of({"other.example.net"});
+  tested.targets[0].policy = TlsPolicy::dane;
+  tested.targets[0].tls_required = true;
+  apply_sts(tested, sts_policy(StsMode::testing));
+  EXPECT_EQ(tested.targets[0].policy, TlsPolicy::sts_testing);
+  EXPECT_TRUE(tested.targets[0].tls_required);
+}
+
+TEST(Tlsa, UsableRecordsAreDaneOnesOpenSslCanMatch) {
+  EXPECT_TRUE(usable_tlsa({3, 1, 1, std::string(32, 'x')}));
+  EXPECT_TRUE(usable_tlsa({2, 0, 2, std::string(64, 'x')}));
+  EXPECT_FALSE(usable_tlsa({1, 1, 1, std::string(32, 'x')}));  // PKIX-EE
+  EXPECT_FALSE(usable_tlsa({3, 1, 1, std::string(31, 'x')}));
+  EXPECT_FALSE(usable_tlsa({3, 2, 1, std::string(32, 'x')}));
+  // Full data: only what reads as a public key (selector 1) or a certificate (selector 0).
+  EXPECT_FALSE(usable_tlsa({3, 1, 0, "not a public key"}));
+  EXPECT_FALSE(usable_tlsa({2, 0, 0, "not a certificate"}));
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  ASSERT_NE(key, nullptr);
+  unsigned char* der = nullptr;
+  const int size = i2d_PUBKEY(key, &der);
+  ASSERT_GT(size, 0);
+  const std::string spki(reinterpret_cast<const char*>(der), static_cast<std::size_t>(size));
+  OPENSSL_free(der);
+  EVP_PKEY_free(key);
+  EXPECT_TRUE(usable_tlsa({3, 1, 0, spki}));
+  EXPECT_FALSE(usable_tlsa({3, 1, 0, spki + "x"}));  // trailing bytes
 }
 
 TEST(MtaStsRoute, DaneWins) {

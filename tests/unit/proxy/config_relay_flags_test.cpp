@@ -118,9 +118,9 @@ TEST(RelayConfig, TheRouteIsMxWithoutRelayHosts) {
   EXPECT_EQ(by_mx.relay.dns_forwarders, (std::vector<std::string>{"127.0.0.1@5353", "::1@53"}));
   EXPECT_EQ(by_mx.relay.dns_trust_anchor, "/usr/share/dns/root.key");
   EXPECT_TRUE(by_mx.relay.dane);
-  for (const char* refused :
-       {"127.0.0.1", "0.0.0.0", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.1.1",
-        "100.64.0.1", "::1", "::", "::ffff:127.0.0.1", "fd00::1", "fe80::1", "224.0.0.1"}) {
+  for (const char* refused : {"127.0.0.1", "0.0.0.0", "10.1.2.3", "192.168.1.1", "172.16.0.1",
+                              "169.254.1.1", "100.64.0.1", "::1", "::", "::ffff:127.0.0.1",
+                              "fd00::1", "fe80::1", "224.0.0.1", "::127.0.0.1", "64:ff9b::a00:1"}) {
     EXPECT_TRUE(by_mx.relay.mx_refuse_addresses.matches(boost::asio::ip::make_address(refused)))
         << refused;
   }

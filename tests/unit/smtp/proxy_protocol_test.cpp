@@ -192,6 +192,17 @@ TEST(EncodeV2, AbsentCertificateHasOnlySslFlagNoCnAndNonZeroVerify) {
   expect_bytes_with_nonzero_verify(header, expected, 16 + 12 + 3 + 1);
 }
 
+TEST(EncodeV2, ACertificateOfAResumedSessionWasNotSentOnThisConnection) {
+  SslInfo ssl = verified_tls13();
+  ssl.resumed = true;
+  const std::string header = encode_v2({.source = endpoint("192.0.2.7", 1025),
+                                        .destination = endpoint("192.0.2.25", 465),
+                                        .ssl = ssl});
+  const auto ssl_tlv = header.find(std::string("\x20", 1), 16 + 12);
+  ASSERT_NE(ssl_tlv, std::string::npos);
+  EXPECT_EQ(static_cast<unsigned char>(header[ssl_tlv + 3]), 0x05);  // SSL | CERT_SESS
+}
+
 TEST(EncodeV2, EmptyOptionalSslFieldsAreLeftOut) {
   const std::string header = encode_v2({
       .source = endpoint("192.0.2.7", 1),
