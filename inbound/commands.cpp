@@ -183,19 +183,12 @@ Session::GroupEnd Session::on_command(const smtp::Command& command) {
 // A load balancer's health check (its header named no client): what needs no MTA is answered
 // here, and anything else ends the session, so the balancer's address never reaches the MTA.
 Session::GroupEnd Session::on_health_check(const smtp::Command& command) {
+  if (const auto end = answer_without_mta(command.verb)) return *end;
   switch (command.verb) {
     case Verb::ehlo:
     case Verb::helo:
       reply_locally(services_.replies.helo);
       return GroupEnd::none;
-    case Verb::noop:
-    case Verb::rset:
-      reply_locally(reply::kOk);
-      return GroupEnd::none;
-    case Verb::quit:
-      reply_locally(reply::kBye);
-      end_session("quit");
-      return GroupEnd::quit;
     default:
       spdlog::info(
           "{} {} sent a command that needs the mail server after a header without a "

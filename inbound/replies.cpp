@@ -152,16 +152,24 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Comm
                    (link_ == MtaLink::released && tls_active()))) {
     return std::nullopt;
   }
-  auto answer = [&](std::string_view text) {
-    pending_.push_back({.kind = PendingReply::Kind::local, .verb = verb, .local = text});
-  };
   switch (verb) {
     case Verb::ehlo:
       return answer_ehlo_from_probe(command);
     case Verb::helo:
       remember_greeting(command, false);
-      answer(services_.replies.helo);
+      pending_.push_back(
+          {.kind = PendingReply::Kind::local, .verb = verb, .local = services_.replies.helo});
       return GroupEnd::none;
+    default:
+      return answer_without_mta(verb);  // or nullopt: it needs the MTA
+  }
+}
+
+std::optional<Session::GroupEnd> Session::answer_without_mta(Verb verb) {
+  auto answer = [&](std::string_view text) {
+    pending_.push_back({.kind = PendingReply::Kind::local, .verb = verb, .local = text});
+  };
+  switch (verb) {
     case Verb::rset:
       bdat_message_ = BdatMessage::none;
       answer(reply::kOk);
@@ -174,7 +182,7 @@ std::optional<Session::GroupEnd> Session::answer_while_detached(const smtp::Comm
       end_session("quit");
       return GroupEnd::quit;
     default:
-      return std::nullopt;  // needs the MTA
+      return std::nullopt;
   }
 }
 

@@ -203,6 +203,8 @@ class Session final : public Connection,
   GroupEnd cancel_auth(std::string_view reply);
   std::optional<GroupEnd> answer_while_detached(const smtp::Command& command);
   GroupEnd on_health_check(const smtp::Command& command);
+  // RSET, NOOP and QUIT, answered here; nullopt for any other verb.
+  std::optional<GroupEnd> answer_without_mta(smtp::Verb verb);
   GroupEnd answer_ehlo_from_probe(const smtp::Command& command);
   void remember_greeting(const smtp::Command& command, bool extended);
   bool refused_by_policy(smtp::Verb verb);
