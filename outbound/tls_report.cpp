@@ -75,9 +75,11 @@ void TlsReports::record(const TlsOutcome& outcome) {
     full_logged_ = true;
     return;
   }
-  auto& counts = domains[outcome.policy_domain][PolicyKey{
-      outcome.policy,
-      outcome.policy_strings ? *outcome.policy_strings : std::vector<std::string>{}}];
+  auto& policies = domains[outcome.policy_domain];
+  PolicyKey policy{outcome.policy,
+                   outcome.policy_strings ? *outcome.policy_strings : std::vector<std::string>{}};
+  if (policies.size() >= kMaxPoliciesPerDomain && !policies.contains(policy)) return;
+  auto& counts = policies[std::move(policy)];
   if (!outcome.mx_host.empty() && counts.mx_hosts.size() < kMaxMxHosts &&
       std::find(counts.mx_hosts.begin(), counts.mx_hosts.end(), outcome.mx_host) ==
           counts.mx_hosts.end()) {

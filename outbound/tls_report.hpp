@@ -73,6 +73,10 @@ class TlsReports {
 
   // Policy domains counted per day: beyond it, outcomes for other domains are not counted.
   static constexpr std::size_t kMaxDomains = 10000;
+  // Policies (each with its text) per domain and day: a domain whose TLSA records or MTA-STS
+  // policy change often cannot grow the day's memory without bound. Beyond it, outcomes
+  // under a new policy are not counted.
+  static constexpr std::size_t kMaxPoliciesPerDomain = 8;
 
   const std::string directory_;
   const std::string organization_;

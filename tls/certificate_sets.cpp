@@ -151,6 +151,10 @@ CertificateSets::~CertificateSets() = default;
 void CertificateSets::install(SSL_CTX* ctx) const {
   SSL_CTX_set_client_hello_cb(ctx, &CertificateSets::on_client_hello,
                               const_cast<CertificateSets*>(this));
+  // The name is chosen by on_client_hello; accepting it here is what makes OpenSSL keep it in
+  // the session, so a resumed TLS 1.2 session still has its SNI (logs, Received, AUTHORITY).
+  SSL_CTX_set_tlsext_servername_callback(
+      ctx, +[](SSL*, int*, void*) { return SSL_TLSEXT_ERR_OK; });
 }
 
 const CertificateSets::Set* CertificateSets::choose(std::string_view name) const {

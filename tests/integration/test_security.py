@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -1237,6 +1238,30 @@ def test_after_starttls_the_mta_hears_the_tls_session_on_a_new_proxy_v2_connecti
     headers = [h for h in mta.headers if h[1] == CLIENT_ADDR]
     assert len(headers) == 2, mta.headers
     assert 0x20 not in headers[0][2] and 0x20 in headers[1][2], headers
+
+
+def test_a_resumed_tls12_session_keeps_its_sni(postfix, proxy):
+    """TLS 1.2 keeps the SNI in the session: a resumed one is logged with the name the client
+    gave when the session was made, as a full handshake is."""
+    p = proxy(postfix.backend)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def session(offered):
+        with SmtpClient(p.tls_port, tls=True, context=ctx, server_hostname=VALID_SNI,
+                        session=offered) as c:
+            client_port = c.sock.getsockname()[1]
+            assert_reply(c.greeting(), 220)
+            assert_reply(c.command("QUIT"), 221)
+            return c.sock.session_reused, c.sock.session, client_port
+
+    _, first, _ = session(None)
+    reused, _, client_port = session(first)
+    assert reused
+    line = session_line(p, client_port)
+    assert f' SNI="{VALID_SNI}" ' in line, line
 
 
 @pytest.mark.parametrize("sni", [VALID_SNI, HOSTILE_SNI], ids=["valid", "hostile"])

@@ -90,6 +90,30 @@ TEST(TlsReport, ADaysOutcomesMakeOneReportPerPolicyDomain) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(TlsReport, ADomainCountsAtMostEightPoliciesADay) {
+  // A domain whose TLSA records change at every attempt: each new text is another policy,
+  // and the day keeps the first eight, so its memory stays bounded.
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("stp-tls-rpt-many-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  TlsReports reports(dir.string(), "relay.example.org");
+  for (int i = 0; i < 50; ++i) {
+    reports.record({.policy_domain = "example.com",
+                    .policy = ReportPolicy::tlsa,
+                    .policy_strings = std::make_shared<const std::vector<std::string>>(
+                        std::vector<std::string>{"3 1 1 " + std::to_string(i)}),
+                    .mx_host = "mx.example.com",
+                    .receiving_ip = {},
+                    .sending_ip = {},
+                    .result = std::string(kResultSuccess)});
+  }
+  reports.write();
+  std::ifstream in(dir / today() / "example.com.json");
+  ASSERT_TRUE(in);
+  EXPECT_EQ(nlohmann::json::parse(in)["policies"].size(), 8u);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(TlsReport, BytesThatAreNotUtf8NeverStopAReport) {
   const auto dir =
       std::filesystem::temp_directory_path() / ("stp-tls-rpt-utf8-" + std::to_string(::getpid()));
