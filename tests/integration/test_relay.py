@@ -451,15 +451,9 @@ def test_a_local_clients_own_auth_is_relayed_over_tls(proxy, postfix, pki, exim_
     session, which makes a new one."""
     p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
                     str(pki.ca))
-    address = exim_relay.new_address()
-    token = unique("own-auth")
     with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
         s.ehlo("device.example")
-        assert s.has_extn("auth")
-        assert s.login("user", "pass")[0] == 235
-        assert s.sendmail(SENDER, [address], simple_message(token, address)) == {}
-    assert token.encode() in exim_relay.wait_delivered(address)
-    exim_relay.wait_for_log(rf"<= \S+ .*A={exim_relay_mechanism(exim_relay)}:user")
+        log_in_and_send(s, exim_relay, "own-auth")
     with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
         s.ehlo("device.example")
         with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
@@ -477,20 +471,26 @@ def test_a_clients_own_auth_in_the_clear_only_from_relay_auth_clear_hosts(proxy,
     host), and is once its own connection is encrypted (STARTTLS with the proxy)."""
     p = relay_proxy(proxy, postfix, exim_relay.backend, "--relay-tls-verify-certificates",
                     str(pki.ca), "--relay-auth-clear-hosts", "192.0.2.0/24")
-    address = exim_relay.new_address()
-    token = unique("tls-auth")
     with smtplib.SMTP(LOOPBACK, p.relay_port, timeout=30) as s:
         s.ehlo("device.example")
         assert not s.has_extn("auth")
         assert s.docmd("AUTH", "PLAIN AHVzZXIAcGFzcw==")[0] == 538
         assert s.starttls(context=pki.client_context(verify=False))[0] == 220
         s.ehlo("device.example")
-        assert s.has_extn("auth")
-        assert s.login("user", "pass")[0] == 235
-        assert s.sendmail(SENDER, [address], simple_message(token, address)) == {}
+        log_in_and_send(s, exim_relay, "tls-auth")
+    assert "AHVzZXIAcGFzcw==" not in exim_relay.log_text()  # the refused try never got there
+
+
+def log_in_and_send(s: smtplib.SMTP, exim_relay: Exim, prefix: str) -> None:
+    """Where the relay host's AUTH is offered on `s`: logs in as "user", sends one message, and
+    checks that Exim delivered it and recorded the login."""
+    assert s.has_extn("auth")
+    assert s.login("user", "pass")[0] == 235
+    address = exim_relay.new_address()
+    token = unique(prefix)
+    assert s.sendmail(SENDER, [address], simple_message(token, address)) == {}
     assert token.encode() in exim_relay.wait_delivered(address)
     exim_relay.wait_for_log(rf"<= \S+ .*A={exim_relay_mechanism(exim_relay)}:user")
-    assert "AHVzZXIAcGFzcw==" not in exim_relay.log_text()  # the refused try never got there
 
 
 def exim_relay_mechanism(exim: Exim) -> str:

@@ -13,13 +13,12 @@ relay host took and for whom (its envelopes), how many connections it saw, and t
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 import time
 
 import pytest
 
-from conftest import LOOPBACK, SENDER, SmtpClient, free_port, simple_message, unique
+from conftest import LOOPBACK, SENDER, Reply, SmtpClient, free_port, simple_message, unique
 from scripted_relay import scripted_relay  # noqa: F401  (the fixture)
 
 CHUNKING = b"250-scripted.example\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
@@ -40,6 +39,23 @@ def send(port: int, to: str) -> dict:
     with smtplib.SMTP(LOOPBACK, port, timeout=30) as s:
         s.ehlo("device.example")
         return s.sendmail(SENDER, [to], simple_message(unique("m"), to))
+
+
+def up_to_data(c: SmtpClient, to: str) -> Reply:
+    """Greeting, EHLO, MAIL and RCPT, each accepted; the reply to DATA."""
+    assert c.greeting().code == 220
+    assert c.ehlo().code == 250
+    assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
+    assert c.command(f"RCPT TO:<{to}>").code == 250
+    return c.command("DATA")
+
+
+def verdict(port: int, to: str) -> Reply:
+    """One fresh message to `to`, step by step: the reply to its final dot."""
+    with SmtpClient(port, source=LOOPBACK) as c:
+        assert up_to_data(c, to).code == 354
+        c.send(simple_message(unique("m"), to) + b".\r\n")
+        return c.read_reply()
 
 
 def test_a_verdict_slower_than_the_client_timeout_is_waited_for(proxy, postfix, scripted_relay):
@@ -97,11 +113,7 @@ def test_a_reply_before_the_content_is_never_taken_for_the_verdict(proxy, postfi
     relay.after_354 = b"250 2.0.0 taken early\r\n"
     p = relay_proxy(proxy, postfix, relay.backend)
     with SmtpClient(p.relay_port, source=LOOPBACK) as c:
-        assert c.greeting().code == 220
-        assert c.ehlo().code == 250
-        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
-        assert c.command("RCPT TO:<to@example.net>").code == 250
-        reply = c.command("DATA")
+        reply = up_to_data(c, "to@example.net")
         assert reply.code == 421 and "4.4.2" in reply.lines[-1], reply
     assert relay.messages == []
     assert "sent replies it was not asked for" in p.stderr()
@@ -118,14 +130,7 @@ def test_a_kept_connection_the_relay_host_spoke_on_is_not_reused(proxy, postfix,
     assert send(p.relay_port, "one@example.net") == {}
     time.sleep(0.6)  # the unasked reply arrives while the connection is kept
     relay.after_verdict = b""
-    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
-        assert c.greeting().code == 220
-        assert c.ehlo().code == 250
-        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
-        assert c.command("RCPT TO:<two@example.net>").code == 250
-        assert c.command("DATA").code == 354
-        c.send(simple_message(unique("second"), "two@example.net") + b".\r\n")
-        assert c.read_reply().code == 250
+    assert verdict(p.relay_port, "two@example.net").code == 250
     assert len(relay.messages) == 2 and len(relay.connections) == 2, relay.connections
     assert "sent something while kept; closed" in p.stderr()
 
@@ -175,11 +180,7 @@ def test_bare_lf_reject_answers_a_client_that_ends_lines_with_lf(proxy, postfix,
     relay = scripted_relay("554 no")
     p = relay_proxy(proxy, postfix, relay.backend, "--bare-lf", "reject")
     with SmtpClient(p.relay_port, source=LOOPBACK) as c:
-        assert c.greeting().code == 220
-        assert c.ehlo().code == 250
-        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
-        assert c.command("RCPT TO:<to@example.net>").code == 250
-        assert c.command("DATA").code == 354
+        assert up_to_data(c, "to@example.net").code == 354
         began = time.monotonic()
         c.send(b"Subject: lf\n\nbody\n.\n")
         reply = c.read_reply()
@@ -197,14 +198,7 @@ def test_a_reused_connection_logs_under_the_session_it_serves(proxy, postfix, sc
     p = relay_proxy(proxy, postfix, relay.backend)
     assert send(p.relay_port, "one@example.net") == {}
     relay.verdict = b"250-taken\r\nnot a reply line\r\n"
-    with SmtpClient(p.relay_port, source=LOOPBACK) as c:
-        assert c.greeting().code == 220
-        assert c.ehlo().code == 250
-        assert c.command(f"MAIL FROM:<{SENDER}>").code == 250
-        assert c.command("RCPT TO:<two@example.net>").code == 250
-        assert c.command("DATA").code == 354
-        c.send(simple_message(unique("second"), "two@example.net") + b".\r\n")
-        assert c.read_reply().code == 451
+    assert verdict(p.relay_port, "two@example.net").code == 451
     log = p.stderr()
     second = [line for line in log.splitlines() if "malformed reply from" in line]
     assert second, log
