@@ -190,6 +190,7 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
         const auto address = dns::read_address(type, rdata);
         if (address && refused.matches(*address)) {
           ++refused_addresses;
+          if (target.why_none.empty()) target.why_none = "a refused address";
           continue;
         }
         if (address && addresses < kMaxAddresses) {
@@ -216,7 +217,9 @@ asio::awaitable<MxRoute> route_by_mx(dns::Resolver& resolver, std::string domain
       }
     }
     if (target.endpoints->empty() && target.why_none.empty()) target.why_none = "no address";
-    if (target.endpoints->empty()) why_none = record.exchange + ": " + target.why_none;
+    if (target.endpoints->empty()) {
+      why_none += (why_none.empty() ? "" : "; ") + record.exchange + ": " + target.why_none;
+    }
     route.targets.push_back(std::move(target));
   }
   if (addresses == 0 && refused_addresses > 0 && !lookup_failed) {

@@ -43,6 +43,11 @@ ZONES = [
     Zone(f"nomx.{TLD}", ["@ IN A 127.0.0.1"]),
     Zone(f"plain.{TLD}", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"], kind="unsigned"),
     Zone(f"expired.{TLD}", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"], kind="expired"),
+    # The better MX's address is in a zone whose signatures expired (its lookup fails), the
+    # other's on an internal network.
+    Zone(f"halfbroken.{TLD}", ["@ IN MX 10 mx1.sub", "@ IN MX 20 mx2", "mx2 IN A 10.1.2.3",
+                               "sub IN NS ns"]),
+    Zone(f"sub.halfbroken.{TLD}", ["mx1 IN A 127.0.0.1"], kind="expired"),
 ]
 
 
@@ -169,6 +174,18 @@ def test_an_mx_on_this_host_or_an_internal_network_is_never_contacted(proxy, pos
     code, text = refused_reply(port, f"user@other.{TLD}")
     assert code == 554 and text.startswith(b"5.4.6 the MX of other.stp-lab points to a refused")
     assert smtp_commands(sink) == [] and "relay connection" not in p.stderr()
+
+
+def test_a_refused_address_beside_a_failed_lookup_is_a_451(proxy, postfix, lab):
+    """One MX's address lookup fails (bogus), the other's address is refused: the first may
+    yet have an address that is not, so the recipient gets 451 4.4.3 (the local MTA tries
+    again), never the 554 of a domain whose every MX points where it must not."""
+    port = free_port()
+    proxy(postfix.backend, "--relay-listen", f"{LOOPBACK}:{port}", "--dns-forwarder",
+          lab.forwarder.replace("@", ":"), "--dns-trust-anchor", str(lab.trust_anchor))
+    code, text = refused_reply(port, f"user@halfbroken.{TLD}")
+    assert code == 451 and text.startswith(b"4.4.3 "), text
+    assert b"address lookup failed" in text, text
 
 
 def test_body_8bitmime_is_left_out_for_an_mx_without_8bitmime(proxy, postfix, smtp_sink, lab):
